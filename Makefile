@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (set up, run the main job) and `make test` (set up, run the tests).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pgray-installed
+
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python -m pgray.sweep
+
+lint: setup
+	$(BIN)/ruff check pgray tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q -x --durations=15 tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,222 @@
+"""Typed configs for every section of a pgray run, loaded from YAML and validated once.
+
+Each dataclass checks its own ranges in `validate()`; `configbase.from_dict` names the key of
+any unknown, mistyped or out-of-range value. Keep this module free of heavy imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pgray.configbase import check, from_dict, load_yaml, to_dict
+from pgray.pseudo.config import PseudoConfig
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = ""
+    category: str = ""
+    mask_resize: Literal["nearest", "lanczos_any"] = "nearest"
+    visa_split: Literal["1cls", "reference"] = "1cls"
+    # Layout-specific options, e.g. the `folder` layout's normal_dir / abnormal_dir / mask_dir.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check(bool(self.dataset), "dataset", "must name a dataset")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_small_patch14_dinov2"
+    img_size: int = 224
+    pretrained: bool = False
+    weights: str | None = None  # local backbone checkpoint, used instead of a hub download
+    # timm constructor overrides, e.g. {patch_size: 8, depth: 2, embed_dim: 64, num_heads: 2}
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    # 1-based block indices whose (final-normed) patch tokens are concatenated; -1 is the last
+    feature_layers: list[int] = field(default_factory=lambda: [-1])
+    disc_heads: int = 4
+    disc_mlp_dim: int = 2048
+    disc_dropout: float = 0.2
+    disc_attn_dropout: float = 0.2
+    top_k: int = 3
+    smoothing_sigma: float = 6.0
+    smoothing_radius: int = 7
+
+    def validate(self) -> None:
+        check(self.img_size >= 8, "img_size", f"must be >= 8, got {self.img_size}")
+        check(self.top_k >= 1, "top_k", f"must be >= 1, got {self.top_k}")
+        check(self.disc_heads >= 1, "disc_heads", f"must be >= 1, got {self.disc_heads}")
+        check(0 <= self.disc_dropout < 1, "disc_dropout", "must be in [0, 1)")
+        check(0 <= self.disc_attn_dropout < 1, "disc_attn_dropout", "must be in [0, 1)")
+        check(self.smoothing_sigma >= 0, "smoothing_sigma", "must be >= 0")
+        check(self.smoothing_radius >= 0, "smoothing_radius", "must be >= 0")
+        check(len(self.feature_layers) >= 1, "feature_layers", "needs at least one layer")
+        check(0 not in self.feature_layers, "feature_layers", "layers are 1-based (or -1)")
+
+
+@dataclass
+class LossConfig:
+    # 1-based transformer block indices whose attention is regularised (negative: from the end)
+    attention_layers: list[int] = field(default_factory=lambda: [6, 9, 12])
+    attention_weights: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.05])
+    attention_lambda: float = 1.0
+    # "mean": the reference's element-wise mean of KL terms (about 1/N of a per-row KL);
+    # "row": KL per attention row, averaged over rows, heads and images.
+    reduction: Literal["mean", "row"] = "mean"
+
+    def validate(self) -> None:
+        check(
+            len(self.attention_layers) == len(self.attention_weights),
+            "attention_weights",
+            f"needs one weight per layer in attention_layers ({len(self.attention_layers)}),"
+            f" got {len(self.attention_weights)}",
+        )
+        check(self.attention_lambda >= 0, "attention_lambda", "must be >= 0")
+        check(0 not in self.attention_layers, "attention_layers", "layers are 1-based")
+
+
+@dataclass
+class AttackConfig:
+    eps: float = 8.0  # L-infinity radius in 1/255 pixel units, as the field writes it
+    steps: int = 10
+    alpha: float | None = None  # step size in 1/255 units; None: 2.5 * eps / steps
+    random_start: bool = False
+    restarts: int = 1
+    keep_best: bool = False
+    objective: Literal["mask", "image_score"] = "mask"
+    method: Literal["pgd", "apgd"] = "pgd"
+    library: Literal["pgray", "torchattacks"] = "pgray"
+    precision: Precision = "fp32"
+
+    def validate(self) -> None:
+        check(0 <= self.eps <= 255, "eps", f"must be in [0, 255] (1/255 units), got {self.eps}")
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        check(self.alpha is None or self.alpha > 0, "alpha", "must be > 0")
+        check(
+            self.method == "pgd" or self.library == "torchattacks",
+            "method",
+            "apgd runs through library: torchattacks",
+        )
+
+    @property
+    def eps_unit(self) -> float:
+        """eps in [0, 1] pixel space."""
+        return self.eps / 255.0
+
+    @property
+    def alpha_unit(self) -> float:
+        """Step size in [0, 1] pixel space (the reference rule when alpha is unset)."""
+        if self.alpha is not None:
+            return self.alpha / 255.0
+        return 2.5 * self.eps_unit / self.steps
+
+    def describe(self) -> dict[str, Any]:
+        """The parameters that define a robust number, recorded next to it."""
+        return {
+            "eps": self.eps,
+            "steps": self.steps,
+            "alpha": self.alpha_unit * 255.0,
+            "restarts": self.restarts,
+            "random_start": self.random_start,
+            "keep_best": self.keep_best,
+            "objective": self.objective,
+            "method": self.method,
+            "library": self.library,
+            "precision": self.precision,
+        }
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    batch_size: int = 16  # global batch: split evenly across Ray Train workers
+    lr: float = 8e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.01
+    seed: int = 0
+    adversarial: bool = True  # False drops the two PGD terms (the clean baseline)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    loader_workers: int = 0
+    holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
+    proxy_steps: int = 10
+    proxy_every: int = 1
+    checkpoint_every: int = 1
+    precision: Precision = "auto"
+    max_steps_per_epoch: int | None = None
+
+    def validate(self) -> None:
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
+        check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)")
+        check(self.proxy_steps >= 1, "proxy_steps", "must be >= 1")
+        check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        check(self.loader_workers >= 0, "loader_workers", "must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    eps: list[float] = field(default_factory=lambda: [8.0])
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))
+    batch_size: int = 32
+    n_panels: int = 4
+
+    def validate(self) -> None:
+        for i, e in enumerate(self.eps):
+            check(0 <= e <= 255, f"eps[{i}]", f"must be in [0, 255] (1/255 units), got {e}")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.n_panels >= 0, "n_panels", "must be >= 0")
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> ExperimentConfig:
+        return from_dict(cls, data or {})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        return cls.from_dict(load_yaml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def tiny_model_config(img_size: int = 32, patch_size: int = 8, depth: int = 2) -> ModelConfig:
+    """A ViT small enough for CPU tests and the demo."""
+    return ModelConfig(
+        backbone="vit_tiny_patch16_224",
+        img_size=img_size,
+        backbone_kwargs={"patch_size": patch_size, "depth": depth, "embed_dim": 64, "num_heads": 2},
+        disc_heads=2,
+        disc_mlp_dim=128,
+        top_k=3,
+        smoothing_sigma=max(1.0, 6.0 * img_size / 224),
+        smoothing_radius=max(1, round(7 * img_size / 224)),
+    )
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge two plain dicts (override wins)."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
