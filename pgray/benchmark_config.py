@@ -1,0 +1,73 @@
+"""Typed config of a benchmark: which checkpoints, which test splits, which attack grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgray.config import AttackConfig
+from pgray.configbase import check, from_dict, load_yaml
+
+
+@dataclass
+class DatasetEntry:
+    dataset: str
+    root: str
+    categories: list[str] | str = "all"  # "all": every category the layout knows
+    # checkpoint path template; {dataset} and {category} are filled in
+    checkpoint: str = "runs/benchmark/checkpoints/{dataset}/{category}/checkpoint.pt"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check(bool(self.dataset), "dataset", "must name a dataset")
+        check(bool(self.root), "root", "must name the dataset root folder")
+
+
+@dataclass
+class ActorConfig:
+    count: int = 2
+    cpus: float = 1.0
+    gpus: float = 0.0  # fractional GPUs pack small categories onto one device
+    threads: int = 1
+    max_retries: int = 3
+
+    def validate(self) -> None:
+        check(self.count >= 1, "count", f"must be >= 1, got {self.count}")
+        check(self.cpus >= 0, "cpus", "must be >= 0")
+        check(self.gpus >= 0, "gpus", "must be >= 0")
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "benchmark"
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))
+    eps: list[float] = field(default_factory=lambda: [8.0])
+    steps: list[int] = field(default_factory=lambda: [1000])
+    restarts: list[int] = field(default_factory=lambda: [1])
+    # stronger attacks run beside the protocol as sanity checks (e.g. method: apgd)
+    extra_attacks: list[AttackConfig] = field(default_factory=list)
+    mask_resize: str = "nearest"
+    batch_size: int = 32
+    n_panels: int = 2
+    train_missing: bool = False  # train a checkpoint first where none exists (Ray Train)
+    train: dict[str, Any] = field(default_factory=dict)  # experiment overrides for that training
+    train_workers: int = 1
+    actors: ActorConfig = field(default_factory=ActorConfig)
+
+    def validate(self) -> None:
+        check(len(self.datasets) >= 1, "datasets", "needs at least one dataset entry")
+        for i, e in enumerate(self.eps):
+            check(0 <= e <= 255, f"eps[{i}]", f"must be in [0, 255] (1/255 units), got {e}")
+        for i, s in enumerate(self.steps):
+            check(s >= 1, f"steps[{i}]", f"must be >= 1, got {s}")
+        for i, r in enumerate(self.restarts):
+            check(r >= 1, f"restarts[{i}]", f"must be >= 1, got {r}")
+        check(self.mask_resize in ("nearest", "lanczos_any"), "mask_resize",
+              f"must be nearest or lanczos_any, got {self.mask_resize!r}")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
+        return from_dict(cls, load_yaml(path))

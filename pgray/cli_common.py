@@ -1,0 +1,75 @@
+"""Arguments shared by the entry points, and turning them into a validated ExperimentConfig.
+
+No heavy imports here: `--help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from typing import Any
+
+from pgray.config import ExperimentConfig, merge, tiny_model_config
+from pgray.configbase import load_yaml, to_dict
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=required, help="dataset layout name (mvtec, visa, ...)")
+    g.add_argument("--root", required=required, help="dataset root folder")
+    g.add_argument("--category", required=required, help="category to use")
+    g.add_argument("--mask-resize", choices=["nearest", "lanczos_any"],
+                   help="ground-truth mask resize rule (default nearest)")
+    g.add_argument("--visa-split", choices=["1cls", "reference"], help="VisA split")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--config", help="experiment YAML (sections data, model, pseudo, loss, train,"
+                   " eval); command-line flags override it")
+    g.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
+    g.add_argument("--img-size", type=int, help="input size in pixels (default 224)")
+    g.add_argument("--pretrained", action="store_true", help="load hub weights (needs internet)")
+    g.add_argument("--weights", help="local backbone weights file instead of a hub download")
+    g.add_argument("--tiny", action="store_true",
+                   help="a tiny ViT (img 32-64, depth 2) for CPU smoke runs")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user gave, as a nested config dict."""
+    o: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            o.setdefault(section, {})[key] = value
+
+    for key in ("dataset", "root", "category", "mask_resize", "visa_split"):
+        put("data", key, getattr(args, key, None))
+    if getattr(args, "tiny", False):
+        o["model"] = to_dict(tiny_model_config(img_size=getattr(args, "img_size", None) or 32))
+        o.setdefault("loss", {}).update(attention_layers=[1, 2], attention_weights=[0.01, 0.05])
+    put("model", "backbone", getattr(args, "backbone", None))
+    put("model", "img_size", getattr(args, "img_size", None))
+    put("model", "weights", getattr(args, "weights", None))
+    if getattr(args, "pretrained", False):
+        put("model", "pretrained", True)
+    return o
+
+
+def build_config(args: argparse.Namespace, extra: dict[str, Any] | None = None
+                 ) -> ExperimentConfig:
+    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    merged = merge(merge(base, overrides_from_args(args)), extra or {})
+    return ExperimentConfig.from_dict(merged)
+
+
+def config_hash(cfg: ExperimentConfig, n: int = 10) -> str:
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in
+                   f"{cfg.data.dataset}-{cfg.data.category}")
+    return f"{safe}-{config_hash(cfg)}"

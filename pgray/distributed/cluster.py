@@ -1,0 +1,57 @@
+"""Connecting to Ray: an existing cluster when one is named, an in-process local one otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pgray.errors import ClusterError
+
+STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "file://")
+
+
+def resolve_storage(storage: str | None, default: Path) -> str:
+    """Absolute local path, or an s3:// / gs:// URI (Ray Train needs shared storage on
+    multi-node clusters). Anything else is refused with the scheme named."""
+    if not storage:
+        default.mkdir(parents=True, exist_ok=True)
+        return str(default.resolve())
+    if "://" in storage:
+        if not storage.startswith(STORAGE_SCHEMES):
+            scheme = storage.split("://", 1)[0]
+            raise ClusterError(
+                f"unsupported storage URI scheme {scheme!r} in {storage!r}; use a local path,"
+                " s3:// or gs://"
+            )
+        return storage
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ClusterError(f"cannot create storage folder {path}: {err.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ClusterError(f"storage folder {path} is not writable")
+    return str(path)
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None,
+            num_gpus: int | None = None) -> str:
+    """Join `address` (or RAY_ADDRESS, or the job's cluster under `ray job submit`), else start
+    a local Ray in this process. Returns a description of what was joined."""
+    import ray
+
+    if ray.is_initialized():
+        return "existing Ray session"
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
+            raise ClusterError(f"cannot connect to Ray at {address}: {err}") from None
+        return f"Ray cluster at {address}"
+    # A private, single-user Ray on this machine: no token auth, no dashboard listening.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             log_to_driver=True)
+    return "local Ray (in-process)"

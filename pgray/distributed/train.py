@@ -1,0 +1,130 @@
+"""Ray Train: one PatchGuard training run on N data-parallel workers (DDP; gloo/NCCL).
+
+The per-worker function only knows its config and the `ray.train` context; everything about
+the method lives in `pgray.training.fit`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainLaunch:
+    name: str
+    storage: str
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    mlflow_uri: str | None = None
+    mlflow_run_id: str | None = None
+    num_to_keep: int = 2
+
+
+def _load_resume_state(checkpoint) -> dict[str, Any] | None:
+    import torch
+
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from pgray.config import ExperimentConfig
+    from pgray.tracking import Tracker, log_history
+    from pgray.training import FitContext, fit
+
+    cfg = ExperimentConfig.from_dict(loop_config["experiment"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    resume_state = _load_resume_state(ray.train.get_checkpoint())
+    history: list = list((resume_state or {}).get("extra", {}).get("history", []))
+    tracker = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        tracker = Tracker(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
+        log_history(tracker, history)
+
+    fail_at = loop_config.get("fail_at")  # fault injection for tests: (epoch, step)
+
+    def report(epoch: int, metrics: dict[str, float], make_state) -> None:
+        history.append((epoch, metrics))
+        if fail_at and resume_state is None and epoch + 1 == fail_at:
+            raise RuntimeError(f"injected failure after epoch {epoch + 1}")
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if make_state is not None and rank == 0:
+                state = make_state()
+                state["extra"]["history"] = history
+                torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if tracker is not None:
+            log_history(tracker, history)
+
+    def prepare(model):
+        if world == 1:
+            return model
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    fit(cfg, FitContext(
+        device=ray.train.torch.get_device(), rank=rank, world_size=world,
+        prepare_model=prepare, report=report, resume_state=resume_state,
+        progress=loop_config.get("progress", True),
+    ))
+
+
+def run_training(experiment: dict[str, Any], launch: TrainLaunch, **loop_extras: Any):
+    """Build and fit a TorchTrainer. Re-running with the same name and storage resumes from
+    the latest checkpoint (Train V2 reloads the run's checkpoint snapshot)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = launch.gpus_per_worker > 0
+    resources = {"CPU": launch.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = launch.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": experiment,
+            "mlflow_uri": launch.mlflow_uri,
+            "mlflow_run_id": launch.mlflow_run_id,
+            "threads": max(1, int(launch.cpus_per_worker)),
+            **loop_extras,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=launch.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=launch.name,
+            storage_path=launch.storage,
+            failure_config=FailureConfig(max_failures=launch.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=launch.num_to_keep),
+        ),
+    )
+    return trainer.fit()
+
+
+def result_checkpoint_path(result, dest: Path) -> Path:
+    """Copy the final checkpoint of a Ray Train result into `dest` (a plain pgray .pt file)."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
+        tmp.replace(dest)
+    return dest

@@ -1,0 +1,62 @@
+"""Evaluate a checkpoint file on a test split and write metrics.json + panels (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pgray.config import EvalConfig
+
+
+def load_test_split(cfg, device=None):
+    from pgray.data.dataset import load_split
+
+    return load_split(cfg.data, "test", cfg.model.img_size)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    data_overrides: dict[str, Any],
+    eval_cfg: EvalConfig,
+    out: Path,
+    *,
+    progress: bool = True,
+    device=None,
+    model_and_config=None,
+) -> dict[str, Any]:
+    import dataclasses
+
+    import torch
+
+    import pgray
+    from pgray.checkpoint import load_checkpoint
+    from pgray.config import DataConfig
+    from pgray.configbase import from_dict, to_dict
+    from pgray.evaluation import attack_settings, evaluate_model, panel_indices, write_panels
+    from pgray.io import ensure_dir, file_sha256, write_json
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, _ = model_and_config or load_checkpoint(checkpoint, map_location="cpu")
+    model = model.to(device)
+    data_cfg = from_dict(DataConfig, to_dict(cfg.data) | data_overrides, "data")
+    cfg = dataclasses.replace(cfg, data=data_cfg)
+    dataset = load_test_split(cfg)
+    out = ensure_dir(out)
+    rows, outputs = evaluate_model(
+        model, dataset, attack_settings(eval_cfg), batch_size=eval_cfg.batch_size,
+        device=device, progress=progress, keep=panel_indices(dataset, eval_cfg.n_panels),
+    )
+    panels = write_panels(outputs, dataset, out, eval_cfg.n_panels)
+    result = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "dataset": data_cfg.dataset,
+        "category": data_cfg.category,
+        "split": data_cfg.visa_split if data_cfg.dataset == "visa" else "official",
+        "mask_resize": data_cfg.mask_resize,
+        "pgray_version": pgray.__version__,
+        "results": rows,
+        "panels": [str(p) for p in panels],
+    }
+    write_json(out / "metrics.json", result)
+    return result

@@ -1,0 +1,79 @@
+"""Atomic file writes: write to a temporary name in the same folder, fsync, then rename.
+
+A crash, a full disk or a kill leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pgray.errors import PgrayError
+
+
+class OutputError(PgrayError):
+    """The output folder cannot be written."""
+
+
+def ensure_dir(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output folder {path}: {err.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"output folder {path} is not writable")
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call write(fileobj) on a temp file next to `path`, then rename it into place."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"could not write {path}: {err.strerror or err}") from None
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_sha256(path: str | Path, n: int = 16) -> str:
+    """Short content hash of a file (identifies a checkpoint in result rows)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def safe_child(root: str | Path, name: str) -> Path:
+    """root/name, refusing names that would escape root (.., absolute paths, separators)."""
+    root = Path(root).resolve()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise PgrayError(f"invalid name {name!r}: use letters, digits, '-', '_' and '.'")
+    child = (root / name).resolve()
+    if child.parent != root:
+        raise PgrayError(f"name {name!r} escapes the output folder {root}")
+    return child

@@ -1,0 +1,66 @@
+"""Figures: evaluation panels and robustness curves (matplotlib, Agg backend, atomic writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(*args, **kwargs)
+
+
+def _save(fig, plt, path: Path) -> Path:
+    from pgray.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def panel(path: Path, *, image, adv_image, mask, clean_map, adv_map, title: str = "") -> Path:
+    img = np.asarray(image.permute(1, 2, 0).cpu().numpy() if hasattr(image, "permute") else image)
+    adv = np.asarray(adv_image.permute(1, 2, 0).cpu().numpy()
+                     if hasattr(adv_image, "permute") else adv_image)
+    delta = adv - img
+    scale = max(float(np.abs(delta).max()), 1e-8)
+    plt, (fig, axes) = _figure(1, 6, figsize=(15, 2.8))
+    vmin = float(min(clean_map.min(), adv_map.min()))
+    vmax = float(max(clean_map.max(), adv_map.max()))
+    items = [
+        ("image", img, {}),
+        ("attacked", np.clip(adv, 0, 1), {}),
+        (f"perturbation x{1 / scale:.0f}", 0.5 + 0.5 * delta / scale, {}),
+        ("ground truth", mask, {"cmap": "gray", "vmin": 0, "vmax": 1}),
+        ("clean map", clean_map, {"cmap": "jet", "vmin": vmin, "vmax": vmax}),
+        ("attacked map", adv_map, {"cmap": "jet", "vmin": vmin, "vmax": vmax}),
+    ]
+    for ax, (name, data, kw) in zip(axes, items):
+        ax.imshow(np.clip(data, 0, 1) if not kw else data, **kw)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, plt, path)
+
+
+def robustness_curve(path: Path, series: dict[str, tuple[list[float], list[float]]],
+                     xlabel: str, ylabel: str, title: str) -> Path:
+    """One line per series name: x values against AUROC."""
+    plt, (fig, ax) = _figure(figsize=(5, 3.5))
+    for name, (xs, ys) in sorted(series.items()):
+        order = np.argsort(xs)
+        ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    return _save(fig, plt, path)

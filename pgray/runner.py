@@ -1,0 +1,148 @@
+"""Train one category end to end: validate inputs, open the MLflow run, run in-process or on Ray
+Train, and leave a checkpoint, a metrics file and the config in the output folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgray.config import ExperimentConfig
+from pgray.errors import CheckpointError
+
+
+@dataclass
+class TrainRequest:
+    config: ExperimentConfig
+    out: Path
+    name: str
+    workers: int = 1
+    use_ray: bool = False
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    storage: str | None = None
+    address: str | None = None
+    max_failures: int = 2
+    mlflow_uri: str | None = None
+    progress: bool = True
+    parent_run_id: str | None = None
+    loop_extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics_file: Path
+    history: list[dict[str, float]]
+    mlflow_run_id: str
+    mlflow_hint: str
+
+
+def validate_inputs(cfg: ExperimentConfig) -> None:
+    """Fail on a bad dataset before any worker, Ray or MLflow run starts."""
+    from pgray.data.registry import get_layout
+
+    layout = get_layout(cfg.data.dataset)
+    options = {"visa_split": cfg.data.visa_split, **cfg.data.options}
+    layout.discover(cfg.data.root, cfg.data.category, "train", options)
+
+
+def train_category(req: TrainRequest) -> TrainResult:
+    from pgray.io import ensure_dir, write_json, write_text
+    from pgray.tracking import (
+        check_tracking_uri,
+        ensure_experiment,
+        open_run,
+        resolve_tracking_uri,
+        runs_url,
+    )
+
+    cfg = req.config
+    validate_inputs(cfg)
+    out = ensure_dir(req.out)
+    uri = resolve_tracking_uri(req.mlflow_uri)
+    check_tracking_uri(uri)
+    tracker = open_run(uri, f"train:{req.name}", run_name=req.name,
+                       parent_run_id=req.parent_run_id,
+                       tags={"pgray.kind": "train", "dataset": cfg.data.dataset,
+                             "category": cfg.data.category})
+    tracker.log_params(cfg.to_dict())
+    checkpoint = out / "checkpoint.pt"
+    if req.use_ray:
+        history = _train_on_ray(req, uri, tracker.run_id, checkpoint)
+    else:
+        history = _train_in_process(req, tracker, checkpoint)
+    import yaml
+
+    rows = [{"epoch": e + 1, **m} for e, m in history]
+    metrics_file = write_json(out / "metrics.json", {"run_name": req.name, "epochs": rows})
+    config_file = write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    for path in (checkpoint, config_file, metrics_file):
+        tracker.log_artifact(path)
+    tracker.finish()
+    hint = runs_url(uri, ensure_experiment(uri))
+    return TrainResult(checkpoint, metrics_file, rows, tracker.run_id, hint)
+
+
+def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
+    import torch
+
+    from pgray.io import atomic_write
+    from pgray.tracking import log_history
+    from pgray.training import FitContext, fit
+
+    resume = _local_resume_state(checkpoint, req.name)
+    history: list = list((resume or {}).get("extra", {}).get("history", []))
+    log_history(tracker, history)
+
+    def report(epoch: int, metrics: dict[str, float], make_state) -> None:
+        history.append((epoch, metrics))
+        if make_state is not None:
+            state = make_state()
+            state["extra"] |= {"history": history, "run_name": req.name}
+            atomic_write(checkpoint, lambda f: torch.save(state, f))
+        log_history(tracker, history)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fit(req.config, FitContext(device=device, report=report, resume_state=resume,
+                               progress=req.progress))
+    return history
+
+
+def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
+    import torch
+
+    if not checkpoint.exists():
+        return None
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"cannot resume from {checkpoint}: {err}") from None
+    if state.get("extra", {}).get("run_name") != name:
+        raise CheckpointError(
+            f"{checkpoint} belongs to another run"
+            f" ({state.get('extra', {}).get('run_name')!r}, not {name!r}); use another --out"
+        )
+    return state
+
+
+def _train_on_ray(req: TrainRequest, uri: str, run_id: str, checkpoint: Path) -> list:
+    import torch
+
+    from pgray.distributed.cluster import connect, resolve_storage
+    from pgray.distributed.train import TrainLaunch, result_checkpoint_path, run_training
+
+    connect(req.address)
+    storage = resolve_storage(req.storage, req.out / "ray_storage")
+    launch = TrainLaunch(
+        name=req.name, storage=storage, workers=req.workers,
+        gpus_per_worker=req.gpus_per_worker, cpus_per_worker=req.cpus_per_worker,
+        max_failures=req.max_failures, mlflow_uri=uri, mlflow_run_id=run_id,
+    )
+    result = run_training(req.config.to_dict(), launch, progress=req.progress,
+                          **req.loop_extras)
+    if result.error is not None:
+        raise result.error
+    result_checkpoint_path(result, checkpoint)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return list(state["extra"].get("history", []))

@@ -1,0 +1,201 @@
+"""MLflow: one place that opens runs, logs params/metrics/artifacts, and retries with back-off.
+
+Runs are found again by a deterministic key (tag `pgray.run_key`), so a resumed training, sweep
+or benchmark continues its MLflow run instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pgray.errors import ClusterError
+
+T = TypeVar("T")
+RUN_KEY_TAG = "pgray.run_key"
+DEFAULT_EXPERIMENT = "pgray"
+
+
+def resolve_tracking_uri(cli_value: str | None = None) -> str:
+    """--mlflow-uri, then MLFLOW_TRACKING_URI, then an SQLite file in the working directory."""
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return uri
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail before any work starts when the tracking store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise ClusterError(f"MLflow server {uri} answered /health with {resp.status}")
+        except (urllib.error.URLError, OSError) as err:
+            raise ClusterError(
+                f"MLflow tracking server {uri} is unreachable ({err}); start it or set"
+                " --mlflow-uri / MLFLOW_TRACKING_URI"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri.removeprefix("sqlite:///")).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ClusterError(f"MLflow store folder {parent} does not exist or is not writable")
+    elif "://" in uri and not uri.startswith(("file://", "databricks", "postgresql", "mysql")):
+        raise ClusterError(f"unsupported MLflow tracking URI scheme: {uri}")
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = 4, base_delay_s: float = 0.5) -> T | None:
+    """Call fn with exponential back-off; on final failure warn, naming what was not logged."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - any tracking failure must not kill training
+            if attempt == attempts - 1:
+                warnings.warn(f"MLflow: {what} was not logged ({type(err).__name__}: {err})",
+                              stacklevel=2)
+                return None
+            time.sleep(base_delay_s * 2**attempt)
+    return None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten(v, f"{key}.")
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Tracker:
+    """A thin, retrying view of one MLflow run."""
+
+    def __init__(self, uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        existing = self._existing_params()
+        items = [Param(k, v) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(items), 90):
+            chunk = items[i : i + 90]
+            retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "params")
+
+    def _existing_params(self) -> dict[str, str]:
+        run = retry(lambda: self.client.get_run(self.run_id), "params lookup")
+        return dict(run.data.params) if run else {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and v == v  # drop NaN: undefined metrics
+        ]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=items),
+              f"metrics {sorted(metrics)} at step {step}")
+
+    def last_step(self, key: str) -> int:
+        history = retry(lambda: self.client.get_metric_history(self.run_id, key), "history")
+        return max((m.step for m in history or []), default=-1)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, str(v)), f"tag {k}")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+              f"artifact {Path(path).name}")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        retry(lambda: self.client.set_terminated(self.run_id, status), "run status")
+
+
+def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name)
+        except Exception:  # noqa: BLE001 - created concurrently by another process
+            exp_id = client.get_experiment_by_name(name).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    # Marks the experiment as model training, so the UI shows the runs table.
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    return exp_id
+
+
+def open_run(
+    uri: str,
+    run_key: str,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Tracker:
+    """The run tagged with `run_key`, created on first use and reopened afterwards."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = ensure_experiment(uri, experiment)
+    safe_key = run_key.replace("'", "")
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{safe_key}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+    else:
+        all_tags = {RUN_KEY_TAG: safe_key} | {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name or safe_key, tags=all_tags)
+        run_id = run.info.run_id
+    return Tracker(uri, run_id)
+
+
+def runs_url(uri: str, experiment_id: str) -> str:
+    """Where to look: the 'Training runs' table, not the GenAI overview the UI opens first."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return (
+        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    )
+
+
+def log_history(tracker: Tracker, history: Iterable[tuple[int, dict[str, float]]],
+                key: str = "loss") -> int:
+    """Log the epochs of `history` that MLflow has not seen yet; returns how many were logged.
+
+    Called with the full per-epoch history held in the checkpoint, it makes a resumed run's
+    metric series continue exactly once, whatever the point of failure.
+    """
+    seen = tracker.last_step(key)
+    n = 0
+    for step, metrics in history:
+        if step > seen:
+            tracker.log_metrics(metrics, step)
+            n += 1
+    return n

@@ -1,0 +1,189 @@
+"""The training loop of one category, independent of where it runs.
+
+`fit` is called directly by `python -m pgray.train --workers 1` and from every Ray Train worker;
+the caller supplies a `FitContext` with its device, rank, model wrapper (DDP) and report hook.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgray.config import ExperimentConfig
+from pgray.errors import DatasetError
+
+ReportFn = Callable[[int, dict[str, float], Callable[[], dict[str, Any]] | None], None]
+
+
+@dataclass
+class FitContext:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
+    # report(epoch, metrics, make_state): make_state() builds the checkpoint payload on demand
+    report: ReportFn = lambda epoch, metrics, make_state: None
+    resume_state: dict[str, Any] | None = None
+    progress: bool = True
+
+
+def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministically keep `fraction` of the normal train images out for the proxy metric."""
+    normals = [s for s in samples if s.label == 0]
+    if not normals:
+        raise DatasetError("the train split has no normal images")
+    n_hold = 0 if fraction <= 0 else max(2, int(round(len(normals) * fraction)))
+    if n_hold >= len(normals):
+        raise DatasetError(
+            f"the train split has {len(normals)} normal images: too few to hold out {n_hold}"
+            " for the proxy metric (lower train.holdout_fraction)"
+        )
+    order = np.random.default_rng(seed).permutation(len(normals))
+    hold = sorted(order[:n_hold].tolist())
+    keep = sorted(order[n_hold:].tolist())
+    return [normals[i] for i in keep], [normals[i] for i in hold]
+
+
+def build_datasets(cfg: ExperimentConfig, patch_size: int):
+    """Train and held-out pseudo-anomaly datasets (held-out uses another seed)."""
+    from pgray.data.dataset import ADDataset
+    from pgray.data.registry import get_layout
+    from pgray.pseudo import PseudoAnomalyDataset, PseudoAnomalyGenerator
+
+    layout = get_layout(cfg.data.dataset)
+    options = {"visa_split": cfg.data.visa_split, **cfg.data.options}
+    samples = layout.discover(cfg.data.root, cfg.data.category, "train", options)
+    train_samples, hold_samples = split_holdout(
+        samples, cfg.train.holdout_fraction, cfg.train.seed
+    )
+    size, rule = cfg.model.img_size, cfg.data.mask_resize
+    generator = PseudoAnomalyGenerator(cfg.pseudo, img_size=size, patch_size=patch_size)
+    train = PseudoAnomalyDataset(
+        ADDataset(train_samples, img_size=size, mask_resize=rule), generator, seed=cfg.train.seed
+    )
+    holdout = None
+    if hold_samples:
+        holdout = PseudoAnomalyDataset(
+            ADDataset(hold_samples, img_size=size, mask_resize=rule),
+            generator,
+            seed=cfg.train.seed + 7_919,
+        )
+    return train, holdout
+
+
+def _loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfig, rank: int,
+            world_size: int, device: torch.device):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = None
+    if world_size > 1 and shuffle:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=cfg.train.loader_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+
+
+def per_worker_batch(global_batch: int, world_size: int) -> int:
+    return max(1, -(-global_batch // world_size))
+
+
+def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
+    """Train for cfg.train.epochs (resuming from ctx.resume_state); returns the last metrics."""
+    from pgray.checkpoint import checkpoint_payload
+    from pgray.engine import build_optimizer, proxy_metrics, resolve_precision, train_epoch
+    from pgray.model import PatchGuard
+
+    torch.manual_seed(cfg.train.seed)
+    device = ctx.device
+    precision = resolve_precision(cfg.train.precision, device)
+    model = PatchGuard(cfg.model).to(device)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    start_epoch = 0
+    if ctx.resume_state is not None:
+        start_epoch = restore_state(ctx.resume_state, model, optimizer, scheduler)
+    forward_model = ctx.prepare_model(model)
+
+    train_ds, holdout_ds = build_datasets(cfg, model.patch_size)
+    batch = per_worker_batch(cfg.train.batch_size, ctx.world_size)
+    train_loader = _loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
+                           world_size=ctx.world_size, device=device)
+    holdout_loader = None
+    if holdout_ds is not None:
+        holdout_loader = _loader(holdout_ds, cfg.eval.batch_size, shuffle=False, cfg=cfg,
+                                 rank=0, world_size=1, device=device)
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        started = time.perf_counter()
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        train_ds.rank = ctx.rank
+        metrics = train_epoch(
+            model, _progress(train_loader, epoch, cfg, ctx), cfg, optimizer, device=device,
+            precision=precision, forward_model=forward_model, epoch=epoch, rank=ctx.rank,
+        )
+        scheduler.step()
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics["epoch"] = float(epoch + 1)
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        metrics["images_per_s"] = metrics["steps"] * batch / max(metrics["epoch_time_s"], 1e-9)
+        last = epoch + 1 == cfg.train.epochs
+        if holdout_loader is not None and ctx.rank == 0 and (
+            last or (epoch + 1) % cfg.train.proxy_every == 0
+        ):
+            metrics |= proxy_metrics(model, holdout_loader, cfg, device=device,
+                                     precision=precision)
+        save = last or (epoch + 1) % cfg.train.checkpoint_every == 0
+        make_state = None
+        if save:
+            def make_state(epoch=epoch):
+                return checkpoint_payload(
+                    model, cfg, extra=training_state(optimizer, scheduler, epoch + 1)
+                )
+        ctx.report(epoch, metrics, make_state)
+    return metrics
+
+
+def _progress(loader, epoch: int, cfg: ExperimentConfig, ctx: FitContext):
+    if not ctx.progress or ctx.rank != 0:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def training_state(optimizer, scheduler, epochs_done: int) -> dict[str, Any]:
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epochs_done": epochs_done,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def restore_state(state: dict[str, Any], model, optimizer, scheduler) -> int:
+    """Load weights and optimiser state from a checkpoint payload; returns the next epoch."""
+    from pgray.checkpoint import load_payload_into
+
+    extra = load_payload_into(model, state)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    return int(extra["epochs_done"])
