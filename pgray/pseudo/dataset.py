@@ -1,0 +1,77 @@
+"""A Dataset of (normal image, pseudo-anomaly) pairs over a base dataset of normal images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pgray.pseudo.generator import PseudoAnomalyGenerator
+
+
+def _normal_indices(base: Any) -> list[int]:
+    """Indices of the base's normal items; read from its sample list when it has one.
+
+    An ADDataset keeps `samples` (with `label`), so anomalous items are skipped without
+    loading any image; any other dataset is taken as all-normal (checked per item).
+    """
+    samples = getattr(base, "samples", None)
+    if samples is not None and all(hasattr(s, "label") for s in samples):
+        return [i for i, s in enumerate(samples) if int(s.label) == 0]
+    return list(range(len(base)))
+
+
+class PseudoAnomalyDataset(Dataset):
+    """dict(image, pseudo_image, pseudo_mask (1,H,W), pseudo_patch_labels (N,), index).
+
+    Item i uses numpy.random.default_rng([seed, epoch, rank, i]): reproducible for a given
+    (seed, epoch, rank, index), whatever the worker count or order. Call set_epoch before
+    creating each epoch's DataLoader iterator (workers copy the dataset when they start, so
+    persistent workers would keep the old epoch).
+    """
+
+    def __init__(
+        self, base: Any, generator: PseudoAnomalyGenerator, seed: int, epoch: int = 0, rank: int = 0
+    ) -> None:
+        for name, value in (("seed", seed), ("epoch", epoch), ("rank", rank)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (numpy seed entropy), got {value}")
+        self.base = base
+        self.generator = generator
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        self.rank = int(rank)
+        self.indices = _normal_indices(base)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, self.rank, index])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.base[self.indices[index]]
+        label = item.get("label")
+        if label is not None and int(label) != 0:
+            raise ValueError(
+                f"pseudo-anomalies are made from normal images; item {index} has label {int(label)}"
+            )
+        image = item["image"]
+        foreground = item.get("foreground")
+        if foreground is None:  # no mask: the whole image is foreground (textures)
+            foreground = torch.ones(image.shape[1:], dtype=torch.bool)
+        pseudo, mask, labels = self.generator(image, foreground, self.rng(index))
+        return {
+            "image": image,
+            "pseudo_image": pseudo,
+            "pseudo_mask": mask.unsqueeze(0),
+            "pseudo_patch_labels": labels,
+            "index": index,
+        }
