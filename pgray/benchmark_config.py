@@ -13,7 +13,7 @@ from pgray.configbase import check, from_dict, load_yaml
 @dataclass
 class DatasetEntry:
     dataset: str
-    root: str
+    root: str = ""  # "" with dataset synthetic: the generated dataset (cached)
     categories: list[str] | str = "all"  # "all": every category the layout knows
     # checkpoint path template; {dataset} and {category} are filled in
     checkpoint: str = "runs/benchmark/checkpoints/{dataset}/{category}/checkpoint.pt"
@@ -21,7 +21,6 @@ class DatasetEntry:
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "must name a dataset")
-        check(bool(self.root), "root", "must name the dataset root folder")
 
 
 @dataclass

@@ -70,6 +70,15 @@ class BenchJob:
         return f"{self.dataset}/{self.category} {self.setting}"
 
 
+def entry_root(entry) -> str:
+    """The dataset root of a benchmark entry ("" + synthetic: the cached generated data)."""
+    from pgray.config import DataConfig
+    from pgray.data.dataset import resolve_root
+
+    data = DataConfig(dataset=entry.dataset, root=entry.root, options=dict(entry.options))
+    return str(resolve_root(data))
+
+
 def categories_of(entry) -> list[str]:
     from pgray.data.registry import get_layout
 
@@ -78,7 +87,7 @@ def categories_of(entry) -> list[str]:
     layout = get_layout(entry.dataset)
     if layout.categories:
         return list(layout.categories)
-    return sorted(p.name for p in Path(entry.root).iterdir() if p.is_dir())
+    return layout.available_categories(entry_root(entry))
 
 
 def attack_grid(cfg: BenchmarkConfig) -> list[AttackConfig | None]:
@@ -113,11 +122,12 @@ def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
                     " train_missing: true"
                 )
             options = {"visa_split": "1cls", **entry.options}
-            n_test = len(layout.discover(entry.root, category, "test", options))
+            root = entry_root(entry)
+            n_test = len(layout.discover(root, category, "test", options))
             sha = file_sha256(ckpt)
             for attack in attack_grid(cfg):
                 jobs.append(BenchJob(
-                    dataset=entry.dataset, root=str(entry.root), category=category,
+                    dataset=entry.dataset, root=root, category=category,
                     checkpoint=str(ckpt.resolve()), checkpoint_sha256=sha,
                     attack=None if attack is None else to_dict(attack),
                     mask_resize=cfg.mask_resize, batch_size=cfg.batch_size,

@@ -26,7 +26,7 @@ class BenchmarkResult:
 def train_missing(cfg: BenchmarkConfig, out: Path, mlflow_uri: str | None,
                   parent_run_id: str | None, progress: bool) -> None:
     """Train a checkpoint (through Ray Train) for every category that has none."""
-    from pgray.benchmark_jobs import categories_of
+    from pgray.benchmark_jobs import categories_of, entry_root
     from pgray.config import ExperimentConfig, merge
     from pgray.runner import TrainRequest, train_category
 
@@ -36,7 +36,7 @@ def train_missing(cfg: BenchmarkConfig, out: Path, mlflow_uri: str | None,
             if ckpt.is_file():
                 continue
             exp = ExperimentConfig.from_dict(merge(cfg.train, {"data": {
-                "dataset": entry.dataset, "root": entry.root, "category": category,
+                "dataset": entry.dataset, "root": entry_root(entry), "category": category,
                 "options": entry.options}}))
             train_category(TrainRequest(
                 config=exp, out=ckpt.parent, name=f"{cfg.name}-{entry.dataset}-{category}",

@@ -40,11 +40,9 @@ class TrainResult:
 
 def validate_inputs(cfg: ExperimentConfig) -> None:
     """Fail on a bad dataset before any worker, Ray or MLflow run starts."""
-    from pgray.data.registry import get_layout
+    from pgray.training import discover
 
-    layout = get_layout(cfg.data.dataset)
-    options = {"visa_split": cfg.data.visa_split, **cfg.data.options}
-    layout.discover(cfg.data.root, cfg.data.category, "train", options)
+    discover(cfg.data, "train")
 
 
 def train_category(req: TrainRequest) -> TrainResult:

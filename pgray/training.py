@@ -31,6 +31,10 @@ class FitContext:
     report: ReportFn = lambda epoch, metrics, make_state: None
     resume_state: dict[str, Any] | None = None
     progress: bool = True
+    # called after each training step (fault injection in tests, custom monitoring)
+    step_hook: Callable[[int, int], None] | None = None
+    # extra per-epoch metrics computed from the model (e.g. a cross-rank parameter check)
+    epoch_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None
 
 
 def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -50,15 +54,22 @@ def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list
     return [normals[i] for i in keep], [normals[i] for i in hold]
 
 
+def discover(data_cfg, split: str) -> list:
+    """Samples of one split of the configured category (DatasetError naming what is wrong)."""
+    from pgray.data.dataset import resolve_root
+    from pgray.data.registry import get_layout
+
+    layout = get_layout(data_cfg.dataset)
+    options = {"visa_split": data_cfg.visa_split, **data_cfg.options}
+    return layout.discover(resolve_root(data_cfg), data_cfg.category, split, options)
+
+
 def build_datasets(cfg: ExperimentConfig, patch_size: int):
     """Train and held-out pseudo-anomaly datasets (held-out uses another seed)."""
     from pgray.data.dataset import ADDataset
-    from pgray.data.registry import get_layout
     from pgray.pseudo import PseudoAnomalyDataset, PseudoAnomalyGenerator
 
-    layout = get_layout(cfg.data.dataset)
-    options = {"visa_split": cfg.data.visa_split, **cfg.data.options}
-    samples = layout.discover(cfg.data.root, cfg.data.category, "train", options)
+    samples = discover(cfg.data, "train")
     train_samples, hold_samples = split_holdout(
         samples, cfg.train.holdout_fraction, cfg.train.seed
     )
@@ -137,8 +148,11 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         metrics = train_epoch(
             model, _progress(train_loader, epoch, cfg, ctx), cfg, optimizer, device=device,
             precision=precision, forward_model=forward_model, epoch=epoch, rank=ctx.rank,
+            on_step=_step_hook(ctx, epoch),
         )
         scheduler.step()
+        if ctx.epoch_hook is not None:
+            metrics |= ctx.epoch_hook(model)
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["epoch"] = float(epoch + 1)
         metrics["epoch_time_s"] = time.perf_counter() - started
@@ -158,6 +172,12 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
                 )
         ctx.report(epoch, metrics, make_state)
     return metrics
+
+
+def _step_hook(ctx: FitContext, epoch: int):
+    if ctx.step_hook is None:
+        return None
+    return lambda step, _out: ctx.step_hook(epoch, step)
 
 
 def _progress(loader, epoch: int, cfg: ExperimentConfig, ctx: FitContext):

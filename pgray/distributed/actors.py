@@ -17,8 +17,9 @@ from pgray.benchmark_jobs import BenchJob, JobEvaluator
 def make_actor_class(cpus: float, gpus: float, max_retries: int):
     import ray
 
+    # SPREAD: actors land on different nodes, so one lost node costs one actor, not all.
     return ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=max_retries,
-                      max_task_retries=max_retries)(JobEvaluator)
+                      max_task_retries=max_retries, scheduling_strategy="SPREAD")(JobEvaluator)
 
 
 class Progress:

@@ -56,12 +56,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker = Tracker(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
         log_history(tracker, history)
 
-    fail_at = loop_config.get("fail_at")  # fault injection for tests: (epoch, step)
-
     def report(epoch: int, metrics: dict[str, float], make_state) -> None:
         history.append((epoch, metrics))
-        if fail_at and resume_state is None and epoch + 1 == fail_at:
-            raise RuntimeError(f"injected failure after epoch {epoch + 1}")
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if make_state is not None and rank == 0:
@@ -82,7 +78,42 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(), rank=rank, world_size=world,
         prepare_model=prepare, report=report, resume_state=resume_state,
         progress=loop_config.get("progress", True),
+        step_hook=_fault_injector(loop_config.get("inject_fault"), rank),
+        epoch_hook=param_spread if world > 1 else None,
     ))
+
+
+def param_spread(model) -> dict[str, float]:
+    """Largest difference across ranks of any parameter tensor's sum (0 when DDP keeps the
+    replicas in sync), and this replica's checksum."""
+    import torch
+    import torch.distributed as dist
+
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    high, low = sums.clone(), sums.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return {"param_spread": float((high - low).abs().max()),
+            "param_checksum": float(sums.abs().sum())}
+
+
+def _fault_injector(spec: dict[str, Any] | None, rank: int):
+    """Test hook: {epoch, step, rank, marker, mode}: fail once (marker file) at that step,
+    by raising or by killing the worker process."""
+    if not spec or spec.get("rank", 0) != rank:
+        return None
+
+    def hook(epoch: int, step: int) -> None:
+        import os
+
+        marker = Path(spec["marker"])
+        if epoch == spec["epoch"] and step == spec["step"] and not marker.exists():
+            marker.write_text("failed once\n")
+            if spec.get("mode") == "exit":
+                os._exit(1)
+            raise RuntimeError(f"injected failure at epoch {epoch + 1} step {step}")
+
+    return hook
 
 
 def run_training(experiment: dict[str, Any], launch: TrainLaunch, **loop_extras: Any):

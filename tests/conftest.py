@@ -1,0 +1,61 @@
+"""Shared fixtures: one local Ray per session, MLflow stores in tmp folders, tiny datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_mlflow_store(tmp_path_factory):
+    """A safety net: nothing in the tests writes mlflow.db into the working directory."""
+    path = tmp_path_factory.mktemp("mlflow-session") / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{path}"
+    os.environ["PGRAY_CACHE"] = str(tmp_path_factory.mktemp("pgray-cache"))
+    yield
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def start_local_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
+                 log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def _ray_shutdown_at_end():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_ray_shutdown_at_end):
+    """One local Ray for the session (each init costs seconds and hundreds of MB); started
+    again if a multi-node test replaced it with a cluster of its own."""
+    return start_local_ray()
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A tiny generated MVTec-layout dataset: one object and one texture category, 32 px."""
+    from pgray.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate(root, seed=0, size=32, n_train=12, n_test=8, categories=("disc", "weave"))

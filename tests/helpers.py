@@ -1,0 +1,23 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgray.config import ExperimentConfig, merge
+from pgray.configbase import to_dict
+
+
+def tiny_experiment(root: Path, category: str = "disc", **overrides) -> ExperimentConfig:
+    """A config that trains in seconds on the CPU: img 32, patch 8, depth 2, short PGD."""
+    from pgray.config import tiny_model_config
+
+    base = {
+        "data": {"dataset": "synthetic", "root": str(root), "category": category},
+        "model": to_dict(tiny_model_config(img_size=32)),
+        "loss": {"attention_layers": [1, 2], "attention_weights": [0.01, 0.05]},
+        "train": {"epochs": 2, "batch_size": 4, "holdout_fraction": 0.25, "proxy_steps": 2,
+                  "attack": {"eps": 8.0, "steps": 2}, "max_steps_per_epoch": 2},
+        "eval": {"eps": [8.0], "attack": {"steps": 3}, "batch_size": 8, "n_panels": 1},
+    }
+    return ExperimentConfig.from_dict(merge(base, overrides))

@@ -1,0 +1,124 @@
+"""Benchmark on Ray actors: grid, Parquet/Markdown/plots, MLflow, skip-on-rerun, multi-node."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import tiny_experiment
+
+from pgray.benchmark_config import BenchmarkConfig
+from pgray.benchmark_run import run_benchmark
+from pgray.configbase import from_dict
+from pgray.results import read_rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoints(synthetic_root, tmp_path_factory) -> Path:
+    from pgray.runner import TrainRequest, train_category
+
+    base = tmp_path_factory.mktemp("ckpts")
+    for category in ("disc", "weave"):
+        cfg = tiny_experiment(synthetic_root, category, train={"epochs": 1})
+        train_category(TrainRequest(config=cfg, out=base / category, name=f"b-{category}",
+                                    progress=False))
+    return base
+
+
+def _config(root, checkpoints, **kw) -> BenchmarkConfig:
+    data = {
+        "name": "tiny",
+        "datasets": [{"dataset": "synthetic", "root": str(root), "categories": ["disc", "weave"],
+                      "checkpoint": str(checkpoints / "{category}" / "checkpoint.pt")}],
+        "eps": [2.0, 8.0], "steps": [2], "batch_size": 8, "n_panels": 1,
+        "actors": {"count": 2, "cpus": 0.5},
+    } | kw
+    return from_dict(BenchmarkConfig, data)
+
+
+def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, checkpoints,
+                                               tmp_path, mlflow_uri):
+    cfg = _config(synthetic_root, checkpoints)
+    out = tmp_path / "bench"
+    result = run_benchmark(cfg, out, progress=False)
+    assert result.ran == 6 and result.skipped == 0
+    rows = read_rows(out)
+    assert len(rows) == 6 and len({r["job_key"] for r in rows}) == 6
+    for r in rows:
+        assert {"eps", "steps", "alpha", "restarts", "objective", "library", "precision",
+                "mask_resize", "split", "checkpoint_sha256", "pgray_version", "flags"} <= set(r)
+        assert 0 <= r["image_auroc"] <= 1
+    attacked = [r for r in rows if r["setting"] != "clean"]
+    assert {r["eps"] for r in attacked} == {2.0, 8.0}
+    assert all(r["alpha"] == pytest.approx(2.5 * r["eps"] / 2) for r in attacked)
+    text = (out / "results.md").read_text()
+    assert "| disc |" in text and "| **mean** |" in text and "PGD-2 eps 8/255" in text
+    assert (out / "auroc_vs_eps.png").stat().st_size > 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("pgray")
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    assert len(children) == 6
+    assert {c.data.tags["category"] for c in children} == {"disc", "weave"}
+    parent_files = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+    assert {"results.parquet", "results.md", "auroc_vs_eps.png"} <= parent_files
+
+    again = run_benchmark(cfg, out, progress=False)
+    assert again.ran == 0 and again.skipped == 6
+    assert len(read_rows(out)) == 6
+
+
+def test_actors_match_sequential_numbers(ray_session, synthetic_root, checkpoints, tmp_path,
+                                         mlflow_uri):
+    cfg = _config(synthetic_root, checkpoints, eps=[8.0])
+    a = {r["job_key"]: r for r in run_benchmark(cfg, tmp_path / "a", progress=False).rows}
+    s = {r["job_key"]: r for r in run_benchmark(cfg, tmp_path / "s", progress=False,
+                                                sequential=True).rows}
+    assert a.keys() == s.keys()
+    for key in a:
+        assert a[key]["image_auroc"] == pytest.approx(s[key]["image_auroc"], abs=1e-6)
+        assert a[key]["pixel_auroc"] == pytest.approx(s[key]["pixel_auroc"], abs=1e-6)
+
+
+def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp_path,
+                                                mlflow_uri):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        cfg = _config(synthetic_root, checkpoints, eps=[2.0, 4.0, 8.0], steps=[25],
+                      actors={"count": 2, "cpus": 0.5, "max_retries": 4})
+        out = tmp_path / "bench"
+        box: dict = {}
+        worker = threading.Thread(
+            target=lambda: box.setdefault("result", run_benchmark(cfg, out, progress=False)))
+        worker.start()
+        deadline = time.time() + 240
+        while time.time() < deadline:  # until both nodes have finished a job
+            done = read_rows(out) if (out / "results.parquet").exists() else []
+            if len({r["node"] for r in done}) == 2:
+                break
+            time.sleep(0.2)
+        cluster.remove_node(nodes[1])
+        done_before_loss = len(done)
+        worker.join(timeout=300)
+        assert not worker.is_alive() and "result" in box
+        rows = read_rows(out)
+        keys = [r["job_key"] for r in rows]
+        assert done_before_loss < 8  # the node was lost with jobs still to run
+        assert len(rows) == 8 and len(set(keys)) == 8  # 2 categories x (clean + 3 eps), once
+        assert len({r["node"] for r in rows}) == 2  # jobs ran on both worker nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
