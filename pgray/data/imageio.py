@@ -1,0 +1,109 @@
+"""Pixel I/O shared by the dataset, the checker and the mask generator (PIL + numpy, no torch).
+
+Every read fully decodes the file, so a truncated or corrupt image fails here with a
+DatasetError naming it, not later inside a DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from pgray.errors import DatasetError
+
+MaskResize = Literal["nearest", "lanczos_any"]
+MASK_RULES: tuple[str, ...] = ("nearest", "lanczos_any")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and decode the whole file (PIL is lazy: `open` alone reads only the header)."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's ways of saying truncated/corrupt
+        raise DatasetError(f"{path}: cannot decode image ({err})") from None
+    return img
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DatasetError(f"{path}: cannot read image header ({err})") from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and integer images (CT, MRI exports) scaled into 8 bits instead of clipped."""
+    if img.mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max()
+        arr = arr * (255.0 / peak) if peak > 255 else arr
+    else:
+        return img
+    return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    return _to_8bit(open_image(path)).convert("RGB")
+
+
+def load_binary(path: Path, threshold: int = 0) -> np.ndarray:
+    """A mask file as bool (H, W): a pixel is set when any colour channel exceeds `threshold`
+    (alpha is ignored; palette masks use their index, as VisA's non-zero convention wants)."""
+    img = _to_8bit(open_image(path))
+    if img.mode in ("LA", "PA"):
+        img = img.getchannel(0)
+    elif img.mode not in ("1", "L", "P", "RGB"):
+        img = img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    return arr > threshold
+
+
+def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """Lanczos resize to size x size; float32 (H, W, 3) in [0, 1]."""
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def resize_mask(mask: np.ndarray, size: int, rule: MaskResize = "nearest") -> np.ndarray:
+    """Resize a bool mask to size x size.
+
+    "nearest": nearest neighbour (the common convention). "lanczos_any": the PatchGuard
+    reference's rule, a Lanczos resize then any value > 0, which dilates edges by a pixel or so.
+    """
+    if rule not in MASK_RULES:
+        raise DatasetError(f"mask_resize must be one of {list(MASK_RULES)}, got {rule!r}")
+    if mask.shape == (size, size):
+        return mask.copy()
+    img = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    if rule == "nearest":
+        return np.asarray(img.resize((size, size), Image.Resampling.NEAREST)) > 127
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS)) > 0
+
+
+def write_png_atomic(path: Path, array: np.ndarray) -> None:
+    """Write a PNG under a temporary name in the same folder, then rename it into place, so a
+    crash never leaves a half-written mask that a later run would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(array).save(fh, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
