@@ -100,7 +100,10 @@ def train_step(
     total.backward()
     optimizer.step()
 
-    out = {"loss": total.detach(), "attention_reg": parts["attention"].detach() * len(parts_in)}
+    # The regulariser is reported per forward (the mean over the four terms' batches).
+    out = {"loss": total.detach()} | {
+        k: v for k, v in parts.items() if k == "attn_reg" or k.startswith("attn_kl_")
+    }
     with torch.no_grad():
         for name, chunk_logits, chunk_labels in zip(
             names, logits.detach().chunk(len(parts_in)), labels.chunk(len(parts_in))

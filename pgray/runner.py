@@ -85,7 +85,6 @@ def train_category(req: TrainRequest) -> TrainResult:
 def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
     import torch
 
-    from pgray.io import atomic_write
     from pgray.tracking import log_history
     from pgray.training import FitContext, fit
 
@@ -93,12 +92,10 @@ def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
     history: list = list((resume or {}).get("extra", {}).get("history", []))
     log_history(tracker, history)
 
-    def report(epoch: int, metrics: dict[str, float], make_state) -> None:
+    def report(epoch: int, metrics: dict[str, float], save) -> None:
         history.append((epoch, metrics))
-        if make_state is not None:
-            state = make_state()
-            state["extra"] |= {"history": history, "run_name": req.name}
-            atomic_write(checkpoint, lambda f: torch.save(state, f))
+        if save is not None:
+            save(checkpoint, {"history": history, "run_name": req.name})
         log_history(tracker, history)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,14 +105,11 @@ def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
 
 
 def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
-    import torch
+    from pgray.checkpoint import read_checkpoint
 
     if not checkpoint.exists():
         return None
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"cannot resume from {checkpoint}: {err}") from None
+    state = read_checkpoint(checkpoint)
     if state.get("extra", {}).get("run_name") != name:
         raise CheckpointError(
             f"{checkpoint} belongs to another run"
@@ -125,8 +119,7 @@ def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
 
 
 def _train_on_ray(req: TrainRequest, uri: str, run_id: str, checkpoint: Path) -> list:
-    import torch
-
+    from pgray.checkpoint import read_checkpoint
     from pgray.distributed.cluster import connect, resolve_storage
     from pgray.distributed.train import TrainLaunch, result_checkpoint_path, run_training
 
@@ -142,5 +135,4 @@ def _train_on_ray(req: TrainRequest, uri: str, run_id: str, checkpoint: Path) ->
     if result.error is not None:
         raise result.error
     result_checkpoint_path(result, checkpoint)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return list(state["extra"].get("history", []))
+    return list(read_checkpoint(checkpoint)["extra"].get("history", []))

@@ -18,7 +18,9 @@ import torch
 from pgray.config import ExperimentConfig
 from pgray.errors import DatasetError
 
-ReportFn = Callable[[int, dict[str, float], Callable[[], dict[str, Any]] | None], None]
+# save(path, more_extra) writes a full training checkpoint; None on epochs without one
+SaveFn = Callable[[Any, dict[str, Any]], Any]
+ReportFn = Callable[[int, dict[str, float], SaveFn | None], None]
 
 
 @dataclass
@@ -27,8 +29,8 @@ class FitContext:
     rank: int = 0
     world_size: int = 1
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
-    # report(epoch, metrics, make_state): make_state() builds the checkpoint payload on demand
-    report: ReportFn = lambda epoch, metrics, make_state: None
+    # report(epoch, metrics, save): save(path, more_extra) writes the checkpoint on demand
+    report: ReportFn = lambda epoch, metrics, save: None
     resume_state: dict[str, Any] | None = None
     progress: bool = True
     # called after each training step (fault injection in tests, custom monitoring)
@@ -115,7 +117,7 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
 
 def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     """Train for cfg.train.epochs (resuming from ctx.resume_state); returns the last metrics."""
-    from pgray.checkpoint import checkpoint_payload
+    from pgray.checkpoint import save_checkpoint
     from pgray.engine import build_optimizer, proxy_metrics, resolve_precision, train_epoch
     from pgray.model import PatchGuard
 
@@ -164,13 +166,12 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
             metrics |= proxy_metrics(model, holdout_loader, cfg, device=device,
                                      precision=precision)
         save = last or (epoch + 1) % cfg.train.checkpoint_every == 0
-        make_state = None
+        saver = None
         if save:
-            def make_state(epoch=epoch):
-                return checkpoint_payload(
-                    model, cfg, extra=training_state(optimizer, scheduler, epoch + 1)
-                )
-        ctx.report(epoch, metrics, make_state)
+            def saver(path, more=None, epoch=epoch):
+                extra = training_state(optimizer, scheduler, epoch + 1) | (more or {})
+                return save_checkpoint(path, model, cfg, extra=extra)
+        ctx.report(epoch, metrics, saver)
     return metrics
 
 
@@ -199,10 +200,12 @@ def training_state(optimizer, scheduler, epochs_done: int) -> dict[str, Any]:
 
 
 def restore_state(state: dict[str, Any], model, optimizer, scheduler) -> int:
-    """Load weights and optimiser state from a checkpoint payload; returns the next epoch."""
-    from pgray.checkpoint import load_payload_into
+    """Load weights and optimiser state from a checkpoint dict; returns the next epoch."""
+    from pgray.checkpoint import check_compatible
 
-    extra = load_payload_into(model, state)
+    check_compatible(state, model)
+    model.load_state_dict(state["state_dict"])
+    extra = state["extra"]
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])

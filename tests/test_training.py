@@ -37,7 +37,7 @@ def test_train_step_reports_four_terms_and_updates_weights(synthetic_root):
         assert torch.isfinite(out[f"bce_{term}"])
     # the PGD terms are attacked copies: their loss is at least the clean one on normals
     assert out["bce_adv_normal"] >= out["bce_clean_normal"] - 1e-4
-    assert out["attention_reg"] > 0
+    assert out["attn_reg"] > 0 and out["attn_kl_2"] > 0
     changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert changed == len(before)
     assert all(p.requires_grad for p in model.parameters())

@@ -28,12 +28,12 @@ class TrainLaunch:
 
 
 def _load_resume_state(checkpoint) -> dict[str, Any] | None:
-    import torch
+    from pgray.checkpoint import read_checkpoint
 
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return read_checkpoint(Path(d) / CHECKPOINT_FILE)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -56,14 +56,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker = Tracker(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
         log_history(tracker, history)
 
-    def report(epoch: int, metrics: dict[str, float], make_state) -> None:
+    def report(epoch: int, metrics: dict[str, float], save) -> None:
         history.append((epoch, metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if make_state is not None and rank == 0:
-                state = make_state()
-                state["extra"]["history"] = history
-                torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            if save is not None and rank == 0:
+                save(Path(tmp) / CHECKPOINT_FILE, {"history": history})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if tracker is not None:
