@@ -6,7 +6,6 @@ Heavy modules (numpy, PIL, torch) load inside the commands, so `--help` answers 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from pgray.errors import DatasetError, run_cli
@@ -66,7 +65,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     rows = check_tree(
         args.dataset, args.root, args.category, _options(args),
-        progress=lambda msg: print(msg, file=sys.stderr),
+        # Progress goes to stdout: stderr carries only the one-line error, if any.
+        progress=lambda msg: print(msg, flush=True),
     )  # fmt: skip
     print(format_table(rows))
     n_cat = len({r.category for r in rows})
