@@ -119,3 +119,14 @@ def test_visa_masks_go_where_the_reference_reads_them(tmp_path, capsys):
         "0002.png",
         "0003.png",
     ]
+
+
+def test_texture_categories_skipped_unless_named(tmp_path, capsys):
+    root = generate(tmp_path, seed=2, size=32, n_train=1, n_test=2)
+    code, out, _ = foreground(capsys, root, "--method", "otsu", "--force")
+    assert (
+        code == 0 and "skipping texture categories (whole image is foreground): grain, weave" in out
+    )
+    assert not (root / "weave" / "train" / "foreground_mask").exists()
+    code, out, _ = foreground(capsys, root, "--method", "otsu", "--category", "weave")
+    assert code == 0 and (root / "weave" / "train" / "foreground_mask" / "000.png").is_file()

@@ -184,7 +184,7 @@ def generate_foreground(
     dataset: str,
     root: str | Path,
     category: str | None = None,
-    method: Method = "otsu",
+    method: Method = "gradcam",
     weights: str | Path | None = None,
     force: bool = False,
     options: dict[str, Any] | None = None,
@@ -196,9 +196,15 @@ def generate_foreground(
     layout = get_layout(dataset)
     root = layout.check_root(root)
     opts = layout.check_options(options)
-    categories = [category] if category is not None else layout.available_categories(root)
+    if category is not None:
+        categories = [category]
+    else:
+        present = layout.available_categories(root)
+        categories = [c for c in present if c not in layout.textures]
+        if skipped := [c for c in present if c in layout.textures]:
+            log(f"skipping texture categories (whole image is foreground): {', '.join(skipped)}")
     if not categories:
-        raise DatasetError(f"{root}: no {dataset} categories found")
+        raise DatasetError(f"{root}: no {dataset} object categories found")
     report = ForegroundReport()
     segment: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
     for cat in categories:

@@ -18,7 +18,7 @@ from pgray.data.samples import (
     require_dir,
     strip_mask_suffix,
 )
-from pgray.data.synthetic import SYNTHETIC_CATEGORIES
+from pgray.data.synthetic import SYNTHETIC_CATEGORIES, TEXTURES
 from pgray.errors import DatasetError
 
 
@@ -67,6 +67,7 @@ class MVTec(MVTecLike):
         "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
         "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
     )  # fmt: skip
+    textures = ("carpet", "grid", "leather", "tile", "wood")
 
 
 @register
@@ -81,6 +82,7 @@ class MPDD(MVTecLike):
 class WFDD(MVTecLike):
     name = "wfdd"
     categories = ("grey_cloth", "grid_cloth", "pink_flower", "yellow_cloth")
+    textures = categories
 
 
 @register
@@ -90,6 +92,7 @@ class DTDSynthetic(MVTecLike):
         "Blotchy_099", "Fibrous_183", "Marbled_078", "Matted_069", "Mesh_114", "Perforated_037",
         "Stratified_154", "Woven_001", "Woven_068", "Woven_104", "Woven_125", "Woven_127",
     )  # fmt: skip
+    textures = categories
 
 
 @register
@@ -98,6 +101,7 @@ class Synthetic(MVTecLike):
 
     name = "synthetic"
     categories = SYNTHETIC_CATEGORIES
+    textures = TEXTURES
     # Only read when the root is empty: they pick the cached demo dataset (see load_split).
     option_names = frozenset({"seed", "size", "n_train", "n_test"})
 
@@ -106,6 +110,7 @@ class Synthetic(MVTecLike):
 class BTAD(MVTecLike):
     name = "btad"
     categories = ("01", "02", "03")
+    textures = ("02",)  # the reference uses foreground masks for 01 and 03 only
     normal_dir = "ok"
     mask_rule = "ground_truth/<defect>/<stem>.png (or <stem>_mask.png)"
 

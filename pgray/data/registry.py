@@ -25,6 +25,9 @@ class DatasetLayout:
 
     name: ClassVar[str] = ""
     categories: ClassVar[tuple[str, ...]] = ()  # empty: any folder under the root
+    # Categories whose whole image is foreground (the reference ships no masks for them);
+    # `pgray.data foreground` skips them unless asked for one by name.
+    textures: ClassVar[tuple[str, ...]] = ()
     option_names: ClassVar[frozenset[str]] = frozenset()
     # Single-category datasets (BraTS, Head CT) keep their layout directly under the root.
     single_category: ClassVar[bool] = False
