@@ -173,6 +173,12 @@ def _unknown_backbone(name: str) -> ConfigError:
 def _create_backbone(cfg: ModelConfig) -> nn.Module:
     if not timm.is_model(cfg.backbone):
         raise _unknown_backbone(cfg.backbone)
+    reserved = sorted({"img_size", "num_classes", "pretrained"} & set(cfg.backbone_kwargs))
+    if reserved:
+        raise ConfigError(
+            f"model.backbone_kwargs: {', '.join(reserved)} is set by pgray; use model.img_size"
+            " / model.pretrained instead"
+        )
     from_hub = cfg.pretrained and not cfg.weights  # a local file replaces the hub download
     kwargs = dict(img_size=cfg.img_size, num_classes=0, **cfg.backbone_kwargs)
     try:

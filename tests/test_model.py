@@ -184,7 +184,8 @@ def test_weights_from_a_local_file_are_loaded(tmp_path):
     path = tmp_path / "backbone.pth"
     torch.save(donor.state_dict(), path)
     default = build(seed=0)
-    loaded = build(seed=0, weights=str(path))
+    # pretrained=True with a local file never reaches for the hub (there is no network here).
+    loaded = build(seed=0, weights=str(path), pretrained=True)
     for k, v in donor.state_dict().items():
         torch.testing.assert_close(loaded.backbone.state_dict()[k], v)
     torch.testing.assert_close(loaded.disc.pos_embed, default.disc.pos_embed)  # same seed
@@ -219,5 +220,9 @@ def test_configuration_errors_are_named():
         build(top_k=17)
     with pytest.raises(ConfigError, match="disc_heads"):
         build(disc_heads=3)
+    with pytest.raises(ConfigError, match=r"backbone_kwargs: .*rejects"):
+        build(backbone_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 64, "colour": 1})
+    with pytest.raises(ConfigError, match=r"backbone_kwargs: img_size is set by pgray"):
+        build(backbone_kwargs={"img_size": 64})
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\)"):
         build()(torch.rand(1, 3, 40, 40))
