@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import correlate1d, gaussian_filter
 
-from pgray.config import tiny_model_config
+from pgray.config import ModelConfig, tiny_model_config
 from pgray.errors import CheckpointError, ConfigError
 from pgray.model import PatchGuard, resolve_layers, symmetric_pad_index
 
@@ -226,3 +226,18 @@ def test_configuration_errors_are_named():
         build(backbone_kwargs={"img_size": 64})
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\)"):
         build()(torch.rand(1, 3, 40, 40))
+
+
+def test_default_config_has_the_reference_geometry():
+    torch.manual_seed(0)
+    model = PatchGuard(ModelConfig())  # DINOv2 ViT-S/14 at 224, built without weights
+    assert (model.patch_size, model.grid, model.num_blocks, model.num_prefix_tokens) == (
+        14,
+        (16, 16),
+        12,
+        1,
+    )
+    d, n, hidden = 384, 256, 2048
+    expected = n * d + (4 * d * d + 4 * d) + 2 * d + (d * hidden + hidden + hidden * d + d) + d + 1
+    assert sum(p.numel() for p in model.disc.parameters()) == expected
+    assert model.disc.attn.num_heads == 4 and model.disc.attn.dropout == 0.2
