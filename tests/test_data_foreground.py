@@ -106,19 +106,22 @@ def test_gradcam_without_weights_names_both_options(tmp_path, capsys, monkeypatc
 
 def test_visa_masks_go_where_the_reference_reads_them(tmp_path, capsys):
     root = write_tree("visa", tmp_path)
-    code = run_cli(
-        main,
-        ["foreground", "--dataset", "visa", "--root", str(root), "--method", "otsu", "--force"],
-    )
-    out = capsys.readouterr().out
-    assert code == 0 and "done: 3 written, 0 skipped" in out  # the 1cls train normals
     folder = root / "candle" / "Data" / "Images" / "foreground_mask"
+    # The reference names VisA masks like the image (0000.JPG): such a mask counts as existing.
+    (folder / "0000.png").rename(folder / "0000.JPG")
+    argv = ["foreground", "--dataset", "visa", "--root", str(root), "--method", "otsu"]
+    assert run_cli(main, argv) == 0
+    assert "done: 0 written, 3 skipped" in capsys.readouterr().out
+    assert run_cli(main, [*argv, "--force"]) == 0
+    assert "done: 3 written, 0 skipped" in capsys.readouterr().out  # the 1cls train normals
     assert sorted(p.name for p in folder.iterdir()) == [
-        "0000.png",
+        "0000.JPG",
         "0001.png",
         "0002.png",
         "0003.png",
     ]
+    with Image.open(folder / "0000.JPG") as rewritten:
+        assert rewritten.format == "PNG" and rewritten.size == (32, 32)
 
 
 def test_texture_categories_skipped_unless_named(tmp_path, capsys):

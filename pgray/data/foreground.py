@@ -18,6 +18,7 @@ import numpy as np
 
 from pgray.data.imageio import load_rgb, write_png_atomic
 from pgray.data.registry import get_layout
+from pgray.data.samples import find_foreground
 from pgray.errors import CheckpointError, DatasetError
 
 Method = Literal["gradcam", "otsu"]
@@ -211,16 +212,19 @@ def generate_foreground(
         out_dir = layout.foreground_dir(root, cat, opts)
         todo = []
         for image in layout.foreground_targets(root, cat, opts):
-            target = out_dir / f"{image.stem}.png"
-            if target.exists() and not force:
+            existing = find_foreground(out_dir, image)
+            if existing is not None and not force:
                 report.skipped += 1
                 continue
-            todo.append((image, target))
+            # Overwrite under the existing name, which the layouts read first (the reference
+            # names VisA masks like the JPEG image); new masks are `<stem>.png`.
+            todo.append((image, existing or out_dir / f"{image.stem}.png"))
         if todo and segment is None:
             # Load the CNN only when something is to be written.
             segment = GradCamForeground(weights) if method == "gradcam" else _each(otsu_foreground)
         for chunk in _chunks(todo, CAM_BATCH):
-            masks = segment([np.asarray(load_rgb(img)) for img, _ in chunk])  # type: ignore[misc]
+            assert segment is not None
+            masks = segment([np.asarray(load_rgb(img)) for img, _ in chunk])
             for (_, target), mask in zip(chunk, masks):
                 if not mask.any():  # nothing found: the whole image is safer than nothing
                     mask = np.ones_like(mask)
