@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -129,18 +129,22 @@ class _AttentionCapture:
         self._slots: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
         self._saved: list[tuple[nn.Module, bool]] = []
-        for index, layer in zip(indices, self.layers):
-            attn = blocks[index].attn
-            if not (hasattr(attn, "fused_attn") and isinstance(attn.attn_drop, nn.Module)):
+        modules = [blocks[index].attn for index in indices]
+        for attn, layer in zip(modules, self.layers):  # check all before changing any
+            if not (
+                hasattr(attn, "fused_attn")
+                and isinstance(getattr(attn, "attn_drop", None), nn.Module)
+            ):
                 raise ConfigError(
                     f"cannot capture attention of block {layer}: {type(attn).__name__} is not a"
                     " timm attention module with fused_attn and attn_drop"
                 )
+        for index, attn in zip(indices, modules):
             self._saved.append((attn, attn.fused_attn))
             attn.fused_attn = False
             self._handles.append(attn.attn_drop.register_forward_pre_hook(self._hook(index)))
 
-    def _hook(self, index: int):
+    def _hook(self, index: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def store(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             self._slots[index] = args[0]
 
