@@ -84,10 +84,14 @@ def categories_of(entry) -> list[str]:
 
     if entry.categories != "all":
         return list(entry.categories)
+    # "all" means every category present under the root (a partial download is usable)
     layout = get_layout(entry.dataset)
-    if layout.categories:
-        return list(layout.categories)
-    return layout.available_categories(entry_root(entry))
+    found = layout.available_categories(entry_root(entry))
+    if not found:
+        from pgray.errors import DatasetError
+
+        raise DatasetError(f"{entry.root}: no {entry.dataset} categories found")
+    return found
 
 
 def attack_grid(cfg: BenchmarkConfig) -> list[AttackConfig | None]:

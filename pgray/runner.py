@@ -45,6 +45,18 @@ def validate_inputs(cfg: ExperimentConfig) -> None:
     discover(cfg.data, "train")
 
 
+def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Ray workers start in other folders: make the dataset root and weights absolute."""
+    import dataclasses
+
+    data, model = cfg.data, cfg.model
+    if data.root:
+        data = dataclasses.replace(data, root=str(Path(data.root).expanduser().resolve()))
+    if model.weights:
+        model = dataclasses.replace(model, weights=str(Path(model.weights).expanduser().resolve()))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
 def train_category(req: TrainRequest) -> TrainResult:
     from pgray.io import ensure_dir, write_json, write_text
     from pgray.tracking import (
@@ -55,7 +67,7 @@ def train_category(req: TrainRequest) -> TrainResult:
         runs_url,
     )
 
-    cfg = req.config
+    cfg = _absolute_paths(req.config)
     validate_inputs(cfg)
     out = ensure_dir(req.out)
     uri = resolve_tracking_uri(req.mlflow_uri)
