@@ -1,0 +1,405 @@
+"""Ray Tune + Optuna: the sweep's trials, search, early stopping and per-trial MLflow runs.
+
+One Tune experiment covers every target (dataset, category) of a search space. Each target has
+its own Optuna study and its own ASHA brackets (proxy AUROCs of different categories are not
+comparable), multiplexed by `PerTargetSearch` and `PerTargetScheduler`, so trials of all
+targets share the cluster. A trial is a Tune function trainable that builds its experiment and
+runs the Ray Train launcher inside itself (Train V2: never a Trainer inside a Tuner); a
+`TuneReportCallback` forwards rank 0's per-epoch report to Tune.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import Searcher
+
+from pgray.errors import ClusterError, PgrayError
+from pgray.search_space import SearchSpace, Target
+
+TARGET_KEY = "target"  # trial config key holding the target ("dataset/category")
+# Keys Tune adds to every result: not training metrics, never logged to MLflow as such.
+TUNE_KEYS = frozenset({
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
+    "time_since_restore", "iterations_since_restore", "experiment_tag", "checkpoint_path",
+    "should_checkpoint",
+})
+TIME_ATTR = "epoch"  # reported by the training loop; survives a trial restarted on resume
+
+
+@dataclass
+class SweepContext:
+    """What every trial needs besides its sampled parameters (shipped via the object store)."""
+
+    space: SearchSpace
+    targets: dict[str, Target]
+    mlflow_uri: str
+    parent_run_id: str
+    train_storage: str
+    progress: bool = False
+
+
+def trial_run_key(sweep: str, trial_id: str) -> str:
+    return f"sweep:{sweep}:trial:{trial_id}"
+
+
+def train_run_name(sweep: str, trial_id: str) -> str:
+    return f"{sweep}-{trial_id}"
+
+
+# --- the trainable ---------------------------------------------------------------------------
+def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
+    from pgray.tracking import open_run
+
+    return open_run(
+        ctx.mlflow_uri, trial_run_key(ctx.space.name, trial_id),
+        run_name=f"{target.category}-{trial_id}", parent_run_id=ctx.parent_run_id,
+        tags={"pgray.kind": "trial", "pgray.sweep": ctx.space.name, "dataset": target.dataset,
+              "category": target.category, "pgray.trial_id": trial_id},
+    )
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """One trial: fixed settings + sampled params -> a Ray Train run whose reports reach Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pgray.distributed.train import TrainLaunch
+
+    trial_id = tune.get_context().get_trial_id()
+    target = ctx.targets[config[TARGET_KEY]]
+    params = ctx.space.decode(config)
+    experiment = ctx.space.trial_config(target, params)
+    run = open_trial_run(ctx, trial_id, target)
+    run.log_params(experiment.to_dict())
+    run.set_tags({"pgray.searched": ", ".join(f"{k}={v}" for k, v in params.items())})
+    res = ctx.space.resources
+    launch = TrainLaunch(
+        name=train_run_name(ctx.space.name, trial_id), storage=ctx.train_storage,
+        workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
+        gpus_per_worker=res.gpus_per_worker, max_failures=res.max_failures,
+        mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id,
+    )
+    result = fit_with_callbacks(experiment.to_dict(), launch, [TuneReportCallback()],
+                                progress=ctx.progress)
+    if result.error is not None:
+        raise result.error
+
+
+def fit_with_callbacks(experiment: dict[str, Any], launch, callbacks: list, **loop_extras):
+    """`pgray.distributed.train.run_training` plus Train callbacks.
+
+    run_training builds its RunConfig without callbacks, and Tune only sees worker reports
+    through a Train `UserCallback`; this is the same TorchTrainer with `callbacks` added.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pgray.distributed.train import train_loop_per_worker
+
+    use_gpu = launch.gpus_per_worker > 0
+    resources = {"CPU": launch.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = launch.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": experiment, "mlflow_uri": launch.mlflow_uri,
+            "mlflow_run_id": launch.mlflow_run_id,
+            "threads": max(1, int(launch.cpus_per_worker)), **loop_extras,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=launch.name, storage_path=launch.storage, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=launch.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=launch.num_to_keep),
+        ),
+    )
+    return trainer.fit()
+
+
+# --- one search and one scheduler per target, multiplexed -------------------------------------
+class _NoSearch(Searcher):
+    """Nothing searched (a fixed configuration): every trial runs the fixed settings."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        return {}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        pass
+
+
+class PerTargetSearch(Searcher):
+    """One inner searcher (an Optuna study) per target; trials are handed out round robin,
+    `trials` per target, and each result is told to the study of its own target."""
+
+    def __init__(self, inner: dict[str, Any], trials: int, metric, mode):
+        super().__init__(metric=metric, mode=mode)
+        self._inner = inner  # not named `searcher`: Tune would take it for a wrapper
+        self._trials = trials
+        self._started = dict.fromkeys(inner, 0)
+        self._owner: dict[str, str] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return all(s.set_search_properties(metric, mode, config, **spec)
+                   for s in self._inner.values())
+
+    def _next_target(self) -> str | None:
+        open_targets = [t for t, n in self._started.items() if n < self._trials]
+        return min(open_targets, key=lambda t: self._started[t]) if open_targets else None
+
+    def suggest(self, trial_id: str):
+        target = self._next_target()
+        if target is None:
+            return self.FINISHED
+        config = self._inner[target].suggest(trial_id)
+        if config is None or config == self.FINISHED:
+            return config
+        self._owner[trial_id] = target
+        self._started[target] += 1
+        return {**config, TARGET_KEY: target}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._owner:
+            self._inner[self._owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        target = self._owner.pop(trial_id, None)
+        if target is not None:
+            self._inner[target].on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PerTargetScheduler(FIFOScheduler):
+    """ASHA per target: a trial is only compared with trials of its own category."""
+
+    def __init__(self, targets: list[str], metric: str, mode: str, max_t: int,
+                 grace_period: int, reduction_factor: float):
+        from ray.tune.schedulers import ASHAScheduler
+
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self._inner = {t: ASHAScheduler(time_attr=TIME_ATTR, metric=metric, mode=mode,
+                                        max_t=max_t, grace_period=grace_period,
+                                        reduction_factor=reduction_factor)
+                       for t in targets}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # the objective is fixed by the search space
+
+    def _of(self, trial):
+        return self._inner[trial.config[TARGET_KEY]]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if trial.trial_id in self._of(trial)._trial_info:
+            self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._of(trial)._trial_info.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._of(trial)._trial_info.pop(trial.trial_id, None)
+
+    def stopped(self) -> int:
+        return sum(s._num_stopped for s in self._inner.values())
+
+    def debug_string(self) -> str:
+        return "ASHA per target: " + ", ".join(
+            f"{t} stopped {s._num_stopped}" for t, s in self._inner.items())
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    """Tune domains of the searched keys (categorical non-scalars go by label)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, spec in space.search.items():
+        if spec.type == "uniform":
+            out[key] = tune.uniform(spec.low, spec.high)
+        elif spec.type == "loguniform":
+            out[key] = tune.loguniform(spec.low, spec.high)
+        elif spec.type == "int":
+            make = tune.lograndint if spec.log else tune.randint
+            out[key] = make(int(spec.low), int(spec.high) + 1)  # upper bound exclusive
+        else:
+            out[key] = tune.choice(spec.choices())
+    return out
+
+
+def objective_args(space: SearchSpace) -> tuple[Any, Any]:
+    metrics = [o.metric for o in space.objectives]
+    modes = [o.mode for o in space.objectives]
+    return (metrics, modes) if space.multi_objective else (metrics[0], modes[0])
+
+
+def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metric, mode = objective_args(space)
+    inner: dict[str, Any] = {}
+    for i, target in enumerate(targets):
+        if not space.search:
+            inner[target] = _NoSearch(metric=metric, mode=mode)
+            continue
+        seed = space.seed + i  # one seeded study per target
+        sampler = (optuna.samplers.RandomSampler(seed=seed) if space.sampler == "random"
+                   else optuna.samplers.TPESampler(seed=seed))
+        inner[target] = OptunaSearch(metric=metric, mode=mode, sampler=sampler,
+                                     points_to_evaluate=space.start_point_choices() or None)
+    return PerTargetSearch(inner, space.budget.trials, metric, mode)
+
+
+def build_scheduler(space: SearchSpace, targets: list[str]):
+    if space.scheduler.type == "none":
+        return None
+    objective = space.objectives[0]
+    return PerTargetScheduler(targets, objective.metric, objective.mode, max_t=space.epochs(),
+                              grace_period=space.scheduler.grace_period,
+                              reduction_factor=space.scheduler.reduction_factor)
+
+
+def derive_max_concurrent(space: SearchSpace, cluster: dict[str, float], n_trials: int) -> int:
+    """How many trials fit at once: a trial holds its own CPU share plus its workers', and a
+    trial started without room for its workers would wait for them forever."""
+    res = space.resources
+    if res.max_concurrent is not None:
+        return min(res.max_concurrent, n_trials)
+    need = res.per_trial()
+    slots = n_trials
+    for kind in ("CPU", "GPU"):
+        if need[kind] > 0:
+            slots = min(slots, math.floor(cluster.get(kind, 0.0) / need[kind] + 1e-9))
+    if slots < 1:
+        have = {k: cluster.get(k, 0.0) for k in ("CPU", "GPU")}
+        raise ClusterError(
+            f"one trial needs {need} (trial_cpus + workers_per_trial x cpus/gpus_per_worker)"
+            f" but the cluster has {have}; lower resources.* or, on an autoscaling cluster,"
+            " set resources.max_concurrent"
+        )
+    return slots
+
+
+# --- MLflow state of each trial, written from the driver ---------------------------------------
+class TrialRunsCallback(Callback):
+    """Closes each trial's MLflow child run with its state (completed / stopped_early / error).
+
+    Rank 0 logs the per-epoch metrics into the child run; an epoch reported to Tune right
+    before the trial is stopped may not have reached MLflow yet, so it is backfilled here.
+    """
+
+    def __init__(self, ctx: SweepContext):
+        self._ctx = ctx
+        self._history: dict[str, list[tuple[int, dict[str, float]]]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        metrics = {k: float(v) for k, v in result.items() if k not in TUNE_KEYS
+                   and isinstance(v, int | float) and not isinstance(v, bool)}
+        if TIME_ATTR in metrics:
+            self._history.setdefault(trial.trial_id, []).append(
+                (int(metrics[TIME_ATTR]) - 1, metrics))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        epochs = int((trial.last_result or {}).get(TIME_ATTR, 0))
+        state = "completed" if epochs >= self._ctx.space.epochs() else "stopped_early"
+        self._close(trial, state, "FINISHED", epochs)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        epochs = int((trial.last_result or {}).get(TIME_ATTR, 0))
+        self._close(trial, "error", "FAILED", epochs)
+
+    def _close(self, trial, state: str, status: str, epochs: int) -> None:
+        from pgray.tracking import log_history
+
+        target = self._ctx.targets.get(trial.config.get(TARGET_KEY, ""))
+        if target is None:
+            return
+        run = open_trial_run(self._ctx, trial.trial_id, target)
+        log_history(run, self._history.get(trial.trial_id, []))
+        run.set_tags({"pgray.trial_state": state, "pgray.epochs_done": epochs})
+        run.finish(status)
+
+
+# --- running and restoring the experiment -----------------------------------------------------
+@dataclass
+class SearchRun:
+    results: Any  # ray.tune.ResultGrid
+    experiment_path: str
+    max_concurrent: int
+    resumed: bool
+    stopped_early: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _trainable(ctx: SweepContext):
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                               {"cpu": ctx.space.resources.trial_cpus})
+
+
+def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 1) -> SearchRun:
+    """Run (or, with resume, continue) the Tune experiment `storage/<sweep name>`."""
+    import ray
+    from ray import tune
+
+    name = ctx.space.name
+    path = f"{storage.rstrip('/')}/{name}"
+    exists = tune.Tuner.can_restore(path)
+    if exists and not resume:
+        raise PgrayError(
+            f"a sweep named {name!r} already exists at {path}; pass --resume to continue it,"
+            " or choose another --out / --storage / name"
+        )
+    targets = list(ctx.targets)
+    total = ctx.space.budget.trials * len(targets)
+    concurrent = derive_max_concurrent(ctx.space, ray.cluster_resources(), total)
+    callbacks = [TrialRunsCallback(ctx)]
+    if exists:
+        tuner = tune.Tuner.restore(path, trainable=_trainable(ctx), resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        scheduler = build_scheduler(ctx.space, targets)
+        tuner = tune.Tuner(
+            _trainable(ctx),
+            param_space=param_space(ctx.space),
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(ctx.space, targets),
+                scheduler=scheduler, num_samples=total, max_concurrent_trials=concurrent,
+                time_budget_s=ctx.space.budget.time_budget_s,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      verbose=verbose),
+        )
+    results = tuner.fit()
+    return SearchRun(results, path, concurrent, resumed=exists)

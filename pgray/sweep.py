@@ -1,0 +1,484 @@
+"""python -m pgray.sweep: search PatchGuard's loss and pseudo-anomaly parameters with Ray Tune +
+Optuna, then benchmark the best trial(s) of every category.
+
+With no arguments it runs search_spaces/demo.yaml on a local Ray, the generated dataset and an
+SQLite MLflow store in the working directory (or MLFLOW_TRACKING_URI). Under `ray job submit`
+it joins the job's cluster. `--resume` continues an interrupted sweep without rerunning
+finished trials and without a second MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgray.errors import PgrayError, run_cli
+from pgray.search_space import SearchSpace, Target, builtin_space_path, load_search_space
+
+PAPER_STEPS = 1000
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pgray.sweep",
+        description="Search PatchGuard parameters (Ray Tune + Optuna, ASHA) per category, then "
+        "benchmark the best trial(s). No arguments: the demo search space on generated data.",
+    )
+    p.add_argument("--config", help="search-space YAML (default search_spaces/demo.yaml;"
+                   " schema in search_spaces/README.md)")
+    p.add_argument("--out", help="output folder (default runs/sweep/<name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep: finished trials are kept, not rerun")
+    p.add_argument("--storage", help="Tune/Train storage: absolute path, s3:// or gs:// (default"
+                   " OUT/ray; multi-node clusters need shared storage)")
+    p.add_argument("--address", help="Ray address (default RAY_ADDRESS or the job's cluster,"
+                   " else a local Ray in this process)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else"
+                   " sqlite:///./mlflow.db)")
+    p.add_argument("--no-final-eval", action="store_true",
+                   help="stop after the search (no benchmark of the best trials)")
+    p.add_argument("--quiet", action="store_true", help="no Tune status tables or progress")
+    return p
+
+
+@dataclass
+class SweepRequest:
+    space: SearchSpace
+    out: Path
+    resume: bool = False
+    storage: str | None = None
+    address: str | None = None
+    mlflow_uri: str | None = None
+    final_eval: bool = True
+    progress: bool = True
+    config_path: Path | None = None
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    target: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    epochs: int
+    state: str  # completed | stopped_early | error
+    checkpoint: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    parent_run_id: str
+    experiment_path: str
+    trials: list[TrialSummary]
+    best: dict[str, list[TrialSummary]]
+    best_configs: dict[str, list[Path]]
+    benchmarks: list[Any] = field(default_factory=list)  # pgray.benchmark_run.BenchmarkResult
+    table_text: str = ""
+    mlflow_hint: str = ""
+    max_concurrent: int = 0
+    resumed: bool = False
+    wall_s: float = 0.0
+
+
+# --- targets -------------------------------------------------------------------------------
+def resolve_targets(space: SearchSpace) -> list[Target]:
+    """Every (dataset, category) of the space with an absolute root; `generated` creates the
+    synthetic dataset in the cache on first use."""
+    from pgray.config import DataConfig
+    from pgray.data.dataset import resolve_root
+    from pgray.data.registry import get_layout
+    from pgray.search_space import GENERATED_ROOT
+
+    targets = []
+    for entry in space.target_entries():
+        root_value = "" if entry.root == GENERATED_ROOT else entry.root
+        data = DataConfig(dataset=entry.dataset, root=root_value, options=dict(entry.options))
+        root = str(Path(resolve_root(data)).expanduser().resolve())
+        categories = entry.categories
+        if categories == "all":
+            layout = get_layout(entry.dataset)
+            categories = list(layout.categories) or layout.available_categories(root)
+        for category in categories:
+            targets.append(Target(entry.dataset, root, category,
+                                  tuple(sorted(dict(entry.options).items()))))
+    return targets
+
+
+def check_targets(space: SearchSpace, targets: list[Target]) -> None:
+    """Fail on a missing dataset or category before Ray or MLflow start anything."""
+    from pgray.runner import validate_inputs
+
+    for target in targets:
+        validate_inputs(space.trial_config(target, {}))
+
+
+# --- results -------------------------------------------------------------------------------
+def summarise(results, space: SearchSpace) -> list[TrialSummary]:
+    """One row per trial of a Tune ResultGrid: decoded params, last metrics and state."""
+    rows = []
+    for r in results:
+        metrics = dict(r.metrics or {})
+        config = dict(r.config or {})
+        epochs = int(metrics.get("epoch", 0) or 0)
+        if r.error is not None:
+            state = "error"
+        else:
+            state = "completed" if epochs >= space.epochs() else "stopped_early"
+        rows.append(TrialSummary(
+            trial_id=str(metrics.get("trial_id") or Path(r.path).name),
+            target=str(config.get("target", "")),
+            params=space.decode({k: v for k, v in config.items() if k in space.search}),
+            metrics={k: v for k, v in metrics.items() if k != "config"},
+            epochs=epochs, state=state, checkpoint=_last_checkpoint(r),
+            error=None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500],
+        ))
+    return sorted(rows, key=lambda t: (t.target, t.trial_id))
+
+
+def _last_checkpoint(result) -> str | None:
+    """The newest Train checkpoint a trial reported (every epoch, or every checkpoint_every)."""
+    df = result.metrics_dataframe
+    if df is not None and "checkpoint_path" in df:
+        paths = [p for p in df["checkpoint_path"].tolist() if isinstance(p, str) and p]
+        if paths:
+            return paths[-1]
+    value = (result.metrics or {}).get("checkpoint_path")
+    return value if isinstance(value, str) and value else None
+
+
+def _objective_values(trial: TrialSummary, space: SearchSpace) -> list[float] | None:
+    values = []
+    for o in space.objectives:
+        v = trial.metrics.get(o.metric)
+        if not isinstance(v, int | float) or v != v:
+            return None
+        values.append(float(v) if o.mode == "max" else -float(v))  # larger is better
+    return values
+
+
+def pareto_front(points: list[list[float]]) -> list[int]:
+    """Indices of the points no other point dominates (larger is better everywhere)."""
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(
+            all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p))
+            for j, q in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, list[TrialSummary]]:
+    """Per target: the top_n trials by the objective, or the Pareto front (best first by the
+    first objective) when there are several objectives. Trials with a checkpoint only."""
+    best: dict[str, list[TrialSummary]] = {}
+    for target in sorted({t.target for t in trials}):
+        scored = [(t, v) for t in trials if t.target == target and t.state != "error"
+                  and t.checkpoint and (v := _objective_values(t, space)) is not None]
+        if space.multi_objective:
+            keep = pareto_front([v for _, v in scored])
+            scored = [scored[i] for i in keep]
+        scored.sort(key=lambda tv: tv[1], reverse=True)
+        best[target] = [t for t, _ in scored[: space.final_eval.top_n]]
+    return best
+
+
+# --- the sweep -----------------------------------------------------------------------------
+def run_sweep(req: SweepRequest) -> SweepResult:
+    from pgray.distributed.cluster import connect, resolve_storage
+    from pgray.tracking import check_tracking_uri, ensure_experiment, resolve_tracking_uri, runs_url
+
+    started = time.perf_counter()
+    space = req.space
+    targets = resolve_targets(space)
+    check_targets(space, targets)
+    out = req.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(req.mlflow_uri)
+    check_tracking_uri(uri)
+    storage = resolve_storage(req.storage, out / "ray")
+    parent = _open_parent(space, uri, out, req.config_path)
+    _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
+              f" of {space.epochs()} epoch(s); {connect(req.address)}")
+    from pgray.distributed.tune import SweepContext, run_search
+
+    ctx = SweepContext(space=space, targets={t.key: t for t in targets}, mlflow_uri=uri,
+                       parent_run_id=parent.run_id,
+                       train_storage=f"{storage.rstrip('/')}/{space.name}-train",
+                       progress=False)
+    search = run_search(ctx, storage, resume=req.resume, verbose=1 if req.progress else 0)
+    trials = summarise(search.results, space)
+    _require_some_success(trials, search.experiment_path)
+    best = select_best(trials, space)
+    configs = write_best_configs(space, best, {t.key: t for t in targets}, out)
+    _log_search(parent, space, trials, best, configs, out)
+    result = SweepResult(out=out, parent_run_id=parent.run_id,
+                         experiment_path=search.experiment_path, trials=trials, best=best,
+                         best_configs=configs, max_concurrent=search.max_concurrent,
+                         resumed=search.resumed)
+    if req.final_eval and space.final_eval.enabled:
+        result.benchmarks = final_evaluation(req, space, best, {t.key: t for t in targets},
+                                             out, uri, parent.run_id)
+    result.table_text = results_text(space, result)
+    (out / "results.md").write_text(result.table_text + "\n")
+    parent.log_artifact(out / "results.md")
+    result.mlflow_hint = runs_url(uri, ensure_experiment(uri))
+    result.wall_s = time.perf_counter() - started
+    _write_summary(result)
+    parent.log_artifact(out / "sweep_summary.json")
+    parent.log_metrics({"wall_s": result.wall_s}, step=0)
+    parent.set_tags({"pgray.state": "finished"})
+    parent.finish()
+    return result
+
+
+def _say(req: SweepRequest, text: str) -> None:
+    if req.progress:
+        print(text, flush=True)
+
+
+def _open_parent(space: SearchSpace, uri: str, out: Path, config_path: Path | None):
+    """The sweep's MLflow run, found again by its key on resume (never a second one)."""
+    import yaml
+
+    from pgray.configbase import to_dict
+    from pgray.tracking import open_run
+
+    parent = open_run(uri, f"sweep:{space.name}", run_name=f"sweep {space.name}",
+                      tags={"pgray.kind": "sweep", "pgray.sweep": space.name,
+                            "pgray.state": "running"})
+    spec = to_dict(space)
+    parent.log_params({"search": spec["search"], "objectives": spec["objectives"],
+                       "budget": spec["budget"], "scheduler": spec["scheduler"],
+                       "resources": spec["resources"], "seed": space.seed,
+                       "sampler": space.sampler})
+    copy = out / "search_space.yaml"
+    copy.write_text(yaml.safe_dump(spec, sort_keys=False))
+    parent.log_artifact(copy)
+    return parent
+
+
+def _require_some_success(trials: list[TrialSummary], path: str) -> None:
+    failed = [t for t in trials if t.state == "error"]
+    if trials and len(failed) == len(trials):
+        raise PgrayError(f"every trial failed; first error ({failed[0].trial_id}):"
+                         f" {failed[0].error} (trial logs under {path})")
+
+
+def write_best_configs(space: SearchSpace, best: dict[str, list[TrialSummary]],
+                       targets: dict[str, Target], out: Path) -> dict[str, list[Path]]:
+    """best/<dataset>-<category>.yaml (and -top2, ...): full ExperimentConfigs, ready for
+    `python -m pgray.train --config`."""
+    import yaml
+
+    folder = out / "best"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {}
+    for key, trials in best.items():
+        target = targets[key]
+        for rank, trial in enumerate(trials, start=1):
+            cfg = space.trial_config(target, trial.params)
+            suffix = "" if rank == 1 else f"-top{rank}"
+            path = folder / f"{target.dataset}-{target.category}{suffix}.yaml"
+            header = (f"# best trial {trial.trial_id} of sweep {space.name} ({key}):"
+                      f" {_objective_text(space, trial)}\n"
+                      f"# reuse: python -m pgray.train --config {path}\n")
+            path.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            written.setdefault(key, []).append(path)
+    return written
+
+
+def _objective_text(space: SearchSpace, trial: TrialSummary) -> str:
+    return ", ".join(f"{o.metric}={_fmt(trial.metrics.get(o.metric))}" for o in space.objectives)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
+                best: dict[str, list[TrialSummary]], configs: dict[str, list[Path]],
+                out: Path) -> None:
+    trials_md = out / "trials.md"
+    trials_md.write_text(trials_table(space, trials) + "\n")
+    parent.log_artifact(trials_md)
+    for paths in configs.values():
+        for path in paths:
+            parent.log_artifact(path, "best")
+    metrics = {}
+    for key, ranked in best.items():
+        if ranked:
+            for o in space.objectives:
+                value = ranked[0].metrics.get(o.metric)
+                if isinstance(value, int | float):
+                    metrics[f"best/{key}/{o.metric}"] = float(value)
+    parent.log_metrics(metrics, step=0)
+    counts = {s: sum(t.state == s for t in trials) for s in ("completed", "stopped_early",
+                                                              "error")}
+    parent.set_tags({f"pgray.trials_{k}": v for k, v in counts.items()}
+                    | {"pgray.best_trials": ", ".join(t.trial_id for r in best.values()
+                                                      for t in r)})
+
+
+# --- final evaluation ------------------------------------------------------------------------
+def final_evaluation(req: SweepRequest, space: SearchSpace, best: dict[str, list[TrialSummary]],
+                     targets: dict[str, Target], out: Path, uri: str, parent_id: str) -> list:
+    """Benchmark the best trial(s) of each target (top-1, then top-2, ...), linked to the
+    sweep's MLflow run."""
+    from pgray.benchmark_run import run_benchmark
+
+    chosen = _eval_targets(space, best)
+    results = []
+    for rank in range(1, space.final_eval.top_n + 1):
+        ranked = {k: v[rank - 1] for k, v in chosen.items() if len(v) >= rank}
+        if not ranked:
+            break
+        folder = out / "best" / f"top{rank}"
+        for key, trial in ranked.items():
+            t = targets[key]
+            fetch_checkpoint(trial.checkpoint, folder / t.dataset / t.category / "checkpoint.pt")
+        cfg = benchmark_config(space, [targets[k] for k in ranked], folder, rank)
+        _say(req, f"final evaluation {cfg.name}: {_attack_text(space)} on"
+                  f" {', '.join(ranked)}")
+        results.append(run_benchmark(cfg, out / "final" / f"top{rank}", mlflow_uri=uri,
+                                     parent_run_id=parent_id, progress=req.progress,
+                                     address=req.address))
+    return results
+
+
+def _eval_targets(space: SearchSpace, best: dict[str, list[TrialSummary]]
+                  ) -> dict[str, list[TrialSummary]]:
+    wanted = space.final_eval.categories
+    if not wanted:
+        return best
+    return {k: v for k, v in best.items() if k in wanted or k.split("/", 1)[1] in wanted}
+
+
+def fetch_checkpoint(path: str, dest: Path) -> Path:
+    """Copy a trial's Train checkpoint (local or s3:// / gs://) to a plain .pt file."""
+    import shutil
+
+    from ray.train import Checkpoint
+
+    from pgray.distributed.train import CHECKPOINT_FILE
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with Checkpoint(path).as_directory() as d:
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
+        tmp.replace(dest)
+    return dest
+
+
+def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, rank: int):
+    import dataclasses
+    import math
+
+    import ray
+
+    from pgray.benchmark_config import ActorConfig, BenchmarkConfig, DatasetEntry
+
+    fe, fixed = space.final_eval, space.fixed_config()
+    template = str(folder / "{dataset}" / "{category}" / "checkpoint.pt")
+    entries = [DatasetEntry(dataset=t.dataset, root=t.root, categories=[t.category],
+                            checkpoint=template, options=dict(t.options)) for t in targets]
+    fits = math.floor(ray.cluster_resources().get("CPU", 1.0) / fe.cpus_per_actor + 1e-9)
+    gpus = fe.gpus_per_actor if fe.gpus_per_actor is not None else (
+        space.resources.gpus_per_worker)
+    return BenchmarkConfig(
+        name=f"{space.name}-final" + ("" if rank == 1 else f"-top{rank}"), datasets=entries,
+        attack=dataclasses.replace(fixed.eval.attack, steps=fe.steps, restarts=fe.restarts),
+        eps=list(fe.eps), steps=[fe.steps], restarts=[fe.restarts],
+        mask_resize=fixed.data.mask_resize, batch_size=fe.batch_size, n_panels=fe.n_panels,
+        actors=ActorConfig(count=fe.actors or max(1, min(len(targets), fits)),
+                           cpus=fe.cpus_per_actor, gpus=gpus,
+                           threads=max(1, int(fe.cpus_per_actor))),
+    )
+
+
+def _attack_text(space: SearchSpace) -> str:
+    fe = space.final_eval
+    text = f"PGD-{fe.steps}, eps {', '.join(f'{e:g}' for e in fe.eps)}/255"
+    if fe.steps < PAPER_STEPS:
+        text += f" (a short attack; the paper protocol is PGD-{PAPER_STEPS})"
+    return text
+
+
+# --- output --------------------------------------------------------------------------------
+def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
+    names = [o.metric for o in space.objectives]
+    head = ["target", "trial", "state", "epochs", *names, *space.search]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in trials:
+        cells = [t.target, t.trial_id, t.state, str(t.epochs),
+                 *(_fmt(t.metrics.get(n)) for n in names),
+                 *(_fmt(t.params.get(k)) for k in space.search)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_text(space: SearchSpace, result: SweepResult) -> str:
+    stopped = sum(t.state == "stopped_early" for t in result.trials)
+    parts = [f"## Sweep {space.name}: {len(result.trials)} trials ({stopped} stopped early"
+             f" by ASHA), up to {result.max_concurrent} at once", "",
+             trials_table(space, result.trials), "", "## Best per category", ""]
+    for key, ranked in result.best.items():
+        for rank, t in enumerate(ranked, start=1):
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(fixed)"
+            parts.append(f"- {key} top{rank}: trial {t.trial_id}, {_objective_text(space, t)};"
+                         f" {params}")
+        if not ranked:
+            parts.append(f"- {key}: no trial finished with a checkpoint")
+    for bench in result.benchmarks:
+        parts += ["", f"## Final evaluation: {_attack_text(space)}", "", bench.table_text]
+    return "\n".join(parts)
+
+
+def _write_summary(result: SweepResult) -> None:
+    import dataclasses
+    import json
+
+    data = {
+        "out": str(result.out), "parent_run_id": result.parent_run_id,
+        "experiment_path": result.experiment_path, "wall_s": result.wall_s,
+        "max_concurrent": result.max_concurrent, "resumed": result.resumed,
+        "trials": [dataclasses.asdict(t) for t in result.trials],
+        "best": {k: [t.trial_id for t in v] for k, v in result.best.items()},
+        "best_configs": {k: [str(p) for p in v] for k, v in result.best_configs.items()},
+        "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown)}
+                       for b in result.benchmarks],
+    }
+    (result.out / "sweep_summary.json").write_text(json.dumps(data, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = Path(args.config) if args.config else builtin_space_path("demo")
+    space = load_search_space(config)
+    out = Path(args.out) if args.out else Path("runs") / "sweep" / space.name
+    result = run_sweep(SweepRequest(
+        space=space, out=out, resume=args.resume, storage=args.storage, address=args.address,
+        mlflow_uri=args.mlflow_uri, final_eval=not args.no_final_eval,
+        progress=not args.quiet, config_path=config,
+    ))
+    print()
+    print(result.table_text)
+    print()
+    print(f"sweep finished in {result.wall_s:.0f} s; results in {result.out}")
+    for paths in result.best_configs.values():
+        for path in paths:
+            print(f"best config: {path}  (reuse: python -m pgray.train --config {path})")
+    print(f"Tune experiment: {result.experiment_path} (continue with --resume)")
+    print(f"MLflow: sweep run {result.parent_run_id}; {result.mlflow_hint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
