@@ -147,14 +147,20 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return param.device if param is not None else fallback
 
 
-def _logits(model: nn.Module, x: torch.Tensor, cast: contextlib.AbstractContextManager):
+def _logits(
+    model: nn.Module, x: torch.Tensor, cast: contextlib.AbstractContextManager
+) -> torch.Tensor:
     with cast:
         out = model(x)
     return out.float()  # objective and its comparisons in fp32 even under bf16 autocast
 
 
-def _fresh_cast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    # torch.autocast objects are not reusable across nested entries; build one per use.
+CastFactory = Callable[[], contextlib.AbstractContextManager]
+
+
+def _fresh_cast(device: torch.device, precision: str) -> CastFactory:
+    # One context object per use: autocast objects hold their entry state, so sharing one
+    # across entries is fragile.
     return lambda: _autocast(device, precision)
 
 
@@ -167,8 +173,9 @@ class _Best:
 
     def update(self, x: torch.Tensor, obj: torch.Tensor) -> None:
         better = obj > self.obj  # NaN objectives never replace a finite best
-        self.obj = torch.where(better, obj, self.obj)
-        self.x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), self.x)
+        # Written in place (elementwise, so aliasing the output with an input is safe).
+        torch.where(better, obj, self.obj, out=self.obj)
+        torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), self.x, out=self.x)
 
 
 def _random_start(
@@ -185,7 +192,7 @@ def _pgd_run(
     alpha: float,
     steps: int,
     objective: Objective,
-    cast: Callable[[], contextlib.AbstractContextManager],
+    cast: CastFactory,
     keep_best: bool,
     on_step: Callable[[int], None] | None,
 ) -> tuple[torch.Tensor, _Best | None]:
