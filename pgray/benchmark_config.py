@@ -56,6 +56,13 @@ class BenchmarkConfig:
     actors: ActorConfig = field(default_factory=ActorConfig)
 
     def validate(self) -> None:
+        from pgray.errors import PgrayError
+        from pgray.io import check_name
+
+        try:
+            check_name(self.name, "benchmark name")
+        except PgrayError as err:
+            check(False, "name", str(err))
         check(len(self.datasets) >= 1, "datasets", "needs at least one dataset entry")
         for i, e in enumerate(self.eps):
             check(0 <= e <= 255, f"eps[{i}]", f"must be in [0, 255] (1/255 units), got {e}")

@@ -68,6 +68,20 @@ def file_sha256(path: str | Path, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_name(name: str, what: str = "run name") -> str:
+    """Names become folder names (run storage, results): letters, digits, '-', '_', '.' only,
+    not starting with '.', so no name can point outside the folder it is put in."""
+    if not name or name.startswith(".") or not set(name) <= NAME_CHARS or len(name) > 200:
+        raise PgrayError(
+            f"invalid {what} {name!r}: use 1-200 letters, digits, '-', '_' or '.', not starting"
+            " with '.'"
+        )
+    return name
+
+
 def safe_child(root: str | Path, name: str) -> Path:
     """root/name, refusing names that would escape root (.., absolute paths, separators)."""
     root = Path(root).resolve()

@@ -61,7 +61,6 @@ def train_category(req: TrainRequest) -> TrainResult:
     from pgray.io import ensure_dir, write_json, write_text
     from pgray.tracking import (
         check_tracking_uri,
-        ensure_experiment,
         open_run,
         resolve_tracking_uri,
         runs_url,
@@ -90,7 +89,7 @@ def train_category(req: TrainRequest) -> TrainResult:
     for path in (checkpoint, config_file, metrics_file):
         tracker.log_artifact(path)
     tracker.finish()
-    hint = runs_url(uri, ensure_experiment(uri))
+    hint = runs_url(uri, tracker.experiment_id)
     return TrainResult(checkpoint, metrics_file, rows, tracker.run_id, hint)
 
 

@@ -51,7 +51,10 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         raise ClusterError(f"unsupported MLflow tracking URI scheme: {uri}")
 
 
-def retry(fn: Callable[[], T], what: str, attempts: int = 4, base_delay_s: float = 0.5) -> T | None:
+BASE_DELAY_S = 0.5  # first back-off; doubles with each attempt (0.5 + 1 + 2 s over 4 tries)
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = 4) -> T | None:
     """Call fn with exponential back-off; on final failure warn, naming what was not logged."""
     for attempt in range(attempts):
         try:
@@ -61,7 +64,7 @@ def retry(fn: Callable[[], T], what: str, attempts: int = 4, base_delay_s: float
                 warnings.warn(f"MLflow: {what} was not logged ({type(err).__name__}: {err})",
                               stacklevel=2)
                 return None
-            time.sleep(base_delay_s * 2**attempt)
+            time.sleep(BASE_DELAY_S * 2**attempt)
     return None
 
 
@@ -79,11 +82,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """A thin, retrying view of one MLflow run."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, experiment_id: str | None = None):
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.run_id = run_id
+        self.experiment_id = experiment_id
         self.client = MlflowClient(tracking_uri=uri)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -172,7 +176,7 @@ def open_run(
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(exp_id, run_name=run_name or safe_key, tags=all_tags)
         run_id = run.info.run_id
-    return Tracker(uri, run_id)
+    return Tracker(uri, run_id, exp_id)
 
 
 def runs_url(uri: str, experiment_id: str) -> str:

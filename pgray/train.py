@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser().error("--workers must be >= 1")
     cfg = build_config(args, train_overrides(args))
+    from pgray.io import check_name
+
+    if args.name:
+        check_name(args.name)
     from pgray.runner import TrainRequest, train_category
 
     result = train_category(TrainRequest(

@@ -1,0 +1,136 @@
+"""Faults: unreachable MLflow, concurrent writers, unwritable output, full disks."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+from helpers import tiny_experiment
+
+from pgray.errors import ClusterError, PgrayError
+from pgray.io import OutputError, check_name, write_json
+from pgray.results import append_rows, read_rows
+
+
+def _append_many(folder: str, writer: int, n: int) -> None:
+    for i in range(n):
+        append_rows(Path(folder), [{"job_key": f"w{writer}-{i}", "writer": writer, "i": i,
+                                    "image_auroc": 0.5 + i / 1000}])
+
+
+def test_two_writers_into_one_results_folder_lose_nothing(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w, 25)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = read_rows(tmp_path)
+    assert sorted(r["job_key"] for r in rows) == sorted(
+        f"w{w}-{i}" for w in range(2) for i in range(25))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unreachable_mlflow_server_fails_before_any_work(synthetic_root, tmp_path, capsys):
+    from pgray.errors import run_cli
+    from pgray.train import main
+
+    out = tmp_path / "never"
+    code = run_cli(main, ["--dataset", "synthetic", "--root", str(synthetic_root), "--category",
+                          "disc", "--tiny", "--epochs", "1", "--out", str(out),
+                          "--mlflow-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == ClusterError.exit_code
+    assert "http://127.0.0.1:9" in err and "unreachable" in err
+    assert "Traceback" not in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_mlflow_lost_mid_run_warns_and_results_still_land(synthetic_root, tmp_path,
+                                                          monkeypatch):
+    """The tracking store breaks after the run is opened: training finishes, the checkpoint and
+    metrics file are written, and a warning names what MLflow did not get."""
+    import pgray.tracking as tracking
+    from pgray.runner import TrainRequest, train_category
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    real_open = tracking.open_run
+
+    def open_then_lose_store(*args, **kwargs):
+        tracker = real_open(*args, **kwargs)
+        tracker.client._tracking_client.store.engine.dispose()
+        (tmp_path / "mlflow.db").unlink()
+        (tmp_path / "mlflow.db").mkdir()  # the path now cannot be opened as a database
+        return tracker
+
+    monkeypatch.setattr(tracking, "open_run", open_then_lose_store)
+    monkeypatch.setattr(tracking, "BASE_DELAY_S", 0.01)
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train_category(TrainRequest(config=cfg, out=tmp_path / "run", name="lost",
+                                             progress=False))
+    assert result.checkpoint.is_file() and result.metrics_file.is_file()
+    messages = [str(w.message) for w in caught if "MLflow" in str(w.message)]
+    assert any("metrics" in m and "not logged" in m for m in messages), messages
+
+
+def test_output_under_a_file_is_a_clear_error_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match=str(blocker)):
+        write_json(blocker / "sub" / "metrics.json", {"a": 1})
+
+
+def test_full_disk_leaves_no_half_written_file(tmp_path):
+    """RLIMIT_FSIZE makes writes past a size fail as a full disk would (EFBIG)."""
+    target = tmp_path / "metrics.json"
+    write_json(target, {"old": True})
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        from pgray.io import write_json, OutputError
+        try:
+            write_json({str(target)!r}, {{"rows": ["x" * 100] * 1000}})
+        except OutputError as err:
+            print("OUTPUT ERROR:", err)
+            sys.exit(2)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "could not write" in proc.stdout and str(target) in proc.stdout
+    assert target.read_text().strip() == '{\n  "old": true\n}'  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", ".hidden", "", "x" * 201,
+                                  "semi;colon"])
+def test_run_names_cannot_escape_the_output_folder(name):
+    with pytest.raises(PgrayError, match="invalid"):
+        check_name(name)
+
+
+def test_local_ray_starts_no_dashboard():
+    """pgray's own local Ray serves no dashboard (nothing to expose); run in a subprocess so
+    the session's Ray is untouched."""
+    script = textwrap.dedent("""
+        import ray
+        from pgray.distributed.cluster import connect
+        print(connect())
+        print("WEBUI=" + repr(ray._private.worker.global_worker.node.address_info.get("webui_url")))
+        ray.shutdown()
+    """)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "local Ray (in-process)" in proc.stdout
+    assert "WEBUI=''" in proc.stdout or "WEBUI=None" in proc.stdout
