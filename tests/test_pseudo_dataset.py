@@ -94,7 +94,8 @@ def test_dataloader_with_two_workers_matches_single_process():
     ds = make()
     serial = next(iter(DataLoader(ds, batch_size=6, num_workers=0)))
     parallel = torch.cat(
-        [b["pseudo_image"] for b in DataLoader(ds, batch_size=2, num_workers=2)], dim=0
+        [b["pseudo_image"] for b in DataLoader(ds, batch_size=2, num_workers=2, timeout=60)],
+        dim=0,
     )
     assert torch.equal(serial["pseudo_image"], parallel)
     assert serial["pseudo_patch_labels"].shape == (6, 16)

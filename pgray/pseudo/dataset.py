@@ -30,6 +30,10 @@ class PseudoAnomalyDataset(Dataset):
     (seed, epoch, rank, index), whatever the worker count or order. Call set_epoch before
     creating each epoch's DataLoader iterator (workers copy the dataset when they start, so
     persistent workers would keep the old epoch).
+
+    DataLoader workers need no set-up: torch already runs them on one thread. Do not call
+    cv2.setNumThreads(n > 0) inside a forked worker: with opencv 5.0 it hangs the worker
+    (setNumThreads(0) there, or any call in the parent before forking, is fine).
     """
 
     def __init__(
