@@ -39,10 +39,18 @@ class TrainResult:
 
 
 def validate_inputs(cfg: ExperimentConfig) -> None:
-    """Fail on a bad dataset before any worker, Ray or MLflow run starts."""
+    """Fail on a bad dataset, backbone, top-k or attention layer before any worker, Ray or
+    MLflow run starts."""
+    import dataclasses
+
+    from pgray.model import PatchGuard
     from pgray.training import discover
 
     discover(cfg.data, "train")
+    model = PatchGuard(dataclasses.replace(cfg.model, pretrained=False, weights=None))
+    if cfg.loss.attention_lambda > 0 and cfg.loss.attention_layers:
+        with model.capture_attention(cfg.loss.attention_layers):
+            pass
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -69,6 +77,7 @@ def train_category(req: TrainRequest) -> TrainResult:
     cfg = _absolute_paths(req.config)
     validate_inputs(cfg)
     out = ensure_dir(req.out)
+    storage = _connect_ray(req) if req.use_ray else None
     uri = resolve_tracking_uri(req.mlflow_uri)
     check_tracking_uri(uri)
     tracker = open_run(uri, f"train:{req.name}", run_name=req.name,
@@ -78,7 +87,7 @@ def train_category(req: TrainRequest) -> TrainResult:
     tracker.log_params(cfg.to_dict())
     checkpoint = out / "checkpoint.pt"
     if req.use_ray:
-        history = _train_on_ray(req, uri, tracker.run_id, checkpoint)
+        history = _train_on_ray(req, storage, uri, tracker.run_id, checkpoint)
     else:
         history = _train_in_process(req, tracker, checkpoint)
     import yaml
@@ -129,13 +138,20 @@ def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
     return state
 
 
-def _train_on_ray(req: TrainRequest, uri: str, run_id: str, checkpoint: Path) -> list:
-    from pgray.checkpoint import read_checkpoint
+def _connect_ray(req: TrainRequest) -> str:
+    """Check the storage URI, then join (or start) Ray; returns the resolved storage."""
     from pgray.distributed.cluster import connect, resolve_storage
+
+    storage = resolve_storage(req.storage, req.out / "ray_storage")
+    connect(req.address)
+    return storage
+
+
+def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,
+                  checkpoint: Path) -> list:
+    from pgray.checkpoint import read_checkpoint
     from pgray.distributed.train import TrainLaunch, result_checkpoint_path, run_training
 
-    connect(req.address)
-    storage = resolve_storage(req.storage, req.out / "ray_storage")
     launch = TrainLaunch(
         name=req.name, storage=storage, workers=req.workers,
         gpus_per_worker=req.gpus_per_worker, cpus_per_worker=req.cpus_per_worker,

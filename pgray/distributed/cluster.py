@@ -34,6 +34,22 @@ def resolve_storage(storage: str | None, default: Path) -> str:
     return str(path)
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"Ray address {address!r} is not of the form host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ClusterError(f"cannot connect to Ray at {address}: {err.strerror or err}") from None
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None,
             num_gpus: int | None = None) -> str:
     """Join `address` (or RAY_ADDRESS, or the job's cluster under `ray job submit`), else start
@@ -45,6 +61,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
+        _probe(address)
         try:
             ray.init(address=address, log_to_driver=True)
         except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
