@@ -46,9 +46,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
     for key in ("dataset", "root", "category", "mask_resize", "visa_split"):
         put("data", key, getattr(args, key, None))
-    if getattr(args, "tiny", False):
-        o["model"] = to_dict(tiny_model_config(img_size=getattr(args, "img_size", None) or 32))
-        o.setdefault("loss", {}).update(attention_layers=[1, 2], attention_weights=[0.01, 0.05])
     put("model", "backbone", getattr(args, "backbone", None))
     put("model", "img_size", getattr(args, "img_size", None))
     put("model", "weights", getattr(args, "weights", None))
@@ -57,9 +54,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+def tiny_preset(img_size: int | None) -> dict[str, Any]:
+    """--tiny: a depth-2 ViT and its attention layers; the YAML and flags still override it."""
+    return {
+        "model": to_dict(tiny_model_config(img_size=img_size or 32)),
+        "loss": {"attention_layers": [1, 2], "attention_weights": [0.01, 0.05]},
+    }
+
+
 def build_config(args: argparse.Namespace, extra: dict[str, Any] | None = None
                  ) -> ExperimentConfig:
-    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    """Precedence, lowest first: defaults, --tiny preset, --config YAML, flags."""
+    base = tiny_preset(getattr(args, "img_size", None)) if getattr(args, "tiny", False) else {}
+    if getattr(args, "config", None):
+        base = merge(base, load_yaml(args.config))
     merged = merge(merge(base, overrides_from_args(args)), extra or {})
     return ExperimentConfig.from_dict(merged)
 
