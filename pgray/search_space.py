@@ -357,7 +357,7 @@ class SearchSpace:
             check(not unknown, where, f"unknown key {unknown[:1]}; searched keys:"
                   f" {', '.join(self.search)}")
             missing = sorted(set(self.search) - set(point))
-            check(not missing, where, f"misses {missing[0]} (a start point sets every searched"
+            check(not missing, where, f"misses {missing[:1]} (a start point sets every searched"
                   " key)")
             for key, value in point.items():
                 spec = self.search[key]
@@ -367,6 +367,8 @@ class SearchSpace:
                     except ConfigError as err:
                         raise ConfigError(f"{where}.{key}: {err}") from None
                 else:
+                    check(isinstance(value, int | float) and not isinstance(value, bool),
+                          f"{where}.{key}", f"expected a number, got {value!r}")
                     check(spec.low <= value <= spec.high, f"{where}.{key}",
                           f"{value!r} is outside [{spec.low:g}, {spec.high:g}]")
 

@@ -192,7 +192,7 @@ def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, lis
 
 # --- the sweep -----------------------------------------------------------------------------
 def run_sweep(req: SweepRequest) -> SweepResult:
-    from pgray.distributed.cluster import connect, resolve_storage
+    from pgray.distributed.cluster import resolve_storage
     from pgray.tracking import check_tracking_uri, ensure_experiment, resolve_tracking_uri, runs_url
 
     started = time.perf_counter()
@@ -206,7 +206,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     storage = resolve_storage(req.storage, out / "ray")
     parent = _open_parent(space, uri, out, req.config_path)
     _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
-              f" of {space.epochs()} epoch(s); {connect(req.address)}")
+              f" of {space.epochs()} epoch(s); {connect_ray(req.address)}")
     from pgray.distributed.tune import SweepContext, run_search
 
     ctx = SweepContext(space=space, targets={t.key: t for t in targets}, mlflow_uri=uri,
@@ -237,6 +237,24 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     parent.set_tags({"pgray.state": "finished"})
     parent.finish()
     return result
+
+
+def connect_ray(address: str | None) -> str:
+    """Join `address` / RAY_ADDRESS / the job's cluster, else start a local Ray WITH its
+    dashboard: Ray Train frees the workers of a trial that ASHA stops through the State API,
+    which the dashboard serves; without it every stopped trial would keep its CPUs."""
+    import os
+
+    import ray
+
+    from pgray.distributed.cluster import connect
+
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return connect(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    return "local Ray (in-process, dashboard on 127.0.0.1)"
 
 
 def _say(req: SweepRequest, text: str) -> None:

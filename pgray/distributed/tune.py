@@ -206,7 +206,19 @@ class PerTargetScheduler(FIFOScheduler):
         return self._inner[trial.config[TARGET_KEY]]
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        self._of(trial).on_trial_add(tune_controller, trial)
+        inner = self._of(trial)
+        inner.on_trial_add(tune_controller, trial)
+        if trial.status == trial.TERMINATED or trial.has_reported_at_least_once:
+            self._replay(tune_controller, trial, inner)
+
+    def _replay(self, tune_controller, trial, inner) -> None:
+        """A restored trial: feed its recorded results to ASHA again, so a resumed sweep
+        compares new trials with the rungs the finished ones reached (Tune does not save
+        scheduler state)."""
+        for result in trial_results(trial):
+            inner.on_trial_result(tune_controller, trial, result)
+        if trial.status == trial.TERMINATED:
+            inner._trial_info.pop(trial.trial_id, None)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         return self._of(trial).on_trial_result(tune_controller, trial, result)
@@ -235,6 +247,22 @@ class PerTargetScheduler(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def trial_results(trial) -> list[dict[str, Any]]:
+    """Every result a trial reported, from its result.json in storage (one JSON a line)."""
+    import json
+
+    from ray.tune.result import EXPR_RESULT_FILE
+
+    storage = trial.storage
+    try:
+        path = f"{storage.trial_fs_path.rstrip('/')}/{EXPR_RESULT_FILE}"
+        with storage.storage_filesystem.open_input_stream(path) as f:
+            text = f.readall().decode()
+    except (OSError, RuntimeError):
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:

@@ -1,0 +1,207 @@
+"""Search-space schema: every bad input is refused with the key named; shipped spaces load."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from pgray.config import ExperimentConfig
+from pgray.errors import ConfigError
+from pgray.search_space import (
+    ParamSpec,
+    Target,
+    apply_params,
+    load_search_space,
+    space_from_dict,
+)
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+BASE = {
+    "name": "t",
+    "fixed": {
+        "data": {"dataset": "synthetic", "root": "generated", "category": "disc"},
+        "loss": {"attention_layers": [1, 2], "attention_weights": [0.01, 0.05]},
+        "train": {"epochs": 3, "holdout_fraction": 0.25},
+    },
+    "search": {
+        "loss.attention_lambda": {"type": "loguniform", "low": 0.001, "high": 100.0},
+        "loss.reduction": {"type": "categorical", "values": ["mean", "row"]},
+    },
+    "budget": {"trials": 2},
+}
+
+
+def _with(path: str, value) -> dict:
+    """BASE with one entry replaced: `path` is keys joined by '/', e.g.
+    'search/loss.attention_lambda/low' (search keys contain dots, so '/' separates)."""
+    data = copy.deepcopy(BASE)
+    *parents, last = path.split("/")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return data
+
+
+LAMBDA = "search/loss.attention_lambda"
+BAD = [
+    # (where to change, new value, text the error must contain)
+    ("nmae", "x", "unknown key nmae; allowed keys:"),
+    (f"{LAMBDA}/hgh", 3.0, "unknown key search.loss.attention_lambda.hgh"),
+    (f"{LAMBDA}/low", "small", "search.loss.attention_lambda.low: expected a number"),
+    (f"{LAMBDA}/type", "gauss", "search.loss.attention_lambda.type: 'gauss' is not one of"
+     " ['uniform', 'loguniform', 'int', 'categorical']"),
+    (f"{LAMBDA}/high", 0.001, "search.loss.attention_lambda.high: empty range [0.001, 0.001]"),
+    (f"{LAMBDA}/high", 0.0001, "search.loss.attention_lambda.low: low > high (0.001 > 0.0001)"),
+    (f"{LAMBDA}/low", 0.0, "search.loss.attention_lambda.low: a log range must be > 0"),
+    ("search/loss.atention_lambda", {"type": "uniform", "low": 0, "high": 1},
+     "search.loss.atention_lambda: no config key 'loss.atention_lambda': loss has"
+     " attention_layers, attention_weights, attention_lambda, reduction"),
+    ("search/model.depth", {"type": "int", "low": 1, "high": 4},
+     "search.model.depth: no config key 'model.depth'"),
+    ("search/loss.reduction", {"type": "categorical", "values": ["mean", "bogus"]},
+     "search.loss.reduction: loss.reduction='bogus' makes an invalid config:"
+     " loss.reduction: 'bogus' is not one of ['mean', 'row']"),
+    ("search/loss.reduction", {"type": "categorical", "values": []},
+     "search.loss.reduction.values: needs at least one value"),
+    ("search/loss.attention_weights[2]", {"type": "uniform", "low": 0, "high": 1},
+     "loss.attention_weights has 2 entries in the fixed config, so [2] is out of range"),
+    ("search/pseudo.min_size", {"type": "int", "low": 6.5, "high": 9},
+     "search.pseudo.min_size.low: must be an integer for type int"),
+    ("search/data.category", {"type": "categorical", "values": ["disc", "weave"]},
+     "search.data.category: data.* is set per target"),
+    ("search/train.epochs", {"type": "int", "low": 1, "high": 9},
+     "search.train.epochs: data.* is set per target (datasets/categories) and train.epochs"
+     " by budget.epochs"),
+    ("objectives", [{"metric": "image_auroc", "mode": "max"}],
+     "objectives[0].metric: 'image_auroc' is not a per-epoch proxy metric (test-split metrics"
+     " are never tuned on); allowed: proxy_clean_image_auroc"),
+    ("objectives", [{"metric": "proxy_score", "mode": "up"}],
+     "objectives[0].mode: 'up' is not one of ['max', 'min']"),
+    ("objectives", [{"metric": "proxy_clean_image_auroc"}, {"metric": "proxy_robust_image_auroc"}],
+     "scheduler.type: asha needs a single objective"),
+    ("budget/trials", 0, "budget.trials: must be >= 1, got 0"),
+    ("budget/trials", "many", "budget.trials: expected an integer, got 'many'"),
+    ("scheduler/grace_period", 3, "scheduler.grace_period: must be < the epochs of a trial (3)"),
+    ("scheduler/type", "hyperband", "scheduler.type: 'hyperband' is not one of ['asha', 'none']"),
+    ("resources/cpus_per_worker", 0, "resources.cpus_per_worker: must be > 0"),
+    ("final_eval/steps", 0, "final_eval.steps: must be >= 1, got 0"),
+    ("final_eval/eps", [8, 300], "final_eval.eps[1]: must be in [0, 255]"),
+    ("fixed/train/epochs", 0, "fixed.train.epochs: must be >= 1, got 0"),
+    ("fixed/train/holdout_fraction", 0.0, "fixed.train.holdout_fraction: must be > 0"),
+    ("fixed/train/proxy_every", 2, "fixed.train.proxy_every: must be 1"),
+    ("fixed/loss/attention_layers", [1, 2, 3], "fixed.loss.attention_weights: needs one weight"
+     " per layer"),
+    ("search/loss", {"type": "uniform", "low": 0, "high": 1},
+     "search.loss: loss is a config section"),
+    ("start_points", [{"loss.attention_lambda": 1.0}],
+     "start_points[0]: misses ['loss.reduction']"),
+    ("start_points", [{"loss.attention_lambda": 1e4, "loss.reduction": "row"}],
+     "start_points[0].loss.attention_lambda: 10000.0 is outside [0.001, 100]"),
+    ("start_points", [{"loss.attention_lambda": 1.0, "loss.reduction": "max"}],
+     "start_points[0].loss.reduction: 'max' is not one of ['mean', 'row']"),
+    ("name", "bad name!", "name: must be letters, digits"),
+]
+
+
+@pytest.mark.parametrize("where,value,message", BAD,
+                         ids=[f"{b[0]}={b[1]!r}"[:60] for b in BAD])
+def test_bad_search_space_is_refused_naming_the_key(where, value, message):
+    with pytest.raises(ConfigError) as err:
+        space_from_dict(_with(where, value))
+    assert message in str(err.value)
+
+
+def test_datasets_and_categories_together_are_refused():
+    data = copy.deepcopy(BASE) | {"categories": ["disc"],
+                                  "datasets": [{"dataset": "synthetic", "root": "generated"}]}
+    with pytest.raises(ConfigError, match="categories: give either datasets or categories"):
+        space_from_dict(data)
+
+
+def test_generated_root_only_for_synthetic():
+    data = copy.deepcopy(BASE) | {"datasets": [{"dataset": "mvtec", "root": "generated"}]}
+    with pytest.raises(ConfigError, match=r"datasets\[0\].root: 'generated' is only for"):
+        space_from_dict(data)
+
+
+def test_jointly_invalid_combination_is_found_on_load():
+    # each value alone fits the fixed weights only for [1, 2]; one layer needs one weight
+    data = copy.deepcopy(BASE)
+    data["search"]["loss.attention_layers"] = {"type": "categorical", "values": [[1, 2], [2]]}
+    with pytest.raises(ConfigError, match="loss.attention_layers=\\[2\\] makes an invalid"
+                       " config: loss.attention_weights: needs one weight per layer"):
+        space_from_dict(data)
+
+
+def test_section_bundle_and_list_index_apply_to_the_config():
+    data = copy.deepcopy(BASE)
+    data["search"] = {
+        "loss": {"type": "categorical", "labels": ["last", "both"], "values": [
+            {"attention_layers": [2], "attention_weights": [0.05]},
+            {"attention_layers": [1, 2], "attention_weights": [0.02, 0.02]}]},
+        "pseudo.severity_probs": {"type": "categorical",
+                                  "values": [[0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]},
+        "train.attack.steps": {"type": "int", "low": 1, "high": 3, "log": True},
+    }
+    space = space_from_dict(data)
+    assert space.search["loss"].choices() == ["last", "both"]
+    assert space.search["pseudo.severity_probs"].choices() == ["[0.2, 0.2, 0.6]",
+                                                               "[0.1, 0.1, 0.8]"]
+    params = space.decode({"loss": "last", "pseudo.severity_probs": "[0.1, 0.1, 0.8]",
+                           "train.attack.steps": 2, "target": "ignored"})
+    target = Target("synthetic", "/data/syn", "weave")
+    cfg = space.trial_config(target, params)
+    assert cfg.loss.attention_layers == [2] and cfg.loss.attention_weights == [0.05]
+    assert cfg.pseudo.severity_probs == [0.1, 0.1, 0.8]
+    assert cfg.train.attack.steps == 2 and cfg.train.epochs == 3
+    assert (cfg.data.root, cfg.data.category) == ("/data/syn", "weave")
+
+
+def test_apply_params_sets_one_list_entry_and_keeps_defaults():
+    out = apply_params({"loss": {"attention_layers": [6, 9, 12]}},
+                       {"loss.attention_weights[1]": 0.5, "train.lr": 1e-3})
+    cfg = ExperimentConfig.from_dict(out)
+    assert cfg.loss.attention_weights == [0.005, 0.5, 0.05]
+    assert cfg.train.lr == 1e-3 and cfg.train.epochs == 1000
+
+
+def test_param_spec_representatives_cover_the_range():
+    assert ParamSpec("loguniform", 0.01, 100.0).representatives() == [0.01, 1.0, 100.0]
+    assert ParamSpec("int", 2, 9).representatives() == [2, 9]
+    assert ParamSpec("uniform", 0.0, 1.0).decode(0.25) == 0.25
+    assert ParamSpec("int", 2, 9).decode(3.0) == 3
+
+
+@pytest.mark.parametrize("name", ["demo", "attention", "pseudo", "paper"])
+def test_shipped_search_spaces_are_valid(name):
+    space = load_search_space(SPACES / f"{name}.yaml")
+    assert space.name == name
+    fixed = space.fixed_config()
+    if name == "demo":
+        assert space.budget.trials * 2 <= 8 and space.epochs() <= 4
+        assert fixed.model.img_size == 32 and space.final_eval.steps < 1000
+        assert [e.categories for e in space.target_entries()] == [["weave", "disc"]]
+    if name == "paper":
+        assert not space.search and space.epochs() == 1000
+        assert space.final_eval.steps == 1000 and space.final_eval.eps == [8.0, 4.0]
+        assert len(space.target_entries()) == 8
+    if name == "attention":
+        assert space.search["loss.attention_lambda"].high / space.search[
+            "loss.attention_lambda"].low >= 1e4
+        assert space.start_point_choices()[0]["loss.attention_layers"] == "reference"
+    if name == "pseudo":
+        assert space.multi_objective and space.scheduler.type == "none"
+
+
+def test_missing_file_and_non_mapping_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_search_space(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  loss.attention_lambda: {type: loguniform, low: 0, high: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: search.loss.attention_lambda.low: a log"
+                       " range must be > 0"):
+        load_search_space(bad)
