@@ -158,7 +158,9 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["epoch"] = float(epoch + 1)
         metrics["epoch_time_s"] = time.perf_counter() - started
-        metrics["images_per_s"] = metrics["steps"] * batch / max(metrics["epoch_time_s"], 1e-9)
+        # normal images per second over all workers (each step also trains their pseudo-anomalies)
+        metrics["images_per_s"] = (metrics["steps"] * batch * ctx.world_size
+                                   / max(metrics["epoch_time_s"], 1e-9))
         last = epoch + 1 == cfg.train.epochs
         if holdout_loader is not None and ctx.rank == 0 and (
             last or (epoch + 1) % cfg.train.proxy_every == 0
