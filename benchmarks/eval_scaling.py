@@ -1,7 +1,7 @@
 """Evaluation scaling: the same small benchmark grid run sequentially in this process, on one
 Ray actor and on two, with wall times and speed-ups measured in one run.
 
-    python benchmarks/eval_scaling.py [--steps 40] [--categories disc weave]
+    python benchmarks/eval_scaling.py [--steps 200] [--categories disc weave]
 
 Targets: 2 actors >= 1.7x over 1 actor on a 2-core machine. The actors' start-up (a fresh
 Python importing torch) is inside the measured wall time, as a user would see it.
@@ -20,10 +20,10 @@ from pathlib import Path
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--categories", nargs="+", default=["disc", "weave"])
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, default=64)
     p.add_argument("--n-test", type=int, default=32)
     p.add_argument("--eps", type=float, nargs="+", default=[2.0, 4.0, 8.0])
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=200)
     return p.parse_args()
 
 
