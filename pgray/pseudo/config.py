@@ -62,7 +62,7 @@ class PseudoConfig:
     # at least 2 px). The reference's table has 6 to 14 px per category.
     min_size: int = 10
     max_size: int | None = None  # the reference has one in its table but never applies it
-    dilation_iterations: int = 10  # 3 x 3 kernel, not scaled with the image size
+    dilation_iterations: int = 10  # 3 x 3 kernel, at 224 px (scaled with the image size)
     rotation: float = 90.0  # uniform rotation in [-rotation, rotation] degrees
     max_attempts: int = 251
     patch_label_rule: Literal["any", "fraction"] = "any"

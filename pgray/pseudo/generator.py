@@ -196,6 +196,8 @@ class PseudoAnomalyGenerator:
         self.max_side = (
             None if cfg.max_size is None else max(self.min_side, round(cfg.max_size * scale))
         )
+        # Dilation is given in pixels at 224 too: 10 px of growth at 224 is 3 px at 64.
+        self.dilation = round(cfg.dilation_iterations * scale)
 
     @property
     def num_patches(self) -> int:
@@ -216,7 +218,7 @@ class PseudoAnomalyGenerator:
     ) -> PseudoSample:
         """Like __call__, plus what was drawn; `level` forces a severity (benchmarks, tests)."""
         self._check_inputs(image, foreground)
-        fg = dilate(_as_bool_mask(foreground), self.cfg.dilation_iterations)
+        fg = dilate(_as_bool_mask(foreground), self.dilation)
         p = place(fg, self.min_side, self.max_side, self.cfg.max_attempts, rng)
         level_idx = self._draw_level(rng) if level is None else LEVELS.index(level)
         ops = self._draw_ops(level_idx, rng)
