@@ -253,8 +253,22 @@ def connect_ray(address: str | None) -> str:
         return connect(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
-    return "local Ray (in-process, dashboard on 127.0.0.1)"
+    port = _free_port()
+    # State API clients (Train's placement-group cleaner runs in Ray's worker processes, which
+    # inherit this environment) otherwise guess the cluster and fail, or pick another one,
+    # when several Ray instances run on this machine.
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             log_to_driver=True)
+    return f"local Ray (in-process, dashboard http://127.0.0.1:{port})"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _say(req: SweepRequest, text: str) -> None:

@@ -388,6 +388,29 @@ class SearchRun:
     notes: list[str] = field(default_factory=list)
 
 
+def check_state_api(space: SearchSpace) -> None:
+    """ASHA stops a trial by ending its actor; Ray Train then frees the trial's workers
+    through the State API, which the dashboard serves. Without it every stopped trial keeps
+    its CPUs and later trials wait forever: refuse to start instead."""
+    import ray
+    from ray.util.state import list_nodes
+
+    if space.scheduler.type != "asha":
+        return
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        ours = any(n.node_id == node for n in list_nodes(limit=1000, timeout=10))
+    except Exception:  # noqa: BLE001 - any State API failure means the same thing here
+        ours = False
+    if not ours:
+        raise ClusterError(
+            "this Ray cluster has no dashboard/State API, which Ray Train needs to free the"
+            " workers of trials that ASHA stops; start Ray with its dashboard (ray start"
+            " --head, or let `python -m pgray.sweep` start a local Ray) or set"
+            " scheduler.type: none"
+        )
+
+
 def _trainable(ctx: SweepContext):
     from ray import tune
 
@@ -408,6 +431,7 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
             f"a sweep named {name!r} already exists at {path}; pass --resume to continue it,"
             " or choose another --out / --storage / name"
         )
+    check_state_api(ctx.space)
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
     concurrent = derive_max_concurrent(ctx.space, ray.cluster_resources(), total)

@@ -1,0 +1,291 @@
+"""The sweep: Optuna per target, best-trial selection, and a real sweep killed and resumed.
+
+The end-to-end test runs `python -m pgray.sweep` as a subprocess (its own local Ray with the
+dashboard, real Optuna, real MLflow SQLite), SIGKILLs it after the first trial finished,
+resumes it with --resume, and checks what Tune, MLflow and the output folder hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgray.config import ExperimentConfig, tiny_model_config
+from pgray.configbase import to_dict
+from pgray.errors import ClusterError
+from pgray.search_space import space_from_dict
+from pgray.sweep import TrialSummary, pareto_front, select_best
+
+REPO = Path(__file__).resolve().parent.parent
+LAMBDA_HUGE = 30000.0  # makes the attention term dominate the loss: ASHA must stop it
+
+
+def tiny_space(root: Path, **over) -> dict:
+    """One target (disc), 3 trials of 2 epochs, ASHA on the training loss, one at a time.
+
+    The two start points go first (lambda 0, then a huge lambda), so ASHA's decision is
+    certain: the second trial's epoch-1 loss is far above the first's. The third trial is
+    Optuna's own pick.
+    """
+    space = {
+        "name": "tiny",
+        "fixed": {
+            "data": {"dataset": "synthetic", "root": str(root), "category": "disc"},
+            "model": to_dict(tiny_model_config(img_size=32)),
+            "loss": {"attention_layers": [1, 2], "attention_weights": [0.01, 0.05],
+                     "reduction": "row"},
+            "train": {"batch_size": 4, "holdout_fraction": 0.25, "proxy_steps": 2,
+                      "max_steps_per_epoch": 2, "attack": {"eps": 8.0, "steps": 2}},
+            "eval": {"batch_size": 8},
+        },
+        "search": {
+            "loss.attention_lambda": {"type": "categorical", "values": [0.0, LAMBDA_HUGE]},
+            "pseudo.min_size": {"type": "int", "low": 6, "high": 14},
+        },
+        "start_points": [{"loss.attention_lambda": 0.0, "pseudo.min_size": 10},
+                         {"loss.attention_lambda": LAMBDA_HUGE, "pseudo.min_size": 10}],
+        "objectives": [{"metric": "loss", "mode": "min"}],
+        "budget": {"trials": 3, "epochs": 2},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "trial_cpus": 0.25,
+                      "max_concurrent": 1},
+        "final_eval": {"eps": [8.0], "steps": 2, "batch_size": 8, "n_panels": 0, "actors": 1},
+        "seed": 0,
+    }
+    return space | over
+
+
+# --- pure parts -------------------------------------------------------------------------------
+def _trial(tid: str, target: str, **metrics) -> TrialSummary:
+    return TrialSummary(trial_id=tid, target=target, params={}, metrics=metrics, epochs=2,
+                        state="completed", checkpoint=f"/ckpt/{tid}")
+
+
+def test_pareto_front_keeps_the_non_dominated_points():
+    points = [[0.9, 0.1], [0.5, 0.5], [0.4, 0.4], [0.1, 0.9], [0.9, 0.1]]
+    assert pareto_front(points) == [0, 1, 3, 4]
+
+
+def test_select_best_per_target_single_and_multi_objective(synthetic_root):
+    trials = [_trial("a", "s/disc", loss=3.0), _trial("b", "s/disc", loss=1.0),
+              _trial("c", "s/weave", loss=2.0), _trial("d", "s/weave", loss=float("nan"))]
+    trials.append(TrialSummary("e", "s/disc", {}, {"loss": 0.1}, 1, "error"))
+    space = space_from_dict(tiny_space(synthetic_root))
+    best = select_best(trials, space)
+    assert {k: [t.trial_id for t in v] for k, v in best.items()} == {"s/disc": ["b"],
+                                                                     "s/weave": ["c"]}
+    multi = space_from_dict(tiny_space(
+        synthetic_root, scheduler={"type": "none"}, final_eval={"top_n": 3},
+        objectives=[{"metric": "proxy_clean_image_auroc"},
+                    {"metric": "proxy_robust_image_auroc"}]))
+    front = [_trial("p", "s/disc", proxy_clean_image_auroc=0.9, proxy_robust_image_auroc=0.2),
+             _trial("q", "s/disc", proxy_clean_image_auroc=0.6, proxy_robust_image_auroc=0.6),
+             _trial("r", "s/disc", proxy_clean_image_auroc=0.5, proxy_robust_image_auroc=0.5),
+             _trial("s", "s/disc", proxy_clean_image_auroc=0.3, proxy_robust_image_auroc=0.7)]
+    assert [t.trial_id for t in select_best(front, multi)["s/disc"]] == ["p", "q", "s"]
+
+
+def test_max_concurrent_fits_trials_and_their_workers(synthetic_root):
+    from pgray.distributed.tune import derive_max_concurrent
+
+    def space(**res):
+        return space_from_dict(tiny_space(synthetic_root, resources=res))
+
+    demo = space(cpus_per_worker=0.75, trial_cpus=0.25)
+    assert derive_max_concurrent(demo, {"CPU": 2.0}, 6) == 2
+    assert derive_max_concurrent(demo, {"CPU": 16.0}, 6) == 6  # never more than the trials
+    gpu = space(workers_per_trial=2, cpus_per_worker=4, gpus_per_worker=1)
+    assert derive_max_concurrent(gpu, {"CPU": 64.0, "GPU": 8.0}, 24) == 4
+    assert derive_max_concurrent(space(max_concurrent=3), {"CPU": 1.0}, 24) == 3
+    with pytest.raises(ClusterError, match="one trial needs .* but the cluster has"):
+        derive_max_concurrent(gpu, {"CPU": 64.0}, 24)
+
+
+def test_per_target_search_runs_one_seeded_optuna_study_per_target(synthetic_root):
+    from pgray.distributed.tune import TARGET_KEY, build_searcher, param_space
+
+    def suggestions() -> list[dict]:
+        space = space_from_dict(tiny_space(synthetic_root, budget={"trials": 3, "epochs": 2}))
+        searcher = build_searcher(space, ["s/disc", "s/weave"])
+        assert searcher.set_search_properties(None, None, param_space(space))
+        out = [searcher.suggest(f"t{i}") for i in range(7)]
+        searcher.on_trial_complete("t0", {"loss": 1.0, "epoch": 2.0})
+        study = searcher._inner["s/disc"]._ot_study  # t0 was told to its own study only
+        assert [t.state.name for t in study.trials].count("COMPLETE") == 1
+        assert searcher._inner["s/weave"]._ot_study.trials[0].state.name == "RUNNING"
+        return out
+
+    first = suggestions()
+    assert [s[TARGET_KEY] for s in first[:6]] == ["s/disc", "s/weave"] * 3  # round robin
+    assert first[6] == "FINISHED"  # 3 trials per target handed out
+    # each study starts with the start points, in order, then samples on its own
+    assert [s["loss.attention_lambda"] for s in first[:4]] == [0.0, 0.0, LAMBDA_HUGE,
+                                                               LAMBDA_HUGE]
+    assert all(6 <= s["pseudo.min_size"] <= 14 for s in first[:6])
+    assert suggestions() == first  # seeded: the same proposals again
+
+
+# --- end to end: kill and resume ---------------------------------------------------------------
+def _experiment_states(exp_dir: Path) -> dict[str, str]:
+    files = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        data = json.loads(files[-1].read_text())
+    except json.JSONDecodeError:  # being rewritten
+        return {}
+    return {json.loads(a)["trial_id"]: json.loads(a)["status"] for a, _ in data["trial_data"]}
+
+
+def _kill_leftovers(marker: str) -> None:
+    """Kill processes of the Ray this test started (their command line names its temp dir)."""
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _sweep_cmd(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pgray.sweep", "--config", str(config), "--out", str(out),
+            "--quiet", *extra]
+
+
+def _runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("pgray")
+    return client.search_runs([exp.experiment_id], max_results=200)
+
+
+@pytest.mark.slow
+def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_root, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_space(synthetic_root)))
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A short private Ray temp dir (socket paths are length-limited) that names our processes.
+    ray_tmp = tempfile.mkdtemp(prefix="pgsw", dir="/tmp")
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "RAY_TMPDIR": ray_tmp,
+                        "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path / "first.log").open("w")
+    exp_dir = out / "ray" / "tiny"
+    proc = subprocess.Popen(_sweep_cmd(config, out), cwd=tmp_path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            states = _experiment_states(exp_dir)
+            if "TERMINATED" in states.values():
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial finished within 240 s")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        finished_before = sorted(t for t, s in states.items() if s == "TERMINATED")
+        assert len(finished_before) == 1, states
+        first_id = finished_before[0]
+        first_result = (next(exp_dir.glob(f"*{first_id}*")) / "result.json").read_text()
+        assert not (out / "sweep_summary.json").exists()  # it really was interrupted
+
+        resumed = subprocess.run(_sweep_cmd(config, out, "--resume"), cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert summary["resumed"] is True and len(trials) == 3
+
+    # the finished trial was not rerun: Tune holds exactly its two first-run results
+    assert (next(exp_dir.glob(f"*{first_id}*")) / "result.json").read_text() == first_result
+    first = trials[first_id]
+    assert first["state"] == "completed" and first["epochs"] == 2
+    assert first["params"] == {"loss.attention_lambda": 0.0, "pseudo.min_size": 10}
+
+    # ASHA (its rungs replayed from the first run) stopped the huge-lambda trial after epoch 1
+    huge = [t for t in trials.values() if t["params"]["loss.attention_lambda"] == LAMBDA_HUGE
+            and t["params"]["pseudo.min_size"] == 10]
+    assert len(huge) == 1 and huge[0]["state"] == "stopped_early" and huge[0]["epochs"] == 1
+    assert huge[0]["metrics"]["loss"] > 2 * first["metrics"]["loss"]
+    # the third trial is Optuna's own proposal, inside the space
+    third = [t for t in trials.values() if t["trial_id"] not in (first_id, huge[0]["trial_id"])]
+    assert 6 <= third[0]["params"]["pseudo.min_size"] <= 14
+
+    _check_mlflow(uri, summary, trials, first_id, huge[0]["trial_id"])
+    _check_best_and_final(out, summary, trials)
+
+
+def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    runs = _runs(uri)
+    parents = [r for r in runs if r.data.tags.get("pgray.kind") == "sweep"]
+    assert len(parents) == 1  # reopened on resume, not duplicated
+    parent = parents[0]
+    assert parent.info.run_id == summary["parent_run_id"] and parent.info.status == "FINISHED"
+    children = {r.data.tags["pgray.trial_id"]: r for r in runs
+                if r.data.tags.get("pgray.kind") == "trial"}
+    assert set(children) == set(trials)
+    client = MlflowClient(uri)
+    for tid, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["pgray.trial_state"] == trials[tid]["state"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        # each epoch once; a stopped trial's worker may finish the epoch it was in when
+        # Tune stopped it, so MLflow can hold one epoch more than Tune saw
+        assert steps == list(range(len(steps))), (tid, steps)
+        extra = 1 if trials[tid]["state"] == "stopped_early" else 0
+        assert trials[tid]["epochs"] <= len(steps) <= trials[tid]["epochs"] + extra, (tid, steps)
+        assert float(run.data.params["loss.attention_lambda"]) == trials[tid]["params"][
+            "loss.attention_lambda"]
+    assert children[huge_id].data.tags["pgray.epochs_done"] == "1"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best", "results.md", "trials.md", "search_space.yaml"} <= artifacts
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "best")] == [
+        "best/synthetic-disc.yaml"]
+    bench = [r for r in runs if r.data.tags.get("pgray.kind") == "benchmark"]
+    assert len(bench) == 1 and bench[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.tags["pgray.best_trials"] == summary["best"]["synthetic/disc"][0]
+
+
+def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
+    best_id = summary["best"]["synthetic/disc"][0]
+    best_loss = trials[best_id]["metrics"]["loss"]
+    assert best_loss == min(t["metrics"]["loss"] for t in trials.values()
+                            if t["state"] != "error")
+    path = Path(summary["best_configs"]["synthetic/disc"][0])
+    cfg = ExperimentConfig.from_yaml(path)
+    assert cfg.data.category == "disc" and cfg.train.epochs == 2
+    assert cfg.loss.attention_lambda == trials[best_id]["params"]["loss.attention_lambda"]
+    assert cfg.pseudo.min_size == trials[best_id]["params"]["pseudo.min_size"]
+    assert (out / "best" / "top1" / "synthetic" / "disc" / "checkpoint.pt").is_file()
+    text = (out / "results.md").read_text()
+    assert "Final evaluation: PGD-2, eps 8/255 (a short attack" in text
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
+    assert sorted(r["setting"] for r in rows) == ["clean", "pgd_eps8_steps2"]
+    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
