@@ -55,7 +55,6 @@ class SweepRequest:
     mlflow_uri: str | None = None
     final_eval: bool = True
     progress: bool = True
-    config_path: Path | None = None
 
 
 @dataclass
@@ -177,7 +176,9 @@ def pareto_front(points: list[list[float]]) -> list[int]:
 
 def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, list[TrialSummary]]:
     """Per target: the top_n trials by the objective, or the Pareto front (best first by the
-    first objective) when there are several objectives. Trials with a checkpoint only."""
+    first objective) when there are several objectives. Trials with a checkpoint only; trials
+    that trained the whole budget rank before those ASHA stopped (a stopped trial lost at its
+    rung, even if its last proxy value happens to be higher)."""
     best: dict[str, list[TrialSummary]] = {}
     for target in sorted({t.target for t in trials}):
         scored = [(t, v) for t in trials if t.target == target and t.state != "error"
@@ -185,7 +186,7 @@ def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, lis
         if space.multi_objective:
             keep = pareto_front([v for _, v in scored])
             scored = [scored[i] for i in keep]
-        scored.sort(key=lambda tv: tv[1], reverse=True)
+        scored.sort(key=lambda tv: (tv[0].state == "completed", tv[1]), reverse=True)
         best[target] = [t for t, _ in scored[: space.final_eval.top_n]]
     return best
 
@@ -204,7 +205,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     uri = resolve_tracking_uri(req.mlflow_uri)
     check_tracking_uri(uri)
     storage = resolve_storage(req.storage, out / "ray")
-    parent = _open_parent(space, uri, out, req.config_path)
+    parent = _open_parent(space, uri, out)
     _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
               f" of {space.epochs()} epoch(s); {connect_ray(req.address)}")
     from pgray.distributed.tune import SweepContext, run_search
@@ -276,7 +277,7 @@ def _say(req: SweepRequest, text: str) -> None:
         print(text, flush=True)
 
 
-def _open_parent(space: SearchSpace, uri: str, out: Path, config_path: Path | None):
+def _open_parent(space: SearchSpace, uri: str, out: Path):
     """The sweep's MLflow run, found again by its key on resume (never a second one)."""
     import yaml
 
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_sweep(SweepRequest(
         space=space, out=out, resume=args.resume, storage=args.storage, address=args.address,
         mlflow_uri=args.mlflow_uri, final_eval=not args.no_final_eval,
-        progress=not args.quiet, config_path=config,
+        progress=not args.quiet,
     ))
     print()
     print(result.table_text)

@@ -80,6 +80,7 @@ def test_select_best_per_target_single_and_multi_objective(synthetic_root):
     trials = [_trial("a", "s/disc", loss=3.0), _trial("b", "s/disc", loss=1.0),
               _trial("c", "s/weave", loss=2.0), _trial("d", "s/weave", loss=float("nan"))]
     trials.append(TrialSummary("e", "s/disc", {}, {"loss": 0.1}, 1, "error"))
+    trials.append(TrialSummary("f", "s/disc", {}, {"loss": 0.5}, 1, "stopped_early", "/c/f"))
     space = space_from_dict(tiny_space(synthetic_root))
     best = select_best(trials, space)
     assert {k: [t.trial_id for t in v] for k, v in best.items()} == {"s/disc": ["b"],
