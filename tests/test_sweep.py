@@ -23,7 +23,7 @@ import yaml
 from pgray.config import ExperimentConfig, tiny_model_config
 from pgray.configbase import to_dict
 from pgray.errors import ClusterError
-from pgray.search_space import space_from_dict
+from pgray.search_space import Target, space_from_dict
 from pgray.sweep import TrialSummary, pareto_front, select_best
 
 REPO = Path(__file__).resolve().parent.parent
@@ -290,3 +290,17 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
     assert sorted(r["setting"] for r in rows) == ["clean", "pgd_eps8_steps2"]
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
+
+
+def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic_root):
+    from pgray.distributed.tune import TARGET_KEY, build_scheduler, build_searcher, param_space
+
+    space = space_from_dict(tiny_space(synthetic_root, search={}, start_points=[],
+                                       budget={"trials": 1, "epochs": 2},
+                                       scheduler={"type": "none"}))
+    assert param_space(space) == {} and build_scheduler(space, ["a/x"]) is None
+    searcher = build_searcher(space, ["a/x", "b/y"])
+    assert [searcher.suggest(f"t{i}") for i in range(3)] == [
+        {TARGET_KEY: "a/x"}, {TARGET_KEY: "b/y"}, "FINISHED"]
+    cfg = space.trial_config(Target("synthetic", str(synthetic_root), "weave"), {})
+    assert cfg.data.category == "weave" and cfg.loss.attention_lambda == 1.0
