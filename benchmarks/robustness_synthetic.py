@@ -11,7 +11,6 @@ clearly more robust than the clean-trained one.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
