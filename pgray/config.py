@@ -147,6 +147,8 @@ class TrainConfig:
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10
     proxy_every: int = 1
+    # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images
+    proxy_repeats: int = 4
     checkpoint_every: int = 1
     precision: Precision = "auto"
     max_steps_per_epoch: int | None = None
@@ -158,6 +160,7 @@ class TrainConfig:
         check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
         check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)")
         check(self.proxy_steps >= 1, "proxy_steps", "must be >= 1")
+        check(self.proxy_repeats >= 1, "proxy_repeats", "must be >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.loader_workers >= 0, "loader_workers", "must be >= 0")
 

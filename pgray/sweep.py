@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.errors import PgrayError, run_cli
+from pgray.io import write_json, write_text
 from pgray.search_space import SearchSpace, Target, builtin_space_path, load_search_space
 
 PAPER_STEPS = 1000
@@ -228,7 +229,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         result.benchmarks = final_evaluation(req, space, best, {t.key: t for t in targets},
                                              out, uri, parent.run_id)
     result.table_text = results_text(space, result)
-    (out / "results.md").write_text(result.table_text + "\n")
+    write_text(out / "results.md", result.table_text + "\n")
     parent.log_artifact(out / "results.md")
     result.mlflow_hint = runs_url(uri, ensure_experiment(uri))
     result.wall_s = time.perf_counter() - started
@@ -241,35 +242,12 @@ def run_sweep(req: SweepRequest) -> SweepResult:
 
 
 def connect_ray(address: str | None) -> str:
-    """Join `address` / RAY_ADDRESS / the job's cluster, else start a local Ray WITH its
-    dashboard: Ray Train frees the workers of a trial that ASHA stops through the State API,
-    which the dashboard serves; without it every stopped trial would keep its CPUs."""
-    import os
-
-    import ray
-
+    """Join `address` / RAY_ADDRESS / the job's cluster, else start a local Ray whose
+    dashboard (127.0.0.1 only) serves the State API that Ray Train needs to free the workers
+    of trials ASHA stops."""
     from pgray.distributed.cluster import connect
 
-    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        return connect(address)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    port = _free_port()
-    # State API clients (Train's placement-group cleaner runs in Ray's worker processes, which
-    # inherit this environment) otherwise guess the cluster and fail, or pick another one,
-    # when several Ray instances run on this machine.
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             log_to_driver=True)
-    return f"local Ray (in-process, dashboard http://127.0.0.1:{port})"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return connect(address)
 
 
 def _say(req: SweepRequest, text: str) -> None:
@@ -293,7 +271,7 @@ def _open_parent(space: SearchSpace, uri: str, out: Path):
                        "resources": spec["resources"], "seed": space.seed,
                        "sampler": space.sampler})
     copy = out / "search_space.yaml"
-    copy.write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_text(copy, yaml.safe_dump(spec, sort_keys=False))
     parent.log_artifact(copy)
     return parent
 
@@ -323,7 +301,7 @@ def write_best_configs(space: SearchSpace, best: dict[str, list[TrialSummary]],
             header = (f"# best trial {trial.trial_id} of sweep {space.name} ({key}):"
                       f" {_objective_text(space, trial)}\n"
                       f"# reuse: python -m pgray.train --config {path}\n")
-            path.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             written.setdefault(key, []).append(path)
     return written
 
@@ -340,7 +318,7 @@ def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
                 best: dict[str, list[TrialSummary]], configs: dict[str, list[Path]],
                 out: Path) -> None:
     trials_md = out / "trials.md"
-    trials_md.write_text(trials_table(space, trials) + "\n")
+    write_text(trials_md, trials_table(space, trials) + "\n")
     parent.log_artifact(trials_md)
     for paths in configs.values():
         for path in paths:
@@ -476,7 +454,6 @@ def results_text(space: SearchSpace, result: SweepResult) -> str:
 
 def _write_summary(result: SweepResult) -> None:
     import dataclasses
-    import json
 
     data = {
         "out": str(result.out), "parent_run_id": result.parent_run_id,
@@ -488,7 +465,7 @@ def _write_summary(result: SweepResult) -> None:
         "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown)}
                        for b in result.benchmarks],
     }
-    (result.out / "sweep_summary.json").write_text(json.dumps(data, indent=2, default=str))
+    write_json(result.out / "sweep_summary.json", data)
 
 
 def main(argv: list[str] | None = None) -> int:

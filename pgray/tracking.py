@@ -132,6 +132,15 @@ class Tracker:
         retry(lambda: self.client.set_terminated(self.run_id, status), "run status")
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of an SQLite store live beside the .db file, not in ./mlruns of whatever
+    folder the process runs in (under `ray job submit` that is a throwaway copy)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None  # a tracking server chooses its own artifact store
+
+
 def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     from mlflow.tracking import MlflowClient
 
@@ -139,7 +148,7 @@ def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = client.create_experiment(name)
+            exp_id = client.create_experiment(name, artifact_location=artifact_location(uri))
         except Exception:  # noqa: BLE001 - created concurrently by another process
             exp_id = client.get_experiment_by_name(name).experiment_id
     else:

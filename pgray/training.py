@@ -82,8 +82,9 @@ def build_datasets(cfg: ExperimentConfig, patch_size: int):
     )
     holdout = None
     if hold_samples:
+        # Each held-out normal appears proxy_repeats times, each time with another anomaly.
         holdout = PseudoAnomalyDataset(
-            ADDataset(hold_samples, img_size=size, mask_resize=rule),
+            ADDataset(hold_samples * cfg.train.proxy_repeats, img_size=size, mask_resize=rule),
             generator,
             seed=cfg.train.seed + 7_919,
         )

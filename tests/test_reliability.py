@@ -118,8 +118,8 @@ def test_run_names_cannot_escape_the_output_folder(name):
         check_name(name)
 
 
-def test_local_ray_starts_no_dashboard():
-    """pgray's own local Ray serves no dashboard (nothing to expose); run in a subprocess so
+def test_local_ray_dashboard_binds_to_loopback_only():
+    """pgray's own local Ray serves its dashboard on 127.0.0.1 only; run in a subprocess so
     the session's Ray is untouched."""
     script = textwrap.dedent("""
         import ray
@@ -132,5 +132,5 @@ def test_local_ray_starts_no_dashboard():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "local Ray (in-process)" in proc.stdout
-    assert "WEBUI=''" in proc.stdout or "WEBUI=None" in proc.stdout
+    assert "local Ray (in-process" in proc.stdout
+    assert "WEBUI='127.0.0.1:" in proc.stdout, proc.stdout

@@ -67,8 +67,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
             raise ClusterError(f"cannot connect to Ray at {address}: {err}") from None
         return f"Ray cluster at {address}"
-    # A private, single-user Ray on this machine: no token auth, no dashboard listening.
+    # A private, single-user Ray on this machine (no token auth). Its dashboard listens on
+    # 127.0.0.1 only: Ray Train frees the workers of stopped trials through the State API it
+    # serves. RAY_API_SERVER_ADDRESS (inherited by Ray's workers) makes State API clients use
+    # this instance even when several Ray instances share the machine.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-             log_to_driver=True)
-    return "local Ray (in-process)"
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+    return f"local Ray (in-process, dashboard http://127.0.0.1:{port})"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -114,9 +114,11 @@ def _fault_injector(spec: dict[str, Any] | None, rank: int):
     return hook
 
 
-def run_training(experiment: dict[str, Any], launch: TrainLaunch, **loop_extras: Any):
+def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: list | None = None,
+                 **loop_extras: Any):
     """Build and fit a TorchTrainer. Re-running with the same name and storage resumes from
-    the latest checkpoint (Train V2 reloads the run's checkpoint snapshot)."""
+    the latest checkpoint (Train V2 reloads the run's checkpoint snapshot). `callbacks` are
+    Train callbacks (e.g. Tune's TuneReportCallback, which forwards worker reports)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -140,6 +142,7 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, **loop_extras:
         run_config=RunConfig(
             name=launch.name,
             storage_path=launch.storage,
+            callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=launch.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=launch.num_to_keep),
         ),

@@ -70,7 +70,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pgray.distributed.train import TrainLaunch
+    from pgray.distributed.train import TrainLaunch, run_training
 
     trial_id = tune.get_context().get_trial_id()
     target = ctx.targets[config[TARGET_KEY]]
@@ -86,44 +86,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         gpus_per_worker=res.gpus_per_worker, max_failures=res.max_failures,
         mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id,
     )
-    result = fit_with_callbacks(experiment.to_dict(), launch, [TuneReportCallback()],
-                                progress=ctx.progress)
+    result = run_training(experiment.to_dict(), launch, [TuneReportCallback()],
+                          progress=ctx.progress)
     if result.error is not None:
         raise result.error
-
-
-def fit_with_callbacks(experiment: dict[str, Any], launch, callbacks: list, **loop_extras):
-    """`pgray.distributed.train.run_training` plus Train callbacks.
-
-    run_training builds its RunConfig without callbacks, and Tune only sees worker reports
-    through a Train `UserCallback`; this is the same TorchTrainer with `callbacks` added.
-    """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pgray.distributed.train import train_loop_per_worker
-
-    use_gpu = launch.gpus_per_worker > 0
-    resources = {"CPU": launch.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = launch.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "experiment": experiment, "mlflow_uri": launch.mlflow_uri,
-            "mlflow_run_id": launch.mlflow_run_id,
-            "threads": max(1, int(launch.cpus_per_worker)), **loop_extras,
-        },
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=launch.name, storage_path=launch.storage, callbacks=callbacks,
-            failure_config=FailureConfig(max_failures=launch.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=launch.num_to_keep),
-        ),
-    )
-    return trainer.fit()
 
 
 # --- one search and one scheduler per target, multiplexed -------------------------------------
