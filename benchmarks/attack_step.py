@@ -64,7 +64,7 @@ def cases(args: Any, device: torch.device) -> list[Case]:
     sizes = {
         "tiny": (args.batch_tiny or (256 if gpu else 16), 10, 3 if args.quick else 15),
         "vit_s14": (args.batch_vits or (256 if gpu else 4), 10 if gpu else 2,
-                    2 if args.quick else 11),
+                    2 if args.quick else (7 if gpu else 11)),
     }
     if args.steps:
         sizes = {k: (b, args.steps, r) for k, (b, _, r) in sizes.items()}
