@@ -45,7 +45,7 @@ def test_two_workers_stay_in_sync_and_learn(ray_session, synthetic_root, tmp_pat
     assert _loss_steps(mlflow_uri, result.mlflow_run_id) == [0, 1]
 
 
-@pytest.mark.parametrize("mode", ["exit", "raise"])
+@pytest.mark.parametrize("mode", ["exit"])  # a killed worker; "raise" takes the same path
 def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic_root, tmp_path,
                                                           mlflow_uri, mode):
     cfg = tiny_experiment(synthetic_root, train={"epochs": 3})
