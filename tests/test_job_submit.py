@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import kill_processes_mentioning
 
 from pgray.config import tiny_model_config
 from pgray.configbase import to_dict
@@ -35,19 +35,6 @@ def _free_ports(n: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
-
-
-def _kill_ours(marker: str) -> None:
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _job_space(root: Path) -> dict:
@@ -118,7 +105,7 @@ def test_job_submit_runs_the_sweep_on_a_ray_head(synthetic_root, tmp_path):
         assert "sweep finished in" in logs and "MLflow: sweep run" in logs
         _check_package(Path(temp))
     finally:
-        _kill_ours(temp)
+        kill_processes_mentioning(temp)
         shutil.rmtree(temp, ignore_errors=True)
     _check_store(uri, out)
     assert wall < 400

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import kill_processes_mentioning
 
 from pgray.config import ExperimentConfig, tiny_model_config
 from pgray.configbase import to_dict
@@ -148,20 +149,6 @@ def _experiment_states(exp_dir: Path) -> dict[str, str]:
     return {json.loads(a)["trial_id"]: json.loads(a)["status"] for a, _ in data["trial_data"]}
 
 
-def _kill_leftovers(marker: str) -> None:
-    """Kill processes of the Ray this test started (their command line names its temp dir)."""
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def _sweep_cmd(config: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pgray.sweep", "--config", str(config), "--out", str(out),
             "--quiet", *extra]
@@ -213,7 +200,7 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        _kill_leftovers(ray_tmp)
+        kill_processes_mentioning(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     summary = json.loads((out / "sweep_summary.json").read_text())
     trials = {t["trial_id"]: t for t in summary["trials"]}
