@@ -122,10 +122,10 @@ def _with_flags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any], out: Path) -> None:
     import tempfile
 
-    from pgray.tracking import open_run
+    from pgray.tracking import open_run_or_warn
 
     row = result["row"]
-    child = open_run(uri, f"bench-job:{job.key}", run_name=job.label(), parent_run_id=parent_id,
+    child = open_run_or_warn(uri, f"bench-job:{job.key}", run_name=job.label(), parent_run_id=parent_id,
                      tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
                            "category": job.category, "setting": job.setting,
                            "eps": row.get("eps"), "steps": row.get("steps")})

@@ -188,6 +188,46 @@ def open_run(
     return Tracker(uri, run_id, exp_id)
 
 
+class NullTracker:
+    """Stands in for a run that could not be opened: logging calls do nothing."""
+
+    def __init__(self, uri: str):
+        self.uri, self.run_id, self.experiment_id = uri, "", None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def last_step(self, key: str) -> int:
+        return -1
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def open_run_or_warn(uri: str, run_key: str, **kwargs) -> Tracker | NullTracker:
+    """open_run for runs opened mid-work (a trial, a benchmark job): if the store has gone
+    away, warn naming the run and carry on; the results still reach the result files."""
+    for attempt in range(3):
+        try:
+            return open_run(uri, run_key, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the store may fail in many ways
+            if attempt == 2:
+                warnings.warn(f"MLflow: run {run_key} was not logged ({type(err).__name__}:"
+                              f" {err})", stacklevel=2)
+            else:
+                time.sleep(BASE_DELAY_S * 2**attempt)
+    return NullTracker(uri)
+
+
 def runs_url(uri: str, experiment_id: str) -> str:
     """Where to look: the 'Training runs' table, not the GenAI overview the UI opens first."""
     if uri.startswith(("http://", "https://")):

@@ -134,3 +134,42 @@ def test_local_ray_dashboard_binds_to_loopback_only():
     assert proc.returncode == 0, proc.stderr
     assert "local Ray (in-process" in proc.stdout
     assert "WEBUI='127.0.0.1:" in proc.stdout, proc.stdout
+
+
+def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_path,
+                                                            monkeypatch):
+    """The store breaks after the benchmark's parent run is opened: every job's row still
+    lands in results.parquet, and warnings name the runs MLflow did not get."""
+    import pgray.tracking as tracking
+    from pgray.benchmark_config import BenchmarkConfig
+    from pgray.benchmark_run import run_benchmark
+    from pgray.configbase import from_dict
+    from pgray.results import read_rows
+    from pgray.runner import TrainRequest, train_category
+
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
+    train_category(TrainRequest(config=cfg, out=tmp_path / "ckpt" / "disc", name="lost-bench",
+                                progress=False))
+    real_open = tracking.open_run
+    calls = {"n": 0}
+
+    def open_then_lose_store(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the parent opened fine; the store is gone from then on
+            raise ConnectionError("tracking store went away")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "open_run", open_then_lose_store)
+    monkeypatch.setattr(tracking, "BASE_DELAY_S", 0.01)
+    bench = from_dict(BenchmarkConfig, {
+        "name": "lost", "eps": [8.0], "steps": [2], "n_panels": 0,
+        "datasets": [{"dataset": "synthetic", "root": str(synthetic_root), "categories": ["disc"],
+                      "checkpoint": str(tmp_path / "ckpt" / "{category}" / "checkpoint.pt")}]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_benchmark(bench, tmp_path / "out", progress=False, sequential=True)
+    assert result.ran == 2 and len(read_rows(tmp_path / "out")) == 2
+    lost = [str(w.message) for w in caught if "was not logged" in str(w.message)]
+    assert len([m for m in lost if "bench-job:" in m]) == 2, lost

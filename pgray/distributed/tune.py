@@ -55,9 +55,9 @@ def train_run_name(sweep: str, trial_id: str) -> str:
 
 # --- the trainable ---------------------------------------------------------------------------
 def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
-    from pgray.tracking import open_run
+    from pgray.tracking import open_run_or_warn
 
-    return open_run(
+    return open_run_or_warn(
         ctx.mlflow_uri, trial_run_key(ctx.space.name, trial_id),
         run_name=f"{target.category}-{trial_id}", parent_run_id=ctx.parent_run_id,
         tags={"pgray.kind": "trial", "pgray.sweep": ctx.space.name, "dataset": target.dataset,
