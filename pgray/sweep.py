@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from pgray.errors import PgrayError, run_cli
-from pgray.io import write_json, write_text
+from pgray.io import write_text
 from pgray.search_space import SearchSpace, Target, builtin_space_path, load_search_space
-
-PAPER_STEPS = 1000
+from pgray.sweep_report import (
+    attack_text,
+    results_text,
+    trials_table,
+    write_best_configs,
+    write_summary,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -233,7 +238,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     parent.log_artifact(out / "results.md")
     result.mlflow_hint = runs_url(uri, ensure_experiment(uri))
     result.wall_s = time.perf_counter() - started
-    _write_summary(result)
+    write_summary(result)
     parent.log_artifact(out / "sweep_summary.json")
     parent.log_metrics({"wall_s": result.wall_s}, step=0)
     parent.set_tags({"pgray.state": "finished"})
@@ -283,37 +288,6 @@ def _require_some_success(trials: list[TrialSummary], path: str) -> None:
                          f" {failed[0].error} (trial logs under {path})")
 
 
-def write_best_configs(space: SearchSpace, best: dict[str, list[TrialSummary]],
-                       targets: dict[str, Target], out: Path) -> dict[str, list[Path]]:
-    """best/<dataset>-<category>.yaml (and -top2, ...): full ExperimentConfigs, ready for
-    `python -m pgray.train --config`."""
-    import yaml
-
-    folder = out / "best"
-    folder.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[Path]] = {}
-    for key, trials in best.items():
-        target = targets[key]
-        for rank, trial in enumerate(trials, start=1):
-            cfg = space.trial_config(target, trial.params)
-            suffix = "" if rank == 1 else f"-top{rank}"
-            path = folder / f"{target.dataset}-{target.category}{suffix}.yaml"
-            header = (f"# best trial {trial.trial_id} of sweep {space.name} ({key}):"
-                      f" {_objective_text(space, trial)}\n"
-                      f"# reuse: python -m pgray.train --config {path}\n")
-            write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            written.setdefault(key, []).append(path)
-    return written
-
-
-def _objective_text(space: SearchSpace, trial: TrialSummary) -> str:
-    return ", ".join(f"{o.metric}={_fmt(trial.metrics.get(o.metric))}" for o in space.objectives)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
                 best: dict[str, list[TrialSummary]], configs: dict[str, list[Path]],
                 out: Path) -> None:
@@ -356,7 +330,7 @@ def final_evaluation(req: SweepRequest, space: SearchSpace, best: dict[str, list
             t = targets[key]
             fetch_checkpoint(trial.checkpoint, folder / t.dataset / t.category / "checkpoint.pt")
         cfg = benchmark_config(space, [targets[k] for k in ranked], folder, rank)
-        _say(req, f"final evaluation {cfg.name}: {_attack_text(space)} on"
+        _say(req, f"final evaluation {cfg.name}: {attack_text(space)} on"
                   f" {', '.join(ranked)}")
         results.append(run_benchmark(cfg, out / "final" / f"top{rank}", mlflow_uri=uri,
                                      parent_run_id=parent_id, progress=req.progress,
@@ -414,58 +388,7 @@ def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, ra
     )
 
 
-def _attack_text(space: SearchSpace) -> str:
-    fe = space.final_eval
-    text = f"PGD-{fe.steps}, eps {', '.join(f'{e:g}' for e in fe.eps)}/255"
-    if fe.steps < PAPER_STEPS:
-        text += f" (a short attack; the paper protocol is PGD-{PAPER_STEPS})"
-    return text
-
-
 # --- output --------------------------------------------------------------------------------
-def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
-    names = [o.metric for o in space.objectives]
-    head = ["target", "trial", "state", "epochs", *names, *space.search]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for t in trials:
-        cells = [t.target, t.trial_id, t.state, str(t.epochs),
-                 *(_fmt(t.metrics.get(n)) for n in names),
-                 *(_fmt(t.params.get(k)) for k in space.search)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def results_text(space: SearchSpace, result: SweepResult) -> str:
-    stopped = sum(t.state == "stopped_early" for t in result.trials)
-    parts = [f"## Sweep {space.name}: {len(result.trials)} trials ({stopped} stopped early"
-             f" by ASHA), up to {result.max_concurrent} at once", "",
-             trials_table(space, result.trials), "", "## Best per category", ""]
-    for key, ranked in result.best.items():
-        for rank, t in enumerate(ranked, start=1):
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(fixed)"
-            parts.append(f"- {key} top{rank}: trial {t.trial_id}, {_objective_text(space, t)};"
-                         f" {params}")
-        if not ranked:
-            parts.append(f"- {key}: no trial finished with a checkpoint")
-    for bench in result.benchmarks:
-        parts += ["", f"## Final evaluation: {_attack_text(space)}", "", bench.table_text]
-    return "\n".join(parts)
-
-
-def _write_summary(result: SweepResult) -> None:
-    import dataclasses
-
-    data = {
-        "out": str(result.out), "parent_run_id": result.parent_run_id,
-        "experiment_path": result.experiment_path, "wall_s": result.wall_s,
-        "max_concurrent": result.max_concurrent, "resumed": result.resumed,
-        "trials": [dataclasses.asdict(t) for t in result.trials],
-        "best": {k: [t.trial_id for t in v] for k, v in result.best.items()},
-        "best_configs": {k: [str(p) for p in v] for k, v in result.best_configs.items()},
-        "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown)}
-                       for b in result.benchmarks],
-    }
-    write_json(result.out / "sweep_summary.json", data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,98 @@
+"""What a sweep leaves for people: trial and result tables, best configs, the summary file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pgray.io import write_json, write_text
+from pgray.search_space import SearchSpace, Target
+
+PAPER_STEPS = 1000  # the paper's evaluation attack length
+
+if TYPE_CHECKING:
+    from pgray.sweep import SweepResult, TrialSummary
+
+
+def write_best_configs(space: SearchSpace, best: dict[str, list[TrialSummary]],
+                       targets: dict[str, Target], out: Path) -> dict[str, list[Path]]:
+    """best/<dataset>-<category>.yaml (and -top2, ...): full ExperimentConfigs, ready for
+    `python -m pgray.train --config`."""
+    import yaml
+
+    folder = out / "best"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {}
+    for key, trials in best.items():
+        target = targets[key]
+        for rank, trial in enumerate(trials, start=1):
+            cfg = space.trial_config(target, trial.params)
+            suffix = "" if rank == 1 else f"-top{rank}"
+            path = folder / f"{target.dataset}-{target.category}{suffix}.yaml"
+            header = (f"# best trial {trial.trial_id} of sweep {space.name} ({key}):"
+                      f" {_objective_text(space, trial)}\n"
+                      f"# reuse: python -m pgray.train --config {path}\n")
+            write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            written.setdefault(key, []).append(path)
+    return written
+
+
+def _objective_text(space: SearchSpace, trial: TrialSummary) -> str:
+    return ", ".join(f"{o.metric}={_fmt(trial.metrics.get(o.metric))}" for o in space.objectives)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def attack_text(space: SearchSpace) -> str:
+    fe = space.final_eval
+    text = f"PGD-{fe.steps}, eps {', '.join(f'{e:g}' for e in fe.eps)}/255"
+    if fe.steps < PAPER_STEPS:
+        text += f" (a short attack; the paper protocol is PGD-{PAPER_STEPS})"
+    return text
+
+
+def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
+    names = [o.metric for o in space.objectives]
+    head = ["target", "trial", "state", "epochs", *names, *space.search]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in trials:
+        cells = [t.target, t.trial_id, t.state, str(t.epochs),
+                 *(_fmt(t.metrics.get(n)) for n in names),
+                 *(_fmt(t.params.get(k)) for k in space.search)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_text(space: SearchSpace, result: SweepResult) -> str:
+    stopped = sum(t.state == "stopped_early" for t in result.trials)
+    parts = [f"## Sweep {space.name}: {len(result.trials)} trials ({stopped} stopped early"
+             f" by ASHA), up to {result.max_concurrent} at once", "",
+             trials_table(space, result.trials), "", "## Best per category", ""]
+    for key, ranked in result.best.items():
+        for rank, t in enumerate(ranked, start=1):
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(fixed)"
+            parts.append(f"- {key} top{rank}: trial {t.trial_id}, {_objective_text(space, t)};"
+                         f" {params}")
+        if not ranked:
+            parts.append(f"- {key}: no trial finished with a checkpoint")
+    for bench in result.benchmarks:
+        parts += ["", f"## Final evaluation: {attack_text(space)}", "", bench.table_text]
+    return "\n".join(parts)
+
+
+def write_summary(result: SweepResult) -> None:
+    import dataclasses
+
+    data = {
+        "out": str(result.out), "parent_run_id": result.parent_run_id,
+        "experiment_path": result.experiment_path, "wall_s": result.wall_s,
+        "max_concurrent": result.max_concurrent, "resumed": result.resumed,
+        "trials": [dataclasses.asdict(t) for t in result.trials],
+        "best": {k: [t.trial_id for t in v] for k, v in result.best.items()},
+        "best_configs": {k: [str(p) for p in v] for k, v in result.best_configs.items()},
+        "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown)}
+                       for b in result.benchmarks],
+    }
+    write_json(result.out / "sweep_summary.json", data)
