@@ -8,12 +8,6 @@ from typing import Any
 from pgray.config import EvalConfig
 
 
-def load_test_split(cfg, device=None):
-    from pgray.data.dataset import load_split
-
-    return load_split(cfg.data, "test", cfg.model.img_size)
-
-
 def evaluate_checkpoint(
     checkpoint: Path,
     data_overrides: dict[str, Any],
@@ -22,7 +16,6 @@ def evaluate_checkpoint(
     *,
     progress: bool = True,
     device=None,
-    model_and_config=None,
 ) -> dict[str, Any]:
     import dataclasses
 
@@ -36,11 +29,13 @@ def evaluate_checkpoint(
     from pgray.io import ensure_dir, file_sha256, write_json
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, _ = model_and_config or load_checkpoint(checkpoint, map_location="cpu")
+    model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
     model = model.to(device)
     data_cfg = from_dict(DataConfig, to_dict(cfg.data) | data_overrides, "data")
     cfg = dataclasses.replace(cfg, data=data_cfg)
-    dataset = load_test_split(cfg)
+    from pgray.data.dataset import load_split
+
+    dataset = load_split(cfg.data, "test", cfg.model.img_size)
     out = ensure_dir(out)
     rows, outputs = evaluate_model(
         model, dataset, attack_settings(eval_cfg), batch_size=eval_cfg.batch_size,
