@@ -103,7 +103,20 @@ class _NoSearch(Searcher):
         pass
 
 
-class PerTargetSearch(Searcher):
+class _PickledState:
+    """Tune saves and restores searchers and schedulers through these two methods: the whole
+    state is this object's own attributes (written by Tune into its experiment folder)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PerTargetSearch(_PickledState, Searcher):
     """One inner searcher (an Optuna study) per target; trials are handed out round robin,
     `trials` per target, and each result is told to the study of its own target."""
 
@@ -142,16 +155,9 @@ class PerTargetSearch(Searcher):
         if target is not None:
             self._inner[target].on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
-class PerTargetScheduler(FIFOScheduler):
+class PerTargetScheduler(_PickledState, FIFOScheduler):
     """ASHA per target: a trial is only compared with trials of its own category."""
 
     def __init__(self, targets: list[str], metric: str, mode: str, max_t: int,
@@ -206,13 +212,6 @@ class PerTargetScheduler(FIFOScheduler):
         return "ASHA per target: " + ", ".join(
             f"{t} stopped {s._num_stopped}" for t, s in self._inner.items())
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 def trial_results(trial) -> list[dict[str, Any]]:
