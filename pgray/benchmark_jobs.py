@@ -39,19 +39,7 @@ class BenchJob:
 
     @property
     def setting(self) -> str:
-        if self.attack is None:
-            return "clean"
-        a = self.attack
-        name = f"{a['method']}_eps{a['eps']:g}_steps{a['steps']}"
-        if a["restarts"] > 1:
-            name += f"_r{a['restarts']}"
-        if a.get("random_start"):
-            name += "_rs"
-        if a.get("keep_best"):
-            name += "_best"
-        if a.get("objective") != "mask":
-            name += f"_{a['objective']}"
-        return name
+        return "clean" if self.attack is None else AttackConfig(**self.attack).setting_name()
 
     @property
     def key(self) -> str:

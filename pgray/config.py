@@ -117,6 +117,19 @@ class AttackConfig:
             return self.alpha / 255.0
         return 2.5 * self.eps_unit / self.steps
 
+    def setting_name(self) -> str:
+        """A short, unique name of this attack setting for tables and file names."""
+        name = f"{self.method}_eps{self.eps:g}_steps{self.steps}"
+        if self.restarts > 1:
+            name += f"_r{self.restarts}"
+        if self.random_start:
+            name += "_rs"
+        if self.keep_best:
+            name += "_best"
+        if self.objective != "mask":
+            name += f"_{self.objective}"
+        return name
+
     def describe(self) -> dict[str, Any]:
         """The parameters that define a robust number, recorded next to it."""
         return {

@@ -257,4 +257,4 @@ def proxy_metrics(
 def describe_setting(attack_cfg: AttackConfig | None) -> dict[str, Any]:
     if attack_cfg is None:
         return {"setting": "clean", "eps": 0.0, "steps": 0, "alpha": 0.0, "restarts": 0}
-    return {"setting": f"pgd_eps{attack_cfg.eps:g}_steps{attack_cfg.steps}"} | attack_cfg.describe()
+    return {"setting": attack_cfg.setting_name()} | attack_cfg.describe()

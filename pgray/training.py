@@ -66,7 +66,7 @@ def discover(data_cfg, split: str) -> list:
     return layout.discover(resolve_root(data_cfg), data_cfg.category, split, options)
 
 
-def build_datasets(cfg: ExperimentConfig, patch_size: int):
+def build_datasets(cfg: ExperimentConfig, patch_size: int, rank: int = 0):
     """Train and held-out pseudo-anomaly datasets (held-out uses another seed)."""
     from pgray.data.dataset import ADDataset
     from pgray.pseudo import PseudoAnomalyDataset, PseudoAnomalyGenerator
@@ -78,7 +78,8 @@ def build_datasets(cfg: ExperimentConfig, patch_size: int):
     size, rule = cfg.model.img_size, cfg.data.mask_resize
     generator = PseudoAnomalyGenerator(cfg.pseudo, img_size=size, patch_size=patch_size)
     train = PseudoAnomalyDataset(
-        ADDataset(train_samples, img_size=size, mask_resize=rule), generator, seed=cfg.train.seed
+        ADDataset(train_samples, img_size=size, mask_resize=rule), generator,
+        seed=cfg.train.seed, rank=rank,
     )
     holdout = None
     if hold_samples:
@@ -132,7 +133,7 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         start_epoch = restore_state(ctx.resume_state, model, optimizer, scheduler)
     forward_model = ctx.prepare_model(model)
 
-    train_ds, holdout_ds = build_datasets(cfg, model.patch_size)
+    train_ds, holdout_ds = build_datasets(cfg, model.patch_size, ctx.rank)
     batch = per_worker_batch(cfg.train.batch_size, ctx.world_size)
     train_loader = _loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
                            world_size=ctx.world_size, device=device)
@@ -147,7 +148,6 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
-        train_ds.rank = ctx.rank
         metrics = train_epoch(
             model, _progress(train_loader, epoch, cfg, ctx), cfg, optimizer, device=device,
             precision=precision, forward_model=forward_model, epoch=epoch, rank=ctx.rank,

@@ -14,8 +14,7 @@ def resolve_storage(storage: str | None, default: Path) -> str:
     """Absolute local path, or an s3:// / gs:// URI (Ray Train needs shared storage on
     multi-node clusters). Anything else is refused with the scheme named."""
     if not storage:
-        default.mkdir(parents=True, exist_ok=True)
-        return str(default.resolve())
+        storage = str(default)
     if "://" in storage:
         if not storage.startswith(STORAGE_SCHEMES):
             scheme = storage.split("://", 1)[0]
@@ -24,13 +23,13 @@ def resolve_storage(storage: str | None, default: Path) -> str:
                 " s3:// or gs://"
             )
         return storage
+    from pgray.io import OutputError, ensure_dir
+
     path = Path(storage).expanduser().resolve()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ClusterError(f"cannot create storage folder {path}: {err.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise ClusterError(f"storage folder {path} is not writable")
+        ensure_dir(path)
+    except OutputError as err:
+        raise ClusterError(f"checkpoint storage: {err}") from None
     return str(path)
 
 
