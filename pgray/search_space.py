@@ -9,18 +9,22 @@ error names the offending key and what is allowed. No Ray or torch here: the Tun
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import random
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pgray.config import ExperimentConfig, merge
-from pgray.configbase import check, from_dict, load_yaml, to_dict
+from pgray.config_keys import (
+    apply_params,
+    canonical,
+    check_applies,
+    is_scalar,
+    resolve_key,
+)
+from pgray.configbase import check, from_dict, load_yaml
 from pgray.errors import ConfigError
 
 # Metrics the held-out proxy reports every epoch (pgray.engine.proxy_metrics): never the test
@@ -31,9 +35,6 @@ PROXY_METRICS: tuple[str, ...] = tuple(
 )
 OBJECTIVE_METRICS: tuple[str, ...] = (*PROXY_METRICS, "loss")
 GENERATED_ROOT = "generated"  # data root placeholder: the cached synthetic demo dataset
-# Keys the sweep owns: the data section is set per target, epochs come from the budget.
-RESERVED_PREFIXES = ("data.", "train.epochs")
-_INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ParamSpec:
         check(self.low is None and self.high is None, "low",
               "categorical parameters take values, not low/high")
         check(bool(self.values), "values", "needs at least one value")
-        keys = [_canonical(v) for v in self.values]
+        keys = [canonical(v) for v in self.values]
         check(len(set(keys)) == len(keys), "values", "lists a value twice")
         if self.labels is not None:
             check(len(self.labels) == len(self.values), "labels",
@@ -88,9 +89,9 @@ class ParamSpec:
         assert self.values is not None
         if self.labels is not None:
             return list(self.labels)
-        if all(_is_scalar(v) for v in self.values):
+        if all(is_scalar(v) for v in self.values):
             return list(self.values)
-        return [_canonical(v) for v in self.values]
+        return [canonical(v) for v in self.values]
 
     def decode(self, choice: Any) -> Any:
         """The config value of a sampled choice (a value, its label or its JSON form)."""
@@ -98,7 +99,7 @@ class ParamSpec:
             return int(round(choice)) if self.type == "int" else float(choice)
         assert self.values is not None
         for value, label in zip(self.values, self.choices()):
-            if choice == label or _canonical(choice) == _canonical(value):
+            if choice == label or canonical(choice) == canonical(value):
                 return copy.deepcopy(value)
         raise ConfigError(f"{choice!r} is not one of {self.choices()}")
 
@@ -343,12 +344,12 @@ class SearchSpace:
             where = f"search.{key}"
             resolve_key(key, spec, fixed, where)
             for value in spec.representatives():
-                _check_applies(fixed, {key: value}, where)
+                check_applies(fixed, {key: value}, where)
         # A few joint draws catch combinations that are invalid together (layers vs weights).
         rng = random.Random(self.seed)
         for _ in range(8 if self.search else 0):
             params = {k: s.draw(rng) for k, s in self.search.items()}
-            _check_applies(fixed, params, "search")
+            check_applies(fixed, params, "search")
 
     def _validate_start_points(self) -> None:
         for i, point in enumerate(self.start_points):
@@ -394,8 +395,8 @@ class SearchSpace:
                 spec = self.search[key]
                 if spec.type == "categorical":
                     decoded = spec.decode(value)
-                    row[key] = spec.choices()[[_canonical(v) for v in spec.values].index(
-                        _canonical(decoded))]
+                    row[key] = spec.choices()[[canonical(v) for v in spec.values].index(
+                        canonical(decoded))]
                 else:
                     row[key] = value
             out.append(row)
@@ -404,85 +405,6 @@ class SearchSpace:
     def decode(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Config values of the sampled choices (keys not searched are dropped)."""
         return {k: self.search[k].decode(v) for k, v in sampled.items() if k in self.search}
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
-
-
-def _check_applies(fixed: dict[str, Any], params: dict[str, Any], where: str) -> None:
-    try:
-        ExperimentConfig.from_dict(apply_params(fixed, params))
-    except ConfigError as err:
-        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-        raise ConfigError(f"{where}: {shown} makes an invalid config: {err}") from None
-
-
-def _split_key(key: str, where: str) -> list[tuple[str, int | None]]:
-    parts = []
-    for part in key.split("."):
-        m = _INDEX.match(part)
-        check(m is not None, where, f"{key!r} is not a dotted config key like loss.attention_lambda"
-              " or loss.attention_weights[0]")
-        index = m.group("index")
-        parts.append((m.group("name"), None if index is None else int(index)))
-    return parts
-
-
-def resolve_key(key: str, spec: ParamSpec, fixed: dict[str, Any], where: str) -> Any:
-    """The config type a searched key points at; errors name the key and the allowed keys."""
-    for prefix in RESERVED_PREFIXES:
-        check(not key.startswith(prefix), where,
-              "data.* is set per target (datasets/categories) and train.epochs by"
-              " budget.epochs; they cannot be searched")
-    tp: Any = ExperimentConfig
-    path = ""
-    value: Any = to_dict(ExperimentConfig.from_dict(fixed))
-    for name, index in _split_key(key, where):
-        check(dataclasses.is_dataclass(tp), where,
-              f"{path or 'the config'} has no keys below it ({key!r})")
-        hints = typing.get_type_hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        check(name in names, where,
-              f"no config key {key!r}: {path or 'the config'} has {', '.join(names)}")
-        tp, value = hints[name], value[name]
-        path = f"{path}.{name}" if path else name
-        if index is not None:
-            check(typing.get_origin(tp) is list, where, f"{path} is not a list, so [{index}]"
-                  " cannot index it")
-            check(index < len(value), where,
-                  f"{path} has {len(value)} entries in the fixed config, so [{index}] is out of"
-                  " range")
-            tp, value = typing.get_args(tp)[0], value[index]
-    if dataclasses.is_dataclass(tp):
-        check(spec.type == "categorical" and all(isinstance(v, dict) for v in spec.values or []),
-              where, f"{key} is a config section: search one of its keys, or give a categorical"
-              " whose values are mappings merged into it")
-    return tp
-
-
-def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The full config dict of `base` (defaults filled in) with each dotted key set; a mapping
-    value is merged into the section it names."""
-    out = to_dict(ExperimentConfig.from_dict(base))
-    for key, value in params.items():
-        node = out
-        parts = _split_key(key, key)
-        for name, index in parts[:-1]:
-            node = node[name] if index is None else node[name][index]
-        name, index = parts[-1]
-        if index is not None:
-            node[name] = list(node[name])
-            node[name][index] = copy.deepcopy(value)
-        elif isinstance(value, dict) and isinstance(node.get(name), dict):
-            node[name] = merge(node[name], value)
-        else:
-            node[name] = copy.deepcopy(value)
-    return out
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
