@@ -31,6 +31,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--min-size", type=int, default=50,
                    help="pseudo-anomaly lower size bound (at 224 px; scaled to --size)")
     p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--embed-dim", type=int, default=96)
+    p.add_argument("--models", default="adversarial,clean-trained",
+                   help="comma list of models to train: adversarial, clean-trained")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key of both models, e.g. "
+                        "train.attack.random_start=true (VALUE is read as YAML)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="folder to keep data, checkpoints and results in (default: temporary)")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
@@ -38,15 +46,36 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def experiment(args, root: Path, adversarial: bool):
-    from pgray.config import ExperimentConfig
+def overrides(pairs: list[str]) -> dict:
+    import yaml
 
-    return ExperimentConfig.from_dict({
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. train.attack.steps=10")
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def experiment(args, root: Path, adversarial: bool):
+    from pgray.config import ExperimentConfig, merge
+
+    return ExperimentConfig.from_dict(merge(base_config(args, root, adversarial),
+                                            overrides(args.overrides)))
+
+
+def base_config(args, root: Path, adversarial: bool) -> dict:
+    return {
         "data": {"dataset": "synthetic", "root": str(root), "category": args.category},
         "model": {
             "backbone": "vit_tiny_patch16_224", "img_size": args.size,
-            "backbone_kwargs": {"patch_size": 8, "depth": args.depth, "embed_dim": 96,
-                                "num_heads": 3},
+            "backbone_kwargs": {"patch_size": 8, "depth": args.depth,
+                                "embed_dim": args.embed_dim, "num_heads": 3},
             "disc_heads": 4, "disc_mlp_dim": 256, "top_k": 3,
             "smoothing_sigma": 6.0 * args.size / 224, "smoothing_radius": 2,
         },
@@ -59,7 +88,7 @@ def experiment(args, root: Path, adversarial: bool):
             "attack": {"eps": args.eps, "steps": args.train_steps},
             "holdout_fraction": 0.1, "proxy_every": max(1, args.epochs // 5),
         },
-    })
+    }
 
 
 def train(cfg, out: Path):
@@ -76,9 +105,13 @@ def train(cfg, out: Path):
         if save is not None:
             save(path)
         proxy = metrics.get("proxy_robust_image_auroc")
-        extra = f" proxy clean {metrics['proxy_clean_image_auroc']:.3f} robust {proxy:.3f}" \
-            if proxy is not None else ""
-        print(f"  epoch {epoch + 1:3d} loss {metrics['loss']:.4f}{extra}", flush=True)
+        if proxy is None:
+            return
+        if save is not None:  # a snapshot per proxy epoch, to evaluate the trajectory later
+            save(out / f"epoch{epoch + 1:04d}.pt")
+        terms = " ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items() if k.startswith("bce_"))
+        print(f"  epoch {epoch + 1:3d} loss {metrics['loss']:.4f} ({terms}) proxy image AUROC "
+              f"clean {metrics['proxy_clean_image_auroc']:.3f} robust {proxy:.3f}", flush=True)
 
     fit(cfg, FitContext(device=torch.device("cpu"), report=report, progress=False))
     model, _, _ = load_checkpoint(path)
@@ -96,34 +129,57 @@ def evaluate(model, cfg, args):
 
     test = load_split(cfg.data, "test", cfg.model.img_size)
     attack = AttackConfig(eps=args.eps, steps=args.steps)
-    rows, _ = evaluate_model(model, test, [None, dataclasses.replace(attack)], batch_size=64,
-                             device=torch.device("cpu"), progress=False)
-    return {r["setting"]: r for r in rows}, len(test)
+    rows, outputs = evaluate_model(model, test, [None, dataclasses.replace(attack)],
+                                   batch_size=64, device=torch.device("cpu"), progress=False)
+    defects = [s.defect_type for s in test.samples]
+    return {r["setting"]: r | {"per_defect": per_defect(outputs[r["setting"]], defects)}
+            for r in rows}, len(test)
 
 
-def main() -> int:
-    args = parse()
-    import torch
+def per_defect(outputs, defects: list[str]) -> dict[str, float]:
+    """Image AUROC of each defect type against all good test images: which defects a model
+    detects robustly, since one category mixes tiny and large ones."""
+    import numpy as np
 
-    torch.set_num_threads(args.threads)
+    from pgray.metrics import image_auroc
+
+    kinds = np.asarray(defects)
+    scores, labels = np.asarray(outputs.scores), np.asarray(outputs.labels)
+    out = {}
+    for kind in sorted(set(defects) - {"good"}):
+        keep = (kinds == kind) | (kinds == "good")
+        out[kind] = image_auroc(scores[keep], labels[keep])
+    return out
+
+
+def run_models(args, work: Path) -> tuple[dict, int]:
+    import json
+
     from pgray.data.synthetic import generate
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = generate(Path(tmp) / "data", seed=args.seed, size=args.size,
-                        n_train=args.n_train, n_test=args.n_test, categories=(args.category,))
-        table = {}
-        for name, adversarial in (("adversarial", True), ("clean-trained", False)):
-            cfg = experiment(args, root, adversarial)
-            print(f"training {name} model ({args.epochs} epochs)...", flush=True)
-            started = time.perf_counter()
-            model = train(cfg, Path(tmp) / name)
-            train_s = time.perf_counter() - started
-            rows, n_test = evaluate(model, cfg, args)
-            table[name] = (rows, train_s)
+    root = generate(work / "data", seed=args.seed, size=args.size, n_train=args.n_train,
+                    n_test=args.n_test, categories=(args.category,))
+    table, n_test = {}, 0
+    for name in args.models.split(","):
+        cfg = experiment(args, root, adversarial=name == "adversarial")
+        print(f"training {name} model ({args.epochs} epochs)...", flush=True)
+        started = time.perf_counter()
+        model = train(cfg, work / name)
+        train_s = time.perf_counter() - started
+        rows, n_test = evaluate(model, cfg, args)
+        table[name] = (rows, train_s)
+        (work / name / "results.json").write_text(json.dumps({"rows": rows, "train_s": train_s,
+                                                               "args": vars(args)}, default=str))
+    return table, n_test
+
+
+def print_table(args, table: dict, n_test: int) -> bool:
     attacked = f"pgd_eps{args.eps:g}_steps{args.steps}"
     print(f"\nsynthetic/{args.category}, {args.size}px, {n_test} test images, ViT depth "
-          f"{args.depth}, {args.epochs} epochs; attack: PGD-{args.steps}, eps {args.eps:g}/255,"
-          f" alpha 2.5*eps/steps, no random start, mask objective\n")
+          f"{args.depth} width {args.embed_dim}, {args.n_train} train images, {args.epochs} "
+          f"epochs, PGD-{args.train_steps} training; attack: PGD-{args.steps}, eps "
+          f"{args.eps:g}/255, alpha 2.5*eps/steps, no random start, mask objective"
+          + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "") + "\n")
     print("| model | train s | image AUROC clean | image AUROC PGD | pixel AUROC clean "
           "| pixel AUROC PGD | AUPRO clean | AUPRO PGD |")
     print("|---|---|---|---|---|---|---|---|")
@@ -132,14 +188,37 @@ def main() -> int:
         print(f"| {name} | {train_s:.0f} | {c['image_auroc']:.3f} | {a['image_auroc']:.3f} | "
               f"{c['pixel_auroc']:.3f} | {a['pixel_auroc']:.3f} | {c['aupro']:.3f} | "
               f"{a['aupro']:.3f} |")
-    adv_rows = table["adversarial"][0]
-    base_rows = table["clean-trained"][0]
+    kinds = list(next(iter(table.values()))[0]["clean"]["per_defect"])
+    print("\nimage AUROC per defect type, clean / PGD:\n")
+    print("| model | " + " | ".join(kinds) + " |")
+    print("|---" * (len(kinds) + 1) + "|")
+    for name, (rows, _) in table.items():
+        cells = [f"{rows['clean']['per_defect'][k]:.3f} / {rows[attacked]['per_defect'][k]:.3f}"
+                 for k in kinds]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if set(table) != {"adversarial", "clean-trained"}:
+        return True
+    adv_rows, base_rows = table["adversarial"][0], table["clean-trained"][0]
     ok_clean = adv_rows["clean"]["image_auroc"] >= 0.90
     ok_robust = adv_rows[attacked]["image_auroc"] >= base_rows[attacked]["image_auroc"] + 0.10
     print(f"\nclean image AUROC >= 0.90: {'yes' if ok_clean else 'NO'}; "
           f"robust image AUROC beats the clean-trained model by >= 0.10: "
           f"{'yes' if ok_robust else 'NO'}")
-    return 0 if ok_clean and ok_robust else 1
+    return ok_clean and ok_robust
+
+
+def main() -> int:
+    args = parse()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        table, n_test = run_models(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            table, n_test = run_models(args, Path(tmp))
+    return 0 if print_table(args, table, n_test) else 1
 
 
 if __name__ == "__main__":
