@@ -98,11 +98,15 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` with its config atomically (temporary file + os.replace); return the path."""
-    path = Path(path)
     model = unwrap(model)
     if isinstance(model, PatchGuard):
         check_config_matches(model.cfg, config.model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return _write(Path(path), config, state, extra)
+
+
+def _write(path: Path, config: ExperimentConfig, state: dict[str, torch.Tensor],
+           extra: dict[str, Any] | None) -> Path:
     payload = {
         "format": FORMAT_TAG,
         "format_version": FORMAT_VERSION,
@@ -123,6 +127,18 @@ def save_checkpoint(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_selected(checkpoint: str | Path, out: str | Path) -> Path | None:
+    """Write the weights a run selected by its held-out proxy (train.select_metric) as a
+    model checkpoint at `out`; None when the training checkpoint carries no selection."""
+    state = read_checkpoint(checkpoint)
+    selected = (state.get("extra") or {}).get("selected")
+    if not selected:
+        return None
+    config = ExperimentConfig.from_dict(state["config"])
+    extra = {k: selected[k] for k in ("metric", "value", "epoch")}
+    return _write(Path(out), config, selected["state_dict"], {"selected": extra})
 
 
 def check_config_matches(model_cfg: ModelConfig, stored_cfg: ModelConfig) -> None:

@@ -146,6 +146,14 @@ class AttackConfig:
         }
 
 
+# Held-out proxy metrics a run can select its best epoch by (all: higher is better).
+SELECT_METRICS = tuple(
+    f"proxy_{kind}_{metric}"
+    for kind in ("clean", "robust")
+    for metric in ("image_auroc", "pixel_auroc", "aupro")
+) + ("proxy_score",)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 1000
@@ -163,6 +171,10 @@ class TrainConfig:
     # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images
     proxy_repeats: int = 4
     checkpoint_every: int = 1
+    # Keep the weights of the proxy epoch where this held-out metric peaked (written as
+    # best.pt beside the checkpoint): adversarial training overfits robustly late in a run,
+    # and the held-out proxy sees it without touching the test split. None keeps the last.
+    select_metric: str | None = None
     precision: Precision = "auto"
     max_steps_per_epoch: int | None = None
 
@@ -176,6 +188,16 @@ class TrainConfig:
         check(self.proxy_repeats >= 1, "proxy_repeats", "must be >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.loader_workers >= 0, "loader_workers", "must be >= 0")
+        check(
+            self.select_metric is None or self.select_metric in SELECT_METRICS,
+            "select_metric",
+            f"must be one of {list(SELECT_METRICS)} or null, got {self.select_metric!r}",
+        )
+        check(
+            self.select_metric is None or self.holdout_fraction > 0,
+            "select_metric",
+            "needs held-out images for the proxy (train.holdout_fraction > 0)",
+        )
 
 
 @dataclass

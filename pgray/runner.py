@@ -36,6 +36,11 @@ class TrainResult:
     history: list[dict[str, float]]
     mlflow_run_id: str
     mlflow_hint: str
+    # the proxy-selected weights (train.select_metric), None when nothing was selected
+    selected_checkpoint: Path | None = None
+
+
+SELECTED_FILE = "best.pt"
 
 
 def validate_inputs(cfg: ExperimentConfig) -> None:
@@ -92,14 +97,18 @@ def train_category(req: TrainRequest) -> TrainResult:
         history = _train_in_process(req, tracker, checkpoint)
     import yaml
 
+    from pgray.checkpoint import write_selected
+
+    selected = write_selected(checkpoint, out / SELECTED_FILE)
     rows = [{"epoch": e + 1, **m} for e, m in history]
     metrics_file = write_json(out / "metrics.json", {"run_name": req.name, "epochs": rows})
     config_file = write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    for path in (checkpoint, config_file, metrics_file):
-        tracker.log_artifact(path)
+    for path in (checkpoint, selected, config_file, metrics_file):
+        if path is not None:
+            tracker.log_artifact(path)
     tracker.finish()
     hint = runs_url(uri, tracker.experiment_id)
-    return TrainResult(checkpoint, metrics_file, rows, tracker.run_id, hint)
+    return TrainResult(checkpoint, metrics_file, rows, tracker.run_id, hint, selected)
 
 
 def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:

@@ -38,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1)")
     g.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
+    g.add_argument("--select-metric", metavar="METRIC",
+                   help="also write best.pt: the weights of the proxy epoch where this held-out"
+                        " metric peaked, e.g. proxy_score or proxy_robust_image_auroc (adversarial"
+                        " training overfits robustly late in a run); default: keep the last")
     r = p.add_argument_group("where it runs")
     r.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     r.add_argument("--name", help="run name (default DATASET-CATEGORY-CONFIGHASH); same name"
@@ -60,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     t: dict[str, Any] = {}
     for key in ("epochs", "batch_size", "lr", "seed", "precision", "checkpoint_every",
-                "max_steps_per_epoch"):
+                "max_steps_per_epoch", "select_metric"):
         if getattr(args, key) is not None:
             t[key] = getattr(args, key)
     if args.no_adversarial:
@@ -94,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_uri=args.mlflow_uri, progress=not args.quiet,
     ))
     print(f"checkpoint: {result.checkpoint}")
+    if result.selected_checkpoint is not None:
+        epoch = next(r["selected_epoch"] for r in reversed(result.history)
+                     if "selected_epoch" in r)
+        print(f"selected:   {result.selected_checkpoint} (epoch {epoch:.0f}, best "
+              f"{cfg.train.select_metric})")
     print(f"metrics:    {result.metrics_file}")
     print(f"mlflow run: {result.mlflow_run_id} ({result.mlflow_hint})")
     return 0

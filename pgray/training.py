@@ -142,6 +142,7 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         holdout_loader = _loader(holdout_ds, cfg.eval.batch_size, shuffle=False, cfg=cfg,
                                  rank=0, world_size=1, device=device)
 
+    best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
@@ -168,14 +169,45 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         ):
             metrics |= proxy_metrics(model, holdout_loader, cfg, device=device,
                                      precision=precision)
+            best.offer(epoch, metrics, model)
         save = last or (epoch + 1) % cfg.train.checkpoint_every == 0
         saver = None
         if save:
             def saver(path, more=None, epoch=epoch):
-                extra = training_state(optimizer, scheduler, epoch + 1) | (more or {})
+                extra = training_state(optimizer, scheduler, epoch + 1) | best.extra() | (
+                    more or {})
                 return save_checkpoint(path, model, cfg, extra=extra)
         ctx.report(epoch, metrics, saver)
     return metrics
+
+
+class SelectedWeights:
+    """The weights of the proxy epoch where `metric` peaked, kept (on the CPU) so every
+    checkpoint carries them and a resumed run keeps selecting against the same best."""
+
+    def __init__(self, metric: str | None, kept: dict[str, Any] | None = None) -> None:
+        self.metric = metric
+        self.kept = kept
+
+    @classmethod
+    def resume(cls, metric: str | None, state: dict[str, Any] | None) -> SelectedWeights:
+        kept = ((state or {}).get("extra") or {}).get("selected")
+        return cls(metric, kept if kept and kept.get("metric") == metric else None)
+
+    def offer(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> None:
+        if self.metric is None:
+            return
+        value = metrics.get(self.metric, float("nan"))
+        # Ties go to the later epoch: more training at the same held-out score.
+        if np.isfinite(value) and (self.kept is None or value >= self.kept["value"]):
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.kept = {"metric": self.metric, "value": float(value), "epoch": epoch + 1,
+                         "state_dict": state}
+        if self.kept is not None:
+            metrics["selected_epoch"] = float(self.kept["epoch"])
+
+    def extra(self) -> dict[str, Any]:
+        return {} if self.kept is None else {"selected": self.kept}
 
 
 def _step_hook(ctx: FitContext, epoch: int):

@@ -1,0 +1,104 @@
+"""Selecting the weights of the best held-out proxy epoch (train.select_metric -> best.pt)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_experiment
+
+from pgray.errors import ConfigError
+
+
+def test_selected_weights_follow_the_metric_peak_and_ignore_nan():
+    from pgray.training import SelectedWeights
+
+    model = torch.nn.Linear(2, 1)
+    best = SelectedWeights("proxy_score")
+    snapshots = {}
+    for epoch, value in enumerate([0.5, 0.9, float("nan"), 0.7, 0.9, 0.6]):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        snapshots[epoch + 1] = model.weight.detach().clone()
+        metrics = {"proxy_score": value}
+        best.offer(epoch, metrics, model)
+        assert metrics["selected_epoch"] == {1: 1, 2: 2, 3: 2, 4: 2, 5: 5, 6: 5}[epoch + 1]
+    kept = best.extra()["selected"]
+    # the tie at 0.9 goes to the later epoch; the stored copy is not the live tensor
+    assert kept["epoch"] == 5 and kept["value"] == 0.9
+    assert torch.equal(kept["state_dict"]["weight"], snapshots[5])
+    assert SelectedWeights(None).extra() == {}
+
+
+def test_resume_keeps_the_selection_only_for_the_same_metric():
+    from pgray.training import SelectedWeights
+
+    state = {"extra": {"selected": {"metric": "proxy_score", "value": 0.8, "epoch": 3,
+                                    "state_dict": {}}}}
+    assert SelectedWeights.resume("proxy_score", state).kept["epoch"] == 3
+    assert SelectedWeights.resume("proxy_robust_image_auroc", state).kept is None
+    assert SelectedWeights.resume("proxy_score", None).kept is None
+
+
+def test_fit_writes_the_peak_epoch_weights_as_best_pt(synthetic_root, tmp_path):
+    from pgray.checkpoint import load_checkpoint, write_selected
+    from pgray.training import FitContext, fit
+
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 4, "lr": 5e-3,
+                                                 "select_metric": "proxy_clean_pixel_auroc"})
+    history, weights = [], {}
+
+    def report(epoch, metrics, save):
+        history.append(dict(metrics))
+        save(tmp_path / "checkpoint.pt")
+        model, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+        weights[epoch + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    fit(cfg, FitContext(report=report, progress=False))
+    values = [h["proxy_clean_pixel_auroc"] for h in history]
+    peak = max(range(len(values)), key=lambda i: (values[i], i)) + 1
+    assert history[-1]["selected_epoch"] == peak
+
+    best = write_selected(tmp_path / "checkpoint.pt", tmp_path / "best.pt")
+    model, loaded_cfg, extra = load_checkpoint(best)
+    assert loaded_cfg == cfg
+    assert extra["selected"] == {"metric": "proxy_clean_pixel_auroc", "value": values[peak - 1],
+                                 "epoch": peak}
+    state = model.state_dict()
+    assert all(torch.equal(state[k], weights[peak][k]) for k in state)
+    if peak != len(values):  # then the selected weights are not the last ones
+        assert any(not torch.equal(state[k], weights[len(values)][k]) for k in state)
+
+
+def test_train_without_selection_writes_no_best_pt(synthetic_root, tmp_path):
+    from pgray.checkpoint import write_selected
+    from pgray.training import FitContext, fit
+
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
+    fit(cfg, FitContext(report=lambda e, m, save: save(tmp_path / "c.pt"), progress=False))
+    assert write_selected(tmp_path / "c.pt", tmp_path / "best.pt") is None
+    assert not (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize("train, needle", [
+    ({"select_metric": "test_image_auroc"}, "train.select_metric"),
+    ({"select_metric": "proxy_score", "holdout_fraction": 0.0}, "holdout_fraction > 0"),
+])
+def test_bad_select_metric_names_the_key(synthetic_root, train, needle):
+    with pytest.raises(ConfigError, match=needle):
+        tiny_experiment(synthetic_root, train=train)
+
+
+def test_train_category_writes_and_logs_best_pt(synthetic_root, tmp_path, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    from pgray.checkpoint import load_checkpoint
+    from pgray.runner import TrainRequest, train_category
+
+    cfg = tiny_experiment(synthetic_root, train={"select_metric": "proxy_score"})
+    result = train_category(TrainRequest(config=cfg, out=tmp_path / "run", name="sel",
+                                         progress=False))
+    assert result.selected_checkpoint == tmp_path / "run" / "best.pt"
+    _, _, extra = load_checkpoint(result.selected_checkpoint)
+    assert extra["selected"]["epoch"] == result.history[-1]["selected_epoch"]
+    logged = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result.mlflow_run_id)}
+    assert {"best.pt", "checkpoint.pt"} <= logged
