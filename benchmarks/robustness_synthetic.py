@@ -94,7 +94,7 @@ def base_config(args, root: Path, adversarial: bool) -> dict:
 def train(cfg, out: Path):
     import torch
 
-    from pgray.checkpoint import load_checkpoint
+    from pgray.checkpoint import load_checkpoint, write_selected
     from pgray.training import FitContext, fit
 
     path = out / "checkpoint.pt"
@@ -114,7 +114,14 @@ def train(cfg, out: Path):
               f"clean {metrics['proxy_clean_image_auroc']:.3f} robust {proxy:.3f}", flush=True)
 
     fit(cfg, FitContext(device=torch.device("cpu"), report=report, progress=False))
-    model, _, _ = load_checkpoint(path)
+    # With train.select_metric the proxy-selected weights are evaluated, as `pgray.train`
+    # would hand them on (best.pt); otherwise the last epoch's.
+    selected = write_selected(path, out / "best.pt")
+    model, _, extra = load_checkpoint(selected or path)
+    if selected is not None:
+        pick = extra["selected"]
+        print(f"  selected epoch {pick['epoch']} ({pick['metric']} {pick['value']:.3f})",
+              flush=True)
     return model
 
 
