@@ -125,19 +125,26 @@ def train(cfg, out: Path):
     return model
 
 
-def evaluate(model, cfg, args):
-    import dataclasses
+OBJECTIVES = ("mask", "image_score")
 
+
+def attacks(args):
+    """The reference attack (mask objective: every patch of a normal image up, anomalous
+    patches down) and the one aimed at detection (the top-k image score itself)."""
+    from pgray.config import AttackConfig
+
+    return [AttackConfig(eps=args.eps, steps=args.steps, objective=o) for o in OBJECTIVES]
+
+
+def evaluate(model, cfg, args):
     import torch
 
-    from pgray.config import AttackConfig
     from pgray.data.dataset import load_split
     from pgray.evaluation import evaluate_model
 
     test = load_split(cfg.data, "test", cfg.model.img_size)
-    attack = AttackConfig(eps=args.eps, steps=args.steps)
-    rows, outputs = evaluate_model(model, test, [None, dataclasses.replace(attack)],
-                                   batch_size=64, device=torch.device("cpu"), progress=False)
+    rows, outputs = evaluate_model(model, test, [None, *attacks(args)], batch_size=64,
+                                   device=torch.device("cpu"), progress=False)
     defects = [s.defect_type for s in test.samples]
     return {r["setting"]: r | {"per_defect": per_defect(outputs[r["setting"]], defects)}
             for r in rows}, len(test)
@@ -181,35 +188,44 @@ def run_models(args, work: Path) -> tuple[dict, int]:
 
 
 def print_table(args, table: dict, n_test: int) -> bool:
-    attacked = f"pgd_eps{args.eps:g}_steps{args.steps}"
+    settings = [(a.objective, a.setting_name()) for a in attacks(args)]
     print(f"\nsynthetic/{args.category}, {args.size}px, {n_test} test images, ViT depth "
           f"{args.depth} width {args.embed_dim}, {args.n_train} train images, {args.epochs} "
-          f"epochs, PGD-{args.train_steps} training; attack: PGD-{args.steps}, eps "
-          f"{args.eps:g}/255, alpha 2.5*eps/steps, no random start, mask objective"
+          f"epochs, PGD-{args.train_steps} training; attacks: PGD-{args.steps}, eps "
+          f"{args.eps:g}/255, alpha 2.5*eps/steps, no random start"
           + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "") + "\n")
-    print("| model | train s | image AUROC clean | image AUROC PGD | pixel AUROC clean "
-          "| pixel AUROC PGD | AUPRO clean | AUPRO PGD |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | train s | attack objective | image AUROC clean | image AUROC PGD "
+          "| pixel AUROC clean | pixel AUROC PGD | AUPRO clean | AUPRO PGD |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, (rows, train_s) in table.items():
-        c, a = rows["clean"], rows[attacked]
-        print(f"| {name} | {train_s:.0f} | {c['image_auroc']:.3f} | {a['image_auroc']:.3f} | "
-              f"{c['pixel_auroc']:.3f} | {a['pixel_auroc']:.3f} | {c['aupro']:.3f} | "
-              f"{a['aupro']:.3f} |")
+        c = rows["clean"]
+        for objective, setting in settings:
+            a = rows[setting]
+            print(f"| {name} | {train_s:.0f} | {objective} | {c['image_auroc']:.3f} | "
+                  f"{a['image_auroc']:.3f} | {c['pixel_auroc']:.3f} | {a['pixel_auroc']:.3f} | "
+                  f"{c['aupro']:.3f} | {a['aupro']:.3f} |")
     kinds = list(next(iter(table.values()))[0]["clean"]["per_defect"])
-    print("\nimage AUROC per defect type, clean / PGD:\n")
+    print("\nimage AUROC per defect type, clean / PGD (mask objective) / PGD (image score):\n")
     print("| model | " + " | ".join(kinds) + " |")
     print("|---" * (len(kinds) + 1) + "|")
     for name, (rows, _) in table.items():
-        cells = [f"{rows['clean']['per_defect'][k]:.3f} / {rows[attacked]['per_defect'][k]:.3f}"
-                 for k in kinds]
+        cells = [" / ".join(f"{rows[k]['per_defect'][kind]:.3f}"
+                            for k in ("clean", *(st for _, st in settings))) for kind in kinds]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if set(table) != {"adversarial", "clean-trained"}:
         return True
-    adv_rows, base_rows = table["adversarial"][0], table["clean-trained"][0]
-    ok_clean = adv_rows["clean"]["image_auroc"] >= 0.90
-    ok_robust = adv_rows[attacked]["image_auroc"] >= base_rows[attacked]["image_auroc"] + 0.10
-    print(f"\nclean image AUROC >= 0.90: {'yes' if ok_clean else 'NO'}; "
-          f"robust image AUROC beats the clean-trained model by >= 0.10: "
+    return verdict(table["adversarial"][0], table["clean-trained"][0], settings)
+
+
+def verdict(adv: dict, base: dict, settings) -> bool:
+    """The issue's bar: clean image AUROC >= 0.90 and clearly (>= 0.10) more robust in
+    detection than the clean-trained model under every attack."""
+    ok_clean = adv["clean"]["image_auroc"] >= 0.90
+    gains = {o: adv[st]["image_auroc"] - base[st]["image_auroc"] for o, st in settings}
+    ok_robust = all(g >= 0.10 for g in gains.values())
+    shown = ", ".join(f"{o} {g:+.3f}" for o, g in gains.items())
+    print(f"\nclean image AUROC >= 0.90: {'yes' if ok_clean else 'NO'}; robust image AUROC "
+          f"gain over the clean-trained model ({shown}) >= 0.10 under every attack: "
           f"{'yes' if ok_robust else 'NO'}")
     return ok_clean and ok_robust
 
