@@ -48,7 +48,7 @@ def test_two_workers_stay_in_sync_and_learn(ray_session, synthetic_root, tmp_pat
 @pytest.mark.parametrize("mode", ["exit"])  # a killed worker; "raise" takes the same path
 def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic_root, tmp_path,
                                                           mlflow_uri, mode):
-    cfg = tiny_experiment(synthetic_root, train={"epochs": 3})
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 3, "select_metric": "proxy_score"})
     marker = tmp_path / "failed-once"
     fault = {"epoch": 1, "step": 1, "rank": 1, "marker": str(marker), "mode": mode}
     result = train_category(_request(cfg, tmp_path, f"fault-{mode}", max_failures=2,
@@ -57,6 +57,13 @@ def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     # one metric series: epoch 2 was re-run after the failure but logged once
     assert _loss_steps(mlflow_uri, result.mlflow_run_id) == [0, 1, 2]
+    # the proxy selection survived the restart: best.pt is the peak over all three epochs
+    scores = [r["proxy_score"] for r in result.history]
+    peak = max(range(3), key=lambda i: (scores[i], i)) + 1
+    from pgray.checkpoint import load_checkpoint
+
+    _, _, extra = load_checkpoint(result.selected_checkpoint)
+    assert extra["selected"]["epoch"] == peak == result.history[-1]["selected_epoch"]
 
 
 def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path, mlflow_uri):
