@@ -347,18 +347,23 @@ def _eval_targets(space: SearchSpace, best: dict[str, list[TrialSummary]]
 
 
 def fetch_checkpoint(path: str, dest: Path) -> Path:
-    """Copy a trial's Train checkpoint (local or s3:// / gs://) to a plain .pt file."""
+    """Copy a trial's Train checkpoint (local or s3:// / gs://) to a plain .pt file: the
+    proxy-selected weights when the trial ran with train.select_metric, else the last ones."""
     import shutil
 
     from ray.train import Checkpoint
 
+    from pgray.checkpoint import write_selected
     from pgray.distributed.train import CHECKPOINT_FILE
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with Checkpoint(path).as_directory() as d:
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
-        tmp.replace(dest)
+        if write_selected(tmp, dest) is None:
+            tmp.replace(dest)
+        else:
+            tmp.unlink()
     return dest
 
 

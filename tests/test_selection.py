@@ -102,3 +102,26 @@ def test_train_category_writes_and_logs_best_pt(synthetic_root, tmp_path, mlflow
     assert extra["selected"]["epoch"] == result.history[-1]["selected_epoch"]
     logged = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result.mlflow_run_id)}
     assert {"best.pt", "checkpoint.pt"} <= logged
+
+
+@pytest.mark.parametrize("select", [None, "proxy_score"])
+def test_sweep_fetches_the_selected_weights_of_a_trial(synthetic_root, tmp_path, select):
+    from pgray.checkpoint import load_checkpoint, read_checkpoint
+    from pgray.distributed.train import CHECKPOINT_FILE
+    from pgray.sweep import fetch_checkpoint
+    from pgray.training import FitContext, fit
+
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 2, "select_metric": select})
+    trial_dir = tmp_path / "trial_checkpoint"
+    fit(cfg, FitContext(report=lambda e, m, save: save(trial_dir / CHECKPOINT_FILE),
+                        progress=False))
+    dest = fetch_checkpoint(str(trial_dir), tmp_path / "best" / "checkpoint.pt")
+    model, _, extra = load_checkpoint(dest)
+    stored = read_checkpoint(trial_dir / CHECKPOINT_FILE)
+    want = stored["extra"]["selected"]["state_dict"] if select else stored["state_dict"]
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    # the selected file is a model checkpoint (no optimiser state), the plain copy is not
+    assert ("optimizer" in extra) == (select is None)
+    if select:
+        assert set(extra["selected"]) == {"metric", "value", "epoch"}
+    assert not list(dest.parent.glob("*.tmp"))
