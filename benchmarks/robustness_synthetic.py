@@ -49,26 +49,24 @@ def parse() -> argparse.Namespace:
 
 
 def overrides(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs as {dotted key: value}, the value read as YAML."""
     import yaml
 
-    out: dict = {}
+    out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. train.attack.steps=10")
-        *parents, leaf = key.split(".")
-        node = out
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = yaml.safe_load(value)
+        out[key] = yaml.safe_load(value)
     return out
 
 
 def experiment(args, root: Path, adversarial: bool):
-    from pgray.config import ExperimentConfig, merge
+    from pgray.config import ExperimentConfig
+    from pgray.config_keys import apply_params
 
-    return ExperimentConfig.from_dict(merge(base_config(args, root, adversarial),
-                                            overrides(args.overrides)))
+    return ExperimentConfig.from_dict(apply_params(base_config(args, root, adversarial),
+                                                   overrides(args.overrides)))
 
 
 def base_config(args, root: Path, adversarial: bool) -> dict:

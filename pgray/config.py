@@ -146,8 +146,9 @@ class AttackConfig:
         }
 
 
-# Held-out proxy metrics a run can select its best epoch by (all: higher is better).
-SELECT_METRICS = tuple(
+# Metrics the held-out proxy reports (pgray.engine.proxy_metrics), all higher-is-better and
+# never from the test split: what a run selects its best epoch by and a sweep optimises.
+PROXY_METRICS: tuple[str, ...] = tuple(
     f"proxy_{kind}_{metric}"
     for kind in ("clean", "robust")
     for metric in ("image_auroc", "pixel_auroc", "aupro")
@@ -189,9 +190,9 @@ class TrainConfig:
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.loader_workers >= 0, "loader_workers", "must be >= 0")
         check(
-            self.select_metric is None or self.select_metric in SELECT_METRICS,
+            self.select_metric is None or self.select_metric in PROXY_METRICS,
             "select_metric",
-            f"must be one of {list(SELECT_METRICS)} or null, got {self.select_metric!r}",
+            f"must be one of {list(PROXY_METRICS)} or null, got {self.select_metric!r}",
         )
         check(
             self.select_metric is None or self.holdout_fraction > 0,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pgray.config import ExperimentConfig, merge
+from pgray.config import PROXY_METRICS, ExperimentConfig, merge
 from pgray.config_keys import (
     apply_params,
     canonical,
@@ -27,12 +27,7 @@ from pgray.config_keys import (
 from pgray.configbase import check, from_dict, load_yaml
 from pgray.errors import ConfigError
 
-# Metrics the held-out proxy reports every epoch (pgray.engine.proxy_metrics): never the test
-# split. "loss" (the training loss) is allowed as a sanity objective for smoke runs.
-PROXY_METRICS: tuple[str, ...] = tuple(
-    [f"proxy_{s}_{m}" for s in ("clean", "robust") for m in ("image_auroc", "pixel_auroc",
-                                                            "aupro")] + ["proxy_score"]
-)
+# "loss" (the training loss) is allowed as a sanity objective for smoke runs.
 OBJECTIVE_METRICS: tuple[str, ...] = (*PROXY_METRICS, "loss")
 GENERATED_ROOT = "generated"  # data root placeholder: the cached synthetic demo dataset
 

@@ -358,12 +358,11 @@ def fetch_checkpoint(path: str, dest: Path) -> Path:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with Checkpoint(path).as_directory() as d:
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
-        if write_selected(tmp, dest) is None:
+        source = Path(d) / CHECKPOINT_FILE
+        if write_selected(source, dest) is None:
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(source, tmp)
             tmp.replace(dest)
-        else:
-            tmp.unlink()
     return dest
 
 
