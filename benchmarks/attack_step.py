@@ -24,9 +24,10 @@ from typing import Any
 import _timing as tm
 import torch
 
-from pgray.attacks import attack, frozen, torchattacks_attack
+from pgray.attacks.pgd import attack, frozen
+from pgray.attacks.torchattacks_adapter import torchattacks_attack
 from pgray.config import AttackConfig, ModelConfig, tiny_model_config
-from pgray.model import PatchGuard
+from pgray.core.model import PatchGuard
 
 COLUMNS = [
     ("model", "model", ""),

@@ -29,8 +29,8 @@ def parse() -> argparse.Namespace:
 
 def make_checkpoints(root: Path, out: Path, categories: list[str], size: int) -> None:
     from pgray.config import ExperimentConfig, tiny_model_config
-    from pgray.configbase import to_dict
-    from pgray.runner import TrainRequest, train_category
+    from pgray.config.base import to_dict
+    from pgray.pipelines.train import TrainRequest, train_category
 
     for cat in categories:
         cfg = ExperimentConfig.from_dict({
@@ -45,8 +45,8 @@ def make_checkpoints(root: Path, out: Path, categories: list[str], size: int) ->
 
 
 def grid(root: Path, ckpts: Path, args, actors: int):
-    from pgray.benchmark_config import BenchmarkConfig
-    from pgray.configbase import from_dict
+    from pgray.config.base import from_dict
+    from pgray.config.benchmark import BenchmarkConfig
 
     return from_dict(BenchmarkConfig, {
         "name": f"scaling-{actors}",
@@ -69,8 +69,8 @@ def main() -> int:
         tmp = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        from pgray.benchmark_run import run_benchmark
         from pgray.data.synthetic import generate
+        from pgray.pipelines.benchmark import run_benchmark
 
         root = generate(tmp / "data", size=args.size, n_train=16, n_test=args.n_test,
                         categories=tuple(args.categories))

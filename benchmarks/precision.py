@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/precision.py [--device cuda] [--quick] [--compile-modes default]
     .venv/bin/python benchmarks/precision.py --device cpu --cpu-check    # AUROC check only
 
-Speed rows (CUDA): PGD on ViT-S/14 at 224 (batch 256) and one `pgray.engine.train_step`
+Speed rows (CUDA): PGD on ViT-S/14 at 224 (batch 256) and one `pgray.core.step.train_step`
 (batch 16, PGD-10), each as fp32 eager, bf16 eager and torch.compile'd at each precision, all
 interleaved in one process; time per step and speed-up over fp32 eager (median of per-round
 ratios). The first call of a compiled variant (compilation included) is reported apart. On
@@ -31,11 +31,12 @@ import torch
 from attack_step import make_batch
 from train_step import experiment, random_batch
 
-from pgray.attacks import attack
+from pgray.attacks.pgd import attack
 from pgray.config import AttackConfig, ExperimentConfig, ModelConfig, tiny_model_config
-from pgray.configbase import to_dict
-from pgray.engine import build_optimizer, mask_to_patch_labels, train_step
-from pgray.model import PatchGuard
+from pgray.config.base import to_dict
+from pgray.core.model import PatchGuard
+from pgray.core.scoring import mask_to_patch_labels
+from pgray.core.step import build_optimizer, train_step
 
 SPEED_COLUMNS = [
     ("task", "task", ""), ("model", "model", ""), ("batch", "batch", ""),
@@ -144,9 +145,9 @@ def tiny_trained(device: torch.device, where: Path, epochs: int) -> tuple[PatchG
     """
     from torch.utils.data import DataLoader
 
+    from pgray.core.step import train_epoch
+    from pgray.core.training_data import build_datasets
     from pgray.data.synthetic import generate
-    from pgray.engine import train_epoch
-    from pgray.training import build_datasets
 
     root = generate(where / "syn", size=64, n_train=64, n_test=48, categories=("gear",))
     cfg = ExperimentConfig.from_dict({
@@ -184,7 +185,8 @@ def test_batches(cfg: ExperimentConfig, limit: int | None, batch: int = 32) -> l
 def scored(model: PatchGuard, batches, attack_cfg: AttackConfig | None, score_precision: str,
            device: torch.device) -> dict[str, float]:
     """Image and pixel AUROC of (attacked) test images, scored at `score_precision`."""
-    from pgray.engine import EvalOutputs, autocast
+    from pgray.core.device import autocast
+    from pgray.core.scoring import EvalOutputs
 
     scores, labels, maps, masks = [], [], [], []
     for i, batch in enumerate(batches):
@@ -225,7 +227,7 @@ def auroc_rows(model, batches, eps_list, steps: int, device) -> list[dict[str, A
 def auroc_check(args, device: torch.device) -> tuple[list[dict[str, Any]], str]:
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
-            from pgray.checkpoint import load_checkpoint
+            from pgray.core.checkpoint import load_checkpoint
 
             model, cfg, _ = load_checkpoint(args.checkpoint, map_location=device)
             model = model.to(device).eval()

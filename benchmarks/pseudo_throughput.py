@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from pgray.pseudo import LEVELS, PseudoAnomalyGenerator, PseudoConfig
+from pgray.config.pseudo import LEVELS, PseudoConfig
+from pgray.pseudo.generator import PseudoAnomalyGenerator
 
 BATCH = 20
 

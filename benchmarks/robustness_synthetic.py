@@ -63,7 +63,7 @@ def overrides(pairs: list[str]) -> dict:
 
 def experiment(args, root: Path, adversarial: bool):
     from pgray.config import ExperimentConfig
-    from pgray.config_keys import apply_params
+    from pgray.config.keys import apply_params
 
     return ExperimentConfig.from_dict(apply_params(base_config(args, root, adversarial),
                                                    overrides(args.overrides)))
@@ -99,8 +99,8 @@ def base_config(args, root: Path, adversarial: bool) -> dict:
 def train(cfg, out: Path):
     import torch
 
-    from pgray.checkpoint import load_checkpoint, write_selected
-    from pgray.training import FitContext, fit
+    from pgray.core.checkpoint import load_checkpoint, write_selected
+    from pgray.core.fit import FitContext, fit
 
     path = out / "checkpoint.pt"
     history = []
@@ -144,8 +144,8 @@ def attacks(args):
 def evaluate(model, cfg, args):
     import torch
 
+    from pgray.core.scoring import evaluate_model
     from pgray.data.dataset import load_split
-    from pgray.evaluation import evaluate_model
 
     test = load_split(cfg.data, "test", cfg.model.img_size)
     rows, outputs = evaluate_model(model, test, [None, *attacks(args)], batch_size=64,
@@ -160,7 +160,7 @@ def per_defect(outputs, defects: list[str]) -> dict[str, float]:
     detects robustly, since one category mixes tiny and large ones."""
     import numpy as np
 
-    from pgray.metrics import image_auroc
+    from pgray.core.metrics import image_auroc
 
     kinds = np.asarray(defects)
     scores, labels = np.asarray(outputs.scores), np.asarray(outputs.labels)

@@ -28,7 +28,7 @@ def parse() -> argparse.Namespace:
 
 def experiment(args, root: Path):
     from pgray.config import ExperimentConfig, tiny_model_config
-    from pgray.configbase import to_dict
+    from pgray.config.base import to_dict
 
     return ExperimentConfig.from_dict({
         "data": {"dataset": "synthetic", "root": str(root), "category": "disc"},
@@ -40,7 +40,7 @@ def experiment(args, root: Path):
 
 
 def run(cfg, out: Path, workers: int, cpus: float) -> list[dict]:
-    from pgray.runner import TrainRequest, train_category
+    from pgray.pipelines.train import TrainRequest, train_category
 
     result = train_category(TrainRequest(
         config=cfg, out=out, name=f"scaling-{workers}w-{int(cpus * 10)}", workers=workers,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--device cpu|cuda] [--quick]
 
-Part 1, step vs floor. `pgray.engine.train_step` (four-term PatchGuard step: PGD-k on the
+Part 1, step vs floor. `pgray.core.step.train_step` (four-term PatchGuard step: PGD-k on the
 normal batch and on the pseudo-anomaly batch, one forward of the concatenated 4B batch with
 attention capture, loss, one backward, AdamW) is interleaved, in one process, with its passes
 timed separately on the same model and batch:
@@ -33,10 +33,11 @@ import torch
 from attack_step import floor_loop
 
 from pgray.config import ExperimentConfig, ModelConfig, tiny_model_config
-from pgray.configbase import to_dict
-from pgray.engine import autocast, build_optimizer, train_step
-from pgray.losses import patchguard_loss
-from pgray.model import PatchGuard
+from pgray.config.base import to_dict
+from pgray.core.device import autocast
+from pgray.core.losses import patchguard_loss
+from pgray.core.model import PatchGuard
+from pgray.core.step import build_optimizer, train_step
 
 STEP_COLUMNS = [
     ("model", "model", ""), ("precision", "prec", ""), ("batch", "B", ""),
@@ -177,7 +178,7 @@ def per_core_rates(root: Path, size: int, seconds: float) -> dict[str, float]:
 
 
 def _rates(root: Path, size: int, seconds: float) -> dict[str, float]:
-    from pgray.training import build_datasets
+    from pgray.core.training_data import build_datasets
 
     cfg = experiment("vit_s14" if size == 224 else "tiny", 1, 1, str(root))
     dataset, _ = build_datasets(cfg, patch_size=14 if size % 14 == 0 else 8)
@@ -251,7 +252,7 @@ def loader_check(name: str, root: Path, batch: int, pgd_steps: int, workers: int
     A second pass with free items (a copy of one real item) and a sleep as long as the median
     step gives the transfer cost of a batch: waits at that level are not the generator's.
     """
-    from pgray.training import build_datasets
+    from pgray.core.training_data import build_datasets
 
     cfg = experiment(name, batch, pgd_steps, str(root))
     torch.manual_seed(0)
@@ -362,7 +363,7 @@ def main(argv=None) -> int:
     device = tm.setup(args)
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     p = plan(args, device)
-    print(tm.header("Training step: pgray.engine.train_step vs its floor; data feeding", device))
+    print(tm.header("Training step: pgray.core.step.train_step vs its floor; data feeding", device))
     step_rows = [] if "step" in args.skip else run_steps(p, precisions, device)
     rates, loader_rows = {}, []
     if not {"rates", "loader"} <= set(args.skip):

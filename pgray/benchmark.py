@@ -31,8 +31,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from pgray.benchmark_config import BenchmarkConfig
-    from pgray.benchmark_run import run_benchmark
+    from pgray.config.benchmark import BenchmarkConfig
+    from pgray.pipelines.benchmark import run_benchmark
 
     cfg = BenchmarkConfig.from_yaml(args.config)
     out = Path(args.out) if args.out else Path("runs/benchmark") / cfg.name

@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from pgray.config import EvalConfig
-    from pgray.configbase import from_dict
+    from pgray.config.base import from_dict
 
     eval_cfg = from_dict(EvalConfig, {
         "eps": args.eps, "attack": attack_dict(args), "batch_size": args.batch_size,
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in {
         "dataset": args.dataset, "root": args.root, "category": args.category,
         "mask_resize": args.mask_resize}.items() if v is not None}
-    from pgray.evaluate_job import evaluate_checkpoint
+    from pgray.pipelines.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(Path(args.checkpoint), overrides, eval_cfg, Path(args.out),
                                  progress=not args.quiet)

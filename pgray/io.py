@@ -49,6 +49,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     return path
 
 
+def copy_atomic(source: str | Path, dest: str | Path) -> Path:
+    """Copy a file so that `dest` is either absent, its old self, or the whole new copy."""
+    import shutil
+
+    with open(source, "rb") as src:
+        return atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
 

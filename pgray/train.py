@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pgray.cli_common import add_data_args, add_model_args, build_config, default_run_name
+from pgray.config.args import add_data_args, add_model_args, build_config, default_run_name
 from pgray.errors import run_cli
 
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.name:
         check_name(args.name)
-    from pgray.runner import TrainRequest, train_category
+    from pgray.pipelines.train import TrainRequest, train_category
 
     result = train_category(TrainRequest(
         config=cfg, out=Path(args.out), name=args.name or default_run_name(cfg),

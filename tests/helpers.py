@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgray.config import ExperimentConfig, merge
-from pgray.configbase import to_dict
+from pgray.config.base import to_dict
 
 
 def tiny_experiment(root: Path, category: str = "disc", **overrides) -> ExperimentConfig:

@@ -9,18 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgray.attacks import (
-    TwoClassView,
-    attack,
-    frozen,
-    image_score_objective,
-    make_objective,
-    mask_objective,
-    torchattacks_attack,
-)
+from pgray.attacks.objectives import image_score_objective, make_objective, mask_objective
+from pgray.attacks.pgd import attack, frozen
+from pgray.attacks.torchattacks_adapter import TwoClassView, torchattacks_attack
 from pgray.config import AttackConfig
+from pgray.core.metrics import image_auroc
 from pgray.errors import ConfigError
-from pgray.metrics import image_auroc
 
 IMG = 32
 CELL = 8

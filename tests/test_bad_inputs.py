@@ -146,7 +146,7 @@ def _break_tree(src: Path, dst: Path, how: str) -> str:
 def ctx(tmp_path_factory, synthetic_root):
     from datatrees import write_tree
 
-    from pgray.runner import TrainRequest, train_category
+    from pgray.pipelines.train import TrainRequest, train_category
 
     tmp = tmp_path_factory.mktemp("bad")
     c: dict = {"tmp": tmp, "syn": synthetic_root, "empty": tmp / "empty_root"}

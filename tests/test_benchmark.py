@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from helpers import tiny_experiment
 
-from pgray.benchmark_config import BenchmarkConfig
-from pgray.benchmark_run import run_benchmark
-from pgray.configbase import from_dict
-from pgray.results import read_rows
+from pgray.config.base import from_dict
+from pgray.config.benchmark import BenchmarkConfig
+from pgray.pipelines.benchmark import run_benchmark
+from pgray.tracking.tables import read_rows
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def checkpoints(synthetic_root, tmp_path_factory) -> Path:
-    from pgray.runner import TrainRequest, train_category
+    from pgray.pipelines.train import TrainRequest, train_category
 
     base = tmp_path_factory.mktemp("ckpts")
     for category in ("disc", "weave"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgray.checkpoint import (
+from pgray.config import ExperimentConfig, tiny_model_config
+from pgray.core.checkpoint import (
     check_compatible,
     load_checkpoint,
     load_reference_state_dict,
@@ -18,9 +19,8 @@ from pgray.checkpoint import (
     restore_weights,
     save_checkpoint,
 )
-from pgray.config import ExperimentConfig, tiny_model_config
+from pgray.core.model import PatchGuard
 from pgray.errors import CheckpointError
-from pgray.model import PatchGuard
 
 
 def experiment(depth: int = 2) -> ExperimentConfig:

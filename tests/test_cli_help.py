@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ENTRY_POINTS = ["pgray.sweep", "pgray.train", "pgray.evaluate", "pgray.benchmark", "pgray.data",
-                "pgray.pseudo", "pgray.cli"]
+                "pgray.pseudo", "pgray.__main__"]
 HEAVY = ("torch", "ray", "mlflow", "timm", "optuna", "torchattacks", "pyarrow")
 
 

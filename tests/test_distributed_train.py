@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import tiny_experiment
 
 from pgray.config import ExperimentConfig
-from pgray.runner import TrainRequest, train_category
+from pgray.pipelines.train import TrainRequest, train_category
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,7 @@ def _request(cfg, tmp_path, name, **kw) -> TrainRequest:
 
 
 def test_two_workers_stay_in_sync_and_learn(ray_session, synthetic_root, tmp_path, mlflow_uri):
-    from pgray.model import PatchGuard
+    from pgray.core.model import PatchGuard
 
     cfg = tiny_experiment(synthetic_root)
     torch.manual_seed(cfg.train.seed)
@@ -37,7 +39,7 @@ def test_two_workers_stay_in_sync_and_learn(ray_session, synthetic_root, tmp_pat
     last = result.history[-1]
     assert last["param_spread"] == 0.0  # both ranks hold identical parameters
     assert abs(last["param_checksum"] - initial) > 1e-3  # and they moved
-    from pgray.checkpoint import load_checkpoint
+    from pgray.core.checkpoint import load_checkpoint
 
     model, _, extra = load_checkpoint(result.checkpoint)
     assert _checksum(model) == pytest.approx(last["param_checksum"], rel=1e-9)
@@ -50,9 +52,17 @@ def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic
                                                           mlflow_uri, mode):
     cfg = tiny_experiment(synthetic_root, train={"epochs": 3, "select_metric": "proxy_score"})
     marker = tmp_path / "failed-once"
-    fault = {"epoch": 1, "step": 1, "rank": 1, "marker": str(marker), "mode": mode}
+
+    def fail_once(rank: int, epoch: int, step: int) -> None:
+        # Defined here, so Ray's cloudpickle ships it by value to the workers.
+        if (rank, epoch, step) == (1, 1, 1) and not marker.exists():
+            marker.write_text("failed once\n")
+            if mode == "exit":
+                os._exit(1)
+            raise RuntimeError("injected failure at epoch 2 step 1")
+
     result = train_category(_request(cfg, tmp_path, f"fault-{mode}", max_failures=2,
-                                     loop_extras={"inject_fault": fault}))
+                                     step_hook=fail_once))
     assert marker.exists()  # the failure did happen
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     # one metric series: epoch 2 was re-run after the failure but logged once
@@ -60,7 +70,7 @@ def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic
     # the proxy selection survived the restart: best.pt is the peak over all three epochs
     scores = [r["proxy_score"] for r in result.history]
     peak = max(range(3), key=lambda i: (scores[i], i)) + 1
-    from pgray.checkpoint import load_checkpoint
+    from pgray.core.checkpoint import load_checkpoint
 
     _, _, extra = load_checkpoint(result.selected_checkpoint)
     assert extra["selected"]["epoch"] == peak == result.history[-1]["selected_epoch"]

@@ -22,7 +22,7 @@ import yaml
 from helpers import kill_processes_mentioning
 
 from pgray.config import tiny_model_config
-from pgray.configbase import to_dict
+from pgray.config.base import to_dict
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

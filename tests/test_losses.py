@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
 from pgray.config import LossConfig
-from pgray.losses import attention_degree, patch_bce, patchguard_loss, uniform_kl
+from pgray.core.losses import attention_degree, patch_bce, patchguard_loss, uniform_kl
 
 B, H, P, N = 2, 3, 1, 16  # images, heads, prefix tokens, patch tokens
 T = P + N

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pgray.metrics import aupro, image_auroc, pixel_auroc
+from pgray.core.metrics import aupro, image_auroc, pixel_auroc
 
 # --- an obviously-correct AUPRO, one threshold at a time -----------------------------------
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from scipy.ndimage import correlate1d, gaussian_filter
 
 from pgray.config import ModelConfig, tiny_model_config
+from pgray.core.model import PatchGuard, resolve_layers, symmetric_pad_index
 from pgray.errors import CheckpointError, ConfigError
-from pgray.model import PatchGuard, resolve_layers, symmetric_pad_index
 
 
 def build(seed: int = 0, depth: int = 2, **overrides) -> PatchGuard:

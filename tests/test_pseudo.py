@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgray.configbase import from_dict, to_dict
+from pgray.config.base import from_dict, to_dict
+from pgray.config.pseudo import LEVELS, OPS, PseudoConfig
 from pgray.errors import ConfigError
-from pgray.pseudo import LEVELS, OPS, PseudoAnomalyGenerator, PseudoConfig
-from pgray.pseudo.generator import dilate, patch_labels, rotate_expand
+from pgray.pseudo.generator import PseudoAnomalyGenerator, dilate, patch_labels, rotate_expand
 from pgray.pseudo.ops import OPS as OP_FUNCTIONS
 from pgray.pseudo.ops import apply_op
 

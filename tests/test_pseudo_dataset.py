@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pgray.pseudo import PseudoAnomalyDataset, PseudoAnomalyGenerator, PseudoConfig
+from pgray.config.pseudo import PseudoConfig
+from pgray.pseudo.dataset import PseudoAnomalyDataset
+from pgray.pseudo.generator import PseudoAnomalyGenerator
 
 SIZE, PATCH = 32, 8
 

@@ -14,7 +14,7 @@ from helpers import tiny_experiment
 
 from pgray.errors import ClusterError, PgrayError
 from pgray.io import OutputError, check_name, write_json
-from pgray.results import append_rows, read_rows
+from pgray.tracking.tables import append_rows, read_rows
 
 
 def _append_many(folder: str, writer: int, n: int) -> None:
@@ -56,8 +56,8 @@ def test_mlflow_lost_mid_run_warns_and_results_still_land(synthetic_root, tmp_pa
                                                           monkeypatch):
     """The tracking store breaks after the run is opened: training finishes, the checkpoint and
     metrics file are written, and a warning names what MLflow did not get."""
-    import pgray.tracking as tracking
-    from pgray.runner import TrainRequest, train_category
+    import pgray.tracking.mlflow_runs as tracking
+    from pgray.pipelines.train import TrainRequest, train_category
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     real_open = tracking.open_run
@@ -140,12 +140,12 @@ def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_
                                                             monkeypatch):
     """The store breaks after the benchmark's parent run is opened: every job's row still
     lands in results.parquet, and warnings name the runs MLflow did not get."""
-    import pgray.tracking as tracking
-    from pgray.benchmark_config import BenchmarkConfig
-    from pgray.benchmark_run import run_benchmark
-    from pgray.configbase import from_dict
-    from pgray.results import read_rows
-    from pgray.runner import TrainRequest, train_category
+    import pgray.tracking.mlflow_runs as tracking
+    from pgray.config.base import from_dict
+    from pgray.config.benchmark import BenchmarkConfig
+    from pgray.pipelines.benchmark import run_benchmark
+    from pgray.pipelines.train import TrainRequest, train_category
+    from pgray.tracking.tables import read_rows
 
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")

@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 
 from pgray.config import ExperimentConfig
+from pgray.config.keys import apply_params
+from pgray.config.search_sections import ParamSpec, Target
+from pgray.config.search_space import load_search_space, space_from_dict
 from pgray.errors import ConfigError
-from pgray.search_space import (
-    ParamSpec,
-    Target,
-    apply_params,
-    load_search_space,
-    space_from_dict,
-)
 
-SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES = Path(__file__).resolve().parent.parent / "pgray" / "config" / "search_spaces"
 
 BASE = {
     "name": "t",

@@ -47,7 +47,7 @@ def test_no_unsafe_yaml_or_shell():
 
 
 def test_yaml_with_python_objects_is_refused(tmp_path):
-    from pgray.configbase import load_yaml
+    from pgray.config.base import load_yaml
 
     bad = tmp_path / "evil.yaml"
     bad.write_text("train: !!python/object/apply:os.system ['touch /tmp/pwned']\n")
@@ -57,7 +57,7 @@ def test_yaml_with_python_objects_is_refused(tmp_path):
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     """A checkpoint that smuggles an arbitrary object is rejected by weights_only loading."""
-    from pgray.checkpoint import read_checkpoint
+    from pgray.core.checkpoint import read_checkpoint
     from pgray.errors import CheckpointError
 
     class Payload:

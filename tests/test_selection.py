@@ -10,7 +10,7 @@ from pgray.errors import ConfigError
 
 
 def test_selected_weights_follow_the_metric_peak_and_ignore_nan():
-    from pgray.training import SelectedWeights
+    from pgray.core.fit import SelectedWeights
 
     model = torch.nn.Linear(2, 1)
     best = SelectedWeights("proxy_score")
@@ -30,7 +30,7 @@ def test_selected_weights_follow_the_metric_peak_and_ignore_nan():
 
 
 def test_resume_keeps_the_selection_only_for_the_same_metric():
-    from pgray.training import SelectedWeights
+    from pgray.core.fit import SelectedWeights
 
     state = {"extra": {"selected": {"metric": "proxy_score", "value": 0.8, "epoch": 3,
                                     "state_dict": {}}}}
@@ -40,8 +40,8 @@ def test_resume_keeps_the_selection_only_for_the_same_metric():
 
 
 def test_fit_writes_the_peak_epoch_weights_as_best_pt(synthetic_root, tmp_path):
-    from pgray.checkpoint import load_checkpoint, write_selected
-    from pgray.training import FitContext, fit
+    from pgray.core.checkpoint import load_checkpoint, write_selected
+    from pgray.core.fit import FitContext, fit
 
     cfg = tiny_experiment(synthetic_root, train={"epochs": 4, "lr": 5e-3,
                                                  "select_metric": "proxy_clean_pixel_auroc"})
@@ -70,8 +70,8 @@ def test_fit_writes_the_peak_epoch_weights_as_best_pt(synthetic_root, tmp_path):
 
 
 def test_train_without_selection_writes_no_best_pt(synthetic_root, tmp_path):
-    from pgray.checkpoint import write_selected
-    from pgray.training import FitContext, fit
+    from pgray.core.checkpoint import write_selected
+    from pgray.core.fit import FitContext, fit
 
     cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
     fit(cfg, FitContext(report=lambda e, m, save: save(tmp_path / "c.pt"), progress=False))
@@ -91,8 +91,8 @@ def test_bad_select_metric_names_the_key(synthetic_root, train, needle):
 def test_train_category_writes_and_logs_best_pt(synthetic_root, tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    from pgray.checkpoint import load_checkpoint
-    from pgray.runner import TrainRequest, train_category
+    from pgray.core.checkpoint import load_checkpoint
+    from pgray.pipelines.train import TrainRequest, train_category
 
     cfg = tiny_experiment(synthetic_root, train={"select_metric": "proxy_score"})
     result = train_category(TrainRequest(config=cfg, out=tmp_path / "run", name="sel",
@@ -106,10 +106,10 @@ def test_train_category_writes_and_logs_best_pt(synthetic_root, tmp_path, mlflow
 
 @pytest.mark.parametrize("select", [None, "proxy_score"])
 def test_sweep_fetches_the_selected_weights_of_a_trial(synthetic_root, tmp_path, select):
-    from pgray.checkpoint import load_checkpoint, read_checkpoint
+    from pgray.core.checkpoint import load_checkpoint, read_checkpoint
+    from pgray.core.fit import FitContext, fit
     from pgray.distributed.train import CHECKPOINT_FILE
-    from pgray.sweep import fetch_checkpoint
-    from pgray.training import FitContext, fit
+    from pgray.pipelines.sweep import fetch_checkpoint
 
     cfg = tiny_experiment(synthetic_root, train={"epochs": 2, "select_metric": select})
     trial_dir = tmp_path / "trial_checkpoint"

@@ -22,10 +22,11 @@ import yaml
 from helpers import kill_processes_mentioning
 
 from pgray.config import ExperimentConfig, tiny_model_config
-from pgray.configbase import to_dict
+from pgray.config.base import to_dict
+from pgray.config.search_sections import Target
+from pgray.config.search_space import space_from_dict
 from pgray.errors import ClusterError
-from pgray.search_space import Target, space_from_dict
-from pgray.sweep import TrialSummary, pareto_front, select_best
+from pgray.pipelines.sweep import TrialSummary, pareto_front, select_best
 
 REPO = Path(__file__).resolve().parent.parent
 LAMBDA_HUGE = 30000.0  # makes the attention term dominate the loss: ASHA must stop it
@@ -114,7 +115,8 @@ def test_max_concurrent_fits_trials_and_their_workers(synthetic_root):
 
 
 def test_per_target_search_runs_one_seeded_optuna_study_per_target(synthetic_root):
-    from pgray.distributed.tune import TARGET_KEY, build_searcher, param_space
+    from pgray.distributed.tune import build_searcher, param_space
+    from pgray.distributed.tune_targets import TARGET_KEY
 
     def suggestions() -> list[dict]:
         space = space_from_dict(tiny_space(synthetic_root, budget={"trials": 3, "epochs": 2}))
@@ -280,7 +282,8 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
 
 
 def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic_root):
-    from pgray.distributed.tune import TARGET_KEY, build_scheduler, build_searcher, param_space
+    from pgray.distributed.tune import build_scheduler, build_searcher, param_space
+    from pgray.distributed.tune_targets import TARGET_KEY
 
     space = space_from_dict(tiny_space(synthetic_root, search={}, start_points=[],
                                        budget={"trials": 1, "epochs": 2},

@@ -10,7 +10,7 @@ from helpers import tiny_experiment
 
 from pgray.config import ExperimentConfig
 from pgray.errors import CheckpointError
-from pgray.runner import TrainRequest, train_category
+from pgray.pipelines.train import TrainRequest, train_category
 
 
 def _metric_history(uri: str, run_id: str, key: str) -> list:
@@ -20,9 +20,9 @@ def _metric_history(uri: str, run_id: str, key: str) -> list:
 
 
 def test_train_step_reports_four_terms_and_updates_weights(synthetic_root):
-    from pgray.engine import build_optimizer, train_step
-    from pgray.model import PatchGuard
-    from pgray.training import build_datasets
+    from pgray.core.model import PatchGuard
+    from pgray.core.step import build_optimizer, train_step
+    from pgray.core.training_data import build_datasets
 
     cfg = tiny_experiment(synthetic_root)
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def test_train_in_process_writes_checkpoint_metrics_and_mlflow(synthetic_root, t
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"bce_adv_pseudo", "proxy_clean_image_auroc", "proxy_robust_image_auroc"} <= set(
         rows[-1])
-    from pgray.checkpoint import load_checkpoint
+    from pgray.core.checkpoint import load_checkpoint
 
     model, loaded_cfg, extra = load_checkpoint(result.checkpoint)
     assert loaded_cfg == cfg and extra["epochs_done"] == 2

@@ -105,9 +105,14 @@ def resolve_root(data_cfg: DataConfig) -> Path:
     raise DatasetError(f"data.root: required for dataset {data_cfg.dataset}")
 
 
-def load_split(data_cfg: DataConfig, split: str, img_size: int = 224) -> ADDataset:
-    """The ADDataset of `split` ("train" | "test") for the configured dataset and category."""
+def discover_split(data_cfg: DataConfig, split: str) -> list[Sample]:
+    """The samples of `split` ("train" | "test") of the configured dataset and category;
+    DatasetError naming what is wrong."""
     layout = get_layout(data_cfg.dataset)
-    options = {"visa_split": data_cfg.visa_split, **data_cfg.options}
-    samples = layout.discover(resolve_root(data_cfg), data_cfg.category, split, options)
-    return ADDataset(samples, img_size, data_cfg.mask_resize)
+    return layout.discover(resolve_root(data_cfg), data_cfg.category, split,
+                           data_cfg.layout_options())
+
+
+def load_split(data_cfg: DataConfig, split: str, img_size: int = 224) -> ADDataset:
+    """The ADDataset of `split` for the configured dataset and category."""
+    return ADDataset(discover_split(data_cfg, split), img_size, data_cfg.mask_resize)

@@ -6,8 +6,6 @@ DatasetError naming it, not later inside a DataLoader worker.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -96,14 +94,8 @@ def resize_mask(mask: np.ndarray, size: int, rule: MaskResize = "nearest") -> np
 
 
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
-    """Write a PNG under a temporary name in the same folder, then rename it into place, so a
-    crash never leaves a half-written mask that a later run would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(array).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a PNG atomically, so a crash never leaves a half-written mask that a later run
+    would trust."""
+    from pgray.io import atomic_write
+
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))

@@ -84,3 +84,10 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cluster_resources() -> dict[str, float]:
+    """The connected cluster's total resources (CPU, GPU, memory, custom)."""
+    import ray
+
+    return dict(ray.cluster_resources())

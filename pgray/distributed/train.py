@@ -1,17 +1,18 @@
 """Ray Train: one PatchGuard training run on N data-parallel workers (DDP; gloo/NCCL).
 
 The per-worker function only knows its config and the `ray.train` context; everything about
-the method lives in `pgray.training.fit`.
+the method lives in `pgray.core.fit.fit`.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.pt"  # the file inside each Ray Train checkpoint folder
 
 
 @dataclass
@@ -25,10 +26,14 @@ class TrainLaunch:
     mlflow_uri: str | None = None
     mlflow_run_id: str | None = None
     num_to_keep: int = 2
+    progress: bool = True
+    # step_hook(rank, epoch, step) after every training step (pgray.pipelines.train has the
+    # one seam: TrainRequest.step_hook); shipped to the workers by Ray's cloudpickle.
+    step_hook: Callable[[int, int, int], None] | None = None
 
 
 def _load_resume_state(checkpoint) -> dict[str, Any] | None:
-    from pgray.checkpoint import read_checkpoint
+    from pgray.core.checkpoint import read_checkpoint
 
     if checkpoint is None:
         return None
@@ -42,8 +47,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from pgray.config import ExperimentConfig
-    from pgray.tracking import Tracker, log_history
-    from pgray.training import FitContext, fit
+    from pgray.core.fit import FitContext, fit
+    from pgray.tracking.mlflow_runs import Tracker, log_history
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     context = ray.train.get_context()
@@ -76,7 +81,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(), rank=rank, world_size=world,
         prepare_model=prepare, report=report, resume_state=resume_state,
         progress=loop_config.get("progress", True),
-        step_hook=_fault_injector(loop_config.get("inject_fault"), rank),
+        step_hook=_bind_rank(loop_config.get("step_hook"), rank),
         epoch_hook=param_spread if world > 1 else None,
     ))
 
@@ -95,27 +100,11 @@ def param_spread(model) -> dict[str, float]:
             "param_checksum": float(sums.abs().sum())}
 
 
-def _fault_injector(spec: dict[str, Any] | None, rank: int):
-    """Test hook: {epoch, step, rank, marker, mode}: fail once (marker file) at that step,
-    by raising or by killing the worker process."""
-    if not spec or spec.get("rank", 0) != rank:
-        return None
-
-    def hook(epoch: int, step: int) -> None:
-        import os
-
-        marker = Path(spec["marker"])
-        if epoch == spec["epoch"] and step == spec["step"] and not marker.exists():
-            marker.write_text("failed once\n")
-            if spec.get("mode") == "exit":
-                os._exit(1)
-            raise RuntimeError(f"injected failure at epoch {epoch + 1} step {step}")
-
-    return hook
+def _bind_rank(hook: Callable[[int, int, int], None] | None, rank: int):
+    return None if hook is None else (lambda epoch, step: hook(rank, epoch, step))
 
 
-def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: list | None = None,
-                 **loop_extras: Any):
+def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: list | None = None):
     """Build and fit a TorchTrainer. Re-running with the same name and storage resumes from
     the latest checkpoint (Train V2 reloads the run's checkpoint snapshot). `callbacks` are
     Train callbacks (e.g. Tune's TuneReportCallback, which forwards worker reports)."""
@@ -133,7 +122,8 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
             "mlflow_uri": launch.mlflow_uri,
             "mlflow_run_id": launch.mlflow_run_id,
             "threads": max(1, int(launch.cpus_per_worker)),
-            **loop_extras,
+            "progress": launch.progress,
+            "step_hook": launch.step_hook,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -150,13 +140,19 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
     return trainer.fit()
 
 
-def result_checkpoint_path(result, dest: Path) -> Path:
+def copy_result_checkpoint(result, dest: Path) -> Path:
     """Copy the final checkpoint of a Ray Train result into `dest` (a plain pgray .pt file)."""
-    import shutil
+    from pgray.io import copy_atomic
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as d:
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
-        tmp.replace(dest)
-    return dest
+        return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)
+
+
+def fetch_train_checkpoint(path: str, dest: Path) -> Path:
+    """Copy the pgray file out of a Ray Train checkpoint folder (local path, s3:// or gs://)."""
+    from ray.train import Checkpoint
+
+    from pgray.io import copy_atomic
+
+    with Checkpoint(path).as_directory() as d:
+        return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)

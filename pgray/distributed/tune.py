@@ -11,18 +11,22 @@ runs the Ray Train launcher inside itself (Train V2: never a Trainer inside a Tu
 from __future__ import annotations
 
 import math
-import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import Searcher
 
+from pgray.config.search_sections import Target
+from pgray.config.search_space import SearchSpace
+from pgray.distributed.tune_targets import (
+    TARGET_KEY,
+    TIME_ATTR,
+    NoSearch,
+    PerTargetScheduler,
+    PerTargetSearch,
+)
 from pgray.errors import ClusterError, PgrayError
-from pgray.search_space import SearchSpace, Target
 
-TARGET_KEY = "target"  # trial config key holding the target ("dataset/category")
 # Keys Tune adds to every result: not training metrics, never logged to MLflow as such.
 TUNE_KEYS = frozenset({
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -30,7 +34,6 @@ TUNE_KEYS = frozenset({
     "time_since_restore", "iterations_since_restore", "experiment_tag", "checkpoint_path",
     "should_checkpoint",
 })
-TIME_ATTR = "epoch"  # reported by the training loop; survives a trial restarted on resume
 
 
 @dataclass
@@ -55,7 +58,7 @@ def train_run_name(sweep: str, trial_id: str) -> str:
 
 # --- the trainable ---------------------------------------------------------------------------
 def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
-    from pgray.tracking import open_run_or_warn
+    from pgray.tracking.mlflow_runs import open_run_or_warn
 
     return open_run_or_warn(
         ctx.mlflow_uri, trial_run_key(ctx.space.name, trial_id),
@@ -84,150 +87,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         name=train_run_name(ctx.space.name, trial_id), storage=ctx.train_storage,
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
         gpus_per_worker=res.gpus_per_worker, max_failures=res.max_failures,
-        mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id,
+        mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id, progress=ctx.progress,
     )
-    result = run_training(experiment.to_dict(), launch, [TuneReportCallback()],
-                          progress=ctx.progress)
+    result = run_training(experiment.to_dict(), launch, [TuneReportCallback()])
     if result.error is not None:
         raise result.error
-
-
-# --- one search and one scheduler per target, multiplexed -------------------------------------
-class _NoSearch(Searcher):
-    """Nothing searched (a fixed configuration): every trial runs the fixed settings."""
-
-    def suggest(self, trial_id: str) -> dict[str, Any]:
-        return {}
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        pass
-
-
-class _PickledState:
-    """Tune saves and restores searchers and schedulers through these two methods: the whole
-    state is this object's own attributes (written by Tune into its experiment folder)."""
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-class PerTargetSearch(_PickledState, Searcher):
-    """One inner searcher (an Optuna study) per target; trials are handed out round robin,
-    `trials` per target, and each result is told to the study of its own target."""
-
-    def __init__(self, inner: dict[str, Any], trials: int, metric, mode):
-        super().__init__(metric=metric, mode=mode)
-        self._inner = inner  # not named `searcher`: Tune would take it for a wrapper
-        self._trials = trials
-        self._started = dict.fromkeys(inner, 0)
-        self._owner: dict[str, str] = {}
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return all(s.set_search_properties(metric, mode, config, **spec)
-                   for s in self._inner.values())
-
-    def _next_target(self) -> str | None:
-        open_targets = [t for t, n in self._started.items() if n < self._trials]
-        return min(open_targets, key=lambda t: self._started[t]) if open_targets else None
-
-    def suggest(self, trial_id: str):
-        target = self._next_target()
-        if target is None:
-            return self.FINISHED
-        config = self._inner[target].suggest(trial_id)
-        if config is None or config == self.FINISHED:
-            return config
-        self._owner[trial_id] = target
-        self._started[target] += 1
-        return {**config, TARGET_KEY: target}
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._owner:
-            self._inner[self._owner[trial_id]].on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        target = self._owner.pop(trial_id, None)
-        if target is not None:
-            self._inner[target].on_trial_complete(trial_id, result=result, error=error)
-
-
-
-class PerTargetScheduler(_PickledState, FIFOScheduler):
-    """ASHA per target: a trial is only compared with trials of its own category."""
-
-    def __init__(self, targets: list[str], metric: str, mode: str, max_t: int,
-                 grace_period: int, reduction_factor: float):
-        from ray.tune.schedulers import ASHAScheduler
-
-        super().__init__()
-        self._metric, self._mode = metric, mode
-        self._inner = {t: ASHAScheduler(time_attr=TIME_ATTR, metric=metric, mode=mode,
-                                        max_t=max_t, grace_period=grace_period,
-                                        reduction_factor=reduction_factor)
-                       for t in targets}
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return True  # the objective is fixed by the search space
-
-    def _of(self, trial):
-        return self._inner[trial.config[TARGET_KEY]]
-
-    def on_trial_add(self, tune_controller, trial) -> None:
-        inner = self._of(trial)
-        inner.on_trial_add(tune_controller, trial)
-        if trial.status == trial.TERMINATED or trial.has_reported_at_least_once:
-            self._replay(tune_controller, trial, inner)
-
-    def _replay(self, tune_controller, trial, inner) -> None:
-        """A restored trial: feed its recorded results to ASHA again, so a resumed sweep
-        compares new trials with the rungs the finished ones reached (Tune does not save
-        scheduler state)."""
-        for result in trial_results(trial):
-            inner.on_trial_result(tune_controller, trial, result)
-        if trial.status == trial.TERMINATED:
-            inner._trial_info.pop(trial.trial_id, None)
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return self._of(trial).on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if trial.trial_id in self._of(trial)._trial_info:
-            self._of(trial).on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_error(self, tune_controller, trial) -> None:
-        self._of(trial)._trial_info.pop(trial.trial_id, None)
-
-    def on_trial_remove(self, tune_controller, trial) -> None:
-        self._of(trial)._trial_info.pop(trial.trial_id, None)
-
-    def stopped(self) -> int:
-        return sum(s._num_stopped for s in self._inner.values())
-
-    def debug_string(self) -> str:
-        return "ASHA per target: " + ", ".join(
-            f"{t} stopped {s._num_stopped}" for t, s in self._inner.items())
-
-
-
-def trial_results(trial) -> list[dict[str, Any]]:
-    """Every result a trial reported, from its result.json in storage (one JSON a line)."""
-    import json
-
-    from ray.tune.result import EXPR_RESULT_FILE
-
-    storage = trial.storage
-    try:
-        path = f"{storage.trial_fs_path.rstrip('/')}/{EXPR_RESULT_FILE}"
-        with storage.storage_filesystem.open_input_stream(path) as f:
-            text = f.readall().decode()
-    except (OSError, RuntimeError):
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
@@ -262,7 +126,7 @@ def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
     inner: dict[str, Any] = {}
     for i, target in enumerate(targets):
         if not space.search:
-            inner[target] = _NoSearch(metric=metric, mode=mode)
+            inner[target] = NoSearch(metric=metric, mode=mode)
             continue
         seed = space.seed + i  # one seeded study per target
         sampler = (optuna.samplers.RandomSampler(seed=seed) if space.sampler == "random"
@@ -331,7 +195,7 @@ class TrialRunsCallback(Callback):
         self._close(trial, "error", "FAILED", epochs)
 
     def _close(self, trial, state: str, status: str, epochs: int) -> None:
-        from pgray.tracking import log_history
+        from pgray.tracking.mlflow_runs import log_history
 
         target = self._ctx.targets.get(trial.config.get(TARGET_KEY, ""))
         if target is None:
@@ -349,8 +213,6 @@ class SearchRun:
     experiment_path: str
     max_concurrent: int
     resumed: bool
-    stopped_early: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def check_state_api(space: SearchSpace) -> None:

@@ -1,30 +1,8 @@
-"""Foreground-aware pseudo-anomalies (METHOD.md section 2).
+"""Foreground-aware pseudo-anomalies (docs/method.md, "Pseudo-anomalies").
 
-`pgray.config` imports `pgray.pseudo.config`, which runs this file: keep it free of heavy
-imports. The generator and dataset (torch, cv2) load on first attribute access.
+- `generator`: one self cut-paste pseudo-anomaly per call (`PseudoAnomalyGenerator`).
+- `ops`, `noise`: the transforms of the pasted crop.
+- `dataset`: (normal image, pseudo-anomaly) pairs over a dataset of normal images.
+- `preview`: a grid PNG to look at them; `python -m pgray.pseudo preview` is its command.
+Their parameters are `pgray.config.pseudo.PseudoConfig`.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-from pgray.pseudo.config import LEVELS, OPS, PseudoConfig
-
-if TYPE_CHECKING:
-    from pgray.pseudo.dataset import PseudoAnomalyDataset
-    from pgray.pseudo.generator import PseudoAnomalyGenerator
-
-__all__ = ["LEVELS", "OPS", "PseudoAnomalyDataset", "PseudoAnomalyGenerator", "PseudoConfig"]
-
-_LAZY = {
-    "PseudoAnomalyGenerator": "pgray.pseudo.generator",
-    "PseudoAnomalyDataset": "pgray.pseudo.dataset",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pgray.pseudo' has no attribute {name!r}")

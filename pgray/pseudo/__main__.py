@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def preview(args: argparse.Namespace) -> Path:
     from pgray.config import DataConfig, ExperimentConfig
+    from pgray.config.pseudo import PseudoConfig
     from pgray.data.dataset import load_split
     from pgray.errors import ConfigError, DatasetError
-    from pgray.pseudo.config import PseudoConfig
     from pgray.pseudo.dataset import PseudoAnomalyDataset
     from pgray.pseudo.generator import PseudoAnomalyGenerator
     from pgray.pseudo.preview import compose, preview_rows, save_png_atomic

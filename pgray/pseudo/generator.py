@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from pgray.config.pseudo import LEVELS, PseudoConfig
 from pgray.errors import ConfigError
-from pgray.pseudo.config import LEVELS, PseudoConfig
 from pgray.pseudo.ops import apply_op
 
 REFERENCE_SIZE = 224  # the size bounds in the config are given at this image size

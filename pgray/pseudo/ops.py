@@ -12,7 +12,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from pgray.pseudo.config import PseudoConfig
+from pgray.config.pseudo import PseudoConfig
 from pgray.pseudo.noise import perlin
 
 Op = Callable[[np.ndarray, int, PseudoConfig, np.random.Generator], np.ndarray]

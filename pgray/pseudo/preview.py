@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +45,10 @@ def compose(rows: list[list[np.ndarray]]) -> Image.Image:
 
 
 def save_png_atomic(image: Image.Image, out: Path) -> None:
-    """Write to a temporary file next to `out`, then rename, so readers never see half a PNG."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the PNG atomically: readers never see half of it."""
+    from pgray.io import atomic_write
+
+    atomic_write(out, lambda f: image.save(f, format="PNG"))
 
 
 def preview_rows(dataset, n: int, patch_size: int) -> list[list[np.ndarray]]:

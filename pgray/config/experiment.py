@@ -1,7 +1,7 @@
-"""Typed configs for every section of a pgray run, loaded from YAML and validated once.
+"""Typed configs for every section of one experiment (one model, one category).
 
-Each dataclass checks its own ranges in `validate()`; `configbase.from_dict` names the key of
-any unknown, mistyped or out-of-range value. Keep this module free of heavy imports.
+Each dataclass checks its own ranges in `validate()`; `pgray.config.base.from_dict` names the
+key of any unknown, mistyped or out-of-range value. Keep this module free of heavy imports.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pgray.configbase import check, from_dict, load_yaml, to_dict
-from pgray.pseudo.config import PseudoConfig
+from pgray.config.base import check, check_eps, from_dict, load_yaml, to_dict
+from pgray.config.pseudo import PseudoConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -28,6 +28,10 @@ class DataConfig:
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "must name a dataset")
+
+    def layout_options(self) -> dict[str, Any]:
+        """What a layout's `discover` takes: the VisA split rule plus the layout's options."""
+        return {"visa_split": self.visa_split, **self.options}
 
 
 @dataclass
@@ -95,7 +99,7 @@ class AttackConfig:
     precision: Precision = "fp32"
 
     def validate(self) -> None:
-        check(0 <= self.eps <= 255, "eps", f"must be in [0, 255] (1/255 units), got {self.eps}")
+        check_eps(self.eps)
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
         check(self.alpha is None or self.alpha > 0, "alpha", "must be > 0")
@@ -146,7 +150,7 @@ class AttackConfig:
         }
 
 
-# Metrics the held-out proxy reports (pgray.engine.proxy_metrics), all higher-is-better and
+# Metrics the held-out proxy reports (pgray.core.scoring.proxy_metrics), all higher-is-better and
 # never from the test split: what a run selects its best epoch by and a sweep optimises.
 PROXY_METRICS: tuple[str, ...] = tuple(
     f"proxy_{kind}_{metric}"
@@ -209,8 +213,7 @@ class EvalConfig:
     n_panels: int = 4
 
     def validate(self) -> None:
-        for i, e in enumerate(self.eps):
-            check(0 <= e <= 255, f"eps[{i}]", f"must be in [0, 255] (1/255 units), got {e}")
+        check_eps(self.eps)
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.n_panels >= 0, "n_panels", "must be >= 0")
 

@@ -133,6 +133,17 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+MAX_EPS = 255.0  # eps is written in 1/255 units of the [0, 1] pixel range
+
+
+def check_eps(value: float | list[float], key: str = "eps") -> None:
+    """The one range check of attack radii: each in [0, 255] (1/255 units)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    for i, eps in enumerate(values):
+        where = key if not isinstance(value, list | tuple) else f"{key}[{i}]"
+        check(0 <= eps <= MAX_EPS, where, f"must be in [0, 255] (1/255 units), got {eps:g}")
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping with the safe loader; errors name the file."""
     import yaml

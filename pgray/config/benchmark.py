@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgray.config import AttackConfig
-from pgray.configbase import check, from_dict, load_yaml
+from pgray.config.base import check, check_eps, from_dict, load_yaml
+from pgray.config.experiment import AttackConfig
 
 
 @dataclass
@@ -64,8 +64,7 @@ class BenchmarkConfig:
         except PgrayError as err:
             check(False, "name", str(err))
         check(len(self.datasets) >= 1, "datasets", "needs at least one dataset entry")
-        for i, e in enumerate(self.eps):
-            check(0 <= e <= 255, f"eps[{i}]", f"must be in [0, 255] (1/255 units), got {e}")
+        check_eps(self.eps)
         for i, s in enumerate(self.steps):
             check(s >= 1, f"steps[{i}]", f"must be >= 1, got {s}")
         for i, r in enumerate(self.restarts):

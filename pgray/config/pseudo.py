@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pgray.configbase import check
+from pgray.config.base import check
 
 LEVELS = ("light", "medium", "heavy")
 

@@ -10,12 +10,12 @@ import re
 import typing
 from typing import TYPE_CHECKING, Any
 
-from pgray.config import ExperimentConfig, merge
-from pgray.configbase import check, to_dict
+from pgray.config.base import check, to_dict
+from pgray.config.experiment import ExperimentConfig, merge
 from pgray.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pgray.search_space import ParamSpec
+    from pgray.config.search_sections import ParamSpec
 
 # Keys the sweep owns: the data section is set per target, epochs come from the budget.
 RESERVED_PREFIXES = ("data.", "train.epochs")

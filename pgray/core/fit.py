@@ -1,4 +1,4 @@
-"""The training loop of one category, independent of where it runs.
+"""The training loop of one category (`fit`), independent of where it runs.
 
 `fit` is called directly by `python -m pgray.train --workers 1` and from every Ray Train worker;
 the caller supplies a `FitContext` with its device, rank, model wrapper (DDP) and report hook.
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from pgray.config import ExperimentConfig
-from pgray.errors import DatasetError
 
 # save(path, more_extra) writes a full training checkpoint; None on epochs without one
 SaveFn = Callable[[Any, dict[str, Any]], Any]
@@ -39,89 +38,14 @@ class FitContext:
     epoch_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None
 
 
-def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministically keep `fraction` of the normal train images out for the proxy metric."""
-    normals = [s for s in samples if s.label == 0]
-    if not normals:
-        raise DatasetError("the train split has no normal images")
-    n_hold = 0 if fraction <= 0 else max(2, int(round(len(normals) * fraction)))
-    if n_hold >= len(normals):
-        raise DatasetError(
-            f"the train split has {len(normals)} normal images: too few to hold out {n_hold}"
-            " for the proxy metric (lower train.holdout_fraction)"
-        )
-    order = np.random.default_rng(seed).permutation(len(normals))
-    hold = sorted(order[:n_hold].tolist())
-    keep = sorted(order[n_hold:].tolist())
-    return [normals[i] for i in keep], [normals[i] for i in hold]
-
-
-def discover(data_cfg, split: str) -> list:
-    """Samples of one split of the configured category (DatasetError naming what is wrong)."""
-    from pgray.data.dataset import resolve_root
-    from pgray.data.registry import get_layout
-
-    layout = get_layout(data_cfg.dataset)
-    options = {"visa_split": data_cfg.visa_split, **data_cfg.options}
-    return layout.discover(resolve_root(data_cfg), data_cfg.category, split, options)
-
-
-def build_datasets(cfg: ExperimentConfig, patch_size: int, rank: int = 0):
-    """Train and held-out pseudo-anomaly datasets (held-out uses another seed)."""
-    from pgray.data.dataset import ADDataset
-    from pgray.pseudo import PseudoAnomalyDataset, PseudoAnomalyGenerator
-
-    samples = discover(cfg.data, "train")
-    train_samples, hold_samples = split_holdout(
-        samples, cfg.train.holdout_fraction, cfg.train.seed
-    )
-    size, rule = cfg.model.img_size, cfg.data.mask_resize
-    generator = PseudoAnomalyGenerator(cfg.pseudo, img_size=size, patch_size=patch_size)
-    train = PseudoAnomalyDataset(
-        ADDataset(train_samples, img_size=size, mask_resize=rule), generator,
-        seed=cfg.train.seed, rank=rank,
-    )
-    holdout = None
-    if hold_samples:
-        # Each held-out normal appears proxy_repeats times, each time with another anomaly.
-        holdout = PseudoAnomalyDataset(
-            ADDataset(hold_samples * cfg.train.proxy_repeats, img_size=size, mask_resize=rule),
-            generator,
-            seed=cfg.train.seed + 7_919,
-        )
-    return train, holdout
-
-
-def _loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfig, rank: int,
-            world_size: int, device: torch.device):
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    sampler = None
-    if world_size > 1 and shuffle:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed
-        )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=cfg.train.loader_workers,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-    )
-
-
-def per_worker_batch(global_batch: int, world_size: int) -> int:
-    return max(1, -(-global_batch // world_size))
-
-
 def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     """Train for cfg.train.epochs (resuming from ctx.resume_state); returns the last metrics."""
-    from pgray.checkpoint import save_checkpoint
-    from pgray.engine import build_optimizer, proxy_metrics, resolve_precision, train_epoch
-    from pgray.model import PatchGuard
+    from pgray.core.checkpoint import save_checkpoint
+    from pgray.core.device import resolve_precision
+    from pgray.core.model import PatchGuard
+    from pgray.core.scoring import proxy_metrics
+    from pgray.core.step import build_optimizer, train_epoch
+    from pgray.core.training_data import build_datasets, make_loader, per_worker_batch
 
     torch.manual_seed(cfg.train.seed)
     device = ctx.device
@@ -135,11 +59,11 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
 
     train_ds, holdout_ds = build_datasets(cfg, model.patch_size, ctx.rank)
     batch = per_worker_batch(cfg.train.batch_size, ctx.world_size)
-    train_loader = _loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
+    train_loader = make_loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
                            world_size=ctx.world_size, device=device)
     holdout_loader = None
     if holdout_ds is not None:
-        holdout_loader = _loader(holdout_ds, cfg.eval.batch_size, shuffle=False, cfg=cfg,
+        holdout_loader = make_loader(holdout_ds, cfg.eval.batch_size, shuffle=False, cfg=cfg,
                                  rank=0, world_size=1, device=device)
 
     best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
@@ -236,7 +160,7 @@ def training_state(optimizer, scheduler, epochs_done: int) -> dict[str, Any]:
 
 def restore_state(state: dict[str, Any], model, optimizer, scheduler) -> int:
     """Load weights and optimiser state from a checkpoint dict; returns the next epoch."""
-    from pgray.checkpoint import check_compatible
+    from pgray.core.checkpoint import check_compatible
 
     check_compatible(state, model)
     model.load_state_dict(state["state_dict"])

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,9 @@ from torch import nn
 
 import pgray
 from pgray.config import ExperimentConfig, ModelConfig
+from pgray.core.model import PatchGuard, state_dict_problems
 from pgray.errors import CheckpointError, ConfigError, PgrayError
-from pgray.model import PatchGuard, state_dict_problems
+from pgray.io import atomic_write
 
 FORMAT_TAG = "pgray-patchguard-checkpoint"
 FORMAT_VERSION = 1
@@ -116,17 +115,7 @@ def _write(path: Path, config: ExperimentConfig, state: dict[str, torch.Tensor],
         "state_dict": state,
         "extra": _plain(extra or {}, "extra"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def write_selected(checkpoint: str | Path, out: str | Path) -> Path | None:
@@ -163,7 +152,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_TAG:
         raise CheckpointError(
             f"{path}: not a pgray checkpoint (no '{FORMAT_TAG}' tag; a reference PatchGuard"
-            " state dict loads with pgray.checkpoint.load_reference_state_dict)"
+            " state dict loads with pgray.core.checkpoint.load_reference_state_dict)"
         )
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

@@ -1,30 +1,17 @@
-"""Search spaces for `python -m pgray.sweep`: a typed schema, validated once on load.
-
-A search space names fixed experiment settings, the config keys to search and how, the
-objective(s), the budget, the scheduler, per-trial resources and the final evaluation. Every
-error names the offending key and what is allowed. No Ray or torch here: the Tune layer
-(`pgray.distributed.tune`) turns a validated space into Tune domains.
-"""
+"""The sections of a search space (`pgray.config.search_space.SearchSpace`): searched
+parameters, objectives, budget, scheduler, resources, final evaluation and targets."""
 
 from __future__ import annotations
 
 import copy
 import math
 import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from pgray.config import PROXY_METRICS, ExperimentConfig, merge
-from pgray.config_keys import (
-    apply_params,
-    canonical,
-    check_applies,
-    is_scalar,
-    resolve_key,
-)
-from pgray.configbase import check, from_dict, load_yaml
+from pgray.config.base import check, check_eps
+from pgray.config.experiment import PROXY_METRICS
+from pgray.config.keys import canonical, is_scalar
 from pgray.errors import ConfigError
 
 # "loss" (the training loss) is allowed as a sanity objective for smoke runs.
@@ -199,8 +186,7 @@ class FinalEval:
 
     def validate(self) -> None:
         check(len(self.eps) >= 1, "eps", "needs at least one eps")
-        for i, e in enumerate(self.eps):
-            check(0 <= e <= 255, f"eps[{i}]", f"must be in [0, 255] (1/255 units), got {e:g}")
+        check_eps(self.eps)
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
         check(self.top_n >= 1, "top_n", f"must be >= 1, got {self.top_n}")
@@ -244,179 +230,3 @@ class Target:
     def data_section(self, base: dict[str, Any]) -> dict[str, Any]:
         return base | {"dataset": self.dataset, "root": self.root, "category": self.category,
                        "options": dict(base.get("options") or {}) | dict(self.options)}
-
-
-@dataclass
-class SearchSpace:
-    name: str = ""
-    fixed: dict[str, Any] = field(default_factory=dict)  # a nested ExperimentConfig dict
-    datasets: list[DatasetTargets] | None = None
-    categories: list[str] | None = None  # shorthand: these categories of fixed.data.dataset
-    search: dict[str, ParamSpec] = field(default_factory=dict)
-    start_points: list[dict[str, Any]] = field(default_factory=list)  # evaluated first
-    objectives: list[Objective] = field(default_factory=lambda: [Objective()])
-    budget: Budget = field(default_factory=Budget)
-    scheduler: Scheduler = field(default_factory=Scheduler)
-    resources: Resources = field(default_factory=Resources)
-    final_eval: FinalEval = field(default_factory=FinalEval)
-    sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = 0
-
-    def validate(self) -> None:
-        check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)), "name",
-              f"must be letters, digits, '-', '_' or '.', got {self.name!r}")
-        check(len(self.objectives) >= 1, "objectives", "needs at least one objective")
-        metrics = [o.metric for o in self.objectives]
-        check(len(set(metrics)) == len(metrics), "objectives", "lists a metric twice")
-        check(not (self.datasets and self.categories), "categories",
-              "give either datasets or categories, not both")
-        check(self.scheduler.type == "none" or len(self.objectives) == 1, "scheduler.type",
-              "asha needs a single objective; use type none for multi-objective searches")
-        check(bool(self.search) or self.budget.trials == 1, "budget.trials",
-              "nothing is searched, so each target needs exactly 1 trial")
-        self._validate_fixed()
-        epochs = self.epochs()
-        check(self.scheduler.type == "none" or self.scheduler.grace_period < epochs,
-              "scheduler.grace_period",
-              f"must be < the epochs of a trial ({epochs}) for asha to stop anything")
-        self._validate_search()
-        self._validate_start_points()
-        self._validate_final_categories()
-
-    # --- derived views -------------------------------------------------------------------
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-    def fixed_config(self) -> ExperimentConfig:
-        """The fixed settings with the budget applied (data: the first target's)."""
-        return ExperimentConfig.from_dict(self._base_dict())
-
-    def epochs(self) -> int:
-        return self.fixed_config().train.epochs
-
-    def target_entries(self) -> list[DatasetTargets]:
-        """The datasets block, or the one dataset of fixed.data with `categories`."""
-        if self.datasets:
-            return list(self.datasets)
-        data = self.fixed.get("data", {})
-        cats: list[str] | str = self.categories or ([data["category"]] if data.get("category")
-                                                    else "all")
-        return [DatasetTargets(dataset=data.get("dataset", "synthetic"),
-                               root=data.get("root", ""), categories=cats,
-                               options=dict(data.get("options", {})))]
-
-    def trial_config(self, target: Target, params: dict[str, Any]) -> ExperimentConfig:
-        """The full experiment of one trial: fixed, then the target's data, then params."""
-        base = self._base_dict()
-        base["data"] = target.data_section(base.get("data", {}))
-        try:
-            return ExperimentConfig.from_dict(apply_params(base, params))
-        except ConfigError as err:
-            raise ConfigError(f"trial parameters {params}: {err}") from None
-
-    def _base_dict(self) -> dict[str, Any]:
-        base = copy.deepcopy(self.fixed)
-        if self.budget.epochs is not None:
-            base = merge(base, {"train": {"epochs": self.budget.epochs}})
-        return base
-
-    # --- validation helpers --------------------------------------------------------------
-    def _validate_fixed(self) -> None:
-        try:
-            cfg = self.fixed_config()
-        except ConfigError as err:
-            raise ConfigError(f"fixed.{err}") from None
-        uses_proxy = any(o.metric.startswith("proxy_") for o in self.objectives)
-        check(not uses_proxy or cfg.train.holdout_fraction > 0, "fixed.train.holdout_fraction",
-              "must be > 0: the proxy objective is measured on held-out normal images")
-        check(cfg.train.proxy_every == 1, "fixed.train.proxy_every",
-              "must be 1: the sweep reads the objective at every epoch")
-
-    def _validate_search(self) -> None:
-        fixed = self._base_dict()
-        for key, spec in self.search.items():
-            where = f"search.{key}"
-            resolve_key(key, spec, fixed, where)
-            for value in spec.representatives():
-                check_applies(fixed, {key: value}, where)
-        # A few joint draws catch combinations that are invalid together (layers vs weights).
-        rng = random.Random(self.seed)
-        for _ in range(8 if self.search else 0):
-            params = {k: s.draw(rng) for k, s in self.search.items()}
-            check_applies(fixed, params, "search")
-
-    def _validate_start_points(self) -> None:
-        for i, point in enumerate(self.start_points):
-            where = f"start_points[{i}]"
-            unknown = sorted(set(point) - set(self.search))
-            check(not unknown, where, f"unknown key {unknown[:1]}; searched keys:"
-                  f" {', '.join(self.search)}")
-            missing = sorted(set(self.search) - set(point))
-            check(not missing, where, f"misses {missing[:1]} (a start point sets every searched"
-                  " key)")
-            for key, value in point.items():
-                spec = self.search[key]
-                if spec.type == "categorical":
-                    try:
-                        spec.decode(value)
-                    except ConfigError as err:
-                        raise ConfigError(f"{where}.{key}: {err}") from None
-                else:
-                    check(isinstance(value, int | float) and not isinstance(value, bool),
-                          f"{where}.{key}", f"expected a number, got {value!r}")
-                    check(spec.low <= value <= spec.high, f"{where}.{key}",
-                          f"{value!r} is outside [{spec.low:g}, {spec.high:g}]")
-
-    def _validate_final_categories(self) -> None:
-        if not self.final_eval.categories:
-            return
-        entries = self.target_entries()
-        named = {f"{e.dataset}/{c}" for e in entries if e.categories != "all"
-                 for c in e.categories}
-        if any(e.categories == "all" for e in entries):
-            return  # resolved later against the dataset tree
-        for i, c in enumerate(self.final_eval.categories):
-            check(c in named or any(n.endswith(f"/{c}") for n in named),
-                  f"final_eval.categories[{i}]",
-                  f"{c!r} is not swept; swept: {', '.join(sorted(named))}")
-
-    def start_point_choices(self) -> list[dict[str, Any]]:
-        """start_points in the form Optuna is given (labels for non-scalar choices)."""
-        out = []
-        for point in self.start_points:
-            row = {}
-            for key, value in point.items():
-                spec = self.search[key]
-                if spec.type == "categorical":
-                    decoded = spec.decode(value)
-                    row[key] = spec.choices()[[canonical(v) for v in spec.values].index(
-                        canonical(decoded))]
-                else:
-                    row[key] = value
-            out.append(row)
-        return out
-
-    def decode(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        """Config values of the sampled choices (keys not searched are dropped)."""
-        return {k: self.search[k].decode(v) for k, v in sampled.items() if k in self.search}
-
-
-def load_search_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML; `name` defaults to the file's stem."""
-    path = Path(path)
-    data = load_yaml(path)
-    data.setdefault("name", path.stem)
-    try:
-        return from_dict(SearchSpace, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
-def space_from_dict(data: dict[str, Any]) -> SearchSpace:
-    return from_dict(SearchSpace, data)
-
-
-def builtin_space_path(name: str = "demo") -> Path:
-    """search_spaces/<name>.yaml shipped next to the package."""
-    return Path(__file__).resolve().parent.parent / "search_spaces" / f"{name}.yaml"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pgray.core.scoring import EvalOutputs
 
 
 def _figure(*args, **kwargs):
@@ -64,3 +68,24 @@ def robustness_curve(path: Path, series: dict[str, tuple[list[float], list[float
     if series:
         ax.legend(fontsize=7)
     return _save(fig, plt, path)
+
+
+def write_panels(outputs: dict[str, EvalOutputs], dataset, out_dir: Path, n: int) -> list[Path]:
+    """PNG panels for the first n anomalous images: image, attacked image, perturbation,
+    ground truth, clean map, attacked map (the strongest attack setting)."""
+    from pgray.core.scoring import panel_indices
+
+    settings = [k for k in outputs if k != "clean"]
+    if n <= 0 or not settings or "clean" not in outputs:
+        return []
+    clean, adv = outputs["clean"], outputs[settings[-1]]
+    picks = [i for i in panel_indices(dataset, n) if i in adv.adv_images]
+    paths = []
+    for j, i in enumerate(picks):
+        image = dataset[i]["image"]
+        path = out_dir / f"panel_{j:02d}.png"
+        panel(path, image=image, adv_image=adv.adv_images[i],
+              mask=clean.masks[i], clean_map=clean.maps[i], adv_map=adv.maps[i],
+              title=f"{Path(dataset.samples[i].image_path).name} {settings[-1]}")
+        paths.append(path)
+    return paths

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgray.benchmark_config import BenchmarkConfig
-from pgray.benchmark_jobs import BenchJob, checkpoint_path, expand_jobs
+from pgray.config.benchmark import BenchmarkConfig
+from pgray.pipelines.benchmark_jobs import BenchJob, checkpoint_path, expand_jobs
 
 
 @dataclass
@@ -26,9 +26,9 @@ class BenchmarkResult:
 def train_missing(cfg: BenchmarkConfig, out: Path, mlflow_uri: str | None,
                   parent_run_id: str | None, progress: bool) -> None:
     """Train a checkpoint (through Ray Train) for every category that has none."""
-    from pgray.benchmark_jobs import categories_of, entry_root
     from pgray.config import ExperimentConfig, merge
-    from pgray.runner import TrainRequest, train_category
+    from pgray.pipelines.benchmark_jobs import categories_of, entry_root
+    from pgray.pipelines.train import TrainRequest, train_category
 
     for entry in cfg.datasets:
         for category in categories_of(entry):
@@ -57,9 +57,9 @@ def run_benchmark(
     sequential: bool = False,
     address: str | None = None,
 ) -> BenchmarkResult:
-    from pgray import results
     from pgray.io import ensure_dir, write_text
-    from pgray.tracking import check_tracking_uri, open_run, resolve_tracking_uri
+    from pgray.tracking import tables as results
+    from pgray.tracking.mlflow_runs import check_tracking_uri, open_run, resolve_tracking_uri
 
     out = ensure_dir(out)
     uri = resolve_tracking_uri(mlflow_uri)
@@ -102,18 +102,33 @@ def run_benchmark(
 
 
 def _run(todo, cfg: BenchmarkConfig, on_result, progress: bool, sequential: bool) -> None:
-    from pgray.distributed.actors import run_on_actors, run_sequential
+    import functools
+
+    from pgray.pipelines.benchmark_jobs import JobEvaluator
 
     if sequential:
-        run_sequential(todo, threads=cfg.actors.threads, on_result=on_result, progress=progress)
-    else:
-        run_on_actors(todo, count=cfg.actors.count, cpus=cfg.actors.cpus, gpus=cfg.actors.gpus,
-                      threads=cfg.actors.threads, max_retries=cfg.actors.max_retries,
-                      on_result=on_result, progress=progress)
+        run_sequential(todo, JobEvaluator(threads=cfg.actors.threads), on_result, progress)
+        return
+    from pgray.distributed.actors import run_on_actors
+
+    run_on_actors(todo, functools.partial(JobEvaluator, threads=cfg.actors.threads),
+                  count=cfg.actors.count, cpus=cfg.actors.cpus, gpus=cfg.actors.gpus,
+                  max_retries=cfg.actors.max_retries, on_result=on_result, progress=progress)
+
+
+def run_sequential(jobs: list[BenchJob], evaluator, on_result, progress: bool = True) -> int:
+    """The same jobs in this process, one after another (the reference for speed-ups)."""
+    from pgray.tracking.progress import JobProgress
+
+    tracker = JobProgress(jobs, progress)
+    for job in sorted(jobs, key=lambda j: -j.cost):
+        on_result(job, evaluator.run(job))
+        tracker.update(job, {})
+    return len(jobs)
 
 
 def _with_flags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from pgray.results import sanity_flags
+    from pgray.tracking.tables import sanity_flags
 
     flags = sanity_flags(rows)
     return [r | {"flags": ",".join(flags.get(r["job_key"], []))} for r in rows]
@@ -122,7 +137,7 @@ def _with_flags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any], out: Path) -> None:
     import tempfile
 
-    from pgray.tracking import open_run_or_warn
+    from pgray.tracking.mlflow_runs import open_run_or_warn
 
     row = result["row"]
     child = open_run_or_warn(uri, f"bench-job:{job.key}", run_name=job.label(), parent_run_id=parent_id,
@@ -143,8 +158,8 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any], ou
 
 
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    from pgray.plots import robustness_curve
-    from pgray.results import is_protocol
+    from pgray.tracking.plots import robustness_curve
+    from pgray.tracking.tables import is_protocol
 
     attacked = [r for r in rows if r["setting"] != "clean" and is_protocol(r)]
     if not attacked:

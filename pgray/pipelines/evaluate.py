@@ -19,16 +19,16 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     import dataclasses
 
-    import torch
-
     import pgray
-    from pgray.checkpoint import load_checkpoint
     from pgray.config import DataConfig
-    from pgray.configbase import from_dict, to_dict
-    from pgray.evaluation import attack_settings, evaluate_model, panel_indices, write_panels
+    from pgray.config.base import from_dict, to_dict
+    from pgray.core.checkpoint import load_checkpoint
+    from pgray.core.device import pick_device
+    from pgray.core.scoring import attack_settings, evaluate_model, panel_indices
     from pgray.io import ensure_dir, file_sha256, write_json
+    from pgray.tracking.plots import write_panels
 
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or pick_device()
     model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
     model = model.to(device)
     data_cfg = from_dict(DataConfig, to_dict(cfg.data) | data_overrides, "data")

@@ -10,8 +10,8 @@ import hashlib
 import json
 from typing import Any
 
-from pgray.config import ExperimentConfig, merge, tiny_model_config
-from pgray.configbase import load_yaml, to_dict
+from pgray.config.base import load_yaml, to_dict
+from pgray.config.experiment import ExperimentConfig, merge, tiny_model_config
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pgray.config.search_space import SearchSpace, Target
 from pgray.io import write_json, write_text
-from pgray.search_space import SearchSpace, Target
 
 PAPER_STEPS = 1000  # the paper's evaluation attack length
 

@@ -3,12 +3,17 @@ Train, and leave a checkpoint, a metrics file and the config in the output folde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgray.config import ExperimentConfig
 from pgray.errors import CheckpointError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SELECTED_FILE = "best.pt"
 
 
 @dataclass
@@ -26,7 +31,9 @@ class TrainRequest:
     mlflow_uri: str | None = None
     progress: bool = True
     parent_run_id: str | None = None
-    loop_extras: dict[str, Any] = field(default_factory=dict)
+    # The one test seam of training: called after every step as step_hook(rank, epoch, step)
+    # on every worker (monitoring; the fault-tolerance tests kill a worker from it).
+    step_hook: Callable[[int, int, int], None] | None = None
 
 
 @dataclass
@@ -40,28 +47,21 @@ class TrainResult:
     selected_checkpoint: Path | None = None
 
 
-SELECTED_FILE = "best.pt"
-
-
 def validate_inputs(cfg: ExperimentConfig) -> None:
     """Fail on a bad dataset, backbone, top-k or attention layer before any worker, Ray or
     MLflow run starts."""
-    import dataclasses
+    from pgray.core.model import PatchGuard
+    from pgray.data.dataset import discover_split
 
-    from pgray.model import PatchGuard
-    from pgray.training import discover
-
-    discover(cfg.data, "train")
+    discover_split(cfg.data, "train")
     model = PatchGuard(dataclasses.replace(cfg.model, pretrained=False, weights=None))
     if cfg.loss.attention_lambda > 0 and cfg.loss.attention_layers:
         with model.capture_attention(cfg.loss.attention_layers):
             pass
 
 
-def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Ray workers start in other folders: make the dataset root and weights absolute."""
-    import dataclasses
-
     data, model = cfg.data, cfg.model
     if data.root:
         data = dataclasses.replace(data, root=str(Path(data.root).expanduser().resolve()))
@@ -71,15 +71,19 @@ def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def train_category(req: TrainRequest) -> TrainResult:
+    import yaml
+
+    from pgray.core.checkpoint import write_selected
     from pgray.io import ensure_dir, write_json, write_text
-    from pgray.tracking import (
+    from pgray.tracking.mlflow_runs import (
         check_tracking_uri,
         open_run,
         resolve_tracking_uri,
         runs_url,
     )
 
-    cfg = _absolute_paths(req.config)
+    req = dataclasses.replace(req, config=absolute_paths(req.config))
+    cfg = req.config
     validate_inputs(cfg)
     out = ensure_dir(req.out)
     storage = _connect_ray(req) if req.use_ray else None
@@ -90,15 +94,11 @@ def train_category(req: TrainRequest) -> TrainResult:
                        tags={"pgray.kind": "train", "dataset": cfg.data.dataset,
                              "category": cfg.data.category})
     tracker.log_params(cfg.to_dict())
-    checkpoint = out / "checkpoint.pt"
+    checkpoint = out / CHECKPOINT_FILE
     if req.use_ray:
         history = _train_on_ray(req, storage, uri, tracker.run_id, checkpoint)
     else:
         history = _train_in_process(req, tracker, checkpoint)
-    import yaml
-
-    from pgray.checkpoint import write_selected
-
     selected = write_selected(checkpoint, out / SELECTED_FILE)
     rows = [{"epoch": e + 1, **m} for e, m in history]
     metrics_file = write_json(out / "metrics.json", {"run_name": req.name, "epochs": rows})
@@ -112,10 +112,9 @@ def train_category(req: TrainRequest) -> TrainResult:
 
 
 def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
-    import torch
-
-    from pgray.tracking import log_history
-    from pgray.training import FitContext, fit
+    from pgray.core.device import pick_device
+    from pgray.core.fit import FitContext, fit
+    from pgray.tracking.mlflow_runs import log_history
 
     resume = _local_resume_state(checkpoint, req.name)
     history: list = list((resume or {}).get("extra", {}).get("history", []))
@@ -127,14 +126,16 @@ def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
             save(checkpoint, {"history": history, "run_name": req.name})
         log_history(tracker, history)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fit(req.config, FitContext(device=device, report=report, resume_state=resume,
-                               progress=req.progress))
+    hook = req.step_hook
+    fit(req.config, FitContext(
+        device=pick_device(), report=report, resume_state=resume, progress=req.progress,
+        step_hook=None if hook is None else (lambda epoch, step: hook(0, epoch, step)),
+    ))
     return history
 
 
 def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
-    from pgray.checkpoint import read_checkpoint
+    from pgray.core.checkpoint import read_checkpoint
 
     if not checkpoint.exists():
         return None
@@ -158,17 +159,17 @@ def _connect_ray(req: TrainRequest) -> str:
 
 def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,
                   checkpoint: Path) -> list:
-    from pgray.checkpoint import read_checkpoint
-    from pgray.distributed.train import TrainLaunch, result_checkpoint_path, run_training
+    from pgray.core.checkpoint import read_checkpoint
+    from pgray.distributed.train import TrainLaunch, copy_result_checkpoint, run_training
 
     launch = TrainLaunch(
         name=req.name, storage=storage, workers=req.workers,
         gpus_per_worker=req.gpus_per_worker, cpus_per_worker=req.cpus_per_worker,
         max_failures=req.max_failures, mlflow_uri=uri, mlflow_run_id=run_id,
+        progress=req.progress, step_hook=req.step_hook,
     )
-    result = run_training(req.config.to_dict(), launch, progress=req.progress,
-                          **req.loop_extras)
+    result = run_training(req.config.to_dict(), launch)
     if result.error is not None:
         raise result.error
-    result_checkpoint_path(result, checkpoint)
+    copy_result_checkpoint(result, checkpoint)
     return list(read_checkpoint(checkpoint)["extra"].get("history", []))

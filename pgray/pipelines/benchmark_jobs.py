@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pgray
-from pgray.benchmark_config import BenchmarkConfig
-from pgray.config import AttackConfig
-from pgray.configbase import to_dict
+from pgray.config import AttackConfig, DataConfig
+from pgray.config.base import to_dict
+from pgray.config.benchmark import BenchmarkConfig
 from pgray.errors import CheckpointError
 from pgray.io import file_sha256
 
@@ -60,7 +60,6 @@ class BenchJob:
 
 def entry_root(entry) -> str:
     """The dataset root of a benchmark entry ("" + synthetic: the cached generated data)."""
-    from pgray.config import DataConfig
     from pgray.data.dataset import resolve_root
 
     data = DataConfig(dataset=entry.dataset, root=entry.root, options=dict(entry.options))
@@ -70,16 +69,7 @@ def entry_root(entry) -> str:
 def categories_of(entry) -> list[str]:
     from pgray.data.registry import get_layout
 
-    if entry.categories != "all":
-        return list(entry.categories)
-    # "all" means every category present under the root (a partial download is usable)
-    layout = get_layout(entry.dataset)
-    found = layout.available_categories(entry_root(entry))
-    if not found:
-        from pgray.errors import DatasetError
-
-        raise DatasetError(f"{entry.root}: no {entry.dataset} categories found")
-    return found
+    return get_layout(entry.dataset).select_categories(entry_root(entry), entry.categories)
 
 
 def attack_grid(cfg: BenchmarkConfig) -> list[AttackConfig | None]:
@@ -113,8 +103,9 @@ def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
                     f"no checkpoint for {entry.dataset}/{category} at {ckpt}; train one or set"
                     " train_missing: true"
                 )
-            options = {"visa_split": "1cls", **entry.options}
             root = entry_root(entry)
+            options = DataConfig(dataset=entry.dataset, options=dict(entry.options)
+                                 ).layout_options()
             n_test = len(layout.discover(root, category, "test", options))
             sha = file_sha256(ckpt)
             for attack in attack_grid(cfg):
@@ -131,22 +122,21 @@ def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
 class JobEvaluator:
     """Evaluates jobs on one device; keeps models, test splits and clean outputs cached."""
 
-    def __init__(self, threads: int = 1, device: str | None = None):
+    def __init__(self, threads: int = 1, *, device: str | None = None,
+                 assigned_gpus: list | None = None, node: str = "local"):
         import torch
 
+        from pgray.core.device import pick_device
+
         torch.set_num_threads(max(1, threads))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device, assigned_gpus=assigned_gpus)
+        self.node = node
         self._models: dict[str, Any] = {}
         self._datasets: dict[tuple, Any] = {}
         self._clean: dict[tuple, Any] = {}
 
-    def node(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-
     def _model(self, job: BenchJob):
-        from pgray.checkpoint import load_checkpoint
+        from pgray.core.checkpoint import load_checkpoint
 
         if job.checkpoint_sha256 not in self._models:
             model, cfg, _ = load_checkpoint(job.checkpoint, map_location="cpu")
@@ -167,8 +157,8 @@ class JobEvaluator:
 
     def run(self, job: BenchJob) -> dict[str, Any]:
         """Metrics row (every parameter that defines the number) and panel PNG bytes."""
-        from pgray.configbase import from_dict
-        from pgray.evaluation import evaluate_model, panel_indices
+        from pgray.config.base import from_dict
+        from pgray.core.scoring import evaluate_model, panel_indices
 
         started = time.perf_counter()
         model, cfg = self._model(job)
@@ -196,7 +186,7 @@ class JobEvaluator:
             "mask_resize": job.mask_resize,
             "split": job.options.get("visa_split", "1cls") if job.dataset == "visa"
             else "official",
-            "pgray_version": pgray.__version__, "node": self.node(),
+            "pgray_version": pgray.__version__, "node": self.node,
             "device": str(self.device), "wall_s": time.perf_counter() - started,
         }
         if attack is None:
@@ -206,7 +196,7 @@ class JobEvaluator:
 
     @staticmethod
     def _panels(outputs, dataset, n: int) -> dict[str, bytes]:
-        from pgray.evaluation import write_panels
+        from pgray.tracking.plots import write_panels
 
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_panels(outputs, dataset, Path(tmp), n)

@@ -1,0 +1,105 @@
+"""The same attacks through torchattacks 3.5.1 (PGD, APGD-CE): the detector is shown to it as a
+two-class classifier whose second logit is the attack objective."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from pgray.attacks.objectives import make_objective
+from pgray.attacks.pgd import Best, eval_mode, frozen, logits_fp32, prepare_inputs
+from pgray.config import AttackConfig
+from pgray.core.device import autocast
+from pgray.errors import ConfigError
+
+
+class TwoClassView(nn.Module):
+    """The detector seen as a two-class classifier for torchattacks: logits [0, objective].
+
+    With target class 0, cross-entropy is softplus(objective), whose input gradient is
+    sigmoid(objective) > 0 times the objective's gradient, image by image: the same sign, so
+    the same PGD step. (In fp32, sigmoid underflows only for objectives below about -80.)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patch_labels: torch.Tensor,
+        objective: str = "mask",
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self._objective = make_objective(model, patch_labels.float(), objective)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        obj = self._objective(logits_fp32(self.model, x, autocast(x.device, self.precision)))
+        return torch.stack([torch.zeros_like(obj), obj], dim=1)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG torchattacks draws from, without leaking the seed to the caller."""
+    devices: list[int] = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _run_torchattacks(view: TwoClassView, x0: torch.Tensor, cfg: AttackConfig, seed: int):
+    import torchattacks  # lazy: about 1.5 s to import
+
+    target = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+    if cfg.method == "apgd":
+        atk = torchattacks.APGD(
+            view, norm="Linf", eps=cfg.eps_unit, steps=cfg.steps, n_restarts=cfg.restarts,
+            seed=seed, loss="ce",
+        )
+        atk.set_device(x0.device)
+        # best_loss=True keeps, per image, the iterate and restart with the highest loss; the
+        # default (classification) path would stop at the first sign change of the objective.
+        _, adv = atk.perturb(x0, target, best_loss=True)
+        return adv
+    if cfg.keep_best:
+        raise ConfigError("keep_best: torchattacks' PGD returns its last iterate; use library pgray")
+    atk = torchattacks.PGD(
+        view, eps=cfg.eps_unit, alpha=cfg.alpha_unit, steps=cfg.steps,
+        random_start=cfg.random_start,
+    )
+    atk.set_device(x0.device)
+    best = Best(x0)
+    for r in range(cfg.restarts):
+        atk.random_start = cfg.random_start or r > 0  # same rule as pgray's restarts
+        adv = atk(x0, target)
+        if cfg.restarts == 1:
+            return adv
+        with torch.no_grad():
+            best.update(adv, view(adv)[:, 1])
+    return best.x
+
+
+def torchattacks_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    patch_labels: torch.Tensor,
+    cfg: AttackConfig,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The same attack through torchattacks 3.5.1 (PGD or APGD-CE) on `TwoClassView`.
+
+    APGD always starts at random (its own rule) and returns its best iterate per image.
+    """
+    cfg.validate()
+    if cfg.eps == 0:
+        return images.detach().clone()
+    device, x0, labels = prepare_inputs(model, images, patch_labels)
+    view = TwoClassView(model, labels, cfg.objective, cfg.precision)
+    with frozen(model), eval_mode(model), torch.enable_grad(), _seeded(seed, device):
+        adv = _run_torchattacks(view, x0, cfg, seed)
+    return adv.detach().to(images.device)
