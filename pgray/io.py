@@ -57,6 +57,27 @@ def copy_atomic(source: str | Path, dest: str | Path) -> Path:
         return atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
+def publish_dir(build: Callable[[Path], object], target: Path) -> Path:
+    """Build a folder under a temporary sibling name, then rename it into place: readers see
+    no folder or the whole one. Losing a race to another process building the same folder is
+    fine (its copy stays)."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():  # not a lost race with another process: a real failure
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
 

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _test_ray_token() -> None:
+    """Every Ray the tests start (ray.init, cluster_utils, `ray start` subprocesses, which
+    inherit this environment) runs with token authentication, on a token of this session."""
+    folder = Path(tempfile.mkdtemp(prefix="pgray-ray-token-"))
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+_test_ray_token()
 os.environ.setdefault("TQDM_DISABLE", "1")
 # One intra-op thread per process: the suite runs a driver beside Ray workers on 2 cores, and
 # OpenMP threads spinning against each other made steps an order of magnitude slower.

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pgray.data.synthetic import make_sample
+from pgray.data.synthetic_scenes import make_sample
 
 SIZE = 32
 N_TRAIN = 3

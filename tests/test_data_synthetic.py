@@ -10,14 +10,12 @@ import pytest
 from PIL import Image
 
 from pgray.data.__main__ import main as data_main
-from pgray.data.synthetic import (
+from pgray.data.synthetic import ensure_demo_dataset, generate, main
+from pgray.data.synthetic_scenes import (
     DEFECTS,
     SYNTHETIC_CATEGORIES,
     TEXTURES,
     add_defect,
-    ensure_demo_dataset,
-    generate,
-    main,
     make_sample,
     render_normal,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,23 @@ def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path
     assert second.mlflow_run_id == first.mlflow_run_id
     assert [r["epoch"] for r in second.history] == [1, 2]
     assert second.history[0]["loss"] == pytest.approx(first.history[0]["loss"])
+
+
+def test_relative_root_reaches_the_ray_workers(ray_session, synthetic_root, tmp_path,
+                                               monkeypatch, mlflow_uri):
+    """`--root data` given relative to the user's folder: Ray's workers start elsewhere, so
+    the pipeline hands them absolute paths (the config they train with, not only the one it
+    checked)."""
+    from pgray.train import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(synthetic_root)
+    monkeypatch.chdir(work)
+    assert main(["--tiny", "--dataset", "synthetic", "--root", "data", "--category", "disc",
+                 "--ray", "--cpus-per-worker", "0.5", "--epochs", "1", "--max-steps-per-epoch",
+                 "1", "--batch-size", "4", "--steps-train", "1", "--out", "out", "--quiet"]) == 0
+    from pgray.core.checkpoint import read_checkpoint
+
+    stored = read_checkpoint(work / "out" / "checkpoint.pt")["config"]["data"]["root"]
+    assert Path(stored) == (work / "data").resolve()

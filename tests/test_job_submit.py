@@ -64,8 +64,8 @@ def test_job_submit_runs_the_sweep_on_a_ray_head(synthetic_root, tmp_path):
     temp = tempfile.mkdtemp(prefix="pgjs", dir="/tmp")  # short: socket paths are limited
     gcs, dash, client, nm, om, agent, agent_grpc, renv, metrics = _free_ports(9)
     api = f"http://127.0.0.1:{dash}"
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                        "RAY_API_SERVER_ADDRESS": api}
+    # Token auth on: the head and every client take the session's token from the environment.
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_API_SERVER_ADDRESS": api}
     env.pop("RAY_ADDRESS", None)
     config, out = tmp_path / "job.yaml", tmp_path / "out"
     config.write_text(yaml.safe_dump(_job_space(synthetic_root)))

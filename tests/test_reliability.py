@@ -118,22 +118,61 @@ def test_run_names_cannot_escape_the_output_folder(name):
         check_name(name)
 
 
-def test_local_ray_dashboard_binds_to_loopback_only():
-    """pgray's own local Ray serves its dashboard on 127.0.0.1 only; run in a subprocess so
-    the session's Ray is untouched."""
-    script = textwrap.dedent("""
+def _ray_client(gcs: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A separate process that joins the Ray at `gcs` and runs one task."""
+    script = textwrap.dedent(f"""
         import ray
+        ray.init(address={gcs!r}, log_to_driver=False)
+        print("RAN", ray.get(ray.remote(lambda: 42).remote(), timeout=60))
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_embedded_ray_requires_its_token_and_serves_the_dashboard_on_loopback(tmp_path):
+    """The embedded default (pgray's own local Ray, nothing set by the user) keeps Ray's token
+    authentication on: a process without the token, or with a wrong one, cannot join it and
+    run code; one with the token can. Its dashboard listens on 127.0.0.1 only. Run in
+    subprocesses with their own HOME, so the session's Ray and ~/.ray are untouched."""
+    import os
+
+    home, stranger = tmp_path / "home", tmp_path / "stranger"
+    home.mkdir()
+    stranger.mkdir()
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    head_script = textwrap.dedent("""
+        import sys, ray
         from pgray.distributed.cluster import connect
         print(connect())
+        print("GCS=" + ray.get_runtime_context().gcs_address)
         print("WEBUI=" + repr(ray._private.worker.global_worker.node.address_info.get("webui_url")))
+        sys.stdout.flush()
+        sys.stdin.read()  # keep the cluster up until the test closes stdin
         ray.shutdown()
     """)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "local Ray (in-process" in proc.stdout
-    assert "WEBUI='127.0.0.1:" in proc.stdout, proc.stdout
+    head = subprocess.Popen([sys.executable, "-c", head_script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=base | {"HOME": str(home)})
+    try:
+        lines = [head.stdout.readline() for _ in range(3)]
+        assert "local Ray (in-process" in lines[0], lines
+        gcs = lines[1].strip().removeprefix("GCS=")
+        assert lines[2].startswith("WEBUI='127.0.0.1:"), lines
+        token = home / ".ray" / "auth_token"
+        assert token.is_file() and token.stat().st_mode & 0o077 == 0  # written, owner-only
+        quick = {"RAY_gcs_server_port_wait_time_s": "2"}  # give up joining after ~2 s
+        for name, env in {
+            "no token": base | quick | {"HOME": str(stranger), "RAY_AUTH_MODE": "disabled"},
+            "wrong token": base | quick | {"HOME": str(stranger), "RAY_AUTH_MODE": "token",
+                                           "RAY_AUTH_TOKEN": "0" * 64},
+        }.items():
+            refused = _ray_client(gcs, env)
+            assert refused.returncode != 0 and "RAN" not in refused.stdout, name
+        allowed = _ray_client(gcs, base | {"HOME": str(home), "RAY_AUTH_MODE": "token"})
+        assert "RAN 42" in allowed.stdout, allowed.stderr[-2000:]
+    finally:
+        head.communicate(timeout=60)
 
 
 def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_path,
@@ -173,3 +212,28 @@ def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_
     assert result.ran == 2 and len(read_rows(tmp_path / "out")) == 2
     lost = [str(w.message) for w in caught if "was not logged" in str(w.message)]
     assert len([m for m in lost if "bench-job:" in m]) == 2, lost
+
+
+@pytest.mark.slow
+def test_four_trainings_started_together_on_a_new_store_all_succeed(synthetic_root, tmp_path):
+    """Several pgray processes opening one fresh SQLite store at the same moment: MLflow's
+    table creation used to collide ("table experiments already exists") and kill all but one."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    argv = ["--tiny", "--dataset", "synthetic", "--root", str(synthetic_root), "--category",
+            "disc", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "2",
+            "--steps-train", "1", "--quiet"]
+    procs = [subprocess.Popen([sys.executable, "-m", "pgray.train", *argv, "--out",
+                               str(tmp_path / f"run{i}"), "--name", f"together-{i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    results = [(p, *p.communicate(timeout=300)) for p in procs]
+    for proc, _out, err in results:
+        assert proc.returncode == 0, err[-3000:]
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("pgray").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"together-{i}" for i in range(4)]

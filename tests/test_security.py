@@ -55,19 +55,35 @@ def test_yaml_with_python_objects_is_refused(tmp_path):
         load_yaml(bad)
 
 
+class _TouchOnLoad:
+    """Unpickling this object creates `path`: pickled code that runs would leave a file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
-    """A checkpoint that smuggles an arbitrary object is rejected by weights_only loading."""
-    from pgray.core.checkpoint import read_checkpoint
+    """A checkpoint with the real format tag that smuggles code is refused, and the code
+    never runs (plain pickle loading would have run it: checked on a copy)."""
+    from pgray.core.checkpoint import FORMAT_TAG, FORMAT_VERSION, read_checkpoint
     from pgray.errors import CheckpointError
 
-    class Payload:
-        def __reduce__(self):
-            return (print, ("code ran",))
+    def evil(marker: Path) -> Path:
+        path = tmp_path / f"evil-{marker.name}.pt"
+        torch.save({"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "config": {},
+                    "architecture": {}, "state_dict": {}, "payload": _TouchOnLoad(marker)}, path)
+        return path
 
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "pgray-checkpoint", "payload": Payload()}, path)
-    with pytest.raises(CheckpointError, match="evil.pt"):
-        read_checkpoint(path)
+    control = tmp_path / "control-ran"
+    torch.load(evil(control), weights_only=False)  # the payload is live: unsafe loading runs it
+    assert control.exists()
+    marker = tmp_path / "payload-ran"
+    with pytest.raises(CheckpointError, match="evil-payload-ran.pt"):
+        read_checkpoint(evil(marker))
+    assert not marker.exists()
 
 
 def test_user_names_cannot_escape_folders(tmp_path):

@@ -18,7 +18,7 @@ from pgray.data.samples import (
     require_dir,
     strip_mask_suffix,
 )
-from pgray.data.synthetic import SYNTHETIC_CATEGORIES, TEXTURES
+from pgray.data.synthetic_scenes import SYNTHETIC_CATEGORIES, TEXTURES
 from pgray.errors import DatasetError
 
 

@@ -66,16 +66,28 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
             raise ClusterError(f"cannot connect to Ray at {address}: {err}") from None
         return f"Ray cluster at {address}"
-    # A private, single-user Ray on this machine (no token auth). Its dashboard listens on
-    # 127.0.0.1 only: Ray Train frees the workers of stopped trials through the State API it
-    # serves. RAY_API_SERVER_ADDRESS (inherited by Ray's workers) makes State API clients use
-    # this instance even when several Ray instances share the machine.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A private Ray on this machine. Its GCS and raylet listen on the machine's address, so
+    # Ray's token authentication stays on (Ray 2.60's default for a new local cluster: the
+    # token lives in ~/.ray/auth_token); its dashboard listens on 127.0.0.1 only. Ray Train
+    # frees the workers of stopped trials through the State API the dashboard serves;
+    # RAY_API_SERVER_ADDRESS (inherited by Ray's workers) makes State API clients use this
+    # instance even when several Ray instances share the machine.
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+    _restrict_default_token()
     return f"local Ray (in-process, dashboard http://127.0.0.1:{port})"
+
+
+def _restrict_default_token() -> None:
+    """Ray writes its default token world-readable; the token is the key to the cluster."""
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if token.is_file() and token.stat().st_uid == os.getuid():
+            token.chmod(0o600)
+    except OSError:
+        pass
 
 
 def _free_port() -> int:

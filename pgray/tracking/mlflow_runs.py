@@ -6,10 +6,11 @@ or benchmark continues its MLflow run instead of starting a second one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,16 +80,56 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_PREPARED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside an SQLite store's file (nothing for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_store(uri: str) -> None:
+    """Open the store once per process under the store lock. MLflow creates a new SQLite
+    store's tables when it first opens it, and two processes doing that at the same moment
+    collide ("table experiments already exists"); whoever comes second now finds the tables.
+    MLflow caches the opened store per URI, so later clients skip the creation."""
+    if uri in _PREPARED:
+        return
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(uri):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _PREPARED.add(uri)
+
+
+def client_for(uri: str):
+    """An MlflowClient of a store that is ready (every client of pgray comes from here)."""
+    from mlflow.tracking import MlflowClient
+
+    prepare_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
 class Tracker:
     """A thin, retrying view of one MLflow run."""
 
     def __init__(self, uri: str, run_id: str, experiment_id: str | None = None):
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
         self.run_id = run_id
         self.experiment_id = experiment_id
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = client_for(uri)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -142,15 +183,14 @@ def artifact_location(uri: str) -> str | None:
 
 
 def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    """The experiment's id, created on first use (by one process at a time)."""
+    client = client_for(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        try:
-            exp_id = client.create_experiment(name, artifact_location=artifact_location(uri))
-        except Exception:  # noqa: BLE001 - created concurrently by another process
-            exp_id = client.get_experiment_by_name(name).experiment_id
+        with _store_lock(uri):
+            exp = client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+                name, artifact_location=artifact_location(uri))
     else:
         exp_id = exp.experiment_id
     # Marks the experiment as model training, so the UI shows the runs table.
@@ -167,24 +207,24 @@ def open_run(
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
 ) -> Tracker:
-    """The run tagged with `run_key`, created on first use and reopened afterwards."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    """The run tagged with `run_key`, created on first use and reopened afterwards (found and
+    created under the store lock, so two processes never make two runs of one key)."""
+    client = client_for(uri)
     exp_id = ensure_experiment(uri, experiment)
     safe_key = run_key.replace("'", "")
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{safe_key}'",
-                               max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-    else:
-        all_tags = {RUN_KEY_TAG: safe_key} | {k: str(v) for k, v in (tags or {}).items()}
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp_id, run_name=run_name or safe_key, tags=all_tags)
-        run_id = run.info.run_id
+    with _store_lock(uri):
+        found = client.search_runs([exp_id], max_results=1,
+                                   filter_string=f"tags.`{RUN_KEY_TAG}` = '{safe_key}'")
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+        else:
+            all_tags = {RUN_KEY_TAG: safe_key} | {k: str(v) for k, v in (tags or {}).items()}
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run_id = client.create_run(exp_id, run_name=run_name or safe_key,
+                                       tags=all_tags).info.run_id
     return Tracker(uri, run_id, exp_id)
 
 
