@@ -109,14 +109,3 @@ def check_name(name: str, what: str = "run name") -> str:
             " with '.'"
         )
     return name
-
-
-def safe_child(root: str | Path, name: str) -> Path:
-    """root/name, refusing names that would escape root (.., absolute paths, separators)."""
-    root = Path(root).resolve()
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        raise PgrayError(f"invalid name {name!r}: use letters, digits, '-', '_' and '.'")
-    child = (root / name).resolve()
-    if child.parent != root:
-        raise PgrayError(f"name {name!r} escapes the output folder {root}")
-    return child

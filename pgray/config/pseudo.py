@@ -1,4 +1,4 @@
-"""Parameters of the foreground-aware pseudo-anomaly generator (METHOD.md section 2).
+"""Parameters of the foreground-aware pseudo-anomaly generator (docs/method.md, "Pseudo-anomalies").
 
 Plain dataclass, no heavy imports: the sweep searches these values. Defaults equal the
 reference code's behaviour. Per-level values are lists of three entries in the order of

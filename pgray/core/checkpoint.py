@@ -237,11 +237,12 @@ def _load_strict(model: nn.Module, ckpt: dict[str, Any], path: str | Path) -> No
     model.load_state_dict(state, strict=True)
 
 
-def restore_weights(model: nn.Module, path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint's weights into an existing model (resume); return its extra dict."""
-    ckpt = read_checkpoint(path, map_location)
+def load_into(model: nn.Module, ckpt: dict[str, Any], source: str | Path = "checkpoint"
+              ) -> dict[str, Any]:
+    """Load a read checkpoint's weights into an existing model after checking that they fit
+    (resume, selection); returns its extra dict."""
     check_compatible(ckpt, model)
-    _load_strict(unwrap(model), ckpt, path)
+    _load_strict(unwrap(model), ckpt, source)
     return ckpt.get("extra") or {}
 
 

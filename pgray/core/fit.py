@@ -160,11 +160,9 @@ def training_state(optimizer, scheduler, epochs_done: int) -> dict[str, Any]:
 
 def restore_state(state: dict[str, Any], model, optimizer, scheduler) -> int:
     """Load weights and optimiser state from a checkpoint dict; returns the next epoch."""
-    from pgray.core.checkpoint import check_compatible
+    from pgray.core.checkpoint import load_into
 
-    check_compatible(state, model)
-    model.load_state_dict(state["state_dict"])
-    extra = state["extra"]
+    extra = load_into(model, state)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])

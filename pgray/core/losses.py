@@ -54,24 +54,6 @@ def uniform_kl(
     raise ValueError(f"reduction must be 'mean' or 'row', got {reduction!r}")
 
 
-def attention_degree(
-    maps: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    reduction: str = "mean",
-    num_prefix_tokens: int = 1,
-    renormalize: bool = False,
-) -> torch.Tensor:
-    """sum_l c_l * KL(uniform || A_l), one weight per captured map, in the same order."""
-    if len(maps) != len(weights):
-        raise ValueError(f"{len(maps)} attention maps but {len(weights)} weights")
-    if not maps:
-        raise ValueError("attention_degree needs at least one attention map")
-    terms = [
-        w * uniform_kl(a, num_prefix_tokens, reduction, renormalize) for a, w in zip(maps, weights)
-    ]
-    return torch.stack(terms).sum()
-
-
 def patchguard_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,

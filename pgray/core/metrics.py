@@ -1,4 +1,4 @@
-"""Detection and localization metrics: image AUROC, pixel AUROC and AUPRO (METHOD.md section 6).
+"""Detection and localization metrics: image AUROC, pixel AUROC and AUPRO (docs/method.md, "Evaluation").
 
 Each metric sorts the scores once and accumulates counts with cumsum, so every distinct score
 is a threshold and tied scores form a single threshold (the ROC's diagonal segment over a tie,

@@ -1,4 +1,4 @@
-"""The built-in dataset layouts (METHOD.md section 7), one class per family."""
+"""The built-in dataset layouts (docs/method.md, "Datasets"), one class per family."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ it never reads pixels. Layout classes live in `pgray.data.layouts` and register 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -116,20 +117,21 @@ class DatasetLayout:
     def select_categories(self, root: str | Path, wanted: list[str] | str) -> list[str]:
         """The categories a sweep or benchmark entry runs: `wanted` as given, or for "all"
         every category present under `root` (a partial download is usable; the layout's own
-        order first). DatasetError when "all" finds none."""
+        order first, and a warning names the known ones that are missing). DatasetError when
+        "all" finds none."""
         if wanted != "all":
             return list(wanted)
         present = self.available_categories(root)
         if not present:
             known = f" (known: {', '.join(self.categories)})" if self.categories else ""
             raise DatasetError(f"{root}: no {self.name} categories found{known}")
+        missing = [c for c in self.categories if c not in present]
+        if missing:
+            warnings.warn(f"{self.name}: {len(missing)} known categories are not under {root}"
+                          f" ({', '.join(missing)}); running the {len(present)} present",
+                          stacklevel=2)
         order = {c: i for i, c in enumerate(self.categories)}
         return sorted(present, key=lambda c: (order.get(c, len(order)), c))
-
-    def missing_categories(self, root: str | Path) -> list[str]:
-        """Known categories of this layout that are not present under `root`."""
-        present = set(self.available_categories(root))
-        return [c for c in self.categories if c not in present]
 
     def foreground_dir(self, root: Path, category: str, options: dict[str, Any]) -> Path:
         """Where this layout reads (and `pgray.data foreground` writes) foreground masks."""

@@ -90,7 +90,7 @@ class PerTargetScheduler(_PickledState, FIFOScheduler):
         from ray.tune.schedulers import ASHAScheduler
 
         super().__init__()
-        self._metric, self._mode, self._max_t = metric, mode, max_t
+        self._max_t = max_t
         self._inner = {t: ASHAScheduler(time_attr=TIME_ATTR, metric=metric, mode=mode,
                                         max_t=max_t, grace_period=grace_period,
                                         reduction_factor=reduction_factor)

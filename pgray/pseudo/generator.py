@@ -1,4 +1,4 @@
-"""Foreground-aware self cut-paste pseudo-anomalies (METHOD.md section 2).
+"""Foreground-aware self cut-paste pseudo-anomalies (docs/method.md, "Pseudo-anomalies").
 
 One call makes exactly one pseudo-anomaly: a rectangle of the image, inside the dilated
 foreground, is cut, transformed (severity level, random ops, colour jitter), rotated with

@@ -1,4 +1,4 @@
-"""The transforms applied to the cut-out crop (METHOD.md section 2).
+"""The transforms applied to the cut-out crop (docs/method.md, "Pseudo-anomalies").
 
 Every op takes an (h, w, 3) uint8 RGB crop, the severity level index (0 light, 1 medium,
 2 heavy), the config and a numpy Generator, and returns a new (h, w, 3) uint8 crop. They work

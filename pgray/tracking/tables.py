@@ -14,7 +14,6 @@ from typing import Any
 from pgray.io import atomic_write, ensure_dir
 
 RESULTS_FILE = "results.parquet"
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 # Tolerances for the sanity flags (AUROC units): below them, differences are noise.
 RISE_TOL = 0.01
 STRONGER_TOL = 0.02

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
 from pgray.config import LossConfig
-from pgray.core.losses import attention_degree, patch_bce, patchguard_loss, uniform_kl
+from pgray.core.losses import patch_bce, patchguard_loss, uniform_kl
 
 B, H, P, N = 2, 3, 1, 16  # images, heads, prefix tokens, patch tokens
 T = P + N
@@ -78,15 +78,6 @@ def test_uniform_attention_has_zero_degree_penalty():
     over_all = torch.full((B, H, T, T), 1.0 / T)
     assert uniform_kl(over_all, P, "row").item() == pytest.approx(math.log(T / N), abs=1e-6)
     assert abs(uniform_kl(over_all, P, "row", renormalize=True).item()) < 1e-6
-
-
-def test_attention_degree_weights_each_layer():
-    maps = [random_attention(seed=s) for s in (3, 4, 5)]
-    weights = [0.005, 0.01, 0.05]
-    expected = sum(w * uniform_kl(a, P, "mean") for a, w in zip(maps, weights))
-    torch.testing.assert_close(attention_degree(maps, weights, "mean", P), expected)
-    with pytest.raises(ValueError, match="3 attention maps but 2 weights"):
-        attention_degree(maps, weights[:2])
 
 
 def test_patchguard_loss_total_and_parts():

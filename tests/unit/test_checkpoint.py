@@ -14,9 +14,9 @@ from pgray.config import ExperimentConfig, tiny_model_config
 from pgray.core.checkpoint import (
     check_compatible,
     load_checkpoint,
+    load_into,
     load_reference_state_dict,
     read_checkpoint,
-    restore_weights,
     save_checkpoint,
 )
 from pgray.core.model import PatchGuard
@@ -78,10 +78,10 @@ def test_round_trip_restores_weights_config_and_extra(saved):
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
 
 
-def test_restore_weights_into_an_existing_model(saved):
+def test_load_into_an_existing_model(saved):
     path, model, config = saved
     other = build(config, seed=9)
-    extra = restore_weights(other, path)
+    extra = load_into(other, read_checkpoint(path))
     torch.testing.assert_close(other(images()), model(images()), rtol=0, atol=0)
     assert extra["epoch"] == 3
 
@@ -146,7 +146,7 @@ def test_other_architecture_is_named_when_one_is_expected(saved):
     with pytest.raises(CheckpointError, match=r"depth=2.*depth=3"):
         check_compatible(read_checkpoint(path), build(deeper))
     with pytest.raises(CheckpointError, match="depth=2"):
-        restore_weights(build(deeper), path)
+        load_into(build(deeper), read_checkpoint(path))
     # Fields that leave the parameters alone (dropout, top_k, smoothing) are compatible.
     relaxed = dataclasses.replace(experiment().model, top_k=5, disc_dropout=0.0)
     model, _, _ = load_checkpoint(path, expect=relaxed)

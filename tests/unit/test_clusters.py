@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTERS = ROOT / "clusters"
 RAY_UP = {"aws-gpu.yaml": "aws", "gcp-gpu.yaml": "gcp"}
 STORAGE_SCHEME = {"aws": "s3://", "gcp": "gs://"}

@@ -25,7 +25,7 @@ from pgray.config import tiny_model_config
 from pgray.config.base import to_dict
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 

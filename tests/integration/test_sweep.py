@@ -28,7 +28,7 @@ from pgray.config.search_space import space_from_dict
 from pgray.errors import ClusterError
 from pgray.pipelines.sweep import TrialSummary, pareto_front, select_best
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAMBDA_HUGE = 30000.0  # makes the attention term dominate the loss: ASHA must stop it
 
 

@@ -13,7 +13,7 @@ from pgray.config.search_sections import ParamSpec, Target
 from pgray.config.search_space import load_search_space, space_from_dict
 from pgray.errors import ConfigError
 
-SPACES = Path(__file__).resolve().parent.parent / "pgray" / "config" / "search_spaces"
+SPACES = Path(__file__).resolve().parents[2] / "pgray" / "config" / "search_spaces"
 
 BASE = {
     "name": "t",

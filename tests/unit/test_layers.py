@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pgray"
+PACKAGE = Path(__file__).resolve().parents[2] / "pgray"
 # Plain PyTorch (and numpy, PIL, ...): runs in a notebook or a unit test without Ray or MLflow.
 CORE = ("core", "attacks", "data", "pseudo", "config", "detectors")
 FRAMEWORKS = ("ray", "mlflow", "optuna")
@@ -102,3 +102,27 @@ def test_modules_stay_readable():
     long = {p.relative_to(PACKAGE).as_posix(): n for p in _modules()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert set(long) <= CATALOGUES, long
+
+
+REPO = PACKAGE.parent
+DOC_SOURCES = ("pgray", "benchmarks", "clusters", "docs", "README.md", "Makefile")
+
+
+def _texts():
+    for name in DOC_SOURCES:
+        path = REPO / name
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()
+                                               and p.suffix in (".py", ".md", ".yaml", ".sh")]
+        for f in files:
+            yield f, f.read_text()
+
+
+def test_docs_live_in_the_repo():
+    """pgray's prose points at its own docs/ (which exist), never at files outside the repo."""
+    import re
+
+    for path, text in _texts():
+        for outside in ("METHOD.md", "STACK.md", "ARCHITECTURE.md", "../shared"):
+            assert outside not in text, f"{path} points at {outside}"
+        for ref in re.findall(r"docs/[\w.-]+\.md", text):
+            assert (REPO / ref).is_file(), f"{path} points at missing {ref}"

@@ -17,7 +17,7 @@ from PIL import Image
 from pgray.data.__main__ import main
 from pgray.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -208,3 +208,19 @@ def test_synthetic_layout_reads_generated_tree(synthetic_root: Path):
 def test_category_required_for_multi_category_layouts(synthetic_root: Path):
     with pytest.raises(DatasetError, match="needs a category; available under .*: disc, weave"):
         get_layout("synthetic").discover(synthetic_root, "", "train")
+
+
+def test_all_categories_means_those_present_under_the_root(tmp_path):
+    """One rule for the sweep and the benchmark: "all" is every category present, in the
+    layout's order, with a warning naming the known ones that are missing."""
+    from pgray.data.registry import get_layout
+    from pgray.errors import DatasetError
+
+    layout = get_layout("mvtec")
+    with pytest.raises(DatasetError, match="no mvtec categories found"):
+        layout.select_categories(tmp_path, "all")
+    for name in ("zipper", "bottle"):
+        (tmp_path / name / "train").mkdir(parents=True)
+    with pytest.warns(UserWarning, match=r"13 known categories are not under .*cable"):
+        assert layout.select_categories(tmp_path, "all") == ["bottle", "zipper"]
+    assert layout.select_categories(tmp_path, ["zipper"]) == ["zipper"]

@@ -14,7 +14,7 @@ from helpers import tiny_experiment
 
 from pgray.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
