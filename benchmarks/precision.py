@@ -35,7 +35,7 @@ from pgray.attacks.pgd import attack
 from pgray.config import AttackConfig, ExperimentConfig, ModelConfig, tiny_model_config
 from pgray.config.base import to_dict
 from pgray.core.model import PatchGuard
-from pgray.core.scoring import mask_to_patch_labels
+from pgray.attacks.objectives import mask_to_patch_labels
 from pgray.core.step import build_optimizer, train_step
 
 SPEED_COLUMNS = [

@@ -1,85 +1,132 @@
-"""What the attacks maximise, per image: the reference mask objective and the signed image
-score. Each takes patch logits (B, N) in float32 and patch labels (B, N) in {0, 1}."""
+"""What attacks maximise, per image, written against the detector interface.
+
+A detector seen by an attack maps images (B, 3, H, W) in [0, 1] to image scores (B,) and
+localization units (B, U): PatchGuard's units are its patch logits, a pixel-level detector's are
+its anomaly map flattened. Ground-truth masks become unit labels (B, U) in {0, 1}.
+
+- mask (the reference objective): mean of the normal units minus mean of the anomalous units.
+  It raises normal units and lowers anomalous ones: a localization attack; for a normal image
+  it raises every unit, which also hurts detection.
+- image_score: the image score signed by the image's label (+ for normal, - for anomalous):
+  raising it is exactly what hurts detection.
+- surrogate lse: the same signed direction, but through a smooth maximum of the units
+  (temperature * logsumexp(units / temperature)). The top-k mean passes gradient to k units
+  only; the smooth maximum passes it to all of them. Iterates are still judged by the true
+  image score.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pgray.errors import ConfigError
 
-# Patch logits (B, N) float32 -> per-image objective (B,), maximised by the attack.
-Objective = Callable[[torch.Tensor], torch.Tensor]
+# (image scores (B,), units (B, U)), both float32 -> per-image objective (B,), maximised.
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+KINDS = ("mask", "image_score")
 
-_COUNT_EPS = 1e-8  # the reference's guard for images without normal or anomalous patches
+_COUNT_EPS = 1e-8  # the reference's guard for images without normal or anomalous units
 
 
-def _mask_weights(patch_labels: torch.Tensor) -> torch.Tensor:
-    """Per-patch weights w with sum(logits * w) = mean(normal logits) - mean(anomalous logits).
+def detector_outputs(model: nn.Module, x: torch.Tensor
+                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(image scores, units) of `model` on `x`, in float32.
+
+    A model with `score(x) -> (scores, units)` is asked directly (the detector interface);
+    a patch-logit model (PatchGuard, and any module with `forward` -> units and
+    `image_scores(units)`) is asked for its units, then their image score. A model with
+    neither gives units only (scores None): only the mask objective can attack it.
+    """
+    score = getattr(model, "score", None)
+    if callable(score):
+        scores, units = score(x)
+        return scores.float(), units.float()
+    units = model(x).float()
+    image_scores = getattr(model, "image_scores", None)
+    return (image_scores(units).float() if callable(image_scores) else None), units
+
+
+def _need_scores(scores: torch.Tensor | None) -> torch.Tensor:
+    if scores is None:
+        raise ConfigError("objective image_score needs a detector with image_scores(units) or"
+                          " score(x)")
+    return scores
+
+
+def mask_to_patch_labels(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B,1,H,W) pixel mask -> (B,N) patch labels: a patch is anomalous if any pixel is."""
+    pooled = F.max_pool2d(mask.float(), kernel_size=patch_size, stride=patch_size)
+    return (pooled.flatten(1) > 0).float()
+
+
+def unit_labels(model: nn.Module, masks: torch.Tensor) -> torch.Tensor:
+    """Ground-truth masks (B, 1, H, W) as the model's unit labels (B, U)."""
+    labels = getattr(model, "unit_labels", None)
+    if callable(labels):
+        return labels(masks).float()
+    return mask_to_patch_labels(masks, int(model.patch_size))
+
+
+def mask_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-unit weights w with sum(units * w) = mean(normal units) - mean(anomalous units).
 
     Folding both means into one weight tensor makes the objective a single multiply-sum in the
     attack loop instead of four reductions per step.
     """
-    anomalous = patch_labels.float()
+    anomalous = labels.float()
     normal = 1.0 - anomalous
     n_normal = normal.sum(dim=1, keepdim=True) + _COUNT_EPS
     n_anomalous = anomalous.sum(dim=1, keepdim=True) + _COUNT_EPS
     return normal / n_normal - anomalous / n_anomalous
 
 
-def mask_objective(logits: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
-    """Mean logit of normal patches minus mean logit of anomalous patches, per image (B,).
-
-    Maximising it raises normal patches and lowers anomalous ones: both hurt localization, and
-    for a normal image (all labels 0) it raises every patch, which hurts detection.
-    """
-    _check_shapes(logits, patch_labels)
-    return (logits.float() * _mask_weights(patch_labels)).sum(dim=1)
+def image_signs(labels: torch.Tensor) -> torch.Tensor:
+    """+1 for normal images (score pushed up), -1 for images with any anomalous unit."""
+    return 1.0 - 2.0 * (labels > 0.5).any(dim=1).float()
 
 
-def _image_signs(patch_labels: torch.Tensor) -> torch.Tensor:
-    """+1 for normal images (score pushed up), -1 for images with any anomalous patch."""
-    anomalous = (patch_labels > 0.5).any(dim=1)
-    return 1.0 - 2.0 * anomalous.float()
+def mask_objective(units: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean unit of the normal part minus mean unit of the anomalous part, per image (B,)."""
+    _check_shapes(units, labels)
+    return (units.float() * mask_weights(labels)).sum(dim=1)
 
 
-def image_score_objective(scores: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+def image_score_objective(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Image scores (B,) signed so that maximising them hurts detection."""
-    return scores.float() * _image_signs(patch_labels)
+    return _need_scores(scores).float() * image_signs(labels)
 
 
-def _check_shapes(logits: torch.Tensor, patch_labels: torch.Tensor) -> None:
-    if logits.shape != patch_labels.shape:
-        raise ValueError(
-            f"patch labels {tuple(patch_labels.shape)} do not match the model's patch logits"
-            f" {tuple(logits.shape)}"
-        )
+def _check_shapes(units: torch.Tensor, labels: torch.Tensor) -> None:
+    if units.shape != labels.shape:
+        raise ValueError(f"unit labels {tuple(labels.shape)} do not match the detector's units"
+                         f" {tuple(units.shape)}")
 
 
-def make_objective(model: nn.Module, patch_labels: torch.Tensor, kind: str) -> Objective:
+def make_objective(labels: torch.Tensor, kind: str, *, surrogate: str = "none",
+                   temperature: float = 1.0) -> Objective:
     """The objective as a closure over constants computed once (weights or signs)."""
     if kind == "mask":
-        weights = _mask_weights(patch_labels)
+        weights = mask_weights(labels)
 
-        def mask(logits: torch.Tensor) -> torch.Tensor:
-            _check_shapes(logits, weights)
-            return (logits * weights).sum(dim=1)
+        def mask(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+            _check_shapes(units, weights)
+            return (units * weights).sum(dim=1)
 
         return mask
-    if kind == "image_score":
-        image_scores = getattr(model, "image_scores", None)
-        if not callable(image_scores):
-            raise ConfigError(
-                f"objective: image_score needs a model with image_scores(logits);"
-                f" {type(model).__name__} has none"
-            )
-        signs = _image_signs(patch_labels)
+    if kind != "image_score":
+        raise ConfigError(f"objective: {kind!r} is not one of {list(KINDS)}")
+    signs = image_signs(labels)
+    if surrogate == "lse":
+        def smooth_max(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+            return temperature * torch.logsumexp(units / temperature, dim=1) * signs
 
-        def image_score(logits: torch.Tensor) -> torch.Tensor:
-            _check_shapes(logits, patch_labels)
-            return image_scores(logits).float() * signs
+        return smooth_max
 
-        return image_score
-    raise ConfigError(f"objective: {kind!r} is not one of ['mask', 'image_score']")
+    def image_score(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        return _need_scores(scores) * signs
+
+    return image_score

@@ -1,13 +1,15 @@
-"""L-infinity PGD on patch-logit anomaly detectors (docs/method.md, "Attack").
+"""L-infinity PGD on anomaly detectors (docs/method.md, "Attack").
 
-The attacked model maps images (B, 3, H, W) in [0, 1] to patch logits (B, N); the image-score
-objective also needs `model.image_scores(logits) -> (B,)`. Attacks move the input only: the
-weights are frozen once around the whole attack and the model runs in eval mode.
+The attacked model is a detector as `pgray.attacks.objectives.detector_outputs` sees it:
+images (B, 3, H, W) in [0, 1] -> image scores (B,) and localization units (B, U). Attacks move
+the input only: the weights are frozen once around the whole attack and the model runs in eval
+mode.
 
 Default `attack` is the reference protocol: PGD, alpha = 2.5 * eps / steps, no random start,
 last iterate, one projection onto the eps-ball intersected with [0, 1] per step. Stronger
-variants (random start, restarts, best iterate, image-score objective, APGD) are opt-in and
-recorded by `AttackConfig.describe()`.
+variants (random start, restarts, best iterate, the image-score objective and its smooth
+surrogate, APGD and Square through torchattacks) are opt-in and recorded by
+`AttackConfig.describe()`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from pgray.attacks.objectives import Objective, make_objective
+from pgray.attacks.objectives import Objective, detector_outputs, make_objective
 from pgray.config import AttackConfig
 from pgray.core.device import autocast
 
 StepCallback = Callable[[int], None]
+CastFactory = Callable[[], contextlib.AbstractContextManager]
 
 
 @contextlib.contextmanager
@@ -60,15 +63,21 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return param.device if param is not None else fallback
 
 
-def logits_fp32(
-    model: nn.Module, x: torch.Tensor, cast: contextlib.AbstractContextManager
-) -> torch.Tensor:
+def outputs_fp32(model: nn.Module, x: torch.Tensor, cast: contextlib.AbstractContextManager
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image scores, units) under `cast`; objectives and comparisons run in fp32."""
     with cast:
-        out = model(x)
-    return out.float()  # objective and its comparisons in fp32 even under bf16 autocast
+        return detector_outputs(model, x)
 
 
-CastFactory = Callable[[], contextlib.AbstractContextManager]
+def input_gradient(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d sum(objective) / dx. A detector whose output does not depend on x through autograd
+    (its features run under no_grad) gives zeros: the attack then does nothing, and the
+    suite's zero-gradient check says so instead of crashing."""
+    if not objective.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(objective.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 class Best:
@@ -92,13 +101,28 @@ def _random_start(
     return torch.clamp(x0 + (2.0 * noise - 1.0) * eps, min=lo, max=hi)
 
 
+class _Objectives:
+    """What a trajectory steps along (`step`) and what it keeps its best iterate by (`judge`):
+    the same function unless a surrogate stands in for the image score."""
+
+    def __init__(self, labels: torch.Tensor, cfg: AttackConfig) -> None:
+        self.judge = make_objective(labels, cfg.objective)
+        self.step = self.judge if cfg.surrogate == "none" else make_objective(
+            labels, cfg.objective, surrogate=cfg.surrogate, temperature=cfg.temperature)
+
+    def both(self, scores: torch.Tensor, units: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.step(scores, units)
+        return step, (step if self.step is self.judge else self.judge(scores, units))
+
+
 def _pgd_run(
     model: nn.Module,
     start: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor],
     alpha: float,
     steps: int,
-    objective: Objective,
+    objectives: _Objectives,
     cast: CastFactory,
     keep_best: bool,
     on_step: Callable[[int], None] | None,
@@ -113,11 +137,11 @@ def _pgd_run(
     x = start.requires_grad_(True)
     best = Best(start) if keep_best else None
     for i in range(steps):
-        obj = objective(logits_fp32(model, x, cast()))
-        (grad,) = torch.autograd.grad(obj.sum(), x)
+        step_obj, judged = objectives.both(*outputs_fp32(model, x, cast()))
+        grad = input_gradient(step_obj, x)
         with torch.no_grad():
             if best is not None:
-                best.update(x, obj.detach())
+                best.update(x, judged.detach())
             x.add_(grad.sign_(), alpha=alpha)
             x.clamp_(min=lo, max=hi)
         if on_step is not None:
@@ -125,17 +149,16 @@ def _pgd_run(
     return x.detach(), best
 
 
-def _final_objective(
-    model: nn.Module, x: torch.Tensor, objective: Objective, cast: contextlib.AbstractContextManager
-) -> torch.Tensor:
+def judged_objective(model: nn.Module, x: torch.Tensor, judge: Objective,
+                     cast: contextlib.AbstractContextManager) -> torch.Tensor:
     with torch.no_grad():
-        return objective(logits_fp32(model, x, cast))
+        return judge(*outputs_fp32(model, x, cast))
 
 
 def _pgd(
     model: nn.Module,
     x0: torch.Tensor,
-    objective: Objective,
+    objectives: _Objectives,
     cfg: AttackConfig,
     seed: int,
     on_step: StepCallback | None,
@@ -158,12 +181,12 @@ def _pgd(
         offset = r * cfg.steps
         step_cb = None if on_step is None else (lambda i, o=offset: on_step(o + i + 1))
         x, best = _pgd_run(
-            model, start, bounds, alpha, cfg.steps, objective, cast, cfg.keep_best, step_cb
+            model, start, bounds, alpha, cfg.steps, objectives, cast, cfg.keep_best, step_cb
         )
         if overall is None:
             return x
-        # The last iterate has not been scored yet: one extra forward per restart.
-        final = _final_objective(model, x, objective, cast())
+        # The last iterate has not been judged yet: one extra forward per restart.
+        final = judged_objective(model, x, objectives.judge, cast())
         if best is not None:
             best.update(x, final)
             x, final = best.x, best.obj
@@ -172,14 +195,14 @@ def _pgd(
 
 
 def prepare_inputs(
-    model: nn.Module, images: torch.Tensor, patch_labels: torch.Tensor
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
     device = _model_device(model, images.device)
     x0 = images.detach().to(device=device, dtype=torch.float32)
-    labels = patch_labels.detach().to(device=device, dtype=torch.float32)
+    labels = labels.detach().to(device=device, dtype=torch.float32)
     if labels.dim() != 2 or labels.shape[0] != x0.shape[0]:
         raise ValueError(
-            f"patch labels must be (B, N) with B = {x0.shape[0]} images, got {tuple(labels.shape)}"
+            f"unit labels must be (B, U) with B = {x0.shape[0]} images, got {tuple(labels.shape)}"
         )
     return device, x0, labels
 
@@ -187,15 +210,16 @@ def prepare_inputs(
 def attack(
     model: nn.Module,
     images: torch.Tensor,
-    patch_labels: torch.Tensor,
+    labels: torch.Tensor,
     cfg: AttackConfig,
     seed: int = 0,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Adversarial images (detached, float32, on the images' device) maximising the objective.
 
-    images: (B, 3, H, W) in [0, 1]; patch_labels: (B, N) in {0, 1}. `on_step(k)` is called
-    after each step with k = 1 .. restarts * steps. Weights are frozen and the model is in eval
+    images: (B, 3, H, W) in [0, 1]; labels: the detector's unit labels (B, U) in {0, 1}
+    (patch labels for PatchGuard). `on_step(k)` is called after each step with
+    k = 1 .. restarts * steps (pgray's PGD only). Weights are frozen and the model is in eval
     mode during the attack; both are restored afterwards.
     """
     cfg.validate()
@@ -204,11 +228,8 @@ def attack(
     if cfg.library == "torchattacks":
         from pgray.attacks.torchattacks_adapter import torchattacks_attack
 
-        return torchattacks_attack(model, images, patch_labels, cfg, seed=seed)
-    _, x0, labels = prepare_inputs(model, images, patch_labels)
+        return torchattacks_attack(model, images, labels, cfg, seed=seed)
+    _, x0, labels = prepare_inputs(model, images, labels)
     with frozen(model), eval_mode(model), torch.enable_grad():
-        objective = make_objective(model, labels, cfg.objective)
-        adv = _pgd(model, x0, objective, cfg, seed, on_step)
+        adv = _pgd(model, x0, _Objectives(labels, cfg), cfg, seed, on_step)
     return adv.to(images.device)
-
-

@@ -1,5 +1,5 @@
-"""The same attacks through torchattacks 3.5.1 (PGD, APGD-CE): the detector is shown to it as a
-two-class classifier whose second logit is the attack objective."""
+"""The same attacks through torchattacks 3.5.1 (PGD, APGD-CE, Square): the detector is shown to
+it as a two-class classifier whose second logit is the attack objective."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import torch
 from torch import nn
 
 from pgray.attacks.objectives import make_objective
-from pgray.attacks.pgd import Best, eval_mode, frozen, logits_fp32, prepare_inputs
+from pgray.attacks.pgd import Best, eval_mode, frozen, outputs_fp32, prepare_inputs
 from pgray.config import AttackConfig
 from pgray.core.device import autocast
 from pgray.errors import ConfigError
+
+# Square is a classification attack: it stops working on an image once its margin turns
+# negative. Class 0's logit sits this far above any objective, so the margin never turns and
+# Square spends every query raising the objective (float64 keeps the small gains visible).
+_NEVER_FOOLED = 1e6
 
 
 class TwoClassView(nn.Module):
@@ -22,23 +27,26 @@ class TwoClassView(nn.Module):
     With target class 0, cross-entropy is softplus(objective), whose input gradient is
     sigmoid(objective) > 0 times the objective's gradient, image by image: the same sign, so
     the same PGD step. (In fp32, sigmoid underflows only for objectives below about -80.)
+    With `margin_offset`, class 0's logit is that constant instead (Square's margin).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        patch_labels: torch.Tensor,
-        objective: str = "mask",
-        precision: str = "fp32",
-    ) -> None:
+    def __init__(self, model: nn.Module, labels: torch.Tensor, objective: str = "mask",
+                 precision: str = "fp32", margin_offset: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.precision = precision
-        self._objective = make_objective(model, patch_labels.float(), objective)
+        self.margin_offset = margin_offset
+        self._objective = make_objective(labels.float(), objective)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        obj = self._objective(logits_fp32(self.model, x, autocast(x.device, self.precision)))
-        return torch.stack([torch.zeros_like(obj), obj], dim=1)
+        obj = self._objective(*outputs_fp32(self.model, x, autocast(x.device, self.precision)))
+        # A detector without input gradients still gives torchattacks a graph (of zeros), so
+        # the attack runs and the suite's zero-gradient check reports it.
+        obj = obj + 0.0 * x.flatten(1).sum(dim=1)
+        if self.margin_offset is None:
+            return torch.stack([torch.zeros_like(obj), obj], dim=1)
+        obj = obj.double()
+        return torch.stack([torch.full_like(obj, self.margin_offset), obj], dim=1)
 
 
 @contextlib.contextmanager
@@ -66,6 +74,16 @@ def _run_torchattacks(view: TwoClassView, x0: torch.Tensor, cfg: AttackConfig, s
         # default (classification) path would stop at the first sign change of the objective.
         _, adv = atk.perturb(x0, target, best_loss=True)
         return adv
+    if cfg.method == "square":
+        atk = torchattacks.Square(view, norm="Linf", eps=cfg.eps_unit, n_queries=cfg.steps,
+                                  n_restarts=1, seed=seed, loss="margin")
+        atk.set_device(x0.device)
+        atk.init_hyperparam(x0)
+        # attack_single_run, not perturb: perturb keeps an image's result only when it is
+        # misclassified, which the view never lets happen; the single run returns, per image,
+        # the queried point with the smallest margin, i.e. the largest objective.
+        _, adv = atk.attack_single_run(x0, target)
+        return adv.float()
     if cfg.keep_best:
         raise ConfigError("keep_best: torchattacks' PGD returns its last iterate; use library pgray")
     atk = torchattacks.PGD(
@@ -87,19 +105,21 @@ def _run_torchattacks(view: TwoClassView, x0: torch.Tensor, cfg: AttackConfig, s
 def torchattacks_attack(
     model: nn.Module,
     images: torch.Tensor,
-    patch_labels: torch.Tensor,
+    labels: torch.Tensor,
     cfg: AttackConfig,
     seed: int = 0,
 ) -> torch.Tensor:
-    """The same attack through torchattacks 3.5.1 (PGD or APGD-CE) on `TwoClassView`.
+    """The same attack through torchattacks 3.5.1 (PGD, APGD-CE or Square) on `TwoClassView`.
 
-    APGD always starts at random (its own rule) and returns its best iterate per image.
+    APGD always starts at random (its own rule) and returns its best iterate per image; Square
+    queries the detector only (no gradient) and returns its best query per image.
     """
     cfg.validate()
     if cfg.eps == 0:
         return images.detach().clone()
-    device, x0, labels = prepare_inputs(model, images, patch_labels)
-    view = TwoClassView(model, labels, cfg.objective, cfg.precision)
+    device, x0, labels = prepare_inputs(model, images, labels)
+    offset = _NEVER_FOOLED if cfg.method == "square" else None
+    view = TwoClassView(model, labels, cfg.objective, cfg.precision, margin_offset=offset)
     with frozen(model), eval_mode(model), torch.enable_grad(), _seeded(seed, device):
         adv = _run_torchattacks(view, x0, cfg, seed)
     return adv.detach().to(images.device)

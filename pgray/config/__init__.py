@@ -19,6 +19,7 @@ from pgray.config.experiment import (
     ExperimentConfig,
     LossConfig,
     ModelConfig,
+    SuiteConfig,
     TrainConfig,
     merge,
     tiny_model_config,
@@ -27,5 +28,5 @@ from pgray.config.pseudo import PseudoConfig
 
 __all__ = [
     "PROXY_METRICS", "AttackConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
-    "LossConfig", "ModelConfig", "PseudoConfig", "TrainConfig", "merge", "tiny_model_config",
+    "LossConfig", "ModelConfig", "PseudoConfig", "SuiteConfig", "TrainConfig", "merge", "tiny_model_config",
 ]

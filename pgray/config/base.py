@@ -39,6 +39,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
+        shorthand = getattr(tp, "SHORTHAND", None)  # e.g. `suite: adaptive` for {name: ...}
+        if shorthand and isinstance(value, str):
+            value = {shorthand: value}
         return from_dict(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config.base import check, check_eps, from_dict, load_yaml
-from pgray.config.experiment import AttackConfig
+from pgray.config.experiment import AttackConfig, SuiteConfig
 
 
 @dataclass
@@ -41,11 +41,16 @@ class ActorConfig:
 class BenchmarkConfig:
     name: str = "benchmark"
     datasets: list[DatasetEntry] = field(default_factory=list)
+    # The paper protocol; steps and restarts come from the lists below (the largest is the
+    # `protocol` column of results.md, the others are more protocol runs in the suite).
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))
     eps: list[float] = field(default_factory=lambda: [8.0])
     steps: list[int] = field(default_factory=lambda: [1000])
     restarts: list[int] = field(default_factory=lambda: [1])
-    # stronger attacks run beside the protocol as sanity checks (e.g. method: apgd)
+    # The attack suite at each eps (`suite: adaptive` or `suite: protocol`, or a mapping of
+    # SuiteConfig keys): the robust number is its per-image worst case.
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    # more single attacks reported beside the suite (not part of its worst case)
     extra_attacks: list[AttackConfig] = field(default_factory=list)
     mask_resize: str = "nearest"
     batch_size: int = 32

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pgray.config.base import check, check_eps, from_dict, load_yaml, to_dict
 from pgray.config.pseudo import PseudoConfig
@@ -88,13 +88,18 @@ class LossConfig:
 @dataclass
 class AttackConfig:
     eps: float = 8.0  # L-infinity radius in 1/255 pixel units, as the field writes it
-    steps: int = 10
+    steps: int = 10  # PGD / APGD steps; Square: queries
     alpha: float | None = None  # step size in 1/255 units; None: 2.5 * eps / steps
     random_start: bool = False
     restarts: int = 1
     keep_best: bool = False
+    # mask: the reference (localization) objective; image_score: the signed image score
     objective: Literal["mask", "image_score"] = "mask"
-    method: Literal["pgd", "apgd"] = "pgd"
+    # lse: step along a smooth maximum of the units instead of the top-k mean (image_score
+    # only); iterates are still judged by the image score itself
+    surrogate: Literal["none", "lse"] = "none"
+    temperature: float = 1.0  # of the lse surrogate, in logit units
+    method: Literal["pgd", "apgd", "square"] = "pgd"
     library: Literal["pgray", "torchattacks"] = "pgray"
     precision: Precision = "fp32"
 
@@ -103,11 +108,13 @@ class AttackConfig:
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
         check(self.alpha is None or self.alpha > 0, "alpha", "must be > 0")
-        check(
-            self.method == "pgd" or self.library == "torchattacks",
-            "method",
-            "apgd runs through library: torchattacks",
-        )
+        check(self.temperature > 0, "temperature", "must be > 0")
+        check(self.surrogate == "none" or self.objective == "image_score", "surrogate",
+              "a surrogate replaces the image score: it needs objective image_score")
+        check(self.method == "pgd" or self.library == "torchattacks", "method",
+              f"{self.method} runs through library: torchattacks")
+        check(self.method == "pgd" or self.surrogate == "none", "surrogate",
+              f"{self.method} takes no surrogate (pgd only)")
 
     @property
     def eps_unit(self) -> float:
@@ -132,6 +139,8 @@ class AttackConfig:
             name += "_best"
         if self.objective != "mask":
             name += f"_{self.objective}"
+        if self.surrogate != "none":
+            name += f"_{self.surrogate}{self.temperature:g}"
         return name
 
     def describe(self) -> dict[str, Any]:
@@ -144,17 +153,48 @@ class AttackConfig:
             "random_start": self.random_start,
             "keep_best": self.keep_best,
             "objective": self.objective,
+            "surrogate": self.surrogate,
+            "temperature": self.temperature,
             "method": self.method,
             "library": self.library,
             "precision": self.precision,
         }
 
 
+@dataclass
+class SuiteConfig:
+    """The attack suite a robust number comes from (pgray.attacks.suite): `adaptive` runs the
+    paper protocol and attacks aimed at detection and at localization, and reports the worst
+    case per image; `protocol` runs the paper protocol alone."""
+
+    SHORTHAND: ClassVar[str] = "name"  # `suite: protocol` in YAML means {name: protocol}
+
+    name: Literal["adaptive", "protocol"] = "adaptive"
+    steps: int = 100  # of each adaptive member (the protocol keeps its own steps)
+    restarts: int = 2  # of each adaptive member, random starts, best iterate kept
+    temperature: float = 1.0  # of the smooth-maximum detection member
+    square_queries: int = 1000  # the black-box member's queries per image
+    square_images: int = 64  # its class-balanced subset of the test split (0: every image)
+    check_eps: float = 64.0  # the large-budget check: detection AUROC must fall to ~0 there
+    check_steps: int = 50
+
+    def validate(self) -> None:
+        for key in ("steps", "restarts", "square_queries", "check_steps"):
+            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        check(self.square_images >= 0, "square_images", "must be >= 0 (0: every image)")
+        check(self.temperature > 0, "temperature", "must be > 0")
+        check_eps(self.check_eps, "check_eps")
+
+
 # Metrics the held-out proxy reports (pgray.core.scoring.proxy_metrics), all higher-is-better and
 # never from the test split: what a run selects its best epoch by and a sweep optimises.
+# clean; robust: under the short protocol attack; detect: under a short detection attack (the
+# adaptive suite's det_topk); worst: per image, the worse of the two; proxy_score: the mean of
+# the clean and the worst-case image AUROC.
+PROXY_KINDS = ("clean", "robust", "detect", "worst")
 PROXY_METRICS: tuple[str, ...] = tuple(
     f"proxy_{kind}_{metric}"
-    for kind in ("clean", "robust")
+    for kind in PROXY_KINDS
     for metric in ("image_auroc", "pixel_auroc", "aupro")
 ) + ("proxy_score",)
 
@@ -175,6 +215,11 @@ class TrainConfig:
     proxy_every: int = 1
     # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images
     proxy_repeats: int = 4
+    # The generator of the held-out proxy's anomalies, fixed for a whole study: null is the
+    # reference pseudo config, never the trial's own `pseudo` (a trial that made its anomalies
+    # larger would otherwise get an easier test, not a better model). Another config here
+    # measures generalisation beyond the training distribution.
+    proxy_pseudo: PseudoConfig | None = None
     checkpoint_every: int = 1
     # Keep the weights of the proxy epoch where this held-out metric peaked (written as
     # best.pt beside the checkpoint): adversarial training overfits robustly late in a run,
@@ -208,7 +253,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     eps: list[float] = field(default_factory=lambda: [8.0])
-    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))  # protocol
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
     batch_size: int = 32
     n_panels: int = 4
 

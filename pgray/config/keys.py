@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from pgray.config.search_sections import ParamSpec
 
 # Keys the sweep owns: the data section is set per target, epochs come from the budget.
-RESERVED_PREFIXES = ("data.", "train.epochs")
+RESERVED_PREFIXES = ("data.", "train.epochs", "train.proxy_pseudo")
 
 _INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
 
@@ -54,8 +54,9 @@ def resolve_key(key: str, spec: ParamSpec, fixed: dict[str, Any], where: str) ->
     """The config type a searched key points at; errors name the key and the allowed keys."""
     for prefix in RESERVED_PREFIXES:
         check(not key.startswith(prefix), where,
-              "data.* is set per target (datasets/categories) and train.epochs by"
-              " budget.epochs; they cannot be searched")
+              "data.* is set per target (datasets/categories), train.epochs by budget.epochs,"
+              " and train.proxy_pseudo is the study's fixed held-out test; they cannot be"
+              " searched")
     tp: Any = ExperimentConfig
     path = ""
     value: Any = to_dict(ExperimentConfig.from_dict(fixed))

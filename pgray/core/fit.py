@@ -45,7 +45,12 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     from pgray.core.model import PatchGuard
     from pgray.core.scoring import proxy_metrics
     from pgray.core.step import build_optimizer, train_epoch
-    from pgray.core.training_data import build_datasets, make_loader, per_worker_batch
+    from pgray.core.training_data import (
+        build_datasets,
+        make_loader,
+        per_worker_batch,
+        proxy_batches,
+    )
 
     torch.manual_seed(cfg.train.seed)
     device = ctx.device
@@ -61,10 +66,9 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     batch = per_worker_batch(cfg.train.batch_size, ctx.world_size)
     train_loader = make_loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
                            world_size=ctx.world_size, device=device)
-    holdout_loader = None
-    if holdout_ds is not None:
-        holdout_loader = make_loader(holdout_ds, cfg.eval.batch_size, shuffle=False, cfg=cfg,
-                                 rank=0, world_size=1, device=device)
+    # Proxy batches are generated once per run, on the rank that scores them.
+    proxy = (proxy_batches(holdout_ds, cfg.eval.batch_size)
+             if holdout_ds is not None and ctx.rank == 0 else None)
 
     best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
     metrics: dict[str, float] = {}
@@ -88,11 +92,8 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         metrics["images_per_s"] = (metrics["steps"] * batch * ctx.world_size
                                    / max(metrics["epoch_time_s"], 1e-9))
         last = epoch + 1 == cfg.train.epochs
-        if holdout_loader is not None and ctx.rank == 0 and (
-            last or (epoch + 1) % cfg.train.proxy_every == 0
-        ):
-            metrics |= proxy_metrics(model, holdout_loader, cfg, device=device,
-                                     precision=precision)
+        if proxy is not None and (last or (epoch + 1) % cfg.train.proxy_every == 0):
+            metrics |= proxy_metrics(model, proxy, cfg, device=device, precision=precision)
             best.offer(epoch, metrics, model)
         save = last or (epoch + 1) % cfg.train.checkpoint_every == 0
         saver = None

@@ -1,5 +1,10 @@
-"""Scoring a model on a split, clean or under attack: the test-split evaluation and the
-held-out proxy. One attacked image serves both the detection and localization metrics."""
+"""Scoring a detector on a split, clean, under one attack, or under the attack suite; and the
+held-out proxy. One attacked image serves both the detection and the localization metric.
+
+Rows (one per setting) carry every parameter that defines their number (`describe`), the
+metrics, and `attack`: `clean`, a suite member's name, `worst_case`, or `attack` for a
+single setting outside a suite.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from pgray.attacks.objectives import detector_outputs, unit_labels
 from pgray.config import AttackConfig, EvalConfig, ExperimentConfig
-from pgray.core.device import autocast
 
-
-def mask_to_patch_labels(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B,1,H,W) pixel mask -> (B,N) patch labels: a patch is anomalous if any pixel is."""
-    pooled = F.max_pool2d(mask.float(), kernel_size=patch_size, stride=patch_size)
-    return (pooled.flatten(1) > 0).float()
+Batch = dict[str, torch.Tensor]
 
 
 @dataclasses.dataclass
@@ -44,10 +44,42 @@ class EvalOutputs:
             out["aupro"] = aupro(self.maps, self.masks)
         return out
 
+    def counts(self) -> dict[str, int]:
+        return {"n_images": int(len(self.labels)), "n_anomalous": int(self.labels.sum())}
+
+
+class _Collector:
+    """Accumulates per-image scores, maps and ground truth batch by batch (on the CPU)."""
+
+    def __init__(self) -> None:
+        self.scores, self.labels, self.maps, self.masks = [], [], [], []
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def add(self, model, scores: torch.Tensor, units: torch.Tensor, batch: Batch,
+            present: torch.Tensor | None = None) -> None:
+        keep = slice(None) if present is None else present.cpu()
+        maps = model.anomaly_maps(units)[:, 0].float().cpu()
+        self.scores.append(scores.float().cpu()[keep])
+        self.maps.append(maps[keep])
+        self.labels.append(batch["label"].cpu()[keep])
+        self.masks.append(batch["mask"][:, 0].cpu().to(torch.uint8)[keep])
+
+    def keep_images(self, images: torch.Tensor, offset: int, wanted: frozenset[int]) -> None:
+        for j in range(images.shape[0]):
+            if offset + j in wanted:
+                self.kept[offset + j] = images[j].detach().cpu()
+
+    def outputs(self) -> EvalOutputs:
+        return EvalOutputs(
+            scores=torch.cat(self.scores).numpy(), labels=torch.cat(self.labels).numpy(),
+            maps=torch.cat(self.maps).numpy().astype(np.float32),
+            masks=torch.cat(self.masks).numpy(), adv_images=self.kept,
+        )
+
 
 def score_batches(
     model: torch.nn.Module,
-    batches: Iterable[dict[str, torch.Tensor]],
+    batches: Iterable[Batch],
     attack_cfg: AttackConfig | None,
     *,
     device: torch.device,
@@ -55,44 +87,84 @@ def score_batches(
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalOutputs:
-    """Score every batch clean (attack_cfg None) or under attack; one attacked image serves
-    both the detection (image score) and localization (map) metrics."""
+    """Score every batch clean (attack_cfg None) or under one attack."""
     from pgray.attacks.pgd import attack
+    from pgray.core.device import autocast
 
     model.eval()
-    scores, labels, maps, masks, kept = [], [], [], [], {}
-    offset = 0
+    collected, offset = _Collector(), 0
     for i, batch in enumerate(batches):
         x = batch["image"].to(device)
-        mask = batch["mask"].to(device)
         if attack_cfg is not None and attack_cfg.eps > 0:
-            patch_labels = mask_to_patch_labels(mask, model.patch_size)
-            x = attack(model, x, patch_labels, attack_cfg, seed=seed + i)
+            labels = unit_labels(model, batch["mask"].to(device))
+            x = attack(model, x, labels, attack_cfg, seed=seed + i)
         with torch.no_grad(), autocast(device, attack_cfg.precision if attack_cfg else "fp32"):
-            logits = model(x)
-        logits = logits.float()
-        scores.append(model.image_scores(logits).cpu())
-        maps.append(model.anomaly_maps(logits)[:, 0].cpu())
-        labels.append(batch["label"].cpu())
-        masks.append(mask[:, 0].cpu().to(torch.uint8))
-        for j in range(x.shape[0]):
-            if offset + j in keep:
-                kept[offset + j] = x[j].detach().cpu()
+            scores, units = detector_outputs(model, x)
+        collected.add(model, scores, units, batch)
+        collected.keep_images(x, offset, keep)
         offset += x.shape[0]
         if on_batch is not None:
             on_batch(x.shape[0])
-    return EvalOutputs(
-        scores=torch.cat(scores).numpy(),
-        labels=torch.cat(labels).numpy(),
-        maps=torch.cat(maps).numpy().astype(np.float32),
-        masks=torch.cat(masks).numpy(),
-        adv_images=kept,
+    return collected.outputs()
+
+
+@dataclasses.dataclass
+class SuiteOutputs:
+    """One suite run over a split: each member's outputs, the worst case, and the checks."""
+
+    members: dict[str, EvalOutputs]
+    worst: EvalOutputs
+    whitebox_on_subset: EvalOutputs  # white-box detection worst case on the black-box subset
+    zero_gradient: dict[str, float]  # objective -> fraction of images with a zero gradient
+
+
+def score_suite(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    suite_members: list,
+    *,
+    device: torch.device,
+    subset: frozenset[int] = frozenset(),
+    keep: frozenset[int] = frozenset(),
+    seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> SuiteOutputs:
+    """Run the suite's members on every batch and collect each one and the per-image worst
+    case (`pgray.attacks.suite`). `subset`: dataset indices of the black-box members."""
+    from pgray.attacks.suite import attack_batch, worst_images
+
+    model.eval()
+    per_member = {m.key: _Collector() for m in suite_members}
+    worst, whitebox = _Collector(), _Collector()
+    zero = {"detection": 0, "localization": 0}
+    offset, total = 0, 0
+    for i, batch in enumerate(batches):
+        x = batch["image"].to(device)
+        n = x.shape[0]
+        labels = unit_labels(model, batch["mask"].to(device))
+        in_subset = torch.tensor([offset + j in subset for j in range(n)], device=device)
+        result = attack_batch(model, x, labels, suite_members, in_subset=in_subset,
+                              seed=seed + i)
+        for member, cand in zip(suite_members, result.candidates):
+            present = cand.present if member.subset else None
+            per_member[member.key].add(model, cand.scores, cand.units, batch, present)
+        worst.add(model, result.worst_scores, result.worst_units, batch)
+        whitebox.add(model, result.whitebox_scores, result.worst_units, batch, in_subset)
+        worst.keep_images(worst_images(result), offset, keep)
+        for key, flags in result.zero_gradient.items():
+            zero[key] += int(flags.sum())
+        offset += n
+        total += n
+        if on_batch is not None:
+            on_batch(n)
+    return SuiteOutputs(
+        members={k: c.outputs() for k, c in per_member.items()}, worst=worst.outputs(),
+        whitebox_on_subset=whitebox.outputs(),
+        zero_gradient={k: v / max(total, 1) for k, v in zero.items()},
     )
 
 
-def pseudo_eval_batches(
-    loader: Iterable[dict[str, torch.Tensor]],
-) -> Iterable[dict[str, torch.Tensor]]:
+def pseudo_eval_batches(loader: Iterable[Batch]) -> Iterable[Batch]:
     """Turn (normal, pseudo-anomaly) pairs into an evaluation split: each normal image with an
     empty mask and label 0, each pseudo-anomaly with its pasted mask and label 1."""
     for batch in loader:
@@ -105,39 +177,52 @@ def pseudo_eval_batches(
         }
 
 
+def proxy_members(cfg: ExperimentConfig, precision: str) -> list:
+    """The proxy's two short attacks: the protocol and the suite's detection attack."""
+    from pgray.attacks.suite import DETECTION, Member, members
+
+    short = dataclasses.replace(cfg.train.attack, steps=cfg.train.proxy_steps, alpha=None,
+                                precision=precision)
+    detect = next(m for m in members(cfg.eval.suite, short, short.eps) if m.name == "det_topk")
+    detect_cfg = dataclasses.replace(detect.cfg, steps=cfg.train.proxy_steps, restarts=1)
+    return [Member("robust", short, "both"), Member("detect", detect_cfg, DETECTION)]
+
+
 def proxy_metrics(
     model: torch.nn.Module,
-    loader: Iterable[dict[str, torch.Tensor]],
+    batches: list[Batch],
     cfg: ExperimentConfig,
     *,
     device: torch.device,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Held-out proxy: clean and short-PGD AUROCs on held-out normals and their pseudo-anomalies.
-
-    Never touches the test split, so the sweep can optimise it without leaking test labels.
-    """
-    batches = list(pseudo_eval_batches(loader))
+    """The held-out proxy: clean, short-protocol, short-detection and per-image worst-case
+    AUROCs on held-out normals and their pseudo-anomalies (`batches`, built once per run from
+    the study's fixed proxy generator). Never touches the test split."""
     out: dict[str, float] = {}
-    short = dataclasses.replace(
-        cfg.train.attack, steps=cfg.train.proxy_steps, alpha=None, precision=precision
-    )
-    for name, attack_cfg in (("clean", None), ("robust", short)):
-        result = score_batches(model, batches, attack_cfg, device=device, seed=cfg.train.seed)
+    clean = score_batches(model, batches, None, device=device)
+    members = proxy_members(cfg, precision)
+    suite = score_suite(model, batches, members, device=device, seed=cfg.train.seed)
+    robust, detect = (suite.members[m.key] for m in members)
+    for name, result in (("clean", clean), ("robust", robust), ("detect", detect),
+                         ("worst", suite.worst)):
         for key, value in result.metrics().items():
             out[f"proxy_{name}_{key}"] = value
-    out["proxy_score"] = 0.5 * (out["proxy_clean_image_auroc"] + out["proxy_robust_image_auroc"])
+    out["proxy_score"] = 0.5 * (out["proxy_clean_image_auroc"] + out["proxy_worst_image_auroc"])
     return out
 
 
 def describe_setting(attack_cfg: AttackConfig | None) -> dict[str, Any]:
     if attack_cfg is None:
-        return {"setting": "clean", "eps": 0.0, "steps": 0, "alpha": 0.0, "restarts": 0}
-    return {"setting": attack_cfg.setting_name()} | attack_cfg.describe()
+        return {"setting": "clean", "attack": "clean", "eps": 0.0, "steps": 0, "alpha": 0.0,
+                "restarts": 0}
+    aims_at = "detection" if attack_cfg.objective == "image_score" else "both"
+    return ({"setting": attack_cfg.setting_name(), "attack": "attack", "aims_at": aims_at}
+            | attack_cfg.describe())
 
 
 def attack_settings(eval_cfg: EvalConfig) -> list[AttackConfig | None]:
-    """Clean first, then the base attack at each eps."""
+    """Clean first, then the protocol attack at each eps (the suite's `protocol` member)."""
     return [None] + [dataclasses.replace(eval_cfg.attack, eps=float(e)) for e in eval_cfg.eps]
 
 
@@ -146,6 +231,10 @@ def test_loader(dataset, batch_size: int, device: torch.device):
 
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                       pin_memory=device.type == "cuda")
+
+
+def _timed_row(desc: dict[str, Any], out: EvalOutputs, started: float) -> dict[str, Any]:
+    return desc | out.metrics() | out.counts() | {"time_s": time.perf_counter() - started}
 
 
 def evaluate_model(
@@ -158,7 +247,7 @@ def evaluate_model(
     progress: bool = True,
     keep: frozenset[int] = frozenset(),
 ) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
-    """Rows of metrics, one per setting, and the raw outputs keyed by setting name."""
+    """Rows of metrics, one per single setting, and the raw outputs keyed by setting name."""
     rows, outputs = [], {}
     for attack_cfg in settings:
         desc = describe_setting(attack_cfg)
@@ -170,12 +259,57 @@ def evaluate_model(
         )
         if bar:
             bar.close()
-        rows.append(desc | out.metrics() | {
-            "n_images": int(len(out.labels)),
-            "n_anomalous": int(out.labels.sum()),
-            "time_s": time.perf_counter() - started,
-        })
+        rows.append(_timed_row(desc, out, started))
         outputs[desc["setting"]] = out
+    return rows, outputs
+
+
+def evaluate_suite(
+    model,
+    dataset,
+    suite_members: list,
+    *,
+    batch_size: int,
+    device: torch.device,
+    subset_size: int = 0,
+    progress: bool = True,
+    keep: frozenset[int] = frozenset(),
+    label: str = "suite",
+) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
+    """Rows for each member of one suite run (at one eps) and its worst case; the outputs
+    keyed by setting name. The worst-case row records its zero-gradient fractions, the
+    black-box member's row the white-box detection worst case on the same subset."""
+    from pgray.attacks.suite import WORST, balanced_subset, planned_work
+
+    subset = balanced_subset([s.label for s in dataset.samples], subset_size)
+    work = planned_work(suite_members, len(dataset), len(subset))
+    if progress:
+        print(f"{label}: {len(suite_members)} attacks, {work['image_steps']:,} image-steps"
+              f" + {work['queries']:,} black-box queries", file=sys.stderr, flush=True)
+    bar = _bar(len(dataset), label, progress)
+    started = time.perf_counter()
+    result = score_suite(model, test_loader(dataset, batch_size, device), suite_members,
+                         device=device, subset=subset, keep=keep,
+                         on_batch=bar.update if bar else None)
+    if bar:
+        bar.close()
+    rows, outputs = [], {}
+    for member in suite_members:
+        desc = describe_setting(member.cfg) | {"attack": member.name, "aims_at": member.aims_at}
+        row = _timed_row(desc, result.members[member.key], started)
+        if member.subset:
+            row["whitebox_image_auroc"] = result.whitebox_on_subset.metrics()["image_auroc"]
+        rows.append(row)
+        outputs[desc["setting"]] = result.members[member.key]
+    eps = suite_members[0].cfg.eps
+    steps = max(m.cfg.steps for m in suite_members if m.cfg.method != "square")
+    desc = {"setting": f"{WORST}_eps{eps:g}", "attack": WORST, "aims_at": "both", "eps": eps,
+            "steps": steps, "restarts": max(m.cfg.restarts for m in suite_members)}
+    rows.append(_timed_row(desc, result.worst, started) | {
+        "zero_grad_detection": result.zero_gradient["detection"],
+        "zero_grad_localization": result.zero_gradient["localization"],
+        "image_steps": work["image_steps"], "queries": work["queries"]})
+    outputs[desc["setting"]] = result.worst
     return rows, outputs
 
 

@@ -8,6 +8,8 @@ import torch
 from pgray.config import ExperimentConfig
 from pgray.errors import DatasetError
 
+PROXY_SEED = 7_919  # the held-out proxy's anomalies: the same for every trial of a study
+
 
 def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list]:
     """Deterministically keep `fraction` of the normal train images out for the proxy metric."""
@@ -27,30 +29,47 @@ def split_holdout(samples: list, fraction: float, seed: int) -> tuple[list, list
 
 
 def build_datasets(cfg: ExperimentConfig, patch_size: int, rank: int = 0):
-    """Train and held-out pseudo-anomaly datasets (held-out uses another seed)."""
+    """Train pairs (the trial's own `pseudo` config) and the held-out proxy set.
+
+    The proxy's anomalies come from `train.proxy_pseudo` (the reference config when unset)
+    with a fixed seed, never from the trial's `pseudo`: every trial of a study is then scored
+    on the same held-out images, whatever pseudo-anomalies it trains on.
+    """
+    from pgray.config import PseudoConfig
     from pgray.data.dataset import ADDataset, discover_split
     from pgray.pseudo.dataset import PseudoAnomalyDataset
     from pgray.pseudo.generator import PseudoAnomalyGenerator
 
     samples = discover_split(cfg.data, "train")
-    train_samples, hold_samples = split_holdout(
-        samples, cfg.train.holdout_fraction, cfg.train.seed
-    )
+    # The split is fixed too: trials that differ in train.seed hold out the same images.
+    train_samples, hold_samples = split_holdout(samples, cfg.train.holdout_fraction, PROXY_SEED)
     size, rule = cfg.model.img_size, cfg.data.mask_resize
-    generator = PseudoAnomalyGenerator(cfg.pseudo, img_size=size, patch_size=patch_size)
     train = PseudoAnomalyDataset(
-        ADDataset(train_samples, img_size=size, mask_resize=rule), generator,
+        ADDataset(train_samples, img_size=size, mask_resize=rule),
+        PseudoAnomalyGenerator(cfg.pseudo, img_size=size, patch_size=patch_size),
         seed=cfg.train.seed, rank=rank,
     )
     holdout = None
     if hold_samples:
+        proxy_generator = PseudoAnomalyGenerator(cfg.train.proxy_pseudo or PseudoConfig(),
+                                                 img_size=size, patch_size=patch_size)
         # Each held-out normal appears proxy_repeats times, each time with another anomaly.
         holdout = PseudoAnomalyDataset(
             ADDataset(hold_samples * cfg.train.proxy_repeats, img_size=size, mask_resize=rule),
-            generator,
-            seed=cfg.train.seed + 7_919,
+            proxy_generator, seed=PROXY_SEED,
         )
     return train, holdout
+
+
+def proxy_batches(holdout, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """The held-out proxy set as evaluation batches, generated once per run and reused at
+    every proxy epoch (normals with empty masks, their pseudo-anomalies with theirs)."""
+    from torch.utils.data import DataLoader
+
+    from pgray.core.scoring import pseudo_eval_batches
+
+    loader = DataLoader(holdout, batch_size=batch_size, shuffle=False, num_workers=0)
+    return list(pseudo_eval_batches(loader))
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfig, rank: int,

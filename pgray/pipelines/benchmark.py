@@ -57,6 +57,7 @@ def run_benchmark(
     sequential: bool = False,
     address: str | None = None,
 ) -> BenchmarkResult:
+    from pgray.attacks.checks import reliability_flags
     from pgray.io import ensure_dir, write_text
     from pgray.tracking import tables as results
     from pgray.tracking.mlflow_runs import check_tracking_uri, open_run, resolve_tracking_uri
@@ -82,14 +83,15 @@ def run_benchmark(
     def on_result(job: BenchJob, result: dict[str, Any]) -> None:
         # Each finished job is in the table before the next one is awaited: an interrupted
         # benchmark loses nothing it finished.
-        results.append_rows(out, [result["row"]])
-        _log_job(uri, parent.run_id, job, result, out)
+        results.append_rows(out, result["rows"])
+        _log_job(uri, parent.run_id, job, result)
 
     if todo:
         _run(todo, cfg, on_result, progress, sequential)
     rows = [r for r in results.read_rows(out) if r["job_key"] in {j.key for j in jobs}]
-    rows = _with_flags(rows)
+    rows = reliability_flags(rows)
     results.append_rows(out, rows)
+    _tag_flags(uri, parent, rows)
     table = results.markdown_table(rows)
     md = write_text(out / "results.md", f"# Benchmark {cfg.name}\n\n{table}\n")
     plots = _plots(rows, out)
@@ -127,27 +129,26 @@ def run_sequential(jobs: list[BenchJob], evaluator, on_result, progress: bool = 
     return len(jobs)
 
 
-def _with_flags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from pgray.tracking.tables import sanity_flags
-
-    flags = sanity_flags(rows)
-    return [r | {"flags": ",".join(flags.get(r["job_key"], []))} for r in rows]
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any], out: Path) -> None:
+def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) -> None:
+    """One MLflow child run per job: its parameters, and each row's metrics under its attack
+    name (`worst_case/image_auroc`, `protocol/pixel_auroc`, ...)."""
     import tempfile
 
     from pgray.tracking.mlflow_runs import open_run_or_warn
 
-    row = result["row"]
-    child = open_run_or_warn(uri, f"bench-job:{job.key}", run_name=job.label(), parent_run_id=parent_id,
-                     tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
-                           "category": job.category, "setting": job.setting,
-                           "eps": row.get("eps"), "steps": row.get("steps")})
-    child.log_params({k: v for k, v in row.items()
-                      if k not in ("image_auroc", "pixel_auroc", "aupro", "wall_s", "time_s")})
-    child.log_metrics({k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro", "wall_s")},
-                      step=0)
+    rows = result["rows"]
+    child = open_run_or_warn(uri, f"bench-job:{job.key}", run_name=job.label(),
+                             parent_run_id=parent_id,
+                             tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
+                                   "category": job.category, "setting": job.setting,
+                                   "eps": job.eps})
+    child.log_params({f"{r['attack']}.{k}": v for r in rows for k, v in r.items()
+                      if k not in (*METRIC_KEYS, "wall_s", "time_s", "flags", "flag_notes")})
+    metrics = {f"{r['attack']}/{k}": r[k] for r in rows for k in METRIC_KEYS}
+    child.log_metrics(metrics | {"wall_s": rows[0]["wall_s"]}, step=0)
     if result["panels"]:
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in result["panels"].items():
@@ -157,28 +158,42 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any], ou
     child.finish()
 
 
-def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    from pgray.tracking.plots import robustness_curve
-    from pgray.tracking.tables import is_protocol
+def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
+    """Reliability flags as MLflow tags: on each job's run and, per category and eps, on the
+    benchmark's run (`pgray.flags.<dataset>.<category>.eps<e>`), with their numbers."""
+    from pgray.tracking.mlflow_runs import open_run_or_warn
 
-    attacked = [r for r in rows if r["setting"] != "clean" and is_protocol(r)]
-    if not attacked:
+    by_job: dict[str, list[str]] = defaultdict(list)
+    summary: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        notes = [f"{r['attack']} {note}" for note in r.get("flag_notes") or []]
+        by_job[r["job_key"]] += notes
+        if notes:
+            summary[f"pgray.flags.{r['dataset']}.{r['category']}.eps{r['eps']:g}"] += notes
+    for job_key, notes in by_job.items():
+        if notes:
+            open_run_or_warn(uri, f"bench-job:{job_key}").set_tags(
+                {"pgray.flags": "; ".join(sorted(set(notes)))[:5000]})
+    parent.set_tags({k: "; ".join(sorted(set(v)))[:5000] for k, v in summary.items()})
+
+
+def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Image AUROC against eps per category: the suite's worst case (the robust number) and
+    the strongest protocol run (dashed)."""
+    from pgray.tracking.plots import robustness_curve
+
+    points: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("attack") not in ("worst_case", "protocol"):
+            continue
+        key = (f"{r['dataset']}/{r['category']} {r['attack']}", r["eps"])
+        if key not in points or (r.get("steps") or 0) > (points[key].get("steps") or 0):
+            points[key] = r
+    series: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for (name, eps), r in sorted(points.items()):
+        series[name][0].append(eps)
+        series[name][1].append(r["image_auroc"])
+    if not series:
         return []
-    max_steps = max(r["steps"] for r in attacked)
-    max_eps = max(r["eps"] for r in attacked)
-    by_eps: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    by_steps: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    for r in attacked:
-        name = f"{r['dataset']}/{r['category']}"
-        if r["steps"] == max_steps:
-            by_eps[name][0].append(r["eps"])
-            by_eps[name][1].append(r["image_auroc"])
-        if r["eps"] == max_eps:
-            by_steps[name][0].append(r["steps"])
-            by_steps[name][1].append(r["image_auroc"])
-    return [
-        robustness_curve(out / "auroc_vs_eps.png", dict(by_eps), "eps (1/255)",
-                         "robust image AUROC", f"PGD-{max_steps}"),
-        robustness_curve(out / "auroc_vs_steps.png", dict(by_steps), "PGD steps",
-                         "robust image AUROC", f"eps {max_eps:g}/255"),
-    ]
+    return [robustness_curve(out / "auroc_vs_eps.png", dict(series), "eps (1/255)",
+                             "image AUROC under attack", "worst case of the suite vs protocol")]

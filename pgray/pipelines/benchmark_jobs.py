@@ -16,21 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import pgray
-from pgray.config import AttackConfig, DataConfig
-from pgray.config.base import to_dict
+from pgray.config import AttackConfig, DataConfig, SuiteConfig
+from pgray.config.base import from_dict, to_dict
 from pgray.config.benchmark import BenchmarkConfig
 from pgray.errors import CheckpointError
 from pgray.io import file_sha256
 
+CLEAN, SUITE, ATTACK, CHECK = "clean", "suite", "attack", "check"
+
 
 @dataclass(frozen=True)
 class BenchJob:
+    """One unit of evaluation work: the clean scores, the suite at one eps, one extra attack
+    at one eps, or the suite's large-budget check, of one checkpoint on one test split."""
+
     dataset: str
     root: str
     category: str
     checkpoint: str
     checkpoint_sha256: str
-    attack: dict[str, Any] | None  # None: clean
+    kind: str  # clean | suite | attack | check
+    # suite: the protocol runs (the first is the paper's); attack: the one attack; else empty
+    attacks: tuple[dict[str, Any], ...]
+    suite: dict[str, Any] | None
+    eps: float
     mask_resize: str
     batch_size: int
     n_panels: int
@@ -39,20 +48,48 @@ class BenchJob:
 
     @property
     def setting(self) -> str:
-        return "clean" if self.attack is None else AttackConfig(**self.attack).setting_name()
+        if self.kind == CLEAN:
+            return "clean"
+        if self.kind == ATTACK:
+            return AttackConfig(**self.attacks[0]).setting_name()
+        name = self.suite["name"] if self.suite else "suite"
+        return f"{name}_suite_eps{self.eps:g}" if self.kind == SUITE else f"{name}_check"
 
     @property
     def key(self) -> str:
-        blob = json.dumps([self.dataset, self.category, self.checkpoint_sha256, self.attack,
-                           self.mask_resize, self.options], sort_keys=True, default=str)
+        blob = json.dumps([self.dataset, self.category, self.checkpoint_sha256, self.kind,
+                           self.attacks, self.suite, self.eps, self.mask_resize,
+                           self.options], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def suite_config(self) -> SuiteConfig:
+        return from_dict(SuiteConfig, self.suite or {}, "suite")
+
+    def attack_configs(self) -> list[AttackConfig]:
+        return [from_dict(AttackConfig, a, "attack") for a in self.attacks]
+
+    def suite_members(self) -> list:
+        from pgray.attacks.suite import large_eps_check, members
+
+        if self.kind == CHECK:
+            return [large_eps_check(self.suite_config(), self.attack_configs()[0])]
+        protocol, *variants = self.attack_configs()
+        return members(self.suite_config(), protocol, self.eps, tuple(variants))
 
     @property
     def cost(self) -> float:
-        """Forward-backward passes: the scheduler starts the longest jobs first."""
-        if self.attack is None:
+        """Image-steps: the scheduler starts the longest jobs first."""
+        from pgray.attacks.suite import planned_work
+
+        if self.kind == CLEAN:
             return float(self.n_test)
-        return float(self.n_test * (self.attack["steps"] * self.attack["restarts"] + 1))
+        if self.kind == ATTACK:
+            cfg = self.attacks[0]
+            return float(self.n_test * (cfg["steps"] * cfg["restarts"] + 1))
+        square = self.suite_config().square_images
+        subset = self.n_test if square == 0 else min(square, self.n_test)
+        work = planned_work(self.suite_members(), self.n_test, subset)
+        return float(work["image_steps"] + work["queries"] + self.n_test)
 
     def label(self) -> str:
         return f"{self.dataset}/{self.category} {self.setting}"
@@ -72,16 +109,26 @@ def categories_of(entry) -> list[str]:
     return get_layout(entry.dataset).select_categories(entry_root(entry), entry.categories)
 
 
-def attack_grid(cfg: BenchmarkConfig) -> list[AttackConfig | None]:
-    grid: list[AttackConfig | None] = [None]
+def protocol_runs(cfg: BenchmarkConfig, eps: float) -> list[AttackConfig]:
+    """The protocol at `eps` for every (steps, restarts) of the grid, the strongest first (the
+    paper's number, as the `protocol` column reports it)."""
+    runs = [dataclasses.replace(cfg.attack, eps=float(eps), steps=s, restarts=r)
+            for s in cfg.steps for r in cfg.restarts]
+    return sorted(runs, key=lambda a: -a.steps * a.restarts)
+
+
+def job_grid(cfg: BenchmarkConfig) -> list[tuple[str, float, list[AttackConfig]]]:
+    """(kind, eps, attacks) of each job per checkpoint: clean; the suite at each eps; each
+    extra attack at each eps; the large-budget check of the adaptive suite."""
+    grid: list[tuple[str, float, list[AttackConfig]]] = [(CLEAN, 0.0, [])]
     for eps in cfg.eps:
-        for steps in cfg.steps:
-            for restarts in cfg.restarts:
-                grid.append(dataclasses.replace(cfg.attack, eps=float(eps), steps=steps,
-                                                restarts=restarts))
+        if eps > 0:
+            grid.append((SUITE, float(eps), protocol_runs(cfg, eps)))
     for extra in cfg.extra_attacks:
         for eps in cfg.eps:
-            grid.append(dataclasses.replace(extra, eps=float(eps)))
+            grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))]))
+    if cfg.suite.name == "adaptive":
+        grid.append((CHECK, cfg.suite.check_eps, [cfg.attack]))
     return grid
 
 
@@ -108,11 +155,12 @@ def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
                                  ).layout_options()
             n_test = len(layout.discover(root, category, "test", options))
             sha = file_sha256(ckpt)
-            for attack in attack_grid(cfg):
+            for kind, eps, attacks in job_grid(cfg):
                 jobs.append(BenchJob(
                     dataset=entry.dataset, root=root, category=category,
-                    checkpoint=str(ckpt.resolve()), checkpoint_sha256=sha,
-                    attack=None if attack is None else to_dict(attack),
+                    checkpoint=str(ckpt.resolve()), checkpoint_sha256=sha, kind=kind,
+                    attacks=tuple(to_dict(a) for a in attacks),
+                    suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
                     mask_resize=cfg.mask_resize, batch_size=cfg.batch_size,
                     n_panels=cfg.n_panels, n_test=n_test, options=entry.options,
                 ))
@@ -156,43 +204,53 @@ class JobEvaluator:
         return self._datasets[key]
 
     def run(self, job: BenchJob) -> dict[str, Any]:
-        """Metrics row (every parameter that defines the number) and panel PNG bytes."""
-        from pgray.config.base import from_dict
-        from pgray.core.scoring import evaluate_model, panel_indices
+        """Metrics rows (every parameter that defines each number) and panel PNG bytes."""
+        from pgray.core.scoring import evaluate_model, evaluate_suite, panel_indices
 
         started = time.perf_counter()
         model, cfg = self._model(job)
         dataset = self._dataset(job, cfg)
-        keep = panel_indices(dataset, job.n_panels)
-        attack = None if job.attack is None else from_dict(AttackConfig, job.attack, "attack")
-        clean_key = (job.checkpoint_sha256, job.dataset, job.category, job.mask_resize)
-        settings = [attack] if attack is not None else [None]
-        rows, outputs = evaluate_model(model, dataset, settings, batch_size=job.batch_size,
-                                       device=self.device, progress=False, keep=keep)
-        if attack is None:
-            self._clean[clean_key] = outputs["clean"]
-        panels: dict[str, bytes] = {}
-        if attack is not None and keep:
-            if clean_key not in self._clean:
-                _, clean_out = evaluate_model(model, dataset, [None], batch_size=job.batch_size,
-                                              device=self.device, progress=False)
-                self._clean[clean_key] = clean_out["clean"]
-            panels = self._panels({"clean": self._clean[clean_key]} | outputs, dataset,
-                                  job.n_panels)
-        row = rows[0] | {
-            "setting": job.setting,
-            "job_key": job.key, "dataset": job.dataset, "category": job.category,
-            "checkpoint": job.checkpoint, "checkpoint_sha256": job.checkpoint_sha256,
-            "mask_resize": job.mask_resize,
+        keep = panel_indices(dataset, job.n_panels) if job.kind == SUITE else frozenset()
+        if job.kind in (CLEAN, ATTACK):
+            settings = [None] if job.kind == CLEAN else job.attack_configs()
+            rows, outputs = evaluate_model(model, dataset, settings, batch_size=job.batch_size,
+                                           device=self.device, progress=False)
+        else:
+            rows, outputs = evaluate_suite(
+                model, dataset, job.suite_members(), batch_size=job.batch_size,
+                device=self.device, subset_size=job.suite_config().square_images,
+                progress=False, keep=keep)
+        if job.kind == CHECK:
+            rows = [rows[0] | {"attack": job.suite_members()[0].name}]
+        panels = {}
+        if keep:
+            worst = rows[-1]["setting"]
+            panels = self._panels({"clean": self._clean_outputs(job, model, dataset),
+                                   worst: outputs[worst]}, dataset, job.n_panels)
+        wall = time.perf_counter() - started
+        return {"rows": [self._describe(job, row, wall) for row in rows], "panels": panels}
+
+    def _clean_outputs(self, job: BenchJob, model, dataset):
+        from pgray.core.scoring import evaluate_model
+
+        key = (job.checkpoint_sha256, job.dataset, job.category, job.mask_resize)
+        if key not in self._clean:
+            _, out = evaluate_model(model, dataset, [None], batch_size=job.batch_size,
+                                    device=self.device, progress=False)
+            self._clean[key] = out["clean"]
+        return self._clean[key]
+
+    def _describe(self, job: BenchJob, row: dict[str, Any], wall: float) -> dict[str, Any]:
+        key = hashlib.sha256(f"{job.key}:{row['attack']}:{row['setting']}".encode())
+        return row | {
+            "row_key": key.hexdigest()[:16], "job_key": job.key, "job": job.setting,
+            "dataset": job.dataset, "category": job.category, "checkpoint": job.checkpoint,
+            "checkpoint_sha256": job.checkpoint_sha256, "mask_resize": job.mask_resize,
             "split": job.options.get("visa_split", "1cls") if job.dataset == "visa"
             else "official",
             "pgray_version": pgray.__version__, "node": self.node,
-            "device": str(self.device), "wall_s": time.perf_counter() - started,
+            "device": str(self.device), "wall_s": wall,
         }
-        if attack is None:
-            row |= {k: None for k in ("objective", "method", "library", "precision")}
-            row |= {"random_start": False, "keep_best": False}
-        return {"row": row, "panels": panels}
 
     @staticmethod
     def _panels(outputs, dataset, n: int) -> dict[str, bytes]:

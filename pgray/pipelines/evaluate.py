@@ -24,7 +24,8 @@ def evaluate_checkpoint(
     from pgray.config.base import from_dict, to_dict
     from pgray.core.checkpoint import load_checkpoint
     from pgray.core.device import pick_device
-    from pgray.core.scoring import attack_settings, evaluate_model, panel_indices
+    from pgray.core.robustness import evaluate_robustness
+    from pgray.core.scoring import panel_indices
     from pgray.io import ensure_dir, file_sha256, write_json
     from pgray.tracking.plots import write_panels
 
@@ -37,14 +38,18 @@ def evaluate_checkpoint(
 
     dataset = load_split(cfg.data, "test", cfg.model.img_size)
     out = ensure_dir(out)
-    rows, outputs = evaluate_model(
-        model, dataset, attack_settings(eval_cfg), batch_size=eval_cfg.batch_size,
-        device=device, progress=progress, keep=panel_indices(dataset, eval_cfg.n_panels),
+    sha = file_sha256(checkpoint)
+    identity = {"dataset": data_cfg.dataset, "category": data_cfg.category,
+                "checkpoint_sha256": sha}
+    rows, outputs = evaluate_robustness(
+        model, dataset, eval_cfg, device=device, identity=identity, progress=progress,
+        keep=panel_indices(dataset, eval_cfg.n_panels),
     )
     panels = write_panels(outputs, dataset, out, eval_cfg.n_panels)
     result = {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": sha,
+        "suite": to_dict(eval_cfg.suite),
         "dataset": data_cfg.dataset,
         "category": data_cfg.category,
         "split": data_cfg.visa_split if data_cfg.dataset == "visa" else "official",

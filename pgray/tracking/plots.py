@@ -59,7 +59,8 @@ def robustness_curve(path: Path, series: dict[str, tuple[list[float], list[float
     plt, (fig, ax) = _figure(figsize=(5, 3.5))
     for name, (xs, ys) in sorted(series.items()):
         order = np.argsort(xs)
-        ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", label=name)
+        style = "--" if "protocol" in name else "-"
+        ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], style, marker="o", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)

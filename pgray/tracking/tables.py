@@ -1,5 +1,5 @@
 """Result tables: one Parquet file per results folder, appended under a file lock, written
-atomically; Markdown tables and sanity flags computed from the rows."""
+atomically; the Markdown results table and console lines computed from the rows."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from typing import Any
 from pgray.io import atomic_write, ensure_dir
 
 RESULTS_FILE = "results.parquet"
-# Tolerances for the sanity flags (AUROC units): below them, differences are noise.
-RISE_TOL = 0.01
-STRONGER_TOL = 0.02
 
 
 @contextlib.contextmanager
@@ -52,75 +49,21 @@ def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> Path:
     return atomic_write(Path(folder) / RESULTS_FILE, lambda f: pq.write_table(table, f))
 
 
-def append_rows(folder: Path, new_rows: Iterable[dict[str, Any]], key: str = "job_key") -> int:
-    """Add rows, replacing any with the same key; returns the table's row count."""
+def append_rows(folder: Path, new_rows: Iterable[dict[str, Any]]) -> int:
+    """Add rows, replacing any with the same `row_key`; returns the table's row count."""
     folder = Path(folder)
     with locked(folder):
-        rows = {r[key]: r for r in read_rows(folder)}
+        rows = {row_key(r): r for r in read_rows(folder)}
         for r in new_rows:
-            rows[r[key]] = r
+            rows[row_key(r)] = r
         ordered = list(rows.values())
         _write_rows(folder, ordered)
         return len(ordered)
 
 
-def is_protocol(row: dict[str, Any]) -> bool:
-    return (row.get("method") == "pgd" and row.get("restarts") == 1
-            and not row.get("random_start") and not row.get("keep_best"))
-
-
-def sanity_flags(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """job_key -> flags that hint at a weak or broken attack."""
-    flags: dict[str, list[str]] = defaultdict(list)
-    clean = {(r["dataset"], r["category"], r["checkpoint_sha256"]): r
-             for r in rows if r["setting"] == "clean"}
-    attacked = [r for r in rows if r["setting"] != "clean"]
-    for r in attacked:
-        base = clean.get((r["dataset"], r["category"], r["checkpoint_sha256"]))
-        if base is None:
-            continue
-        for m in ("image_auroc", "pixel_auroc"):
-            if _gt(r[m], base[m], 0.005):
-                flags[r["job_key"]].append(f"{m}>clean")
-    _flag_monotone(attacked, "eps", ("steps",), flags)
-    _flag_monotone(attacked, "steps", ("eps",), flags)
-    _flag_stronger(attacked, flags)
-    return dict(flags)
-
-
-def _group(rows, extra_keys):
-    groups = defaultdict(list)
-    for r in rows:
-        if is_protocol(r):
-            key = (r["dataset"], r["category"], r["checkpoint_sha256"], r["objective"],
-                   *[r[k] for k in extra_keys])
-            groups[key].append(r)
-    return groups
-
-
-def _flag_monotone(rows, axis: str, fixed: tuple[str, ...], flags) -> None:
-    for group in _group(rows, fixed).values():
-        group.sort(key=lambda r: r[axis])
-        for prev, cur in zip(group, group[1:]):
-            if _gt(cur["image_auroc"], prev["image_auroc"], RISE_TOL):
-                flags[cur["job_key"]].append(f"rises_with_{axis}")
-
-
-def _flag_stronger(rows, flags) -> None:
-    protocol = {(r["dataset"], r["category"], r["checkpoint_sha256"], r["eps"]): r
-                for r in rows if is_protocol(r)}
-    for r in rows:
-        if is_protocol(r):
-            continue
-        p = protocol.get((r["dataset"], r["category"], r["checkpoint_sha256"], r["eps"]))
-        if p is not None and _gt(p["image_auroc"], r["image_auroc"], STRONGER_TOL):
-            flags[p["job_key"]].append(f"stronger_attack_lower({r['setting']})")
-
-
-def _gt(a, b, tol: float) -> bool:
-    if a is None or b is None or _nan(a) or _nan(b):
-        return False
-    return a > b + tol
+def row_key(row: dict[str, Any]) -> str:
+    """A row's identity in the table: its job, and within a suite job its attack."""
+    return row.get("row_key") or row["job_key"]
 
 
 def _nan(x) -> bool:
@@ -131,41 +74,64 @@ def _fmt(x) -> str:
     return "–" if x is None or _nan(x) else f"{100 * x:.1f}"
 
 
+METRIC_LABELS = (("image_auroc", "AD"), ("pixel_auroc", "AL"), ("aupro", "AUPRO"))
+
+
+def _flag_cell(rows: list[dict[str, Any]]) -> str:
+    names = sorted({f for r in rows for f in (r.get("flags") or [])})
+    return ", ".join(names)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Per dataset: each category's clean and adversarial AD (image AUROC), AL (pixel AUROC)
-    and AUPRO under the strongest protocol attack, and a mean row; flags in the last column."""
+    """Per dataset and eps: each category's clean, paper-protocol and worst-case (adaptive
+    suite) AD (image AUROC), AL (pixel AUROC) and AUPRO, a mean row, and the reliability
+    flags of the category's rows at that eps. The worst case is the robust number."""
     out = []
-    by_ds = defaultdict(list)
+    by_ds: dict[str, list] = defaultdict(list)
     for r in rows:
         by_ds[r["dataset"]].append(r)
     for ds, ds_rows in sorted(by_ds.items()):
-        attacked = [r for r in ds_rows if r["setting"] != "clean" and is_protocol(r)]
-        if attacked:
-            eps = max(r["eps"] for r in attacked)
-            steps = max(r["steps"] for r in attacked if r["eps"] == eps)
-            head = f"PGD-{steps} eps {eps:g}/255"
-        else:
-            eps, steps, head = None, None, "no attack"
-        out.append(f"### {ds} (adversarial: {head})\n")
-        out.append("| category | AD clean | AD adv | AL clean | AL adv | AUPRO clean | AUPRO adv "
-                   "| flags |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        sums = defaultdict(list)
-        for cat in sorted({r["category"] for r in ds_rows}):
-            c = next((r for r in ds_rows if r["category"] == cat and r["setting"] == "clean"),
-                     {})
-            a = next((r for r in attacked if r["category"] == cat and r["eps"] == eps
-                      and r["steps"] == steps), {})
-            vals = [c.get("image_auroc"), a.get("image_auroc"), c.get("pixel_auroc"),
-                    a.get("pixel_auroc"), c.get("aupro"), a.get("aupro")]
-            for i, v in enumerate(vals):
-                if v is not None and not _nan(v):
-                    sums[i].append(v)
-            flags = sorted({f for r in ds_rows if r["category"] == cat
-                            for f in (r.get("flags") or "").split(",") if f})
-            out.append(f"| {cat} | " + " | ".join(_fmt(v) for v in vals)
-                       + f" | {', '.join(flags)} |")
-        means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(6)]
-        out.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " | |")
-        out.append("")
+        eps_values = sorted({r["eps"] for r in ds_rows if r.get("attack") == "worst_case"})
+        for eps in eps_values or [None]:
+            out += _eps_table(ds, ds_rows, eps)
     return "\n".join(out)
+
+
+def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None) -> list[str]:
+    at = [r for r in ds_rows if r.get("eps") == eps]
+    steps = max((r.get("steps") or 0 for r in at if r.get("attack") == "protocol"), default=0)
+    head = f"eps {eps:g}/255, protocol PGD-{steps}" if eps is not None else "clean only"
+    lines = [f"### {ds} ({head}; worst case = the robust number)\n"]
+    cols = [f"{lab} {kind}" for _, lab in METRIC_LABELS for kind in ("clean", "protocol",
+                                                                     "worst")]
+    lines.append("| category | " + " | ".join(cols) + " | flags |")
+    lines.append("|---" * (len(cols) + 2) + "|")
+    sums: dict[int, list[float]] = defaultdict(list)
+    for cat in sorted({r["category"] for r in ds_rows}):
+        pick = {kind: next((r for r in ds_rows if r["category"] == cat
+                            and r.get("attack") == kind and (kind == "clean" or
+                                                             r.get("eps") == eps)), {})
+                for kind in ("clean", "protocol", "worst_case")}
+        vals = [pick[k].get(m) for m, _ in METRIC_LABELS for k in ("clean", "protocol",
+                                                                   "worst_case")]
+        for i, v in enumerate(vals):
+            if v is not None and not _nan(v):
+                sums[i].append(v)
+        flagged = [r for r in ds_rows if r["category"] == cat and r.get("eps") in (eps, 0.0)]
+        lines.append(f"| {cat} | " + " | ".join(_fmt(v) for v in vals)
+                     + f" | {_flag_cell(flagged)} |")
+    means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
+    lines.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " | |")
+    lines.append("")
+    return lines
+
+
+def rows_text(rows: list[dict[str, Any]]) -> str:
+    """One line per row for the console: attack, setting, metrics, flags."""
+    lines = []
+    for r in rows:
+        flags = f"  flags: {', '.join(r['flags'])}" if r.get("flags") else ""
+        lines.append(f"{r.get('attack', ''):<16} {r['setting']:<40} image_auroc "
+                     f"{r['image_auroc']:.4f}  pixel_auroc {r['pixel_auroc']:.4f}  aupro "
+                     f"{r['aupro']:.4f}  n={r.get('n_images')}{flags}")
+    return "\n".join(lines)

@@ -203,13 +203,14 @@ def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_
     monkeypatch.setattr(tracking, "open_run", open_then_lose_store)
     monkeypatch.setattr(tracking, "BASE_DELAY_S", 0.01)
     bench = from_dict(BenchmarkConfig, {
-        "name": "lost", "eps": [8.0], "steps": [2], "n_panels": 0,
+        "name": "lost", "eps": [8.0], "steps": [2], "n_panels": 0, "suite": "protocol",
         "datasets": [{"dataset": "synthetic", "root": str(synthetic_root), "categories": ["disc"],
                       "checkpoint": str(tmp_path / "ckpt" / "{category}" / "checkpoint.pt")}]})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_benchmark(bench, tmp_path / "out", progress=False, sequential=True)
-    assert result.ran == 2 and len(read_rows(tmp_path / "out")) == 2
+    # two jobs (clean, the protocol suite): three rows (clean, protocol, worst_case)
+    assert result.ran == 2 and len(read_rows(tmp_path / "out")) == 3
     lost = [str(w.message) for w in caught if "was not logged" in str(w.message)]
     assert len([m for m in lost if "bench-job:" in m]) == 2, lost
 

@@ -97,14 +97,23 @@ def test_train_and_evaluate_cli(synthetic_root, tmp_path, mlflow_uri, capsys):
     assert (out / "checkpoint.pt").is_file()
     eval_out = tmp_path / "eval"
     assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--eps", "2", "8",
-                          "--steps", "3", "--out", str(eval_out), "--n-panels", "1",
-                          "--quiet"]) == 0
+                          "--steps", "3", "--suite-steps", "2", "--suite-restarts", "1",
+                          "--square-queries", "4", "--square-images", "4", "--out",
+                          str(eval_out), "--n-panels", "1", "--quiet"]) == 0
     metrics = json.loads((eval_out / "metrics.json").read_text())
-    settings = [r["setting"] for r in metrics["results"]]
-    assert settings == ["clean", "pgd_eps2_steps3", "pgd_eps8_steps3"]
+    members = ["protocol", "det_topk", "det_lse", "loc_mask", "apgd_det", "apgd_loc",
+               "square_det", "worst_case"]
+    assert [r["attack"] for r in metrics["results"]] == (
+        ["clean"] + members + members + ["check_large_eps"])
     for row in metrics["results"]:
         assert 0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["aupro"] <= 1.0
-    attacked = metrics["results"][2]
-    assert attacked["alpha"] == pytest.approx(2.5 * 8 / 3)
-    assert attacked["eps"] == 8 and attacked["restarts"] == 1 and attacked["precision"] == "fp32"
+        assert isinstance(row["flags"], list) and len(row["flag_notes"]) == len(row["flags"])
+    protocol = next(r for r in metrics["results"] if r["attack"] == "protocol" and r["eps"] == 8)
+    assert protocol["setting"] == "pgd_eps8_steps3"
+    assert protocol["alpha"] == pytest.approx(2.5 * 8 / 3)
+    assert protocol["restarts"] == 1 and protocol["precision"] == "fp32"
+    assert not protocol["random_start"] and not protocol["keep_best"]
+    square = next(r for r in metrics["results"] if r["attack"] == "square_det")
+    assert square["n_images"] == 4 and square["method"] == "square" and square["steps"] == 4
+    assert metrics["suite"]["name"] == "adaptive" and metrics["suite"]["steps"] == 2
     assert len(list(eval_out.glob("panel_*.png"))) == 1

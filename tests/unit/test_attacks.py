@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgray.attacks.objectives import image_score_objective, make_objective, mask_objective
+from pgray.attacks.objectives import (
+    detector_outputs,
+    image_score_objective,
+    make_objective,
+    mask_objective,
+)
 from pgray.attacks.pgd import attack, frozen
 from pgray.attacks.torchattacks_adapter import TwoClassView, torchattacks_attack
 from pgray.config import AttackConfig
@@ -89,7 +94,7 @@ def make_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def objective_of(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, kind: str = "mask"):
     with torch.no_grad():
-        return make_objective(model, labels, kind)(model(x).float())
+        return make_objective(labels, kind)(*detector_outputs(model, x))
 
 
 def cfg(**kw) -> AttackConfig:
@@ -151,9 +156,9 @@ def test_image_score_objective_needs_image_scores() -> None:
 
 def test_patch_labels_that_do_not_fit_are_refused(conv, batch) -> None:
     x, _, _ = batch
-    with pytest.raises(ValueError, match="patch labels"):
+    with pytest.raises(ValueError, match="unit labels"):
         attack(conv, x, torch.zeros(len(x), N_PATCHES + 1), cfg(steps=1))
-    with pytest.raises(ValueError, match="patch labels"):
+    with pytest.raises(ValueError, match="unit labels"):
         attack(conv, x, torch.zeros(len(x) - 1, N_PATCHES), cfg(steps=1))
 
 

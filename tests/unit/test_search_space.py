@@ -70,8 +70,10 @@ BAD = [
     ("search/data.category", {"type": "categorical", "values": ["disc", "weave"]},
      "search.data.category: data.* is set per target"),
     ("search/train.epochs", {"type": "int", "low": 1, "high": 9},
-     "search.train.epochs: data.* is set per target (datasets/categories) and train.epochs"
-     " by budget.epochs"),
+     "search.train.epochs: data.* is set per target (datasets/categories), train.epochs by"
+     " budget.epochs"),
+    ("search/train.proxy_pseudo.min_size", {"type": "int", "low": 6, "high": 14},
+     "is the study's fixed held-out test"),
     ("objectives", [{"metric": "image_auroc", "mode": "max"}],
      "objectives[0].metric: 'image_auroc' is not a per-epoch proxy metric (test-split metrics"
      " are never tuned on); allowed: proxy_clean_image_auroc"),

@@ -1,0 +1,141 @@
+"""Reliability checks on robust numbers, in the spirit of RobustBench's and AutoAttack's: a
+robust number that trips one is suspect (the attack did not work, or gradients are masked),
+and every row it concerns carries the flag with the numbers that raised it.
+
+Rows are plain dicts (`pgray.core.scoring` writes them): dataset, category, checkpoint (or
+detector) identity, `attack`, eps, steps, restarts and the metrics. Flags:
+- `robust_above_clean`: an attack raised AUROC above the clean one.
+- `rises_with_eps`: a larger budget of the same attack gave a higher AUROC.
+- `more_steps_higher`: more steps or restarts of the same attack gave a higher AUROC.
+- `blackbox_stronger`: the black-box Square beat the white-box detection attacks on the same
+  images: the gradients mislead (gradient masking).
+- `weak_at_large_eps`: at eps 64/255 detection AUROC stayed above 0.05: the attack does not
+  converge, or gradients are masked.
+- `zero_gradients`: more than 1 % of the images had an all-zero input gradient: the attack did
+  nothing to them (features computed under torch.no_grad, a step function).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from pgray.attacks.suite import CHECK, WORST
+
+# The metric(s) an attack is aimed at: a detection attack that happens to raise pixel AUROC
+# says nothing about the attack's strength.
+AIMED = {"detection": ("image_auroc",), "localization": ("pixel_auroc",),
+         "both": ("image_auroc", "pixel_auroc")}
+TOL_CLEAN = 0.005  # AUROC units: below these, differences are noise
+TOL_RISE = 0.01
+TOL_BLACKBOX = 0.01
+LARGE_EPS_AUROC = 0.05
+ZERO_GRAD_FRACTION = 0.01
+SCOPE = ("dataset", "category", "checkpoint_sha256", "detector")
+
+Row = dict[str, Any]
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _scope(row: Row) -> tuple:
+    return tuple(row.get(k) for k in SCOPE)
+
+
+def _robust(row: Row) -> bool:
+    return row.get("attack") not in ("clean", CHECK)
+
+
+def _aimed(row: Row) -> tuple[str, ...]:
+    return AIMED.get(row.get("aims_at") or "both", AIMED["both"])
+
+
+def _on_subset(row: Row) -> bool:
+    return row.get("whitebox_image_auroc") is not None
+
+
+class _Flags:
+    def __init__(self, n: int) -> None:
+        self.found: list[dict[str, str]] = [{} for _ in range(n)]
+
+    def add(self, index: int, name: str, note: str) -> None:
+        self.found[index].setdefault(name, note)
+
+
+def _above_clean(rows: list[Row], flags: _Flags) -> None:
+    clean = {_scope(r): r for r in rows if r.get("attack") == "clean"}
+    for i, r in enumerate(rows):
+        base = clean.get(_scope(r))
+        if base is None or not _robust(r) or _on_subset(r):
+            continue
+        for m in _aimed(r):
+            a, b = _num(r.get(m)), _num(base.get(m))
+            if a is not None and b is not None and a > b + TOL_CLEAN:
+                flags.add(i, "robust_above_clean", f"{m} {a:.4f} > clean {b:.4f}")
+
+
+def _rising(rows: list[Row], flags: _Flags, axis: str, group_keys: tuple[str, ...],
+            name: str) -> None:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        if _robust(r):
+            groups[(_scope(r), r.get("attack"), *(r.get(k) for k in group_keys))].append(i)
+    for members in groups.values():
+        members.sort(key=lambda i: _num(_axis(rows[i], axis)) or 0.0)
+        for prev, cur in zip(members, members[1:]):
+            for m in _aimed(rows[cur]):
+                a, b = _num(rows[cur].get(m)), _num(rows[prev].get(m))
+                if a is not None and b is not None and a > b + TOL_RISE:
+                    flags.add(cur, name, f"{m} {a:.4f} at {axis} {_axis(rows[cur], axis):g} >"
+                                         f" {b:.4f} at {_axis(rows[prev], axis):g}")
+
+
+def _axis(row: Row, axis: str) -> float:
+    if axis == "work":
+        return float((row.get("steps") or 0) * (row.get("restarts") or 1))
+    return float(row.get(axis) or 0)
+
+
+def _scope_flags(rows: list[Row], flags: _Flags) -> None:
+    """Checks that make every robust row of their scope (and eps) suspect."""
+    for r in rows:
+        scope, eps = _scope(r), r.get("eps")
+        name, note = None, ""
+        if r.get("attack") == CHECK:
+            auroc = _num(r.get("image_auroc"))
+            if auroc is not None and auroc > LARGE_EPS_AUROC:
+                name, note, eps = "weak_at_large_eps", (
+                    f"image_auroc {auroc:.4f} > {LARGE_EPS_AUROC} at eps {r['eps']:g}"), None
+        elif _on_subset(r):
+            box, white = _num(r.get("image_auroc")), _num(r.get("whitebox_image_auroc"))
+            if box is not None and white is not None and box < white - TOL_BLACKBOX:
+                name, note = "blackbox_stronger", (
+                    f"black-box image_auroc {box:.4f} < white-box {white:.4f}")
+        elif r.get("attack") == WORST:
+            zero = max(_num(r.get("zero_grad_detection")) or 0.0,
+                       _num(r.get("zero_grad_localization")) or 0.0)
+            if zero > ZERO_GRAD_FRACTION:
+                name, note = "zero_gradients", f"{100 * zero:.1f} % of images"
+        if name is None:
+            continue
+        for i, other in enumerate(rows):
+            if _scope(other) == scope and (eps is None or other.get("eps") == eps) and (
+                    _robust(other) or other is r):
+                flags.add(i, name, note)
+
+
+def reliability_flags(rows: list[Row]) -> list[Row]:
+    """The rows with `flags` (names) and `flag_notes` ("name: the numbers") filled in."""
+    flags = _Flags(len(rows))
+    _above_clean(rows, flags)
+    _rising(rows, flags, "eps", ("steps", "restarts"), "rises_with_eps")
+    _rising(rows, flags, "work", ("eps",), "more_steps_higher")
+    _scope_flags(rows, flags)
+    return [r | {"flags": sorted(found), "flag_notes": [f"{k}: {v}" for k, v in
+                                                        sorted(found.items())]}
+            for r, found in zip(rows, flags.found)]

@@ -1,0 +1,206 @@
+"""The adaptive attack suite: every robust number pgray reports is the worst case of several
+attacks, each aimed at what the metric measures, with the paper protocol beside it.
+
+Members (suite `adaptive`), all at the same eps:
+- `protocol`: the reference PGD exactly (mask objective, alpha 2.5 eps / steps, no random
+  start, last iterate). Reported, labelled as the paper protocol; also a candidate below.
+- `det_topk`: PGD on the signed image score (top-k mean), random start, restarts, best iterate.
+- `det_lse`: the same direction through a smooth maximum of all units (the top-k mean passes
+  gradient to k units only); iterates judged by the true image score.
+- `loc_mask`: PGD on the mask objective with random start, restarts and best iterate.
+- `apgd_det`, `apgd_loc`: torchattacks' APGD (best-loss path) on the two objectives.
+- `square_det`: torchattacks' Square, a black-box attack, on the detection objective, on a
+  class-balanced subset (it needs no gradient, so it catches masked gradients).
+- `worst_case`: per image, the candidate that most harms it: the largest signed image score
+  for detection, the largest mask objective for localization; metrics are then computed over
+  those images. AUROC ranks a set, so the choice is made image by image, never as a minimum
+  of AUROCs.
+
+Suite `protocol` runs the protocol alone (the paper's number, and nothing a skeptic needs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pgray.attacks.objectives import (
+    detector_outputs,
+    image_score_objective,
+    make_objective,
+    mask_objective,
+)
+from pgray.attacks.pgd import attack, eval_mode, frozen, input_gradient
+from pgray.config import AttackConfig, SuiteConfig
+
+DETECTION, LOCALIZATION, BOTH = "detection", "localization", "both"
+WORST = "worst_case"
+CHECK = "check_large_eps"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    cfg: AttackConfig
+    aims_at: str  # detection | localization | both
+    subset: bool = False  # runs on the black-box subset only
+
+    @property
+    def key(self) -> str:
+        """Unique within a suite run (protocol variants share the name `protocol`)."""
+        return f"{self.name}:{self.cfg.setting_name()}"
+
+    def image_steps(self, n_images: int, n_subset: int) -> int:
+        """Forward-equivalent work: a PGD step is a forward and an input gradient (counted 1),
+        a Square query a forward (counted 1 as well, since it is printed separately)."""
+        n = n_subset if self.subset else n_images
+        return n * self.cfg.steps * self.cfg.restarts
+
+
+def members(suite: SuiteConfig, protocol: AttackConfig, eps: float,
+            variants: tuple[AttackConfig, ...] = ()) -> list[Member]:
+    """The members of `suite` at `eps`. The protocol keeps every parameter it was given;
+    `variants` are more protocol runs (other steps or restarts), also named `protocol`."""
+    proto = [Member("protocol", dataclasses.replace(p, eps=float(eps)), BOTH)
+             for p in (protocol, *variants)]
+    if suite.name == "protocol":
+        return proto
+    strong = dict(eps=float(eps), steps=suite.steps, alpha=None, restarts=suite.restarts,
+                  random_start=True, keep_best=True, precision=protocol.precision)
+    pgd = AttackConfig(method="pgd", library="pgray", **strong)
+    apgd = AttackConfig(method="apgd", library="torchattacks", **strong | {"keep_best": False})
+    square = AttackConfig(method="square", library="torchattacks", objective="image_score",
+                          eps=float(eps), steps=suite.square_queries, restarts=1,
+                          random_start=True, precision=protocol.precision)
+    return [
+        *proto,
+        Member("det_topk", dataclasses.replace(pgd, objective="image_score"), DETECTION),
+        Member("det_lse", dataclasses.replace(pgd, objective="image_score", surrogate="lse",
+                                              temperature=suite.temperature), DETECTION),
+        Member("loc_mask", dataclasses.replace(pgd, objective="mask"), LOCALIZATION),
+        Member("apgd_det", dataclasses.replace(apgd, objective="image_score"), DETECTION),
+        Member("apgd_loc", dataclasses.replace(apgd, objective="mask"), LOCALIZATION),
+        Member("square_det", square, DETECTION, subset=True),
+    ]
+
+
+def large_eps_check(suite: SuiteConfig, protocol: AttackConfig) -> Member:
+    """A detection attack at a budget no detector survives (64/255): AUROC must fall to
+    about 0, else the attack does not converge or gradients are masked."""
+    cfg = AttackConfig(eps=suite.check_eps, steps=suite.check_steps, objective="image_score",
+                       random_start=True, keep_best=True, precision=protocol.precision)
+    return Member(CHECK, cfg, DETECTION)
+
+
+def balanced_subset(labels: list[int], size: int) -> frozenset[int]:
+    """Up to `size` indices, half normal and half anomalous where possible, in order."""
+    if size <= 0 or size >= len(labels):
+        return frozenset(range(len(labels)))
+    normal = [i for i, y in enumerate(labels) if y == 0]
+    anomalous = [i for i, y in enumerate(labels) if y != 0]
+    half = size // 2
+    take_a = min(len(anomalous), max(half, size - len(normal)))
+    take_n = min(len(normal), size - take_a)
+    return frozenset(normal[:take_n] + anomalous[:take_a])
+
+
+@dataclass
+class Candidate:
+    """One member's adversarial images of a batch, scored once in fp32."""
+
+    name: str
+    scores: torch.Tensor  # (B,) image scores
+    units: torch.Tensor  # (B, U)
+    detection: torch.Tensor  # (B,) signed image score (larger: detection hurt more)
+    localization: torch.Tensor  # (B,) mask objective (larger: localization hurt more)
+    present: torch.Tensor  # (B,) bool: False where the member did not run (subset)
+    images: torch.Tensor  # (B, 3, H, W) the adversarial images (the clean ones where absent)
+
+
+@dataclass
+class SuiteBatch:
+    """Everything the suite learned about one batch."""
+
+    candidates: list[Candidate]
+    worst_scores: torch.Tensor  # (B,) per image, the most harmful candidate for detection
+    worst_units: torch.Tensor  # (B, U) per image, the most harmful one for localization
+    whitebox_scores: torch.Tensor  # (B,) the same over the white-box detection attacks only
+    zero_gradient: dict[str, torch.Tensor]  # objective -> (B,) bool
+
+
+@torch.no_grad()
+def score_candidate(model: nn.Module, name: str, adv: torch.Tensor, labels: torch.Tensor,
+                    present: torch.Tensor) -> Candidate:
+    scores, units = detector_outputs(model, adv)
+    return Candidate(name, scores, units, image_score_objective(scores, labels),
+                     mask_objective(units, labels), present, adv)
+
+
+def _pick(candidates: list[Candidate], key: str) -> torch.Tensor:
+    """Per image, the index of the candidate with the largest `key` objective."""
+    values = torch.stack([getattr(c, key).masked_fill(~c.present, -torch.inf)
+                          for c in candidates])
+    return values.argmax(dim=0)
+
+
+def _gather(candidates: list[Candidate], field: str, pick: torch.Tensor) -> torch.Tensor:
+    stacked = torch.stack([getattr(c, field) for c in candidates])
+    return stacked[pick, torch.arange(pick.shape[0], device=pick.device)]
+
+
+def attack_batch(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                 suite_members: list[Member], *, in_subset: torch.Tensor, seed: int,
+                 on_member: Callable[[str], None] | None = None) -> SuiteBatch:
+    """Run every member on the batch (subset members on `in_subset` images only), score each
+    result once, and choose each image's worst case."""
+    candidates = []
+    for k, member in enumerate(suite_members):
+        present = in_subset if member.subset else torch.ones_like(in_subset)
+        adv = x.clone()
+        if present.any():
+            adv[present] = attack(model, x[present], labels[present], member.cfg,
+                                  seed=seed * 31 + k)
+        candidates.append(score_candidate(model, member.name, adv, labels, present))
+        if on_member is not None:
+            on_member(member.name)
+    whitebox = [c for c, m in zip(candidates, suite_members)
+                if m.aims_at != LOCALIZATION and not m.subset]
+    return SuiteBatch(
+        candidates=candidates,
+        worst_scores=_gather(candidates, "scores", _pick(candidates, "detection")),
+        worst_units=_gather(candidates, "units", _pick(candidates, "localization")),
+        whitebox_scores=_gather(whitebox, "scores", _pick(whitebox, "detection")),
+        zero_gradient=zero_gradient_images(model, x, labels),
+    )
+
+
+def worst_images(batch: SuiteBatch) -> torch.Tensor:
+    """Per image, the adversarial image chosen for detection (panels show it)."""
+    return _gather(batch.candidates, "images", _pick(batch.candidates, "detection"))
+
+
+def zero_gradient_images(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
+                         ) -> dict[str, torch.Tensor]:
+    """Per objective, which images have an all-zero input gradient at the clean image: an
+    attack from there does nothing (a detector run under no_grad, a step function)."""
+    out = {}
+    with frozen(model), eval_mode(model), torch.enable_grad():
+        for name, kind in (("detection", "image_score"), ("localization", "mask")):
+            xg = x.detach().clone().requires_grad_(True)
+            obj = make_objective(labels, kind)(*detector_outputs(model, xg))
+            out[name] = input_gradient(obj, xg).flatten(1).abs().amax(dim=1) == 0
+    return out
+
+
+def planned_work(suite_members: list[Member], n_images: int, n_subset: int) -> dict[str, int]:
+    """Image-steps (forward + input gradient) of the gradient members and queries (forward
+    only) of the black-box one, for printing before a suite runs."""
+    steps = sum(m.image_steps(n_images, n_subset) for m in suite_members
+                if m.cfg.method != "square")
+    queries = sum(m.image_steps(n_images, n_subset) for m in suite_members
+                  if m.cfg.method == "square")
+    return {"image_steps": steps, "queries": queries}

@@ -1,0 +1,74 @@
+"""The robust evaluation of one model on one test split: clean, then the attack suite at each
+eps (its members, the per-image worst case and, for the adaptive suite, the large-budget
+check), then the reliability flags. `python -m pgray.evaluate` runs it whole; the benchmark
+runs its parts as separate jobs (`clean_rows`, `suite_rows`, `check_rows`) and flags the union.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pgray.config import EvalConfig
+from pgray.core.scoring import EvalOutputs, evaluate_model, evaluate_suite
+
+Rows = list[dict[str, Any]]
+
+
+def clean_rows(model, dataset, *, batch_size: int, device: torch.device, progress: bool = True,
+               keep: frozenset[int] = frozenset()) -> tuple[Rows, dict[str, EvalOutputs]]:
+    return evaluate_model(model, dataset, [None], batch_size=batch_size, device=device,
+                          progress=progress, keep=keep)
+
+
+def suite_rows(model, dataset, eval_cfg: EvalConfig, eps: float, *, device: torch.device,
+               progress: bool = True, keep: frozenset[int] = frozenset()
+               ) -> tuple[Rows, dict[str, EvalOutputs]]:
+    """The suite's members and worst case at one eps."""
+    from pgray.attacks.suite import members
+
+    suite = eval_cfg.suite
+    return evaluate_suite(
+        model, dataset, members(suite, eval_cfg.attack, eps), batch_size=eval_cfg.batch_size,
+        device=device, subset_size=suite.square_images, progress=progress, keep=keep,
+        label=f"{suite.name} suite, eps {eps:g}/255",
+    )
+
+
+def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
+               progress: bool = True) -> Rows:
+    """The adaptive suite's large-budget check (none for the protocol suite)."""
+    from pgray.attacks.suite import large_eps_check
+
+    if eval_cfg.suite.name != "adaptive":
+        return []
+    check = large_eps_check(eval_cfg.suite, eval_cfg.attack)
+    rows, _ = evaluate_model(model, dataset, [check.cfg], batch_size=eval_cfg.batch_size,
+                             device=device, progress=progress)
+    return [rows[0] | {"attack": check.name}]
+
+
+def evaluate_robustness(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
+                        identity: dict[str, Any], progress: bool = True,
+                        keep: frozenset[int] = frozenset()
+                        ) -> tuple[Rows, dict[str, EvalOutputs]]:
+    """Every row of one model's robust evaluation, flagged; outputs for panels hold `clean`
+    and the worst case at the largest eps. `identity` (dataset, category, checkpoint hash)
+    goes into every row: the flags compare rows of one model only."""
+    from pgray.attacks.checks import reliability_flags
+
+    rows, outputs = clean_rows(model, dataset, batch_size=eval_cfg.batch_size, device=device,
+                               progress=progress, keep=keep)
+    worst_key = None
+    for eps in sorted(eval_cfg.eps):
+        if eps == 0:
+            continue
+        more, outs = suite_rows(model, dataset, eval_cfg, eps, device=device,
+                                progress=progress, keep=keep)
+        rows += more
+        worst_key = more[-1]["setting"]
+        outputs[worst_key] = outs[worst_key]
+    rows += check_rows(model, dataset, eval_cfg, device=device, progress=progress)
+    panels = {"clean": outputs["clean"]} | ({worst_key: outputs[worst_key]} if worst_key else {})
+    return reliability_flags([identity | r for r in rows]), panels

@@ -1,0 +1,225 @@
+"""The adaptive attack suite and its reliability checks, on real tiny PatchGuards and on
+detectors built to break an attack (a step function, one run under no_grad, one whose
+gradient points the wrong way)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import tiny_experiment
+from torch import nn
+
+from pgray.attacks.checks import reliability_flags
+from pgray.attacks.objectives import mask_objective, unit_labels
+from pgray.attacks.pgd import attack
+from pgray.attacks.suite import attack_batch, balanced_subset, members
+from pgray.config import AttackConfig, EvalConfig, SuiteConfig
+from pgray.core.robustness import evaluate_robustness
+from pgray.core.scoring import evaluate_suite, score_batches
+
+SMALL = SuiteConfig(steps=4, restarts=2, square_queries=20, square_images=0, check_steps=10)
+EVAL = EvalConfig(eps=[2.0, 8.0], attack=AttackConfig(steps=5), suite=SMALL, batch_size=16)
+CPU = torch.device("cpu")
+IDENTITY = {"dataset": "synthetic", "category": "disc", "checkpoint_sha256": "x"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from pgray.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("suite-data")
+    return generate(root, seed=3, size=32, n_train=16, n_test=24, categories=("disc",))
+
+
+@pytest.fixture(scope="module")
+def test_split(data_root):
+    from pgray.data.dataset import load_split
+
+    return load_split(tiny_experiment(data_root).data, "test", 32)
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """A tiny PatchGuard trained (clean) for a few seconds: it detects the defects somewhat."""
+    from pgray.core.checkpoint import load_checkpoint
+    from pgray.core.fit import FitContext, fit
+
+    cfg = tiny_experiment(data_root, train={"epochs": 12, "adversarial": False,
+                                            "holdout_fraction": 0.0, "max_steps_per_epoch": 4})
+    path = tmp_path_factory.mktemp("trained") / "model.pt"
+
+    def report(epoch, metrics, save):
+        if save is not None:
+            save(path)
+
+    fit(cfg, FitContext(report=report, progress=False))
+    model, _, _ = load_checkpoint(path)
+    return model.eval()
+
+
+def _suite_rows(model, dataset, eps, suite=SMALL, protocol=AttackConfig(steps=5)):
+    rows, outputs = evaluate_suite(model, dataset, members(suite, protocol, eps),
+                                   batch_size=16, device=CPU, subset_size=suite.square_images,
+                                   progress=False)
+    return rows, outputs
+
+
+def test_worst_case_is_no_better_than_any_member(trained, test_split):
+    for eps in (2.0, 8.0):
+        rows, _ = _suite_rows(trained, test_split, eps)
+        by = {r["attack"]: r for r in rows}
+        assert set(by) == {"protocol", "det_topk", "det_lse", "loc_mask", "apgd_det",
+                           "apgd_loc", "square_det", "worst_case"}
+        for name, row in by.items():
+            assert by["worst_case"]["image_auroc"] <= row["image_auroc"] + 1e-12, name
+
+
+def test_worst_case_picks_the_most_harmful_candidate_per_image(trained, test_split):
+    batch = next(iter(torch.utils.data.DataLoader(test_split, batch_size=24)))
+    labels = unit_labels(trained, batch["mask"])
+    result = attack_batch(trained, batch["image"], labels, members(SMALL, AttackConfig(steps=5),
+                                                                   8.0),
+                          in_subset=torch.ones(24, dtype=torch.bool), seed=0)
+    signs = 1.0 - 2.0 * (labels > 0.5).any(dim=1).float()
+    detection = torch.stack([c.detection for c in result.candidates])
+    localization = torch.stack([c.localization for c in result.candidates])
+    torch.testing.assert_close(result.worst_scores * signs, detection.max(dim=0).values)
+    torch.testing.assert_close(mask_objective(result.worst_units, labels),
+                               localization.max(dim=0).values)
+
+
+def test_suite_at_eps_zero_is_clean(trained, test_split):
+    clean = score_batches(trained, torch.utils.data.DataLoader(test_split, batch_size=16), None,
+                          device=CPU).metrics()
+    rows, _ = _suite_rows(trained, test_split, 0.0)
+    for row in rows:
+        for key, value in clean.items():
+            assert row[key] == value, (row["attack"], key)
+
+
+def test_protocol_member_is_the_reference_attack_bit_for_bit(trained, test_split):
+    protocol = AttackConfig(eps=8.0, steps=5)
+    batch = next(iter(torch.utils.data.DataLoader(test_split, batch_size=24)))
+    labels = unit_labels(trained, batch["mask"])
+    direct = attack(trained, batch["image"], labels, protocol)
+    result = attack_batch(trained, batch["image"], labels, members(SMALL, protocol, 8.0),
+                          in_subset=torch.zeros(24, dtype=torch.bool), seed=5)
+    torch.testing.assert_close(result.candidates[0].images, direct, rtol=0, atol=0)
+    alone = score_batches(trained, torch.utils.data.DataLoader(test_split, batch_size=16),
+                          protocol, device=CPU).metrics()
+    rows, _ = _suite_rows(trained, test_split, 8.0)
+    assert {k: rows[0][k] for k in alone} == alone
+
+
+def test_a_plain_patchguard_raises_no_flag(trained, test_split):
+    rows, _ = evaluate_robustness(trained, test_split, EVAL, device=CPU, identity=IDENTITY,
+                                  progress=False)
+    assert [r["flags"] for r in rows] == [[]] * len(rows), [
+        (r["attack"], r["eps"], r["flag_notes"]) for r in rows if r["flags"]]
+    check = next(r for r in rows if r["attack"] == "check_large_eps")
+    assert check["image_auroc"] <= 0.05
+
+
+class StepDetector(nn.Module):
+    """Patch units that are a step function of the input: zero gradient almost everywhere,
+    yet a good detector of the dark defects of the generated discs (Square still moves it)."""
+
+    patch_size = 8
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(self.inner(x) * 4) / 4
+
+    def image_scores(self, units: torch.Tensor) -> torch.Tensor:
+        return units.topk(3, dim=1).values.mean(dim=1)
+
+    def anomaly_maps(self, units: torch.Tensor) -> torch.Tensor:
+        return self.inner.anomaly_maps(units)
+
+
+class NoGradDetector(StepDetector):
+    """Features under torch.no_grad, as several anomalib models compute them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.inner(x)
+
+
+class ReversedGradientDetector(StepDetector):
+    """The same scores, with the gradient pointing the other way: every white-box step helps
+    the detector, so its AUROC rises with the budget."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        units = self.inner(x)
+        return 2 * units.detach() - units
+
+
+def _flags(model, dataset) -> dict[str, set[str]]:
+    rows, _ = evaluate_robustness(model, dataset, EVAL, device=CPU, identity=IDENTITY,
+                                  progress=False)
+    return {f: {r["attack"] for r in rows if f in r["flags"]}
+            for f in {f for r in rows for f in r["flags"]}}
+
+
+def test_flags_fire_on_a_step_function_detector(trained, test_split):
+    flags = _flags(StepDetector(trained), test_split)
+    assert "worst_case" in flags["zero_gradients"]
+    assert "worst_case" in flags["weak_at_large_eps"]
+
+
+def test_flags_fire_on_a_detector_run_under_no_grad(trained, test_split):
+    flags = _flags(NoGradDetector(trained), test_split)
+    assert "worst_case" in flags["zero_gradients"]
+    assert "check_large_eps" in flags["weak_at_large_eps"]
+
+
+def test_flags_fire_when_the_score_rises_with_eps(trained, test_split):
+    flags = _flags(ReversedGradientDetector(trained), test_split)
+    # The protocol follows its gradient to the last iterate: it helps the detector more with
+    # more budget. The members that keep their best iterate stay near the start instead, and
+    # the black-box attack, which ignores the gradient, beats them all.
+    assert "protocol" in flags["rises_with_eps"]
+    assert "protocol" in flags["robust_above_clean"]
+    assert "worst_case" in flags["blackbox_stronger"]
+    assert "worst_case" in flags["weak_at_large_eps"]
+
+
+def test_black_box_beating_white_box_is_flagged():
+    base = {"dataset": "d", "category": "c", "checkpoint_sha256": "s", "eps": 8.0,
+            "steps": 10, "restarts": 1}
+    rows = [base | {"attack": "clean", "eps": 0.0, "image_auroc": 0.9, "pixel_auroc": 0.9},
+            base | {"attack": "square_det", "aims_at": "detection", "image_auroc": 0.2,
+                    "pixel_auroc": 0.9, "whitebox_image_auroc": 0.6},
+            base | {"attack": "worst_case", "image_auroc": 0.3, "pixel_auroc": 0.5}]
+    flagged = reliability_flags(rows)
+    assert flagged[0]["flags"] == []
+    assert flagged[1]["flags"] == flagged[2]["flags"] == ["blackbox_stronger"]
+    assert "0.2000 < white-box 0.6000" in flagged[2]["flag_notes"][0]
+
+
+def test_more_steps_raising_auroc_is_flagged():
+    base = {"dataset": "d", "category": "c", "checkpoint_sha256": "s", "eps": 8.0,
+            "attack": "protocol", "restarts": 1, "pixel_auroc": 0.5}
+    rows = reliability_flags([base | {"steps": 10, "image_auroc": 0.40},
+                              base | {"steps": 100, "image_auroc": 0.45}])
+    assert rows[0]["flags"] == [] and rows[1]["flags"] == ["more_steps_higher"]
+
+
+def test_balanced_subset_takes_both_classes():
+    labels = [0] * 10 + [1] * 3
+    subset = balanced_subset(labels, 6)
+    assert len(subset) == 6 and {labels[i] for i in subset} == {0, 1}
+    assert sum(labels[i] for i in subset) == 3
+    assert balanced_subset(labels, 0) == frozenset(range(13))
+
+
+def test_surrogate_needs_the_image_score_objective():
+    from pgray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="surrogate"):
+        dataclasses.replace(AttackConfig(), surrogate="lse").validate()
