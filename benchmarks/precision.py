@@ -31,11 +31,11 @@ import torch
 from attack_step import make_batch
 from train_step import experiment, random_batch
 
+from pgray.attacks.objectives import mask_to_patch_labels
 from pgray.attacks.pgd import attack
 from pgray.config import AttackConfig, ExperimentConfig, ModelConfig, tiny_model_config
 from pgray.config.base import to_dict
 from pgray.core.model import PatchGuard
-from pgray.attacks.objectives import mask_to_patch_labels
 from pgray.core.step import build_optimizer, train_step
 
 SPEED_COLUMNS = [

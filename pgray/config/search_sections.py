@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pgray.config.base import check, check_eps
-from pgray.config.experiment import PROXY_METRICS
+from pgray.config.experiment import PROXY_METRICS, SuiteConfig
 from pgray.config.keys import canonical, is_scalar
 from pgray.errors import ConfigError
 
@@ -175,8 +175,10 @@ class FinalEval:
     enabled: bool = True
     categories: list[str] | None = None  # "dataset/category" or "category"; None: every target
     eps: list[float] = field(default_factory=lambda: [8.0])
-    steps: int = 1000  # PGD steps (the paper's protocol: 1000)
+    steps: int = 1000  # the protocol's PGD steps (the paper's: 1000)
     restarts: int = 1
+    # the attack suite (pgray.attacks.suite): its per-image worst case is the robust number
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
     top_n: int = 1  # best trials per target that are benchmarked
     batch_size: int = 32
     n_panels: int = 2

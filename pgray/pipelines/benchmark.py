@@ -4,7 +4,7 @@ Parquet, Markdown, plots and MLflow runs. Finished jobs are skipped on re-runs."
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ class BenchmarkResult:
     skipped: int
     ran: int
     mlflow_run_id: str | None = None
+    # target key -> the held-out proxy metrics of the evaluated epoch (the sweep's final
+    # evaluation fills it in, for the proxy-to-test gap)
+    proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def train_missing(cfg: BenchmarkConfig, out: Path, mlflow_uri: str | None,

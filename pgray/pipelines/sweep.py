@@ -3,6 +3,7 @@ trial(s) of each. `python -m pgray.sweep` parses its flags and calls `run_sweep`
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,15 +289,20 @@ def final_evaluation(req: SweepRequest, space: SearchSpace, best: dict[str, list
         if not ranked:
             break
         folder = out / "best" / f"top{rank}"
+        proxies = {}
         for key, trial in ranked.items():
             t = targets[key]
-            fetch_checkpoint(trial.checkpoint, folder / t.dataset / t.category / "checkpoint.pt")
+            ckpt = fetch_checkpoint(trial.checkpoint,
+                                    folder / t.dataset / t.category / "checkpoint.pt")
+            proxies[key] = json.loads(ckpt.with_name(PROXY_FILE).read_text())
         cfg = benchmark_config(space, [targets[k] for k in ranked], folder, rank)
         _say(req, f"final evaluation {cfg.name}: {attack_text(space)} on"
                   f" {', '.join(ranked)}")
-        results.append(run_benchmark(cfg, out / "final" / f"top{rank}", mlflow_uri=uri,
-                                     parent_run_id=parent_id, progress=req.progress,
-                                     address=req.address))
+        bench = run_benchmark(cfg, out / "final" / f"top{rank}", mlflow_uri=uri,
+                              parent_run_id=parent_id, progress=req.progress,
+                              address=req.address)
+        bench.proxies = proxies
+        results.append(bench)
     return results
 
 
@@ -308,19 +314,30 @@ def _eval_targets(space: SearchSpace, best: dict[str, list[TrialSummary]]
     return {k: v for k, v in best.items() if k in wanted or k.split("/", 1)[1] in wanted}
 
 
+PROXY_FILE = "proxy.json"  # beside a fetched checkpoint: its held-out proxy metrics
+
+
 def fetch_checkpoint(path: str, dest: Path) -> Path:
     """A trial's Train checkpoint (local or s3:// / gs://) as a plain .pt file: the
-    proxy-selected weights when the trial ran with train.select_metric, else the last ones."""
+    proxy-selected weights when the trial ran with train.select_metric, else the last ones.
+    The held-out proxy metrics of that epoch go beside it (proxy.json), for the gap between
+    the proxy and the test split."""
     import tempfile
 
-    from pgray.core.checkpoint import write_selected
+    from pgray.core.checkpoint import read_checkpoint, write_selected
     from pgray.distributed.train import fetch_train_checkpoint
-    from pgray.io import copy_atomic
+    from pgray.io import copy_atomic, write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         source = fetch_train_checkpoint(path, Path(tmp) / "checkpoint.pt")
-        if write_selected(source, dest) is None:
+        selected = write_selected(source, dest)
+        if selected is None:
             copy_atomic(source, dest)
+        extra = read_checkpoint(source)["extra"]
+    epoch = (extra.get("selected") or {}).get("epoch") or extra.get("epochs_done")
+    metrics = next((m for e, m in extra.get("history", []) if e + 1 == epoch), {})
+    write_json(dest.with_name(PROXY_FILE), {"epoch": epoch} | {
+        k: v for k, v in metrics.items() if k.startswith("proxy_")})
     return dest
 
 
@@ -341,7 +358,7 @@ def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, ra
     return BenchmarkConfig(
         name=f"{space.name}-final" + ("" if rank == 1 else f"-top{rank}"), datasets=entries,
         attack=dataclasses.replace(fixed.eval.attack, steps=fe.steps, restarts=fe.restarts),
-        eps=list(fe.eps), steps=[fe.steps], restarts=[fe.restarts],
+        eps=list(fe.eps), steps=[fe.steps], restarts=[fe.restarts], suite=fe.suite,
         mask_resize=fixed.data.mask_resize, batch_size=fe.batch_size, n_panels=fe.n_panels,
         actors=ActorConfig(count=fe.actors or max(1, min(len(targets), fits)),
                            cpus=fe.cpus_per_actor, gpus=gpus,

@@ -42,14 +42,19 @@ def _objective_text(space: SearchSpace, trial: TrialSummary) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else ("–" if value is None else str(value))
 
 
 def attack_text(space: SearchSpace) -> str:
     fe = space.final_eval
-    text = f"PGD-{fe.steps}, eps {', '.join(f'{e:g}' for e in fe.eps)}/255"
+    eps = ", ".join(f"{e:g}" for e in fe.eps)
+    if fe.suite.name == "adaptive":
+        text = (f"the adaptive suite (members at {fe.suite.steps} steps x {fe.suite.restarts}"
+                f" restarts) beside the protocol PGD-{fe.steps}, eps {eps}/255")
+    else:
+        text = f"the protocol PGD-{fe.steps} alone, eps {eps}/255"
     if fe.steps < PAPER_STEPS:
-        text += f" (a short attack; the paper protocol is PGD-{PAPER_STEPS})"
+        text += f" (short attacks; the paper protocol is PGD-{PAPER_STEPS})"
     return text
 
 
@@ -79,7 +84,35 @@ def results_text(space: SearchSpace, result: SweepResult) -> str:
             parts.append(f"- {key}: no trial finished with a checkpoint")
     for bench in result.benchmarks:
         parts += ["", f"## Final evaluation: {attack_text(space)}", "", bench.table_text]
+        if bench.proxies:
+            parts += ["", proxy_gap_table(bench.proxies, bench.rows)]
     return "\n".join(parts)
+
+
+def proxy_gap_table(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """The held-out proxy (pseudo-anomalies, short attacks at the training eps) beside the
+    test split, for each evaluated trial: how far the sweep's objective is from the truth."""
+    lines = ["### Proxy vs test (image AUROC; proxy: held-out pseudo-anomalies, short attacks"
+             " at the training eps; test: real defects, the suite's worst case at the largest"
+             " eps)", "",
+             "| target | epoch | proxy clean | test clean | gap | proxy worst | test worst |"
+             " gap |", "|---|---|---|---|---|---|---|---|"]
+    for key, proxy in sorted(proxies.items()):
+        dataset, category = key.split("/", 1)
+        mine = [r for r in rows if r["dataset"] == dataset and r["category"] == category]
+        clean = next((r["image_auroc"] for r in mine if r.get("attack") == "clean"), None)
+        worst = max((r for r in mine if r.get("attack") == "worst_case"),
+                    key=lambda r: r["eps"], default={}).get("image_auroc")
+        pc, pw = proxy.get("proxy_clean_image_auroc"), proxy.get("proxy_worst_image_auroc")
+        lines.append(f"| {key} | {proxy.get('epoch')} | {_fmt(pc)} | {_fmt(clean)} | "
+                     f"{_gap(pc, clean)} | {_fmt(pw)} | {_fmt(worst)} | {_gap(pw, worst)} |")
+    return "\n".join(lines)
+
+
+def _gap(proxy: Any, test: Any) -> str:
+    if not isinstance(proxy, float) or not isinstance(test, float):
+        return "–"
+    return f"{proxy - test:+.3f}"
 
 
 def write_summary(result: SweepResult) -> None:

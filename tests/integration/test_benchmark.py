@@ -35,28 +35,47 @@ def _config(root, checkpoints, **kw) -> BenchmarkConfig:
         "datasets": [{"dataset": "synthetic", "root": str(root), "categories": ["disc", "weave"],
                       "checkpoint": str(checkpoints / "{category}" / "checkpoint.pt")}],
         "eps": [2.0, 8.0], "steps": [2], "batch_size": 8, "n_panels": 1,
-        "actors": {"count": 2, "cpus": 0.5},
+        "actors": {"count": 2, "cpus": 0.5}, "suite": "protocol",
     } | kw
     return from_dict(BenchmarkConfig, data)
 
 
+TINY_SUITE = {"steps": 2, "restarts": 1, "square_queries": 4, "square_images": 4,
+              "check_steps": 2}
+MEMBERS = ["protocol", "det_topk", "det_lse", "loc_mask", "apgd_det", "apgd_loc", "square_det",
+           "worst_case"]
+
+
 def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, checkpoints,
                                                tmp_path, mlflow_uri):
-    cfg = _config(synthetic_root, checkpoints)
+    cfg = _config(synthetic_root, checkpoints, suite=TINY_SUITE)
     out = tmp_path / "bench"
     result = run_benchmark(cfg, out, progress=False)
-    assert result.ran == 6 and result.skipped == 0
+    # per category: clean, the adaptive suite at eps 2 and 8, the large-budget check
+    assert result.ran == 8 and result.skipped == 0
     rows = read_rows(out)
-    assert len(rows) == 6 and len({r["job_key"] for r in rows}) == 6
+    assert len({r["job_key"] for r in rows}) == 8 and len({r["row_key"] for r in rows}) == 36
+    for category in ("disc", "weave"):
+        mine = [r for r in rows if r["category"] == category]
+        assert sorted(r["attack"] for r in mine) == sorted(
+            ["clean", "check_large_eps", *MEMBERS, *MEMBERS])
     for r in rows:
         assert {"eps", "steps", "alpha", "restarts", "objective", "library", "precision",
-                "mask_resize", "split", "checkpoint_sha256", "pgray_version", "flags"} <= set(r)
-        assert 0 <= r["image_auroc"] <= 1
-    attacked = [r for r in rows if r["setting"] != "clean"]
-    assert {r["eps"] for r in attacked} == {2.0, 8.0}
-    assert all(r["alpha"] == pytest.approx(2.5 * r["eps"] / 2) for r in attacked)
+                "mask_resize", "split", "checkpoint_sha256", "pgray_version", "attack",
+                "flags", "flag_notes"} <= set(r)
+        assert isinstance(r["flags"], list) and 0 <= r["image_auroc"] <= 1
+    protocol = [r for r in rows if r["attack"] == "protocol"]
+    assert {r["eps"] for r in protocol} == {2.0, 8.0}
+    assert all(r["alpha"] == pytest.approx(2.5 * r["eps"] / 2) for r in protocol)
+    for r in rows:
+        if r["attack"] == "worst_case":
+            same = [o for o in rows if o["job_key"] == r["job_key"] and o["attack"] not in
+                    ("worst_case", "square_det")]
+            assert all(r["image_auroc"] <= o["image_auroc"] + 1e-12 for o in same)
     text = (out / "results.md").read_text()
-    assert "| disc |" in text and "| **mean** |" in text and "PGD-2 eps 8/255" in text
+    assert "| disc |" in text and "| **mean** |" in text
+    assert "eps 8/255, protocol PGD-2; worst case = the robust number" in text
+    assert "AD worst" in text and "| flags |" in text
     assert (out / "auroc_vs_eps.png").stat().st_size > 0
 
     from mlflow.tracking import MlflowClient
@@ -65,23 +84,25 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     exp = client.get_experiment_by_name("pgray")
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
-    assert len(children) == 6
+    assert len(children) == 8
     assert {c.data.tags["category"] for c in children} == {"disc", "weave"}
+    suite_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_eps8")
+    assert {"worst_case/image_auroc", "protocol/image_auroc"} <= set(suite_run.data.metrics)
     parent_files = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"results.parquet", "results.md", "auroc_vs_eps.png"} <= parent_files
 
     again = run_benchmark(cfg, out, progress=False)
-    assert again.ran == 0 and again.skipped == 6
-    assert len(read_rows(out)) == 6
+    assert again.ran == 0 and again.skipped == 8
+    assert len(read_rows(out)) == 36
 
 
 def test_actors_match_sequential_numbers(ray_session, synthetic_root, checkpoints, tmp_path,
                                          mlflow_uri):
     cfg = _config(synthetic_root, checkpoints, eps=[8.0])
-    a = {r["job_key"]: r for r in run_benchmark(cfg, tmp_path / "a", progress=False).rows}
-    s = {r["job_key"]: r for r in run_benchmark(cfg, tmp_path / "s", progress=False,
+    a = {r["row_key"]: r for r in run_benchmark(cfg, tmp_path / "a", progress=False).rows}
+    s = {r["row_key"]: r for r in run_benchmark(cfg, tmp_path / "s", progress=False,
                                                 sequential=True).rows}
-    assert a.keys() == s.keys()
+    assert a.keys() == s.keys() and len(a) == 6
     for key in a:
         assert a[key]["image_auroc"] == pytest.approx(s[key]["image_auroc"], abs=1e-6)
         assert a[key]["pixel_auroc"] == pytest.approx(s[key]["pixel_auroc"], abs=1e-6)
@@ -111,13 +132,14 @@ def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp
                 break
             time.sleep(0.2)
         cluster.remove_node(nodes[1])
-        done_before_loss = len(done)
         worker.join(timeout=300)
         assert not worker.is_alive() and "result" in box
         rows = read_rows(out)
-        keys = [r["job_key"] for r in rows]
-        assert done_before_loss < 8  # the node was lost with jobs still to run
-        assert len(rows) == 8 and len(set(keys)) == 8  # 2 categories x (clean + 3 eps), once
+        keys = [r["row_key"] for r in rows]
+        assert len({r["job_key"] for r in done}) < 8  # the node was lost with jobs to run
+        # 2 categories x (clean + the protocol suite at 3 eps: protocol, worst case), once
+        assert len({r["job_key"] for r in rows}) == 8
+        assert len(rows) == 14 and len(set(keys)) == 14
         assert len({r["node"] for r in rows}) == 2  # jobs ran on both worker nodes
     finally:
         ray.shutdown()

@@ -61,7 +61,9 @@ def tiny_space(root: Path, **over) -> dict:
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "trial_cpus": 0.25,
                       "max_concurrent": 1},
-        "final_eval": {"eps": [8.0], "steps": 2, "batch_size": 8, "n_panels": 0, "actors": 1},
+        "final_eval": {"eps": [8.0], "steps": 2, "batch_size": 8, "n_panels": 0, "actors": 1,
+                       "suite": {"steps": 2, "restarts": 1, "square_queries": 4,
+                                 "square_images": 4, "check_steps": 2}},
         "seed": 0,
     }
     return space | over
@@ -273,11 +275,15 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     assert cfg.pseudo.min_size == trials[best_id]["params"]["pseudo.min_size"]
     assert (out / "best" / "top1" / "synthetic" / "disc" / "checkpoint.pt").is_file()
     text = (out / "results.md").read_text()
-    assert "Final evaluation: PGD-2, eps 8/255 (a short attack" in text
+    assert ("Final evaluation: the adaptive suite (members at 2 steps x 1 restarts) beside the"
+            " protocol PGD-2, eps 8/255 (short attacks") in text
+    assert "Proxy vs test" in text and "| synthetic/disc |" in text
     import pyarrow.parquet as pq
 
     rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
-    assert sorted(r["setting"] for r in rows) == ["clean", "pgd_eps8_steps2"]
+    assert sorted(r["attack"] for r in rows) == sorted([
+        "clean", "protocol", "det_topk", "det_lse", "loc_mask", "apgd_det", "apgd_loc",
+        "square_det", "worst_case", "check_large_eps"])
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
 
 
