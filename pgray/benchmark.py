@@ -1,4 +1,5 @@
-"""python -m pgray.benchmark: PGD evaluation of many checkpoints on a pool of Ray actors."""
+"""python -m pgray.benchmark: the robust evaluation of many checkpoints on Ray actors, training
+the missing ones first (all at once as far as the cluster allows)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ import sys
 from pathlib import Path
 
 from pgray.errors import run_cli
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plan (nothing runs)")
+    g.add_argument("--plan", action="store_true",
+                   help="print the trainings and evaluation jobs, the resources each asks for,"
+                        " how many run at once, and an estimate of GPU-hours and wall time")
+    g.add_argument("--gpus", type=float, help="plan for a cluster with this many GPUs (default:"
+                   " the connected cluster, else this machine)")
+    g.add_argument("--cpus", type=float, help="its CPUs (default 16 per GPU)")
+    g.add_argument("--gpu-tflops", type=float, default=989.0,
+                   help="dense bf16 TFLOP/s per GPU for the estimate (default 989: H100/H200)")
+    g.add_argument("--gpu-utilization", type=float, default=0.4,
+                   help="fraction of that peak assumed (default 0.4)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true",
                    help="run jobs one after another in this process, without Ray")
     p.add_argument("--address", help="Ray address (default RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the trainings of an interrupted benchmark (finished"
+                        " categories are not trained again; finished jobs are always skipped)")
+    p.add_argument("--storage", help="Ray Tune/Train storage for the trainings: absolute path,"
+                   " s3:// or gs:// (default OUT/ray; multi-node clusters need shared storage)")
+    add_plan_args(p)
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else"
                    " sqlite:///./mlflow.db)")
     p.add_argument("--quiet", action="store_true")
@@ -35,10 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     from pgray.pipelines.benchmark import run_benchmark
 
     cfg = BenchmarkConfig.from_yaml(args.config)
+    if args.plan:
+        from pgray.pipelines.plan import benchmark_plan, describe_cluster
+
+        cluster = describe_cluster(args.gpus, args.cpus, args.address)
+        print(benchmark_plan(cfg, cluster, gpu_tflops=args.gpu_tflops,
+                             gpu_utilization=args.gpu_utilization))
+        return 0
     out = Path(args.out) if args.out else Path("runs/benchmark") / cfg.name
     result = run_benchmark(cfg, out, mlflow_uri=args.mlflow_uri, force=args.force,
                            progress=not args.quiet, sequential=args.sequential,
-                           address=args.address)
+                           address=args.address, resume=args.resume, storage=args.storage)
     print(result.table_text)
     print(f"{result.ran} jobs run, {result.skipped} skipped (already done)")
     print(f"results: {result.parquet}\ntable:   {result.markdown}")

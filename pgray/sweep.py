@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-eval", action="store_true",
                    help="stop after the search (no benchmark of the best trials)")
     p.add_argument("--quiet", action="store_true", help="no Tune status tables or progress")
+    from pgray.benchmark import add_plan_args
+
+    add_plan_args(p)
     return p
 
 
@@ -45,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     from pgray.pipelines.sweep import SweepRequest, run_sweep
 
     space = load_search_space(resolve_space_path(args.config or "demo"))
+    if args.plan:
+        from pgray.pipelines.plan import describe_cluster, sweep_plan
+
+        cluster = describe_cluster(args.gpus, args.cpus, args.address)
+        print(sweep_plan(space, cluster, gpu_tflops=args.gpu_tflops,
+                         gpu_utilization=args.gpu_utilization))
+        return 0
     out = Path(args.out) if args.out else Path("runs") / "sweep" / space.name
     result = run_sweep(SweepRequest(
         space=space, out=out, resume=args.resume, storage=args.storage, address=args.address,

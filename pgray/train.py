@@ -49,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1,
                    help="data-parallel workers; 1 trains in-process without Ray (default 1)")
     r.add_argument("--ray", action="store_true", help="use Ray Train even with --workers 1")
-    r.add_argument("--gpus-per-worker", type=float, default=0.0)
+    r.add_argument("--gpus-per-worker", type=float,
+                   help="GPUs per Ray Train worker (default: 1 when the cluster has GPUs, else"
+                        " 0); whole GPUs when --workers > 1")
+    r.add_argument("--allow-cpu", action="store_true",
+                   help="allow --gpus-per-worker 0 on a cluster that has GPUs")
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--storage", help="checkpoint storage: absolute path, s3:// or gs://"
                    " (default OUT/ray_storage; multi-node clusters need shared storage)")
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train_category(TrainRequest(
         config=cfg, out=Path(args.out), name=args.name or default_run_name(cfg),
         workers=args.workers, use_ray=args.ray or args.workers > 1,
-        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker, allow_cpu=args.allow_cpu,
+        cpus_per_worker=args.cpus_per_worker,
         storage=args.storage, address=args.address, max_failures=args.max_failures,
         mlflow_uri=args.mlflow_uri, progress=not args.quiet,
     ))

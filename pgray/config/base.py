@@ -136,6 +136,17 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def check_worker_gpus(workers: int, gpus: float | None, key: str = "gpus_per_worker") -> None:
+    """The one rule for GPUs per Ray Train worker: None (the cluster decides) or >= 0, and
+    whole GPUs when there are several workers: two DDP ranks on one GPU are refused by NCCL."""
+    if gpus is None:
+        return
+    check(gpus >= 0, key, f"must be >= 0, got {gpus:g}")
+    check(workers == 1 or float(gpus).is_integer(), key,
+          f"{gpus:g} is a fraction of a GPU, but {workers} DDP workers cannot share GPUs (NCCL"
+          " refuses two ranks on one device): use whole GPUs, or one worker")
+
+
 MAX_EPS = 255.0  # eps is written in 1/255 units of the [0, 1] pixel range
 
 

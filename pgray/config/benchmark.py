@@ -8,6 +8,7 @@ from typing import Any
 
 from pgray.config.base import check, check_eps, from_dict, load_yaml
 from pgray.config.experiment import AttackConfig, SuiteConfig
+from pgray.config.search_sections import Resources
 
 
 @dataclass
@@ -25,7 +26,7 @@ class DatasetEntry:
 
 @dataclass
 class ActorConfig:
-    count: int = 2
+    count: int = 2  # at most; fewer when the cluster holds fewer (every resource counted)
     cpus: float = 1.0
     gpus: float = 0.0  # fractional GPUs pack small categories onto one device
     threads: int = 1
@@ -57,7 +58,8 @@ class BenchmarkConfig:
     n_panels: int = 2
     train_missing: bool = False  # train a checkpoint first where none exists (Ray Train)
     train: dict[str, Any] = field(default_factory=dict)  # experiment overrides for that training
-    train_workers: int = 1
+    # what each of those trainings asks for; they run at once as far as the cluster allows
+    train_resources: Resources = field(default_factory=Resources)
     actors: ActorConfig = field(default_factory=ActorConfig)
 
     def validate(self) -> None:

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pgray.config.base import check, check_eps
+from pgray.config.base import check, check_eps, check_worker_gpus
 from pgray.config.experiment import PROXY_METRICS, SuiteConfig
 from pgray.config.keys import canonical, is_scalar
 from pgray.errors import ConfigError
@@ -146,9 +146,14 @@ class Scheduler:
 
 @dataclass
 class Resources:
+    """What each training asks of the cluster (a sweep's trials, a benchmark's trainings)."""
+
     workers_per_trial: int = 1  # Ray Train data-parallel workers of each trial
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    # None: one GPU per worker when the cluster has GPUs, else none. 0 on a cluster with
+    # GPUs is refused unless allow_cpu (it would train on CPUs with every GPU idle).
+    gpus_per_worker: float | None = None
+    allow_cpu: bool = False
     # CPU held by the trial itself (it only waits on its Train run); fractional, or a small
     # cluster deadlocks with trials holding every CPU while their workers wait.
     trial_cpus: float = 0.25
@@ -158,16 +163,17 @@ class Resources:
     def validate(self) -> None:
         check(self.workers_per_trial >= 1, "workers_per_trial", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
-        check(self.gpus_per_worker >= 0, "gpus_per_worker", "must be >= 0")
+        check_worker_gpus(self.workers_per_trial, self.gpus_per_worker)
         check(self.trial_cpus >= 0, "trial_cpus", "must be >= 0")
         check(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent",
               "must be >= 1 (or null: derived from the cluster)")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
     def per_trial(self) -> dict[str, float]:
-        """What one running trial holds: its own CPU share plus its Train workers."""
+        """What one running trial holds: its own CPU share plus its Train workers (call it on
+        resolved resources: gpus_per_worker set)."""
         return {"CPU": self.trial_cpus + self.workers_per_trial * self.cpus_per_worker,
-                "GPU": self.workers_per_trial * self.gpus_per_worker}
+                "GPU": self.workers_per_trial * (self.gpus_per_worker or 0.0)}
 
 
 @dataclass

@@ -229,6 +229,8 @@ def load_checkpoint(
 
 def _load_strict(model: nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
     state = ckpt["state_dict"]
+    if isinstance(model, PatchGuard):
+        state = model.drop_unbuilt_blocks(state)
     problems = state_dict_problems(model.state_dict(), state)
     if problems:
         raise CheckpointError(

@@ -34,6 +34,10 @@ def pick_device(requested: str | None = None, *,
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' means bf16 on a CUDA device that supports it, fp32 elsewhere (CPU bf16 autocast
     is slower than fp32 there); 'fp32' and 'bf16' are taken as given."""

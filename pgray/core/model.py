@@ -270,6 +270,10 @@ class PatchGuard(nn.Module):
         self.feature_indices = sorted(
             resolve_layers(cfg.feature_layers, self.num_blocks, "model.feature_layers:")
         )
+        # Blocks after the deepest feature block never reach the logits; kept, they would get
+        # no gradient and DDP would fail on its second step. (num_blocks stays the configured
+        # depth: layer numbers in configs keep their meaning.)
+        self.backbone.blocks = self.backbone.blocks[: max(self.feature_indices) + 1]
         self.patch_size, self.grid = self._geometry()
         self.num_patches: int = self.grid[0] * self.grid[1]
         dim = int(self.backbone.embed_dim) * len(self.feature_indices)
@@ -356,6 +360,18 @@ class PatchGuard(nn.Module):
         index = self.smooth_index.to(maps.device)
         maps = F.conv2d(maps.index_select(2, index), taps.view(1, 1, -1, 1))
         return F.conv2d(maps.index_select(3, index), taps.view(1, 1, 1, -1))
+
+    def drop_unbuilt_blocks(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` without the weights of backbone blocks this model does not build (from a
+        checkpoint written before they were dropped; they never influenced its output)."""
+        built = len(self.backbone.blocks)
+        keep = {}
+        for key, value in state.items():
+            parts = key.split(".")
+            if parts[:2] == ["backbone", "blocks"] and parts[2].isdigit() and int(parts[2]) >= built:
+                continue
+            keep[key] = value
+        return keep
 
     # -- attention capture -------------------------------------------------------------------
 

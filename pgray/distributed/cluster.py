@@ -103,3 +103,40 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return dict(ray.cluster_resources())
+
+
+def resolve_worker_gpus(gpus: float | None, *, allow_cpu: bool, where: str) -> float:
+    """GPUs per Ray Train worker on the connected cluster: None means one where the cluster
+    has GPUs and none where it has none; 0 on a cluster with GPUs is refused unless
+    `allow_cpu`, since it trains on CPUs while every GPU idles."""
+    have = cluster_resources().get("GPU", 0.0)
+    if gpus is None:
+        return 1.0 if have > 0 else 0.0
+    if gpus == 0 and have > 0 and not allow_cpu:
+        raise ClusterError(
+            f"{where}: 0 GPUs per worker on a cluster with {have:g} GPUs would train on CPUs"
+            " with every GPU idle; ask for GPUs (or leave it unset: one per worker), or allow"
+            " it explicitly (--allow-cpu / allow_cpu: true)")
+    return float(gpus)
+
+
+SHARED_TRACKING_ENV = "PGRAY_SHARED_TRACKING_FS"
+
+
+def check_tracking_reachable(uri: str) -> None:
+    """On a cluster of several nodes, rank-0 workers and evaluation actors on other nodes log
+    to MLflow themselves; an SQLite or file store there is a different file (or none) on each
+    node. Refuse it, unless the user says the path is on storage every node mounts."""
+    import ray
+
+    if not uri.startswith(("sqlite:", "file:")) or os.environ.get(SHARED_TRACKING_ENV) == "1":
+        return
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1:
+        raise ClusterError(
+            f"MLflow tracking URI {uri} is a file on this machine, but the Ray cluster has"
+            f" {len(alive)} nodes: runs logged from the other nodes would land in their own"
+            " files or nowhere. Run an MLflow server (mlflow server --host 127.0.0.1 ...,"
+            " reached through a tunnel or an authenticating proxy) and set MLFLOW_TRACKING_URI"
+            f" to it, or set {SHARED_TRACKING_ENV}=1 if that path is on storage every node"
+            " mounts")

@@ -72,18 +72,40 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if tracker is not None:
             log_history(tracker, history)
 
+    device = worker_device()
+
     def prepare(model):
         if world == 1:
             return model
-        return ray.train.torch.prepare_model(model, move_to_device=False)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                       else None)
+
+    def report_with_gpus(epoch: int, metrics: dict[str, float], save) -> None:
+        report(epoch, metrics | {"worker_gpus": float(len(ray.get_gpu_ids()))}, save)
 
     fit(cfg, FitContext(
-        device=ray.train.torch.get_device(), rank=rank, world_size=world,
-        prepare_model=prepare, report=report, resume_state=resume_state,
+        device=device, rank=rank, world_size=world,
+        prepare_model=prepare, report=report_with_gpus, resume_state=resume_state,
         progress=loop_config.get("progress", True),
         step_hook=_bind_rank(loop_config.get("step_hook"), rank),
         epoch_hook=param_spread if world > 1 else None,
     ))
+
+
+def worker_device():
+    """The device of this Train worker: the GPU Ray gave it, or the CPU when it gave none or
+    the node has no CUDA (a logical GPU, as in tests and on CPU clusters)."""
+    import ray
+    import ray.train.torch
+
+    from pgray.core.device import pick_device
+
+    device = pick_device(assigned_gpus=ray.get_gpu_ids())
+    if device.type == "cuda":  # Ray Train shares CUDA_VISIBLE_DEVICES among a node's workers
+        device = ray.train.torch.get_device()
+    return device
 
 
 def param_spread(model) -> dict[str, float]:
@@ -111,7 +133,7 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    use_gpu = launch.gpus_per_worker > 0
+    use_gpu = (launch.gpus_per_worker or 0) > 0
     resources = {"CPU": launch.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = launch.gpus_per_worker
@@ -125,7 +147,7 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
             "progress": launch.progress,
             "step_hook": launch.step_hook,
         },
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu and gpu_nodes_have_cuda() else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=launch.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -156,3 +178,28 @@ def fetch_train_checkpoint(path: str, dest: Path) -> Path:
 
     with Checkpoint(path).as_directory() as d:
         return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)
+
+
+_CUDA_ON_GPU_NODES: bool | None = None
+
+
+def gpu_nodes_have_cuda() -> bool:
+    """Whether the cluster's GPU nodes see CUDA: NCCL needs it, and a cluster whose GPUs are
+    logical (declared, as in tests) trains over gloo on the CPU. Asked once per process, by
+    a task that holds nothing, pinned to a node that declares GPUs."""
+    global _CUDA_ON_GPU_NODES
+    if _CUDA_ON_GPU_NODES is None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = next((n["NodeID"] for n in ray.nodes()
+                     if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0), None)
+        if node is None:
+            _CUDA_ON_GPU_NODES = False
+        else:
+            from pgray.core.device import cuda_available
+
+            probe = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node, soft=False))(cuda_available)
+            _CUDA_ON_GPU_NODES = bool(ray.get(probe.remote()))
+    return _CUDA_ON_GPU_NODES

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pgray.config.search_sections import Target
+from pgray.config.search_sections import Resources, Target
 from pgray.config.search_space import SearchSpace
 from pgray.distributed.tune_targets import (
     TARGET_KEY,
@@ -45,6 +45,7 @@ class SweepContext:
     mlflow_uri: str
     parent_run_id: str
     train_storage: str
+    resources: Resources  # the space's, with gpus_per_worker resolved on this cluster
     progress: bool = False
 
 
@@ -82,7 +83,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     run = open_trial_run(ctx, trial_id, target)
     run.log_params(experiment.to_dict())
     run.set_tags({"pgray.searched": ", ".join(f"{k}={v}" for k, v in params.items())})
-    res = ctx.space.resources
+    res = ctx.resources
     launch = TrainLaunch(
         name=train_run_name(ctx.space.name, trial_id), storage=ctx.train_storage,
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
@@ -145,10 +146,9 @@ def build_scheduler(space: SearchSpace, targets: list[str]):
                               reduction_factor=space.scheduler.reduction_factor)
 
 
-def derive_max_concurrent(space: SearchSpace, cluster: dict[str, float], n_trials: int) -> int:
+def derive_max_concurrent(res: Resources, cluster: dict[str, float], n_trials: int) -> int:
     """How many trials fit at once: a trial holds its own CPU share plus its workers', and a
     trial started without room for its workers would wait for them forever."""
-    res = space.resources
     if res.max_concurrent is not None:
         return min(res.max_concurrent, n_trials)
     need = res.per_trial()
@@ -206,6 +206,35 @@ class TrialRunsCallback(Callback):
         run.finish(status)
 
 
+# --- feeding finished trials to the rest of the pipeline --------------------------------------
+# A feed is what the pipeline hands run_search: an object with `key`, `trial_done(trial,
+# trials)` (called for each trial that ends: completed, stopped early or errored) and `poll()`
+# (called at every step of Tune's loop). Live feeds by key: Tune pickles its callbacks with the experiment, so the callback holds a
+# key, never the feed (its actors and open files) itself; a restored experiment finds the
+# feed its new driver registered under the same key.
+_FEEDS: dict[str, Any] = {}
+
+
+class FeedCallback(Callback):
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def _feed(self) -> Any:
+        return _FEEDS.get(self._key)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if (feed := self._feed()) is not None:
+            feed.trial_done(trial, trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if (feed := self._feed()) is not None:
+            feed.trial_done(trial, trials)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if (feed := self._feed()) is not None:
+            feed.poll()
+
+
 # --- running and restoring the experiment -----------------------------------------------------
 @dataclass
 class SearchRun:
@@ -242,11 +271,14 @@ def _trainable(ctx: SweepContext):
     from ray import tune
 
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                               {"cpu": ctx.space.resources.trial_cpus})
+                               {"cpu": ctx.resources.trial_cpus})
 
 
-def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 1) -> SearchRun:
-    """Run (or, with resume, continue) the Tune experiment `storage/<sweep name>`."""
+def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 1,
+               feed: Any = None) -> SearchRun:
+    """Run (or, with resume, continue) the Tune experiment `storage/<sweep name>`. `feed`
+    hears of every finished trial and is polled at every step of Tune's loop: how the
+    pipeline evaluates checkpoints while other trials still train."""
     import ray
     from ray import tune
 
@@ -261,8 +293,10 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     check_state_api(ctx.space)
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
-    concurrent = derive_max_concurrent(ctx.space, ray.cluster_resources(), total)
-    callbacks = [TrialRunsCallback(ctx)]
+    concurrent = derive_max_concurrent(ctx.resources, ray.cluster_resources(), total)
+    callbacks = [TrialRunsCallback(ctx), FeedCallback(feed.key if feed else "")]
+    if feed is not None:
+        _FEEDS[feed.key] = feed
     if exists:
         tuner = tune.Tuner.restore(path, trainable=_trainable(ctx), resume_unfinished=True,
                                    resume_errored=True)
@@ -280,5 +314,8 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       verbose=verbose),
         )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        _FEEDS.pop(feed.key if feed else "", None)
     return SearchRun(results, path, concurrent, resumed=exists)

@@ -1,5 +1,8 @@
-"""Run a benchmark: train missing checkpoints, evaluate the job grid on Ray actors, and write
-Parquet, Markdown, plots and MLflow runs. Finished jobs are skipped on re-runs."""
+"""Run a benchmark: evaluate every category's checkpoint with the job grid on Ray actors,
+training the missing checkpoints first, all at once as far as the cluster allows, and each
+category's evaluation starting as soon as its checkpoint exists (`pgray.pipelines.train_eval`).
+Writes Parquet, Markdown, plots and MLflow runs. Finished jobs are skipped on re-runs; a
+benchmark killed while training continues with `resume`."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgray.config.benchmark import BenchmarkConfig
-from pgray.pipelines.benchmark_jobs import BenchJob, checkpoint_path, expand_jobs
+from pgray.config.benchmark import BenchmarkConfig, DatasetEntry
+from pgray.errors import CheckpointError, PgrayError
+from pgray.pipelines.benchmark_jobs import BenchJob, categories_of, checkpoint_path, jobs_for
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 @dataclass
@@ -24,29 +30,66 @@ class BenchmarkResult:
     # target key -> the held-out proxy metrics of the evaluated epoch (the sweep's final
     # evaluation fills it in, for the proxy-to-test gap)
     proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trained: int = 0  # checkpoints this run trained
+    peak_actors: int = 0
 
 
-def train_missing(cfg: BenchmarkConfig, out: Path, mlflow_uri: str | None,
-                  parent_run_id: str | None, progress: bool) -> None:
-    """Train a checkpoint (through Ray Train) for every category that has none."""
-    from pgray.config import ExperimentConfig, merge
-    from pgray.pipelines.benchmark_jobs import categories_of, entry_root
-    from pgray.pipelines.train import TrainRequest, train_category
+class BenchmarkRun:
+    """The results side of one benchmark: its folder, its MLflow run, the jobs it owns and
+    skips, and the tables it leaves."""
 
-    for entry in cfg.datasets:
-        for category in categories_of(entry):
-            ckpt = checkpoint_path(entry, category)
-            if ckpt.is_file():
-                continue
-            exp = ExperimentConfig.from_dict(merge(cfg.train, {"data": {
-                "dataset": entry.dataset, "root": entry_root(entry), "category": category,
-                "options": entry.options}}))
-            train_category(TrainRequest(
-                config=exp, out=ckpt.parent, name=f"{cfg.name}-{entry.dataset}-{category}",
-                workers=cfg.train_workers, use_ray=True, mlflow_uri=mlflow_uri,
-                parent_run_id=parent_run_id, progress=progress,
-                cpus_per_worker=min(1.0, cfg.actors.cpus),
-            ))
+    def __init__(self, cfg: BenchmarkConfig, out: Path, *, mlflow_uri: str | None,
+                 parent_run_id: str | None, force: bool, progress: bool) -> None:
+        from pgray.io import ensure_dir
+        from pgray.tracking.mlflow_runs import check_tracking_uri, open_run, resolve_tracking_uri
+        from pgray.tracking.tables import read_rows
+
+        self.cfg, self.out, self.progress = cfg, ensure_dir(out), progress
+        self.uri = resolve_tracking_uri(mlflow_uri)
+        check_tracking_uri(self.uri)
+        self.parent = open_run(self.uri, f"benchmark:{cfg.name}", run_name=f"benchmark {cfg.name}",
+                               parent_run_id=parent_run_id, tags={"pgray.kind": "benchmark"})
+        self.done = set() if force else {r["job_key"] for r in read_rows(self.out)}
+        self.jobs: list[BenchJob] = []
+        self.ran = 0
+
+    def jobs_of(self, entry: DatasetEntry, category: str) -> list[BenchJob]:
+        """The category's jobs on its evaluated checkpoint; those done earlier are skipped."""
+        jobs = jobs_for(self.cfg, entry, category)
+        self.jobs += jobs
+        todo = [j for j in jobs if j.key not in self.done]
+        if self.progress:
+            print(f"{entry.dataset}/{category}: {len(jobs)} evaluation jobs on"
+                  f" {Path(jobs[0].checkpoint).name}, {len(jobs) - len(todo)} already done",
+                  flush=True)
+        return todo
+
+    def on_result(self, job: BenchJob, result: dict[str, Any]) -> None:
+        from pgray.tracking.tables import append_rows
+
+        # Each finished job is in the table before the next one is awaited: an interrupted
+        # benchmark loses nothing it finished.
+        append_rows(self.out, result["rows"])
+        _log_job(self.uri, self.parent.run_id, job, result)
+        self.ran += 1
+
+    def finalize(self) -> BenchmarkResult:
+        from pgray.attacks.checks import reliability_flags
+        from pgray.io import write_text
+        from pgray.tracking import tables
+
+        keys = {j.key for j in self.jobs}
+        rows = reliability_flags([r for r in tables.read_rows(self.out) if r["job_key"] in keys])
+        tables.append_rows(self.out, rows)
+        _tag_flags(self.uri, self.parent, rows)
+        table = tables.markdown_table(rows)
+        md = write_text(self.out / "results.md", f"# Benchmark {self.cfg.name}\n\n{table}\n")
+        for path in [self.out / tables.RESULTS_FILE, md, *_plots(rows, self.out)]:
+            self.parent.log_artifact(path)
+        self.parent.finish()
+        return BenchmarkResult(rows, self.out / tables.RESULTS_FILE, md, table,
+                               skipped=len(keys) - self.ran, ran=self.ran,
+                               mlflow_run_id=self.parent.run_id)
 
 
 def run_benchmark(
@@ -59,80 +102,116 @@ def run_benchmark(
     progress: bool = True,
     sequential: bool = False,
     address: str | None = None,
+    resume: bool = False,
+    storage: str | None = None,
 ) -> BenchmarkResult:
-    from pgray.attacks.checks import reliability_flags
-    from pgray.io import ensure_dir, write_text
-    from pgray.tracking import tables as results
-    from pgray.tracking.mlflow_runs import check_tracking_uri, open_run, resolve_tracking_uri
+    from pgray.pipelines.train_eval import Evaluations
 
-    out = ensure_dir(out)
-    uri = resolve_tracking_uri(mlflow_uri)
-    check_tracking_uri(uri)
-    parent = open_run(uri, f"benchmark:{cfg.name}", run_name=f"benchmark {cfg.name}",
-                      parent_run_id=parent_run_id, tags={"pgray.kind": "benchmark"})
-    if not sequential:
-        from pgray.distributed.cluster import connect
-
-        connect(address)
-    if cfg.train_missing:
-        train_missing(cfg, out, uri, parent.run_id, progress)
-    jobs = expand_jobs(cfg)
-    done = {r["job_key"] for r in results.read_rows(out)} if not force else set()
-    todo = [j for j in jobs if j.key not in done]
-    if progress:
-        print(f"benchmark {cfg.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done,"
-              f" {len(todo)} to run", flush=True)
-
-    def on_result(job: BenchJob, result: dict[str, Any]) -> None:
-        # Each finished job is in the table before the next one is awaited: an interrupted
-        # benchmark loses nothing it finished.
-        results.append_rows(out, result["rows"])
-        _log_job(uri, parent.run_id, job, result)
-
-    if todo:
-        _run(todo, cfg, on_result, progress, sequential)
-    rows = [r for r in results.read_rows(out) if r["job_key"] in {j.key for j in jobs}]
-    rows = reliability_flags(rows)
-    results.append_rows(out, rows)
-    _tag_flags(uri, parent, rows)
-    table = results.markdown_table(rows)
-    md = write_text(out / "results.md", f"# Benchmark {cfg.name}\n\n{table}\n")
-    plots = _plots(rows, out)
-    for path in [out / results.RESULTS_FILE, md, *plots]:
-        parent.log_artifact(path)
-    parent.finish()
-    return BenchmarkResult(rows, out / results.RESULTS_FILE, md, table,
-                           skipped=len(jobs) - len(todo), ran=len(todo),
-                           mlflow_run_id=parent.run_id)
+    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=parent_run_id,
+                       force=force, progress=progress)
+    targets = [(e, c) for e in cfg.datasets for c in categories_of(e)]
+    missing = [(e, c) for e, c in targets if not checkpoint_path(e, c).is_file()]
+    if missing and not cfg.train_missing:
+        e, c = missing[0]
+        raise CheckpointError(f"no checkpoint for {e.dataset}/{c} at {checkpoint_path(e, c)};"
+                              " train one or set train_missing: true")
+    if missing or not sequential:
+        _connect(address, run.uri)
+    evaluations = Evaluations(cfg.actors, sequential=sequential, progress=progress)
+    for entry, category in targets:
+        if (entry, category) not in missing:
+            evaluations.add(run.jobs_of(entry, category), run.on_result)
+    trained = 0
+    if missing:
+        trained = train_missing(cfg, run, missing, evaluations, storage=storage, resume=resume)
+    evaluations.finish()
+    result = run.finalize()
+    result.trained, result.peak_actors = trained, evaluations.peak_actors
+    return result
 
 
-def _run(todo, cfg: BenchmarkConfig, on_result, progress: bool, sequential: bool) -> None:
-    import functools
+def _connect(address: str | None, uri: str) -> None:
+    from pgray.distributed.cluster import check_tracking_reachable, connect
 
-    from pgray.pipelines.benchmark_jobs import JobEvaluator
-
-    if sequential:
-        run_sequential(todo, JobEvaluator(threads=cfg.actors.threads), on_result, progress)
-        return
-    from pgray.distributed.actors import run_on_actors
-
-    run_on_actors(todo, functools.partial(JobEvaluator, threads=cfg.actors.threads),
-                  count=cfg.actors.count, cpus=cfg.actors.cpus, gpus=cfg.actors.gpus,
-                  max_retries=cfg.actors.max_retries, on_result=on_result, progress=progress)
+    connect(address)
+    check_tracking_reachable(uri)
 
 
-def run_sequential(jobs: list[BenchJob], evaluator, on_result, progress: bool = True) -> int:
-    """The same jobs in this process, one after another (the reference for speed-ups)."""
-    from pgray.tracking.progress import JobProgress
+def training_space(cfg: BenchmarkConfig, missing: list[tuple[DatasetEntry, str]]):
+    """The benchmark's trainings as a search space with nothing searched: one trial per
+    missing category, the fixed config `cfg.train`, no early stopping."""
+    from pgray.config.search_sections import DatasetTargets, Resources
+    from pgray.config.search_space import space_from_dict
+    from pgray.pipelines.benchmark_jobs import entry_root
 
-    tracker = JobProgress(jobs, progress)
-    for job in sorted(jobs, key=lambda j: -j.cost):
-        on_result(job, evaluator.run(job))
-        tracker.update(job, {})
-    return len(jobs)
+    by_entry: dict[int, list[str]] = defaultdict(list)
+    for entry, category in missing:
+        by_entry[id(entry)].append(category)
+    datasets = [DatasetTargets(dataset=e.dataset, root=entry_root(e), categories=by_entry[id(e)],
+                               options=dict(e.options)) for e in cfg.datasets if id(e) in by_entry]
+    from pgray.config.base import to_dict
+
+    return space_from_dict({
+        "name": f"{cfg.name}-train", "fixed": cfg.train, "datasets": to_dict(datasets),
+        "objectives": [{"metric": "loss", "mode": "min"}], "budget": {"trials": 1},
+        "scheduler": {"type": "none"}, "resources": to_dict(cfg.train_resources or Resources()),
+        "final_eval": {"enabled": False},
+    })
 
 
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, missing, evaluations, *,
+                  storage: str | None, resume: bool) -> int:
+    """Train the missing checkpoints as one Tune experiment; each category's evaluation jobs
+    join the pool the moment its training ends. Returns how many were trained."""
+    import dataclasses
+
+    from pgray.distributed.cluster import resolve_storage, resolve_worker_gpus
+    from pgray.distributed.tune import SweepContext
+    from pgray.distributed.tune_targets import TARGET_KEY
+    from pgray.pipelines.train_eval import (
+        fetch_trial_checkpoint,
+        resolve_targets,
+        run_trainings,
+        trial_checkpoint,
+    )
+
+    space = training_space(cfg, missing)
+    where = {f"{e.dataset}/{c}": (e, c) for e, c in missing}
+    res = space.resources
+    res = dataclasses.replace(res, gpus_per_worker=resolve_worker_gpus(
+        res.gpus_per_worker, allow_cpu=res.allow_cpu, where="train_resources.gpus_per_worker"))
+    store = resolve_storage(storage, run.out / "ray")
+    ctx = SweepContext(space=space, targets={t.key: t for t in resolve_targets(space)},
+                       mlflow_uri=run.uri, parent_run_id=run.parent.run_id,
+                       train_storage=f"{store.rstrip('/')}/{space.name}-runs", resources=res)
+    handled: set[str] = set()
+
+    def handle(key: str, source: str | None) -> None:
+        if key in handled or source is None:
+            return
+        entry, category = where[key]
+        fetch_trial_checkpoint(source, checkpoint_path(entry, category))
+        handled.add(key)
+        evaluations.add(run.jobs_of(entry, category), run.on_result)
+
+    def on_trial(trial, trials) -> None:
+        if trial.status != "ERROR":
+            handle(trial.config[TARGET_KEY], trial_checkpoint(trial))
+
+    search = run_trainings(ctx, store, resume=resume, verbose=1 if run.progress else 0,
+                           on_trial=on_trial, evaluations=evaluations)
+    errors = []
+    for result in search.results:  # trials that ended before a resumed driver started
+        key = (result.config or {}).get(TARGET_KEY)
+        if result.error is not None:
+            errors.append(f"{key}: {type(result.error).__name__}: {result.error}"[:400])
+        elif key in where:
+            handle(key, (result.metrics or {}).get("checkpoint_path")
+                   or getattr(result.checkpoint, "path", None))
+    if errors:
+        raise PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
+                         + "; ".join(errors))
+    return len(handled)
 
 
 def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from pgray.errors import CheckpointError
 from pgray.io import file_sha256
 
 CLEAN, SUITE, ATTACK, CHECK = "clean", "suite", "attack", "check"
+MODELS_KEPT = 2  # models an evaluation actor keeps on its device
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class BenchJob:
     n_panels: int
     n_test: int
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    checkpoint_epoch: int | None = field(default=None, hash=False, compare=False)
 
     @property
     def setting(self) -> str:
@@ -136,35 +138,35 @@ def checkpoint_path(entry, category: str) -> Path:
     return Path(entry.checkpoint.format(dataset=entry.dataset, category=category))
 
 
-def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
-    """One job per (dataset, category, checkpoint, setting); checkpoints must exist by now."""
+def jobs_for(cfg: BenchmarkConfig, entry, category: str) -> list[BenchJob]:
+    """One job per grid cell on the category's evaluated checkpoint (best.pt where selection
+    wrote one, else the checkpoint), which must exist by now."""
     from pgray.data.registry import get_layout
+    from pgray.pipelines.train_eval import evaluated_checkpoint
 
-    jobs = []
-    for entry in cfg.datasets:
-        layout = get_layout(entry.dataset)
-        for category in categories_of(entry):
-            ckpt = checkpoint_path(entry, category)
-            if not ckpt.is_file():
-                raise CheckpointError(
-                    f"no checkpoint for {entry.dataset}/{category} at {ckpt}; train one or set"
-                    " train_missing: true"
-                )
-            root = entry_root(entry)
-            options = DataConfig(dataset=entry.dataset, options=dict(entry.options)
-                                 ).layout_options()
-            n_test = len(layout.discover(root, category, "test", options))
-            sha = file_sha256(ckpt)
-            for kind, eps, attacks in job_grid(cfg):
-                jobs.append(BenchJob(
-                    dataset=entry.dataset, root=root, category=category,
-                    checkpoint=str(ckpt.resolve()), checkpoint_sha256=sha, kind=kind,
-                    attacks=tuple(to_dict(a) for a in attacks),
-                    suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
-                    mask_resize=cfg.mask_resize, batch_size=cfg.batch_size,
-                    n_panels=cfg.n_panels, n_test=n_test, options=entry.options,
-                ))
-    return jobs
+    ckpt = checkpoint_path(entry, category)
+    if not ckpt.is_file():
+        raise CheckpointError(f"no checkpoint for {entry.dataset}/{category} at {ckpt}; train"
+                              " one or set train_missing: true")
+    evaluated = evaluated_checkpoint(ckpt)
+    root = entry_root(entry)
+    options = DataConfig(dataset=entry.dataset, options=dict(entry.options)).layout_options()
+    n_test = len(get_layout(entry.dataset).discover(root, category, "test", options))
+    sha = file_sha256(evaluated.path)
+    return [BenchJob(
+        dataset=entry.dataset, root=root, category=category,
+        checkpoint=str(evaluated.path.resolve()), checkpoint_sha256=sha, kind=kind,
+        attacks=tuple(to_dict(a) for a in attacks),
+        suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
+        mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=cfg.n_panels,
+        n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
+    ) for kind, eps, attacks in job_grid(cfg)]
+
+
+def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
+    """Every job of the benchmark (every checkpoint must exist)."""
+    return [job for entry in cfg.datasets for category in categories_of(entry)
+            for job in jobs_for(cfg, entry, category)]
 
 
 class JobEvaluator:
@@ -186,10 +188,15 @@ class JobEvaluator:
     def _model(self, job: BenchJob):
         from pgray.core.checkpoint import load_checkpoint
 
-        if job.checkpoint_sha256 not in self._models:
+        key = job.checkpoint_sha256
+        if key in self._models:
+            self._models[key] = self._models.pop(key)  # most recently used last
+        else:
+            while len(self._models) >= MODELS_KEPT:  # an actor serves many checkpoints
+                self._models.pop(next(iter(self._models)))
             model, cfg, _ = load_checkpoint(job.checkpoint, map_location="cpu")
-            self._models[job.checkpoint_sha256] = (model.to(self.device).eval(), cfg)
-        return self._models[job.checkpoint_sha256]
+            self._models[key] = (model.to(self.device).eval(), cfg)
+        return self._models[key]
 
     def _dataset(self, job: BenchJob, cfg):
         from pgray.data.dataset import load_split
@@ -245,11 +252,12 @@ class JobEvaluator:
         return row | {
             "row_key": key.hexdigest()[:16], "job_key": job.key, "job": job.setting,
             "dataset": job.dataset, "category": job.category, "checkpoint": job.checkpoint,
+            "checkpoint_file": Path(job.checkpoint).name, "checkpoint_epoch": job.checkpoint_epoch,
             "checkpoint_sha256": job.checkpoint_sha256, "mask_resize": job.mask_resize,
             "split": job.options.get("visa_split", "1cls") if job.dataset == "visa"
             else "official",
             "pgray_version": pgray.__version__, "node": self.node,
-            "device": str(self.device), "wall_s": wall,
+            "device": str(self.device), "wall_s": wall, "finished_at": time.time(),
         }
 
     @staticmethod

@@ -3,7 +3,6 @@ trial(s) of each. `python -m pgray.sweep` parses its flags and calls `run_sweep`
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pgray.config.search_sections import Target
 from pgray.config.search_space import SearchSpace
 from pgray.errors import PgrayError
 from pgray.io import write_text
+from pgray.pipelines.train_eval import check_targets, resolve_targets
 from pgray.tracking.sweep_report import (
     attack_text,
     results_text,
@@ -60,34 +60,6 @@ class SweepResult:
     max_concurrent: int = 0
     resumed: bool = False
     wall_s: float = 0.0
-
-
-# --- targets -------------------------------------------------------------------------------
-def resolve_targets(space: SearchSpace) -> list[Target]:
-    """Every (dataset, category) of the space with an absolute root; `generated` creates the
-    synthetic dataset in the cache on first use."""
-    from pgray.config import DataConfig
-    from pgray.config.search_sections import GENERATED_ROOT
-    from pgray.data.dataset import resolve_root
-    from pgray.data.registry import get_layout
-
-    targets = []
-    for entry in space.target_entries():
-        root_value = "" if entry.root == GENERATED_ROOT else entry.root
-        data = DataConfig(dataset=entry.dataset, root=root_value, options=dict(entry.options))
-        root = str(Path(resolve_root(data)).expanduser().resolve())
-        for category in get_layout(entry.dataset).select_categories(root, entry.categories):
-            targets.append(Target(entry.dataset, root, category,
-                                  tuple(sorted(dict(entry.options).items()))))
-    return targets
-
-
-def check_targets(space: SearchSpace, targets: list[Target]) -> None:
-    """Fail on a missing dataset or category before Ray or MLflow start anything."""
-    from pgray.pipelines.train import validate_inputs
-
-    for target in targets:
-        validate_inputs(space.trial_config(target, {}))
 
 
 # --- results -------------------------------------------------------------------------------
@@ -166,7 +138,7 @@ def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, lis
 
 # --- the sweep -----------------------------------------------------------------------------
 def run_sweep(req: SweepRequest) -> SweepResult:
-    from pgray.distributed.cluster import connect, resolve_storage
+    from pgray.distributed.cluster import check_tracking_reachable, connect, resolve_storage
     from pgray.tracking.mlflow_runs import (
         check_tracking_uri,
         ensure_experiment,
@@ -186,13 +158,24 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     parent = _open_parent(space, uri, out)
     _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
               f" of {space.epochs()} epoch(s); {connect(req.address)}")
-    from pgray.distributed.tune import SweepContext, run_search
+    check_tracking_reachable(uri)
+    from pgray.distributed.tune import SweepContext
+    from pgray.pipelines.train_eval import Evaluations, run_trainings
 
+    res = resolved_resources(space)
     ctx = SweepContext(space=space, targets={t.key: t for t in targets}, mlflow_uri=uri,
                        parent_run_id=parent.run_id,
                        train_storage=f"{storage.rstrip('/')}/{space.name}-train",
-                       progress=False)
-    search = run_search(ctx, storage, resume=req.resume, verbose=1 if req.progress else 0)
+                       resources=res, progress=False)
+    final = None
+    evaluate = req.final_eval and space.final_eval.enabled
+    if evaluate:
+        actors = benchmark_config(space, targets, out, 1, res.gpus_per_worker or 0.0).actors
+        final = FinalStage(req, space, ctx.targets, out, uri, parent.run_id,
+                           Evaluations(actors, sequential=False, progress=req.progress))
+    search = run_trainings(ctx, storage, resume=req.resume, verbose=1 if req.progress else 0,
+                           on_trial=final.on_trial if final else (lambda t, ts: None),
+                           evaluations=final.evaluations if final else None)
     trials = summarise(search.results, space)
     _require_some_success(trials, search.experiment_path)
     best = select_best(trials, space)
@@ -202,9 +185,10 @@ def run_sweep(req: SweepRequest) -> SweepResult:
                          experiment_path=search.experiment_path, trials=trials, best=best,
                          best_configs=configs, max_concurrent=search.max_concurrent,
                          resumed=search.resumed)
-    if req.final_eval and space.final_eval.enabled:
-        result.benchmarks = final_evaluation(req, space, best, {t.key: t for t in targets},
-                                             out, uri, parent.run_id)
+    if final is not None:
+        for key, ranked in best.items():  # targets whose last trial ended before this driver
+            final.target_done(key, ranked)
+        result.benchmarks = final.finish()
     result.table_text = results_text(space, result)
     write_text(out / "results.md", result.table_text + "\n")
     parent.log_artifact(out / "results.md")
@@ -216,6 +200,17 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     parent.set_tags({"pgray.state": "finished"})
     parent.finish()
     return result
+
+
+def resolved_resources(space: SearchSpace):
+    """The space's trial resources with GPUs per worker decided on the connected cluster."""
+    import dataclasses
+
+    from pgray.distributed.cluster import resolve_worker_gpus
+
+    res = space.resources
+    return dataclasses.replace(res, gpus_per_worker=resolve_worker_gpus(
+        res.gpus_per_worker, allow_cpu=res.allow_cpu, where="resources.gpus_per_worker"))
 
 
 def _say(req: SweepRequest, text: str) -> None:
@@ -276,91 +271,109 @@ def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
 
 
 # --- final evaluation ------------------------------------------------------------------------
-def final_evaluation(req: SweepRequest, space: SearchSpace, best: dict[str, list[TrialSummary]],
-                     targets: dict[str, Target], out: Path, uri: str, parent_id: str) -> list:
-    """Benchmark the best trial(s) of each target (top-1, then top-2, ...), linked to the
-    sweep's MLflow run."""
-    from pgray.pipelines.benchmark import run_benchmark
+class FinalStage:
+    """The sweep's final evaluation, fed target by target: once a target's last trial has
+    ended, its best trial(s) are fetched and their evaluation jobs join the pool, while other
+    targets still train. One benchmark run (folder, MLflow run, table) per rank: top1,
+    top2, ... ."""
 
-    chosen = _eval_targets(space, best)
-    results = []
-    for rank in range(1, space.final_eval.top_n + 1):
-        ranked = {k: v[rank - 1] for k, v in chosen.items() if len(v) >= rank}
-        if not ranked:
-            break
-        folder = out / "best" / f"top{rank}"
-        proxies = {}
-        for key, trial in ranked.items():
-            t = targets[key]
-            ckpt = fetch_checkpoint(trial.checkpoint,
-                                    folder / t.dataset / t.category / "checkpoint.pt")
-            proxies[key] = json.loads(ckpt.with_name(PROXY_FILE).read_text())
-        cfg = benchmark_config(space, [targets[k] for k in ranked], folder, rank)
-        _say(req, f"final evaluation {cfg.name}: {attack_text(space)} on"
-                  f" {', '.join(ranked)}")
-        bench = run_benchmark(cfg, out / "final" / f"top{rank}", mlflow_uri=uri,
-                              parent_run_id=parent_id, progress=req.progress,
-                              address=req.address)
-        bench.proxies = proxies
-        results.append(bench)
-    return results
+    def __init__(self, req: SweepRequest, space: SearchSpace, targets: dict[str, Target],
+                 out: Path, uri: str, parent_id: str, evaluations) -> None:
+        self.req, self.space, self.out, self.uri, self.parent_id = req, space, out, uri, parent_id
+        wanted = space.final_eval.categories
+        self.targets = {k: t for k, t in targets.items()
+                        if not wanted or k in wanted or t.category in wanted}
+        self.evaluations = evaluations
+        self.runs: dict[int, Any] = {}
+        self.proxies: dict[int, dict[str, dict[str, Any]]] = {}
+        self.handled: set[str] = set()
+
+    def _run(self, rank: int):
+        from pgray.pipelines.benchmark import BenchmarkRun
+
+        if rank not in self.runs:
+            folder = self.out / "best" / f"top{rank}"
+            cfg = benchmark_config(self.space, list(self.targets.values()), folder, rank)
+            _say(self.req, f"final evaluation {cfg.name}: {attack_text(self.space)}")
+            self.runs[rank] = BenchmarkRun(cfg, self.out / "final" / f"top{rank}",
+                                           mlflow_uri=self.uri, parent_run_id=self.parent_id,
+                                           force=False, progress=self.req.progress)
+            self.proxies[rank] = {}
+        return self.runs[rank]
+
+    def target_done(self, key: str, ranked: list[TrialSummary]) -> None:
+        from pgray.pipelines.benchmark_jobs import checkpoint_path
+        from pgray.pipelines.train_eval import fetch_trial_checkpoint, read_proxy
+
+        if key in self.handled or key not in self.targets:
+            return
+        self.handled.add(key)
+        target = self.targets[key]
+        for rank, trial in enumerate(ranked[: self.space.final_eval.top_n], start=1):
+            run = self._run(rank)
+            entry = next(e for e in run.cfg.datasets
+                         if e.dataset == target.dataset and e.categories == [target.category])
+            dest = fetch_trial_checkpoint(trial.checkpoint,
+                                          checkpoint_path(entry, target.category))
+            self.proxies[rank][key] = read_proxy(dest.parent)
+            self.evaluations.add(run.jobs_of(entry, target.category), run.on_result)
+
+    def on_trial(self, trial, trials) -> None:
+        """Tune callback: is this trial the last of its target?"""
+        from pgray.distributed.tune_targets import TARGET_KEY
+
+        key = trial.config.get(TARGET_KEY)
+        mine = [t for t in trials if t.config.get(TARGET_KEY) == key]
+        if len(mine) < self.space.budget.trials or any(
+                t.status not in ("TERMINATED", "ERROR") for t in mine):
+            return
+        best = select_best([summary_of_trial(t, self.space) for t in mine], self.space)
+        self.target_done(key, best.get(key, []))
+
+    def finish(self) -> list:
+        self.evaluations.finish()
+        results = []
+        for rank in sorted(self.runs):
+            result = self.runs[rank].finalize()
+            result.proxies = self.proxies[rank]
+            results.append(result)
+        return results
 
 
-def _eval_targets(space: SearchSpace, best: dict[str, list[TrialSummary]]
-                  ) -> dict[str, list[TrialSummary]]:
-    wanted = space.final_eval.categories
-    if not wanted:
-        return best
-    return {k: v for k, v in best.items() if k in wanted or k.split("/", 1)[1] in wanted}
+def summary_of_trial(trial, space: SearchSpace) -> TrialSummary:
+    """A live Tune trial (in a callback) as the sweep's trial row."""
+    from pgray.pipelines.train_eval import trial_checkpoint
+
+    metrics = dict(trial.last_result or {})
+    epochs = int(metrics.get("epoch", 0) or 0)
+    state = "error" if trial.status == "ERROR" else (
+        "completed" if epochs >= space.epochs() else "stopped_early")
+    return TrialSummary(
+        trial_id=trial.trial_id, target=str(trial.config.get("target", "")),
+        params=space.decode({k: v for k, v in trial.config.items() if k in space.search}),
+        metrics={k: v for k, v in metrics.items() if k != "config"}, epochs=epochs,
+        state=state, checkpoint=trial_checkpoint(trial))
 
 
-PROXY_FILE = "proxy.json"  # beside a fetched checkpoint: its held-out proxy metrics
-
-
-def fetch_checkpoint(path: str, dest: Path) -> Path:
-    """A trial's Train checkpoint (local or s3:// / gs://) as a plain .pt file: the
-    proxy-selected weights when the trial ran with train.select_metric, else the last ones.
-    The held-out proxy metrics of that epoch go beside it (proxy.json), for the gap between
-    the proxy and the test split."""
-    import tempfile
-
-    from pgray.core.checkpoint import read_checkpoint, write_selected
-    from pgray.distributed.train import fetch_train_checkpoint
-    from pgray.io import copy_atomic, write_json
-
-    with tempfile.TemporaryDirectory() as tmp:
-        source = fetch_train_checkpoint(path, Path(tmp) / "checkpoint.pt")
-        selected = write_selected(source, dest)
-        if selected is None:
-            copy_atomic(source, dest)
-        extra = read_checkpoint(source)["extra"]
-    epoch = (extra.get("selected") or {}).get("epoch") or extra.get("epochs_done")
-    metrics = next((m for e, m in extra.get("history", []) if e + 1 == epoch), {})
-    write_json(dest.with_name(PROXY_FILE), {"epoch": epoch} | {
-        k: v for k, v in metrics.items() if k.startswith("proxy_")})
-    return dest
-
-
-def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, rank: int):
+def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, rank: int,
+                     worker_gpus: float = 0.0):
+    """The benchmark of rank `rank` (top1, top2...) of the final evaluation; actors ask for
+    `final_eval.gpus_per_actor`, else the trials' (resolved) GPUs per worker."""
     import dataclasses
-    import math
 
     from pgray.config.benchmark import ActorConfig, BenchmarkConfig, DatasetEntry
-    from pgray.distributed.cluster import cluster_resources
 
     fe, fixed = space.final_eval, space.fixed_config()
     template = str(folder / "{dataset}" / "{category}" / "checkpoint.pt")
     entries = [DatasetEntry(dataset=t.dataset, root=t.root, categories=[t.category],
                             checkpoint=template, options=dict(t.options)) for t in targets]
-    fits = math.floor(cluster_resources().get("CPU", 1.0) / fe.cpus_per_actor + 1e-9)
-    gpus = fe.gpus_per_actor if fe.gpus_per_actor is not None else (
-        space.resources.gpus_per_worker)
+    gpus = fe.gpus_per_actor if fe.gpus_per_actor is not None else worker_gpus
     return BenchmarkConfig(
         name=f"{space.name}-final" + ("" if rank == 1 else f"-top{rank}"), datasets=entries,
         attack=dataclasses.replace(fixed.eval.attack, steps=fe.steps, restarts=fe.restarts),
         eps=list(fe.eps), steps=[fe.steps], restarts=[fe.restarts], suite=fe.suite,
         mask_resize=fixed.data.mask_resize, batch_size=fe.batch_size, n_panels=fe.n_panels,
-        actors=ActorConfig(count=fe.actors or max(1, min(len(targets), fits)),
-                           cpus=fe.cpus_per_actor, gpus=gpus,
-                           threads=max(1, int(fe.cpus_per_actor))),
+        # at most one actor per target; the pool holds fewer when the cluster does
+        actors=ActorConfig(count=fe.actors or max(1, len(targets)), cpus=fe.cpus_per_actor,
+                           gpus=gpus, threads=max(1, int(fe.cpus_per_actor))),
     )

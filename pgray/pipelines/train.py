@@ -23,7 +23,9 @@ class TrainRequest:
     name: str
     workers: int = 1
     use_ray: bool = False
-    gpus_per_worker: float = 0.0
+    # None: one GPU per worker when the cluster has GPUs; 0 there only with allow_cpu
+    gpus_per_worker: float | None = None
+    allow_cpu: bool = False
     cpus_per_worker: float = 1.0
     storage: str | None = None
     address: str | None = None
@@ -73,6 +75,7 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 def train_category(req: TrainRequest) -> TrainResult:
     import yaml
 
+    from pgray.config.base import check_worker_gpus
     from pgray.core.checkpoint import write_selected
     from pgray.io import ensure_dir, write_json, write_text
     from pgray.tracking.mlflow_runs import (
@@ -85,10 +88,13 @@ def train_category(req: TrainRequest) -> TrainResult:
     req = dataclasses.replace(req, config=absolute_paths(req.config))
     cfg = req.config
     validate_inputs(cfg)
+    check_worker_gpus(req.workers, req.gpus_per_worker, "--gpus-per-worker")
     out = ensure_dir(req.out)
-    storage = _connect_ray(req) if req.use_ray else None
     uri = resolve_tracking_uri(req.mlflow_uri)
     check_tracking_uri(uri)
+    if req.use_ray:
+        storage, gpus = _connect_ray(req, uri)
+        req = dataclasses.replace(req, gpus_per_worker=gpus)
     tracker = open_run(uri, f"train:{req.name}", run_name=req.name,
                        parent_run_id=req.parent_run_id,
                        tags={"pgray.kind": "train", "dataset": cfg.data.dataset,
@@ -148,13 +154,22 @@ def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
     return state
 
 
-def _connect_ray(req: TrainRequest) -> str:
-    """Check the storage URI, then join (or start) Ray; returns the resolved storage."""
-    from pgray.distributed.cluster import connect, resolve_storage
+def _connect_ray(req: TrainRequest, uri: str) -> tuple[str, float]:
+    """Check the storage URI, join (or start) Ray, check that every node can log to `uri`;
+    returns the resolved storage and GPUs per worker."""
+    from pgray.distributed.cluster import (
+        check_tracking_reachable,
+        connect,
+        resolve_storage,
+        resolve_worker_gpus,
+    )
 
     storage = resolve_storage(req.storage, req.out / "ray_storage")
     connect(req.address)
-    return storage
+    check_tracking_reachable(uri)
+    gpus = resolve_worker_gpus(req.gpus_per_worker, allow_cpu=req.allow_cpu,
+                               where="--gpus-per-worker")
+    return storage, gpus
 
 
 def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,

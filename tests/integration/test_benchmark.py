@@ -109,10 +109,13 @@ def test_actors_match_sequential_numbers(ray_session, synthetic_root, checkpoint
 
 
 def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp_path,
-                                                mlflow_uri):
+                                                mlflow_uri, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
+    from pgray.distributed.cluster import SHARED_TRACKING_ENV
+
+    monkeypatch.setenv(SHARED_TRACKING_ENV, "1")  # three nodes on one machine share the file
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import tiny_experiment
@@ -109,19 +111,25 @@ def test_sweep_fetches_the_selected_weights_of_a_trial(synthetic_root, tmp_path,
     from pgray.core.checkpoint import load_checkpoint, read_checkpoint
     from pgray.core.fit import FitContext, fit
     from pgray.distributed.train import CHECKPOINT_FILE
-    from pgray.pipelines.sweep import fetch_checkpoint
+    from pgray.pipelines.train_eval import evaluated_checkpoint, fetch_trial_checkpoint
 
     cfg = tiny_experiment(synthetic_root, train={"epochs": 2, "select_metric": select})
     trial_dir = tmp_path / "trial_checkpoint"
     fit(cfg, FitContext(report=lambda e, m, save: save(trial_dir / CHECKPOINT_FILE),
                         progress=False))
-    dest = fetch_checkpoint(str(trial_dir), tmp_path / "best" / "checkpoint.pt")
-    model, _, extra = load_checkpoint(dest)
+    dest = fetch_trial_checkpoint(str(trial_dir), tmp_path / "best" / "checkpoint.pt")
+    evaluated = evaluated_checkpoint(dest)
+    model, _, extra = load_checkpoint(evaluated.path)
     stored = read_checkpoint(trial_dir / CHECKPOINT_FILE)
     want = stored["extra"]["selected"]["state_dict"] if select else stored["state_dict"]
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
     # the selected file is a model checkpoint (no optimiser state), the plain copy is not
     assert ("optimizer" in extra) == (select is None)
+    assert evaluated.file == ("best.pt" if select else "checkpoint.pt")
+    epoch = stored["extra"]["selected"]["epoch"] if select else 2
+    assert evaluated.epoch == epoch
+    proxy = json.loads((dest.parent / "proxy.json").read_text())
+    assert proxy["epoch"] == epoch and "proxy_clean_image_auroc" in proxy
     if select:
         assert set(extra["selected"]) == {"metric", "value", "epoch"}
     assert not list(dest.parent.glob("*.tmp"))

@@ -241,3 +241,20 @@ def test_default_config_has_the_reference_geometry():
     expected = n * d + (4 * d * d + 4 * d) + 2 * d + (d * hidden + hidden + hidden * d + d) + d + 1
     assert sum(p.numel() for p in model.disc.parameters()) == expected
     assert model.disc.attn.num_heads == 4 and model.disc.attn.dropout == 0.2
+
+
+def test_blocks_after_the_deepest_feature_layer_are_not_built():
+    """feature_layers without the last block: the later blocks would get no gradient, and
+    DDP refuses parameters without gradients on its second step. Every parameter left gets
+    one; layer numbers keep their meaning."""
+    from pgray.config import tiny_model_config
+
+    cfg = dataclasses.replace(tiny_model_config(img_size=32, depth=3), feature_layers=[1])
+    model = PatchGuard(cfg)
+    assert len(model.backbone.blocks) == 1 and model.num_blocks == 3
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    with pytest.raises(ConfigError, match="after the deepest feature block"):
+        with model.capture_attention([2]):
+            pass

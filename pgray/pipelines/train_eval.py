@@ -1,0 +1,195 @@
+"""Train, then evaluate: the one way the benchmark and the sweep get from configs to robust
+numbers on a cluster.
+
+- Trainings run as one Tune experiment, every trial a Ray Train run with the CPUs and GPUs its
+  resources ask for, as many at once as the cluster holds (Ray schedules them; the sweep's
+  trials are searched, the benchmark's are one fixed trial per category).
+- The moment a checkpoint exists (a benchmark category's training, or the last trial of a
+  sweep target), its evaluation jobs enter the actor pool, while other trainings continue.
+  Evaluation actors exist only while jobs wait, so GPUs pass between training and evaluation
+  through Ray's resources, not a fixed split.
+- What is evaluated is the selected checkpoint (`best.pt`) where train.select_metric chose
+  one, else the last (`checkpoint.pt`); every row names the file and its epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgray.config.benchmark import ActorConfig
+from pgray.config.search_sections import Target
+from pgray.config.search_space import SearchSpace
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SELECTED_FILE = "best.pt"
+PROXY_FILE = "proxy.json"  # beside a fetched checkpoint: the proxy metrics of its epoch
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The checkpoint file a category's rows come from."""
+
+    path: Path
+    file: str  # best.pt (proxy-selected) or checkpoint.pt (last epoch)
+    epoch: int | None
+
+
+def evaluated_checkpoint(template: Path) -> Evaluated:
+    """`best.pt` beside the checkpoint when selection wrote one, else the checkpoint itself."""
+    from pgray.core.checkpoint import read_checkpoint
+
+    best = template.with_name(SELECTED_FILE)
+    path = best if best.is_file() else template
+    extra = read_checkpoint(path).get("extra") or {}
+    epoch = (extra.get("selected") or {}).get("epoch") or extra.get("epochs_done")
+    return Evaluated(path, path.name, None if epoch is None else int(epoch))
+
+
+def fetch_trial_checkpoint(source: str, dest: Path) -> Path:
+    """A trial's Train checkpoint (local, s3:// or gs://) as the plain file `dest`, with the
+    proxy-selected weights beside it as best.pt when the trial selected, and the held-out
+    proxy metrics of the evaluated epoch as proxy.json (for the proxy-to-test gap)."""
+    from pgray.core.checkpoint import read_checkpoint, write_selected
+    from pgray.distributed.train import fetch_train_checkpoint
+    from pgray.io import write_json
+
+    fetch_train_checkpoint(source, dest)
+    selected = write_selected(dest, dest.with_name(SELECTED_FILE))
+    extra = read_checkpoint(dest)["extra"]
+    epoch = (extra.get("selected") or {}).get("epoch") if selected else extra.get("epochs_done")
+    metrics = next((m for e, m in extra.get("history", []) if e + 1 == epoch), {})
+    write_json(dest.with_name(PROXY_FILE), {"epoch": epoch} | {
+        k: v for k, v in metrics.items() if k.startswith("proxy_")})
+    return dest
+
+
+def read_proxy(folder: Path) -> dict[str, Any]:
+    path = folder / PROXY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class Evaluations:
+    """Evaluation jobs from anywhere in the pipeline, each with the callback its result goes
+    to; on Ray actors (the pool grows and shrinks with the queue) or, with `sequential`, in
+    this process at `finish()`."""
+
+    def __init__(self, actors: ActorConfig, *, sequential: bool, progress: bool) -> None:
+        self._sinks: dict[str, Callable[[Any, Any], None]] = {}
+        self._pending: list[Any] = []
+        self._actors = actors
+        self._progress = progress
+        self._pool = None if sequential else self._make_pool()
+
+    def _make_pool(self):
+        import functools
+
+        from pgray.distributed.actors import EvalPool
+        from pgray.pipelines.benchmark_jobs import JobEvaluator
+
+        return EvalPool(functools.partial(JobEvaluator, threads=self._actors.threads),
+                        cpus=self._actors.cpus, gpus=self._actors.gpus,
+                        max_actors=self._actors.count, max_retries=self._actors.max_retries,
+                        on_result=self._deliver, progress=self._progress)
+
+    def _deliver(self, job, result) -> None:
+        self._sinks.pop(job.key)(job, result)
+
+    def add(self, jobs: list, on_result: Callable[[Any, Any], None]) -> None:
+        jobs = [j for j in jobs if j.key not in self._sinks]
+        for job in jobs:
+            self._sinks[job.key] = on_result
+        if self._pool is None:
+            self._pending += jobs
+        else:
+            self._pool.add(jobs)
+
+    def poll(self) -> None:
+        if self._pool is not None:
+            self._pool.poll()
+
+    def finish(self) -> None:
+        if self._pool is not None:
+            self._pool.drain()
+            return
+        from pgray.pipelines.benchmark_jobs import JobEvaluator
+        from pgray.tracking.progress import JobProgress
+
+        evaluator = JobEvaluator(threads=self._actors.threads)
+        tracker = JobProgress(self._pending, self._progress)
+        for job in sorted(self._pending, key=lambda j: -j.cost):
+            self._deliver(job, evaluator.run(job))
+            tracker.update(job, {})
+        self._pending = []
+
+    @property
+    def peak_actors(self) -> int:
+        return 0 if self._pool is None else self._pool.peak_actors
+
+
+class _Feed:
+    """Hands each finished trial to the pipeline, and lets the evaluations move on at every
+    step of Tune's loop."""
+
+    def __init__(self, key: str, on_trial: Callable[[Any, list], None],
+                 evaluations: Evaluations) -> None:
+        self.key = key
+        self._on_trial = on_trial
+        self._evaluations = evaluations
+
+    def trial_done(self, trial, trials) -> None:
+        self._on_trial(trial, trials)
+        self.poll()
+
+    def poll(self) -> None:
+        if self._evaluations is not None:
+            self._evaluations.poll()
+
+
+def run_trainings(ctx, storage: str, *, resume: bool, verbose: int,
+                  on_trial: Callable[[Any, list], None], evaluations: Evaluations | None):
+    """The trainings of `ctx` (a SweepContext) as one Tune experiment; `on_trial(trial,
+    trials)` hears of each that ends while the others go on. Returns the SearchRun."""
+    from pgray.distributed.tune import run_search
+
+    feed = _Feed(f"{ctx.space.name}@{storage}", on_trial, evaluations)
+    return run_search(ctx, storage, resume=resume, verbose=verbose, feed=feed)
+
+
+def trial_checkpoint(trial) -> str | None:
+    """The newest Train checkpoint a finished Tune trial reported."""
+    path = (trial.last_result or {}).get("checkpoint_path")
+    if isinstance(path, str) and path:
+        return path
+    checkpoint = getattr(trial, "checkpoint", None)
+    return getattr(checkpoint, "path", None)
+
+
+def resolve_targets(space: SearchSpace) -> list[Target]:
+    """Every (dataset, category) of the space with an absolute root; `generated` creates the
+    synthetic dataset in the cache on first use."""
+    from pgray.config import DataConfig
+    from pgray.config.search_sections import GENERATED_ROOT
+    from pgray.data.dataset import resolve_root
+    from pgray.data.registry import get_layout
+
+    targets = []
+    for entry in space.target_entries():
+        root_value = "" if entry.root == GENERATED_ROOT else entry.root
+        data = DataConfig(dataset=entry.dataset, root=root_value, options=dict(entry.options))
+        root = str(Path(resolve_root(data)).expanduser().resolve())
+        for category in get_layout(entry.dataset).select_categories(root, entry.categories):
+            targets.append(Target(entry.dataset, root, category,
+                                  tuple(sorted(dict(entry.options).items()))))
+    return targets
+
+
+def check_targets(space: SearchSpace, targets: list[Target]) -> None:
+    """Fail on a missing dataset or category before Ray or MLflow start anything."""
+    from pgray.pipelines.train import validate_inputs
+
+    for target in targets:
+        validate_inputs(space.trial_config(target, {}))

@@ -1,0 +1,179 @@
+"""GPU accounting on a cluster whose nodes declare logical GPUs (`num_gpus=1` each): Ray then
+schedules by GPU exactly as on a GPU cluster, without one. Workers handed a logical GPU on a
+machine without CUDA train on the CPU over gloo, so these tests check scheduling, not CUDA."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import ray.cloudpickle
+from helpers import tiny_experiment
+
+from pgray.errors import ClusterError, ConfigError
+
+pytestmark = pytest.mark.slow
+# The worker and job classes below travel to Ray's actors by value: workers cannot import
+# this test module.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """A head without resources and two nodes with 2 CPUs and 1 logical GPU each."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+class GpuReport:
+    """A trivial evaluation worker: says which GPUs Ray gave its actor and which device it
+    would use."""
+
+    def __init__(self, assigned_gpus=None, node="local"):
+        from pgray.core.device import pick_device
+
+        self.gpus = list(assigned_gpus or [])
+        self.device = str(pick_device(assigned_gpus=assigned_gpus))
+
+    def run(self, job):
+        import time
+
+        time.sleep(0.5)
+        return {"gpus": self.gpus, "device": self.device}
+
+
+class Job:
+    def __init__(self, i: int):
+        self.key, self.cost = f"job{i}", float(i)
+
+    def label(self) -> str:
+        return self.key
+
+
+def test_more_gpu_actors_than_gpus_do_not_deadlock(gpu_cluster):
+    """Four one-GPU actors asked for on two GPUs: the pool holds two, and all four jobs end
+    (the old pool sized itself from CPUs and waited forever on actors never scheduled)."""
+    from pgray.distributed.actors import EvalPool
+
+    results = {}
+    pool = EvalPool(GpuReport, cpus=0.5, gpus=1.0, max_actors=4, max_retries=0,
+                    on_result=lambda job, r: results.setdefault(job.key, r), progress=False)
+    assert pool.limit == 2
+    pool.add([Job(i) for i in range(4)])
+    pool.drain()
+    assert sorted(results) == ["job0", "job1", "job2", "job3"]
+    assert pool.peak_actors == 2 and not pool.busy
+    # each actor saw the GPU Ray gave it, and no CUDA here means the CPU
+    assert all(len(r["gpus"]) == 1 and r["device"] == "cpu" for r in results.values())
+    cpu_only = {}
+    pool = EvalPool(GpuReport, cpus=0.5, gpus=0.0, max_actors=1, max_retries=0,
+                    on_result=lambda job, r: cpu_only.setdefault(job.key, r), progress=False)
+    pool.add([Job(9)])
+    pool.drain()
+    assert cpu_only["job9"]["gpus"] == []  # an actor Ray gave no GPU never picks one
+
+
+def test_train_takes_the_clusters_gpus_and_refuses_none(gpu_cluster, synthetic_root, tmp_path,
+                                                        monkeypatch):
+    from pgray.distributed.cluster import SHARED_TRACKING_ENV
+    from pgray.pipelines.train import TrainRequest, train_category
+
+    monkeypatch.setenv(SHARED_TRACKING_ENV, "1")  # one machine: the SQLite file is shared
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
+
+    def request(name, **kw):
+        return TrainRequest(config=cfg, out=tmp_path / name, name=name, workers=2,
+                            use_ray=True, cpus_per_worker=0.5, progress=False, **kw)
+
+    result = train_category(request("auto"))  # no --gpus-per-worker: one GPU per worker
+    assert result.history[-1]["worker_gpus"] == 1.0
+    assert result.history[-1]["param_spread"] == 0.0  # DDP (gloo) kept both ranks equal
+    with pytest.raises(ClusterError, match="would train on CPUs"):
+        train_category(request("zero", gpus_per_worker=0.0))
+    with pytest.raises(ConfigError, match="cannot share GPUs"):
+        train_category(request("half", gpus_per_worker=0.5))
+    cpu = train_category(request("cpu", gpus_per_worker=0.0, allow_cpu=True))
+    assert cpu.history[-1]["worker_gpus"] == 0.0
+
+
+def test_local_tracking_file_is_refused_on_several_nodes(gpu_cluster, synthetic_root, tmp_path,
+                                                         monkeypatch):
+    from pgray.distributed.cluster import SHARED_TRACKING_ENV
+    from pgray.pipelines.train import TrainRequest, train_category
+
+    monkeypatch.delenv(SHARED_TRACKING_ENV, raising=False)
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
+    req = TrainRequest(config=cfg, out=tmp_path / "t", name="t", use_ray=True,
+                       mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False)
+    with pytest.raises(ClusterError, match="Run an MLflow server"):
+        train_category(req)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was logged
+
+
+def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
+        gpu_cluster, synthetic_root, tmp_path, monkeypatch):
+    """Three missing checkpoints, each training asks for one GPU: two train at the same time
+    (two GPUs), and the first category's evaluation starts before the last finishes training.
+    A second run trains and evaluates nothing again."""
+    from mlflow.tracking import MlflowClient
+
+    from pgray.config.base import from_dict
+    from pgray.config.benchmark import BenchmarkConfig
+    from pgray.distributed.cluster import SHARED_TRACKING_ENV
+    from pgray.pipelines.benchmark import run_benchmark
+    from pgray.tracking.tables import read_rows
+
+    monkeypatch.setenv(SHARED_TRACKING_ENV, "1")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    root = _three_categories(synthetic_root, tmp_path)
+    train = tiny_experiment(root).to_dict()
+    train["train"] |= {"epochs": 2, "select_metric": "proxy_score"}
+    cfg = from_dict(BenchmarkConfig, {
+        "name": "gpus", "eps": [8.0], "steps": [2], "suite": "protocol", "n_panels": 0,
+        "batch_size": 8, "train_missing": True,
+        "datasets": [{"dataset": "synthetic", "root": str(root), "categories": "all",
+                      "checkpoint": str(tmp_path / "ckpt" / "{category}" / "checkpoint.pt")}],
+        "train": {k: train[k] for k in ("model", "loss", "train")},
+        "train_resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "trial_cpus": 0.25},
+        "actors": {"count": 2, "cpus": 0.5},
+    })
+    result = run_benchmark(cfg, tmp_path / "out", mlflow_uri=uri, progress=False)
+    assert result.trained == 3 and result.ran == 6
+    rows = read_rows(tmp_path / "out")
+    assert {r["category"] for r in rows} == {"disc", "weave", "other"}
+    # the selected weights were evaluated, and every row says so
+    assert {r["checkpoint_file"] for r in rows} == {"best.pt"}
+    assert all(isinstance(r["checkpoint_epoch"], int) for r in rows)
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("pgray").experiment_id
+    trials = client.search_runs([exp], filter_string="tags.`pgray.kind` = 'trial'")
+    spans = sorted((t.info.start_time / 1e3, t.info.end_time / 1e3) for t in trials)
+    assert len(spans) == 3
+    assert spans[1][0] < spans[0][1], spans  # two trainings ran at the same time
+    first_eval = min(r["finished_at"] - r["wall_s"] for r in rows)
+    last_training_end = max(end for _, end in spans)
+    assert first_eval < last_training_end, (first_eval, spans)
+
+    again = run_benchmark(cfg, tmp_path / "out", mlflow_uri=uri, progress=False, resume=True)
+    assert again.trained == 0 and again.ran == 0 and again.skipped == 6
+
+
+def _three_categories(synthetic_root, tmp_path):
+    """disc, weave and a copy of disc named `other`."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    shutil.copytree(root / "disc", root / "other")
+    return root

@@ -1,0 +1,25 @@
+"""The one device choice: what Ray assigned decides, not whether CUDA exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pgray.core.device import pick_device, resolve_precision
+from pgray.errors import ConfigError
+
+
+def test_pick_device_follows_ray_not_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(assigned_gpus=[]).type == "cpu"  # Ray gave this actor no GPU
+    assert pick_device(assigned_gpus=["3"]) == torch.device("cuda", 0)
+    assert pick_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(assigned_gpus=["3"]).type == "cpu"  # a logical GPU
+    with pytest.raises(ConfigError, match="no CUDA"):
+        pick_device("cuda")
+
+
+def test_auto_precision_is_fp32_on_the_cpu():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
