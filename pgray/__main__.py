@@ -13,6 +13,7 @@ VERBS = {
     "data": ("pgray.data.__main__", "check dataset trees, write foreground masks"),
     "synthetic": ("pgray.data.synthetic", "write the generated dataset"),
     "pseudo": ("pgray.pseudo.__main__", "preview pseudo-anomalies"),
+    "detectors": ("pgray.detectors.__main__", "list the detectors pgray evaluates"),
 }
 
 

@@ -65,7 +65,12 @@ def parser() -> argparse.ArgumentParser:
         " steps, alpha, restarts, objective, precision, `attack`: clean, protocol, each suite"
         " member, worst_case, and `flags` from the reliability checks) and PNG panels.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by pgray.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint of pgray.train (PatchGuard, or a baseline fitted with"
+                        " --detector), or a state dict released by the PatchGuard reference code")
+    p.add_argument("--config", help="for a reference state dict: an experiment YAML whose"
+                   " `model` section is its architecture (default: the reference's, DINOv2"
+                   " ViT-S/14 at 224)")
     p.add_argument("--dataset", help="dataset layout (default: the checkpoint's)")
     p.add_argument("--root", help="dataset root (default: the checkpoint's)")
     p.add_argument("--category", help="category (default: the checkpoint's)")
@@ -93,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         "mask_resize": args.mask_resize}.items() if v is not None}
     from pgray.pipelines.evaluate import evaluate_checkpoint
 
+    reference = None
+    if args.config:
+        from pgray.config import ExperimentConfig
+
+        reference = ExperimentConfig.from_yaml(args.config).model
     result = evaluate_checkpoint(Path(args.checkpoint), overrides, eval_cfg, Path(args.out),
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, reference_model=reference)
     from pgray.tracking.tables import rows_text
 
     print(rows_text(result["results"]))

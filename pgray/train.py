@@ -42,6 +42,14 @@ def parser() -> argparse.ArgumentParser:
                    help="also write best.pt: the weights of the proxy epoch where this held-out"
                         " metric peaked, e.g. proxy_score or proxy_robust_image_auroc (adversarial"
                         " training overfits robustly late in a run); default: keep the last")
+    d = p.add_argument_group("a baseline detector instead of PatchGuard")
+    d.add_argument("--detector", help="fit this baseline on the normal training images"
+                   " (python -m pgray.detectors list); --backbone (default resnet18),"
+                   " --img-size, --pretrained and --weights apply to it; writes OUT/detector.pt")
+    d.add_argument("--layers", nargs="+", help="backbone layers the detector reads")
+    d.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a detector option, e.g. coreset_ratio=0.1 or epochs=20 (repeatable;"
+                        " VALUE read as YAML)")
     r = p.add_argument_group("where it runs")
     r.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     r.add_argument("--name", help="run name (default DATASET-CATEGORY-CONFIGHASH); same name"
@@ -83,10 +91,28 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"train": t} if t else {}
 
 
+def fit_baseline(args: argparse.Namespace) -> int:
+    """--detector NAME: fit a baseline instead of training PatchGuard."""
+    from pgray.config.args import detector_and_data
+    from pgray.pipelines.fit_detector import FitRequest, fit_detector
+
+    det, data = detector_and_data(args)
+    result = fit_detector(FitRequest(
+        detector=det, data=data, out=Path(args.out),
+        name=args.name or f"{det.name}-{data.dataset}-{data.category}",
+        use_ray=args.ray or args.workers > 1, gpus=args.gpus_per_worker, address=args.address,
+        mlflow_uri=args.mlflow_uri, progress=not args.quiet, batch_size=args.batch_size or 16))
+    print(f"detector:   {result.checkpoint} ({det.name}, fitted in {result.fit_s:.1f} s)")
+    print(f"mlflow run: {result.mlflow_run_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.workers < 1:
         parser().error("--workers must be >= 1")
+    if args.detector:
+        return fit_baseline(args)
     cfg = build_config(args, train_overrides(args))
     from pgray.io import check_name
 

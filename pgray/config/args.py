@@ -81,3 +81,38 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in
                    f"{cfg.data.dataset}-{cfg.data.category}")
     return f"{safe}-{config_hash(cfg)}"
+
+
+def key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE flags as a dict, each value read as YAML."""
+    import yaml
+
+    from pgray.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def detector_and_data(args: argparse.Namespace):
+    """`pgray.train --detector NAME ...`: the baseline's DetectorConfig and its DataConfig
+    (the data section of --config, then --dataset / --root / --category)."""
+    from pgray.config.base import from_dict
+    from pgray.config.detector import DetectorConfig
+    from pgray.config.experiment import DataConfig
+
+    fields = {"name": args.detector, "backbone": args.backbone, "img_size": args.img_size,
+              "layers": args.layers, "weights": args.weights,
+              "options": key_values(args.detector_option, "--detector-option")}
+    if args.pretrained:
+        fields["pretrained"] = True
+    det = from_dict(DetectorConfig, {k: v for k, v in fields.items() if v is not None},
+                    "detector")
+    data = dict(load_yaml(args.config).get("data") or {}) if args.config else {}
+    data |= {k: v for k, v in {"dataset": args.dataset, "root": args.root,
+                               "category": args.category}.items() if v is not None}
+    return det, from_dict(DataConfig, data, "data")

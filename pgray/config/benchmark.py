@@ -12,16 +12,38 @@ from pgray.config.search_sections import Resources
 
 
 @dataclass
+class DetectorEntry:
+    """Another detector evaluated on an entry's categories under the same suite."""
+
+    name: str  # patchguard_reference, or a baseline (python -m pgray.detectors list)
+    checkpoint: str  # path template; {dataset} and {category} are filled in
+    # a baseline with no checkpoint yet is fitted first (train_missing) with these
+    # DetectorConfig keys (img_size, backbone, layers, pretrained, weights, options)
+    fit: dict[str, Any] = field(default_factory=dict)
+    # a reference state dict: the ModelConfig keys of its architecture (default: the
+    # reference's own, DINOv2 ViT-S/14 at 224)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check(bool(self.name), "name", "must name a detector")
+        check(bool(self.checkpoint), "checkpoint", "needs a path template")
+
+
+@dataclass
 class DatasetEntry:
     dataset: str
     root: str = ""  # "" with dataset synthetic: the generated dataset (cached)
-    categories: list[str] | str = "all"  # "all": every category the layout knows
-    # checkpoint path template; {dataset} and {category} are filled in
+    categories: list[str] | str = "all"  # "all": every category present under the root
+    # PatchGuard's checkpoint path template; {dataset} and {category} are filled in
     checkpoint: str = "runs/benchmark/checkpoints/{dataset}/{category}/checkpoint.pt"
+    patchguard: bool = True  # false: only the `detectors` below
+    detectors: list[DetectorEntry] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "must name a dataset")
+        check(self.patchguard or bool(self.detectors), "detectors",
+              "with patchguard: false, list at least one detector")
 
 
 @dataclass

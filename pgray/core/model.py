@@ -287,6 +287,11 @@ class PatchGuard(nn.Module):
         self._register_smoothing()
         self._capture: _AttentionCapture | None = None
 
+    @property
+    def img_size(self) -> int:
+        """The square input size (the detector interface, pgray.detectors.base)."""
+        return self.cfg.img_size
+
     def _geometry(self) -> tuple[int, tuple[int, int]]:
         ph, pw = self.backbone.patch_embed.patch_size
         if ph != pw or self.cfg.img_size % ph:

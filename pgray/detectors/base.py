@@ -12,7 +12,9 @@ The attacks' localization objective is then the mean of the normal units minus t
 the anomalous ones: at patch level for PatchGuard, at pixel level for pixel-map detectors.
 
 Detectors fitted on normal images (memory banks, Gaussian statistics, students) also have
-`fit(batches)`, taking an iterable of dict batches with an "image" tensor of normal images.
+`fit(batches)`, taking a list of dict batches with an "image" tensor of normal images (on the
+detector's device; a list, so that a detector trained for several epochs can go over it
+again).
 """
 
 from __future__ import annotations

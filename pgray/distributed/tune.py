@@ -311,7 +311,10 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
                 time_budget_s=ctx.space.budget.time_budget_s,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      # a trial whose process dies with its node starts
+                                      # again; its Train run resumes from its checkpoint
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=ctx.resources.max_failures),
                                       verbose=verbose),
         )
     try:

@@ -53,14 +53,15 @@ class BenchmarkRun:
         self.jobs: list[BenchJob] = []
         self.ran = 0
 
-    def jobs_of(self, entry: DatasetEntry, category: str) -> list[BenchJob]:
-        """The category's jobs on its evaluated checkpoint; those done earlier are skipped."""
-        jobs = jobs_for(self.cfg, entry, category)
+    def jobs_of(self, entry: DatasetEntry, category: str, detector=None) -> list[BenchJob]:
+        """A detector's jobs on the category (PatchGuard's on its evaluated checkpoint); those
+        done earlier are skipped."""
+        jobs = jobs_for(self.cfg, entry, category, detector)
         self.jobs += jobs
         todo = [j for j in jobs if j.key not in self.done]
         if self.progress:
-            print(f"{entry.dataset}/{category}: {len(jobs)} evaluation jobs on"
-                  f" {Path(jobs[0].checkpoint).name}, {len(jobs) - len(todo)} already done",
+            print(f"{entry.dataset}/{category} {jobs[0].detector}: {len(jobs)} evaluation jobs"
+                  f" on {Path(jobs[0].checkpoint).name}, {len(jobs) - len(todo)} already done",
                   flush=True)
         return todo
 
@@ -105,29 +106,112 @@ def run_benchmark(
     resume: bool = False,
     storage: str | None = None,
 ) -> BenchmarkResult:
+    from pgray.pipelines.benchmark_jobs import detectors_of
     from pgray.pipelines.train_eval import Evaluations
 
     run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=parent_run_id,
                        force=force, progress=progress)
-    targets = [(e, c) for e in cfg.datasets for c in categories_of(e)]
-    missing = [(e, c) for e, c in targets if not checkpoint_path(e, c).is_file()]
-    if missing and not cfg.train_missing:
-        e, c = missing[0]
-        raise CheckpointError(f"no checkpoint for {e.dataset}/{c} at {checkpoint_path(e, c)};"
-                              " train one or set train_missing: true")
-    if missing or not sequential:
+    targets = [(e, c, d) for e in cfg.datasets for c in categories_of(e) for d in detectors_of(e)]
+    missing = [t for t in targets if not checkpoint_path(*t).is_file()]
+    _check_missing(cfg, missing)
+    to_train = [(e, c) for e, c, d in missing if d is None]
+    to_fit = [t for t in missing if t[2] is not None]
+    if to_train or not sequential:
         _connect(address, run.uri)
     evaluations = Evaluations(cfg.actors, sequential=sequential, progress=progress)
-    for entry, category in targets:
-        if (entry, category) not in missing:
-            evaluations.add(run.jobs_of(entry, category), run.on_result)
+    for target in targets:
+        if target not in missing:
+            evaluations.add(run.jobs_of(*target), run.on_result)
+    fits = BaselineFits(cfg, run, evaluations, to_fit, sequential=sequential)
     trained = 0
-    if missing:
-        trained = train_missing(cfg, run, missing, evaluations, storage=storage, resume=resume)
+    if to_train:
+        trained = train_missing(cfg, run, to_train, evaluations, storage=storage, resume=resume)
+    fits.finish()
     evaluations.finish()
     result = run.finalize()
-    result.trained, result.peak_actors = trained, evaluations.peak_actors
+    result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
     return result
+
+
+def _check_missing(cfg: BenchmarkConfig, missing: list) -> None:
+    for entry, category, detector in missing:
+        name = "patchguard" if detector is None else detector.name
+        where = f"{entry.dataset}/{category} ({name}) at {checkpoint_path(entry, category, detector)}"
+        if detector is not None and not get_spec(detector.name).fitted:
+            raise CheckpointError(f"no checkpoint for {where}: a {name} file cannot be trained"
+                                  " here; give its path")
+        if not cfg.train_missing:
+            raise CheckpointError(f"no checkpoint for {where}; train or fit one, or set"
+                                  " train_missing: true")
+
+
+def get_spec(name: str):
+    from pgray.detectors.registry import get
+
+    return get(name)
+
+
+class BaselineFits:
+    """The missing baselines, fitted as Ray tasks beside the trainings (in this process when
+    sequential); each one's evaluation jobs join the pool when its fit lands."""
+
+    def __init__(self, cfg: BenchmarkConfig, run: BenchmarkRun, evaluations, missing: list,
+                 *, sequential: bool) -> None:
+        self.run, self.evaluations, self.done = run, evaluations, 0
+        self.pending: dict[Any, tuple] = {}
+        if not missing:
+            return
+        from pgray.config.base import to_dict
+
+        for entry, category, detector in missing:
+            req = self._request(entry, category, detector)
+            args = (to_dict(req.detector), to_dict(req.data), req.batch_size)
+            if sequential:
+                from pgray.pipelines.fit_detector import fit_payload
+
+                self._land((entry, category, detector, req), fit_payload(*args))
+            else:
+                from pgray.pipelines.fit_detector import fit_task
+
+                task = fit_task(cfg.actors.cpus, cfg.actors.gpus)
+                self.pending[task.remote(*args)] = (entry, category, detector, req)
+        evaluations.also_poll(self.poll)
+
+    def _request(self, entry, category: str, detector):
+        from pgray.config import DataConfig
+        from pgray.config.base import from_dict
+        from pgray.config.detector import DetectorConfig
+        from pgray.pipelines.benchmark_jobs import entry_root
+        from pgray.pipelines.fit_detector import FitRequest
+
+        path = checkpoint_path(entry, category, detector)
+        det = from_dict(DetectorConfig, {"name": detector.name} | detector.fit, "fit")
+        data = DataConfig(dataset=entry.dataset, root=entry_root(entry), category=category,
+                          options=dict(entry.options))
+        return FitRequest(detector=det, data=data, out=path.parent, file=path.name,
+                          name=f"{self.run.cfg.name}-{detector.name}-{entry.dataset}-{category}",
+                          mlflow_uri=self.run.uri, parent_run_id=self.run.parent.run_id)
+
+    def _land(self, item: tuple, payload: dict[str, Any]) -> None:
+        from pgray.pipelines.fit_detector import record_fit
+
+        entry, category, detector, req = item
+        record_fit(req, payload, self.run.uri)
+        self.done += 1
+        self.evaluations.add(self.run.jobs_of(entry, category, detector), self.run.on_result)
+
+    def poll(self, timeout: float | None = 0.0) -> None:
+        import ray
+
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+            if not ready:
+                return
+            self._land(self.pending.pop(ready[0]), ray.get(ready[0]))
+
+    def finish(self) -> None:
+        while self.pending:
+            self.poll(timeout=None)
 
 
 def _connect(address: str | None, uri: str) -> None:

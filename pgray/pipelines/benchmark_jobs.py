@@ -47,6 +47,9 @@ class BenchJob:
     n_test: int
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     checkpoint_epoch: int | None = field(default=None, hash=False, compare=False)
+    detector: str = "patchguard"
+    # a reference state dict's architecture (ModelConfig keys); empty: the reference's own
+    reference_model: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def setting(self) -> str:
@@ -61,7 +64,8 @@ class BenchJob:
     def key(self) -> str:
         blob = json.dumps([self.dataset, self.category, self.checkpoint_sha256, self.kind,
                            self.attacks, self.suite, self.eps, self.mask_resize,
-                           self.options], sort_keys=True, default=str)
+                           self.options, self.detector, self.reference_model],
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def suite_config(self) -> SuiteConfig:
@@ -94,7 +98,8 @@ class BenchJob:
         return float(work["image_steps"] + work["queries"] + self.n_test)
 
     def label(self) -> str:
-        return f"{self.dataset}/{self.category} {self.setting}"
+        who = "" if self.detector == "patchguard" else f" {self.detector}"
+        return f"{self.dataset}/{self.category}{who} {self.setting}"
 
 
 def entry_root(entry) -> str:
@@ -134,21 +139,30 @@ def job_grid(cfg: BenchmarkConfig) -> list[tuple[str, float, list[AttackConfig]]
     return grid
 
 
-def checkpoint_path(entry, category: str) -> Path:
-    return Path(entry.checkpoint.format(dataset=entry.dataset, category=category))
+def checkpoint_path(entry, category: str, detector=None) -> Path:
+    """The file of PatchGuard (detector None) or of another detector of the entry."""
+    template = entry.checkpoint if detector is None else detector.checkpoint
+    return Path(template.format(dataset=entry.dataset, category=category))
 
 
-def jobs_for(cfg: BenchmarkConfig, entry, category: str) -> list[BenchJob]:
-    """One job per grid cell on the category's evaluated checkpoint (best.pt where selection
-    wrote one, else the checkpoint), which must exist by now."""
+def detectors_of(entry) -> list:
+    """None for PatchGuard (when the entry evaluates it), then the entry's other detectors."""
+    return ([None] if entry.patchguard else []) + list(entry.detectors)
+
+
+def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[BenchJob]:
+    """One job per grid cell on one detector's file for the category (PatchGuard: best.pt
+    where selection wrote one, else its checkpoint), which must exist by now."""
     from pgray.data.registry import get_layout
-    from pgray.pipelines.train_eval import evaluated_checkpoint
+    from pgray.pipelines.train_eval import Evaluated, evaluated_checkpoint
 
-    ckpt = checkpoint_path(entry, category)
+    ckpt = checkpoint_path(entry, category, detector)
+    name = "patchguard" if detector is None else detector.name
     if not ckpt.is_file():
-        raise CheckpointError(f"no checkpoint for {entry.dataset}/{category} at {ckpt}; train"
-                              " one or set train_missing: true")
-    evaluated = evaluated_checkpoint(ckpt)
+        raise CheckpointError(f"no {name} checkpoint for {entry.dataset}/{category} at {ckpt};"
+                              " train or fit one, or set train_missing: true")
+    evaluated = evaluated_checkpoint(ckpt) if detector is None else Evaluated(ckpt, ckpt.name,
+                                                                              None)
     root = entry_root(entry)
     options = DataConfig(dataset=entry.dataset, options=dict(entry.options)).layout_options()
     n_test = len(get_layout(entry.dataset).discover(root, category, "test", options))
@@ -160,13 +174,15 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str) -> list[BenchJob]:
         suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
         mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=cfg.n_panels,
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
+        detector=name, reference_model=dict(detector.model) if detector else {},
     ) for kind, eps, attacks in job_grid(cfg)]
 
 
 def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
     """Every job of the benchmark (every checkpoint must exist)."""
     return [job for entry in cfg.datasets for category in categories_of(entry)
-            for job in jobs_for(cfg, entry, category)]
+            for detector in detectors_of(entry)
+            for job in jobs_for(cfg, entry, category, detector)]
 
 
 class JobEvaluator:
@@ -186,7 +202,10 @@ class JobEvaluator:
         self._clean: dict[tuple, Any] = {}
 
     def _model(self, job: BenchJob):
-        from pgray.core.checkpoint import load_checkpoint
+        """The job's detector on this actor's device (the last MODELS_KEPT stay loaded)."""
+        from pgray.config.base import from_dict
+        from pgray.config.experiment import ModelConfig
+        from pgray.detectors.loading import load_detector
 
         key = job.checkpoint_sha256
         if key in self._models:
@@ -194,20 +213,21 @@ class JobEvaluator:
         else:
             while len(self._models) >= MODELS_KEPT:  # an actor serves many checkpoints
                 self._models.pop(next(iter(self._models)))
-            model, cfg, _ = load_checkpoint(job.checkpoint, map_location="cpu")
-            self._models[key] = (model.to(self.device).eval(), cfg)
+            reference = (from_dict(ModelConfig, job.reference_model, "model")
+                         if job.reference_model else None)
+            loaded = load_detector(job.checkpoint, reference)
+            loaded.model = loaded.model.to(self.device).eval()
+            self._models[key] = loaded
         return self._models[key]
 
-    def _dataset(self, job: BenchJob, cfg):
+    def _dataset(self, job: BenchJob, img_size: int):
         from pgray.data.dataset import load_split
 
-        key = (job.dataset, job.root, job.category, job.mask_resize, cfg.model.img_size)
+        key = (job.dataset, job.root, job.category, job.mask_resize, img_size)
         if key not in self._datasets:
-            data_cfg = dataclasses.replace(
-                cfg.data, dataset=job.dataset, root=job.root, category=job.category,
-                mask_resize=job.mask_resize, options=dict(job.options),
-            )
-            self._datasets[key] = load_split(data_cfg, "test", cfg.model.img_size)
+            data_cfg = DataConfig(dataset=job.dataset, root=job.root, category=job.category,
+                                  mask_resize=job.mask_resize, options=dict(job.options))
+            self._datasets[key] = load_split(data_cfg, "test", img_size)
         return self._datasets[key]
 
     def run(self, job: BenchJob) -> dict[str, Any]:
@@ -215,8 +235,9 @@ class JobEvaluator:
         from pgray.core.scoring import evaluate_model, evaluate_suite, panel_indices
 
         started = time.perf_counter()
-        model, cfg = self._model(job)
-        dataset = self._dataset(job, cfg)
+        loaded = self._model(job)
+        model = loaded.model
+        dataset = self._dataset(job, model.img_size)
         keep = panel_indices(dataset, job.n_panels) if job.kind == SUITE else frozenset()
         if job.kind in (CLEAN, ATTACK):
             settings = [None] if job.kind == CLEAN else job.attack_configs()
@@ -235,7 +256,8 @@ class JobEvaluator:
             panels = self._panels({"clean": self._clean_outputs(job, model, dataset),
                                    worst: outputs[worst]}, dataset, job.n_panels)
         wall = time.perf_counter() - started
-        return {"rows": [self._describe(job, row, wall) for row in rows], "panels": panels}
+        return {"rows": [self._describe(job, row, wall) | {"backbone_weights": loaded.backbone}
+                         for row in rows], "panels": panels}
 
     def _clean_outputs(self, job: BenchJob, model, dataset):
         from pgray.core.scoring import evaluate_model
@@ -251,6 +273,7 @@ class JobEvaluator:
         key = hashlib.sha256(f"{job.key}:{row['attack']}:{row['setting']}".encode())
         return row | {
             "row_key": key.hexdigest()[:16], "job_key": job.key, "job": job.setting,
+            "detector": job.detector,
             "dataset": job.dataset, "category": job.category, "checkpoint": job.checkpoint,
             "checkpoint_file": Path(job.checkpoint).name, "checkpoint_epoch": job.checkpoint_epoch,
             "checkpoint_sha256": job.checkpoint_sha256, "mask_resize": job.mask_resize,

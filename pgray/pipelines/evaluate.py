@@ -16,31 +16,36 @@ def evaluate_checkpoint(
     *,
     progress: bool = True,
     device=None,
+    reference_model=None,
 ) -> dict[str, Any]:
-    import dataclasses
-
+    """Any detector checkpoint (PatchGuard, baseline, reference state dict) on its test split
+    (the one it was trained on unless `data_overrides` say otherwise)."""
     import pgray
     from pgray.config import DataConfig
     from pgray.config.base import from_dict, to_dict
-    from pgray.core.checkpoint import load_checkpoint
     from pgray.core.device import pick_device
     from pgray.core.robustness import evaluate_robustness
     from pgray.core.scoring import panel_indices
+    from pgray.data.dataset import load_split
+    from pgray.detectors.loading import load_detector
+    from pgray.errors import ConfigError
     from pgray.io import ensure_dir, file_sha256, write_json
     from pgray.tracking.plots import write_panels
 
     device = device or pick_device()
-    model, cfg, _ = load_checkpoint(checkpoint, map_location="cpu")
-    model = model.to(device)
-    data_cfg = from_dict(DataConfig, to_dict(cfg.data) | data_overrides, "data")
-    cfg = dataclasses.replace(cfg, data=data_cfg)
-    from pgray.data.dataset import load_split
-
-    dataset = load_split(cfg.data, "test", cfg.model.img_size)
+    loaded = load_detector(checkpoint, reference_model)
+    if loaded.data is None and not {"dataset", "category"} <= set(data_overrides):
+        raise ConfigError(f"{checkpoint} is a {loaded.detector} file without its data: give"
+                          " --dataset, --root and --category")
+    base = {} if loaded.data is None else to_dict(loaded.data)
+    data_cfg = from_dict(DataConfig, base | data_overrides, "data")
+    model = loaded.model.to(device)
+    dataset = load_split(data_cfg, "test", model.img_size)
     out = ensure_dir(out)
     sha = file_sha256(checkpoint)
     identity = {"dataset": data_cfg.dataset, "category": data_cfg.category,
-                "checkpoint_sha256": sha}
+                "checkpoint_sha256": sha, "detector": loaded.detector,
+                "backbone_weights": loaded.backbone}
     rows, outputs = evaluate_robustness(
         model, dataset, eval_cfg, device=device, identity=identity, progress=progress,
         keep=panel_indices(dataset, eval_cfg.n_panels),
@@ -49,6 +54,8 @@ def evaluate_checkpoint(
     result = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha,
+        "detector": loaded.detector,
+        "backbone_weights": loaded.backbone,
         "suite": to_dict(eval_cfg.suite),
         "dataset": data_cfg.dataset,
         "category": data_cfg.category,

@@ -80,6 +80,7 @@ class Evaluations:
     def __init__(self, actors: ActorConfig, *, sequential: bool, progress: bool) -> None:
         self._sinks: dict[str, Callable[[Any, Any], None]] = {}
         self._pending: list[Any] = []
+        self._pollers: list[Callable[[], None]] = []
         self._actors = actors
         self._progress = progress
         self._pool = None if sequential else self._make_pool()
@@ -107,7 +108,13 @@ class Evaluations:
         else:
             self._pool.add(jobs)
 
+    def also_poll(self, poller: Callable[[], None]) -> None:
+        """Other work that lands while trainings run (baseline fits), polled with the pool."""
+        self._pollers.append(poller)
+
     def poll(self) -> None:
+        for poller in self._pollers:
+            poller()
         if self._pool is not None:
             self._pool.poll()
 

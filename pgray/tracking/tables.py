@@ -83,18 +83,59 @@ def _flag_cell(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Per dataset and eps: each category's clean, paper-protocol and worst-case (adaptive
-    suite) AD (image AUROC), AL (pixel AUROC) and AUPRO, a mean row, and the reliability
-    flags of the category's rows at that eps. The worst case is the robust number."""
+    """Per dataset, detector and eps: each category's clean, paper-protocol and worst-case
+    (adaptive suite) AD (image AUROC), AL (pixel AUROC) and AUPRO, a mean row, and the
+    reliability flags of the category's rows at that eps. The worst case is the robust number.
+    With several detectors on a dataset, the comparison table comes first."""
     out = []
     by_ds: dict[str, list] = defaultdict(list)
     for r in rows:
         by_ds[r["dataset"]].append(r)
     for ds, ds_rows in sorted(by_ds.items()):
+        detectors = sorted({r.get("detector") or "patchguard" for r in ds_rows})
         eps_values = sorted({r["eps"] for r in ds_rows if r.get("attack") == "worst_case"})
-        for eps in eps_values or [None]:
-            out += _eps_table(ds, ds_rows, eps)
+        if len(detectors) > 1:
+            out += comparison_table(ds, ds_rows, detectors, max(eps_values, default=None))
+        for det in detectors:
+            mine = [r for r in ds_rows if (r.get("detector") or "patchguard") == det]
+            title = ds if len(detectors) == 1 else f"{ds}, {det}"
+            for eps in eps_values or [None]:
+                out += _eps_table(title, mine, eps)
     return "\n".join(out)
+
+
+def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
+                     eps: float | None) -> list[str]:
+    """The paper's comparison layout: one column group per detector, clean and worst-case AD
+    and AL, per category and on average."""
+    head = f"eps {eps:g}/255" if eps is not None else "clean only"
+    lines = [f"### {ds}: detectors compared ({head}; worst case of the adaptive suite)\n"]
+    cols = [f"{d} {m} {k}" for d in detectors for m in ("AD", "AL") for k in ("clean", "worst")]
+    lines.append("| category | " + " | ".join(cols) + " |")
+    lines.append("|---" * (len(cols) + 1) + "|")
+    sums: dict[int, list[float]] = defaultdict(list)
+    for cat in sorted({r["category"] for r in rows}):
+        vals = []
+        for det in detectors:
+            mine = [r for r in rows if r["category"] == cat
+                    and (r.get("detector") or "patchguard") == det]
+            clean = next((r for r in mine if r.get("attack") == "clean"), {})
+            worst = next((r for r in mine if r.get("attack") == "worst_case"
+                          and r.get("eps") == eps), {})
+            vals += [clean.get("image_auroc"), worst.get("image_auroc"),
+                     clean.get("pixel_auroc"), worst.get("pixel_auroc")]
+        for i, v in enumerate(vals):
+            if v is not None and not _nan(v):
+                sums[i].append(v)
+        lines.append(f"| {cat} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
+    lines.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " |")
+    random = sorted({r.get("detector") for r in rows if r.get("backbone_weights") == "random"})
+    if random:
+        lines.append(f"\nRandom-init backbones (no pretrained weights): {', '.join(random)};"
+                     " these are not the published baselines' numbers.")
+    lines.append("")
+    return lines
 
 
 def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None) -> list[str]:
