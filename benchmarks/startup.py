@@ -13,7 +13,7 @@ import sys
 import time
 
 ENTRY_POINTS = ("pgray.sweep", "pgray.train", "pgray.evaluate", "pgray.benchmark", "pgray.data",
-                "pgray.data.synthetic", "pgray.pseudo", "pgray.__main__")
+                "pgray.data.synthetic", "pgray.pseudo", "pgray.detectors", "pgray.__main__")
 HEAVY = ("torch", "ray", "mlflow", "timm", "optuna", "torchattacks", "pyarrow", "sklearn", "cv2")
 PROBE = """
 import runpy, sys

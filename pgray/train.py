@@ -31,6 +31,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 8e-4)")
     g.add_argument("--eps-train", type=float, help="training PGD eps in 1/255 units (default 8)")
     g.add_argument("--steps-train", type=int, help="training PGD steps (default 10)")
+    g.add_argument("--train-attack", choices=["pgd", "fgsm_rs", "nfgsm", "pgd2"],
+                   help="how the training attack is made: pgd (the reference PGD, default),"
+                        " fgsm_rs (FGSM + random start, Wong et al. 2020), nfgsm (N-FGSM, de Jorge"
+                        " et al. 2022) or pgd2 (PGD-2, random start); docs/method.md")
     g.add_argument("--no-adversarial", action="store_true",
                    help="drop the two PGD terms (the clean baseline)")
     g.add_argument("--seed", type=int)
@@ -81,6 +85,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
             t[key] = getattr(args, key)
     if args.no_adversarial:
         t["adversarial"] = False
+    if args.train_attack:
+        t["attack_method"] = args.train_attack
     attack = {}
     if args.eps_train is not None:
         attack["eps"] = args.eps_train

@@ -95,10 +95,10 @@ class Best:
 
 
 def _random_start(
-    x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: float, gen: torch.Generator
+    x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, radius: float, gen: torch.Generator
 ) -> torch.Tensor:
     noise = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-    return torch.clamp(x0 + (2.0 * noise - 1.0) * eps, min=lo, max=hi)
+    return torch.clamp(x0 + (2.0 * noise - 1.0) * radius, min=lo, max=hi)
 
 
 class _Objectives:
@@ -164,7 +164,10 @@ def _pgd(
     on_step: StepCallback | None,
 ) -> torch.Tensor:
     eps, alpha = cfg.eps_unit, cfg.alpha_unit
-    bounds = ((x0 - eps).clamp_(min=0.0), (x0 + eps).clamp_(max=1.0))
+    if cfg.project:
+        bounds = ((x0 - eps).clamp_(min=0.0), (x0 + eps).clamp_(max=1.0))
+    else:  # N-FGSM: the perturbation may leave the eps-ball; images stay images
+        bounds = (torch.zeros_like(x0), torch.ones_like(x0))
     cast = lambda: autocast(x0.device, cfg.precision)  # noqa: E731 - one context per use
     # Restarts need a different start each time: later restarts start at random even when the
     # first one follows the reference (no random start), otherwise they would repeat it.
@@ -175,7 +178,7 @@ def _pgd(
     overall = Best(x0) if (cfg.keep_best or cfg.restarts > 1) else None
     for r in range(cfg.restarts):
         if cfg.random_start or r > 0:
-            start = _random_start(x0, *bounds, eps, gen)
+            start = _random_start(x0, *bounds, eps * cfg.start_scale, gen)
         else:
             start = x0.clone()
         offset = r * cfg.steps

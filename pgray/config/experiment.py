@@ -99,6 +99,8 @@ class AttackConfig:
     # only); iterates are still judged by the image score itself
     surrogate: Literal["none", "lse"] = "none"
     temperature: float = 1.0  # of the lse surrogate, in logit units
+    start_scale: float = 1.0  # a random start is uniform in +-start_scale * eps
+    project: bool = True  # False: no projection onto the eps-ball, [0, 1] only (N-FGSM)
     method: Literal["pgd", "apgd", "square"] = "pgd"
     library: Literal["pgray", "torchattacks"] = "pgray"
     precision: Precision = "fp32"
@@ -109,6 +111,7 @@ class AttackConfig:
         check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
         check(self.alpha is None or self.alpha > 0, "alpha", "must be > 0")
         check(self.temperature > 0, "temperature", "must be > 0")
+        check(self.start_scale > 0, "start_scale", "must be > 0")
         check(self.surrogate == "none" or self.objective == "image_score", "surrogate",
               "a surrogate replaces the image score: it needs objective image_score")
         check(self.method == "pgd" or self.library == "torchattacks", "method",
@@ -141,6 +144,10 @@ class AttackConfig:
             name += f"_{self.objective}"
         if self.surrogate != "none":
             name += f"_{self.surrogate}{self.temperature:g}"
+        if self.start_scale != 1.0:
+            name += f"_start{self.start_scale:g}"
+        if not self.project:
+            name += "_noproj"
         return name
 
     def describe(self) -> dict[str, Any]:
@@ -155,6 +162,8 @@ class AttackConfig:
             "objective": self.objective,
             "surrogate": self.surrogate,
             "temperature": self.temperature,
+            "start_scale": self.start_scale,
+            "project": self.project,
             "method": self.method,
             "library": self.library,
             "precision": self.precision,
@@ -209,6 +218,13 @@ class TrainConfig:
     seed: int = 0
     adversarial: bool = True  # False drops the two PGD terms (the clean baseline)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    # How the training attack is made (pgray.core.step.TRAIN_ATTACKS): pgd, the reference,
+    # uses `attack` as given (PGD-10); fgsm_rs, nfgsm and pgd2 are cheaper single- or
+    # two-step methods at attack.eps. Never changed silently: rows and runs record it.
+    attack_method: Literal["pgd", "fgsm_rs", "nfgsm", "pgd2"] = "pgd"
+    # Catastrophic overfitting guard: a proxy epoch whose worst-case image AUROC fell this
+    # far below its best while the clean one held is reported, and never selected.
+    collapse_drop: float = 0.2
     loader_workers: int = 0
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10
@@ -238,6 +254,7 @@ class TrainConfig:
         check(self.proxy_repeats >= 1, "proxy_repeats", "must be >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.loader_workers >= 0, "loader_workers", "must be >= 0")
+        check(0 < self.collapse_drop <= 1, "collapse_drop", "must be in (0, 1]")
         check(
             self.select_metric is None or self.select_metric in PROXY_METRICS,
             "select_metric",

@@ -71,6 +71,7 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
              if holdout_ds is not None and ctx.rank == 0 else None)
 
     best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
+    guard = CollapseGuard.resume(cfg.train.collapse_drop, ctx.resume_state)
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
@@ -94,13 +95,16 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         last = epoch + 1 == cfg.train.epochs
         if proxy is not None and (last or (epoch + 1) % cfg.train.proxy_every == 0):
             metrics |= proxy_metrics(model, proxy, cfg, device=device, precision=precision)
-            best.offer(epoch, metrics, model)
+            collapsed = guard.check(epoch, metrics)
+            if ctx.rank == 0 and collapsed:
+                print(f"warning: {guard.note}", file=sys.stderr, flush=True)
+            best.offer(epoch, metrics, model, eligible=not collapsed)
         save = last or (epoch + 1) % cfg.train.checkpoint_every == 0
         saver = None
         if save:
             def saver(path, more=None, epoch=epoch):
-                extra = training_state(optimizer, scheduler, epoch + 1) | best.extra() | (
-                    more or {})
+                extra = (training_state(optimizer, scheduler, epoch + 1) | best.extra()
+                         | guard.extra() | (more or {}))
                 return save_checkpoint(path, model, cfg, extra=extra)
         ctx.report(epoch, metrics, saver)
     return metrics
@@ -119,12 +123,16 @@ class SelectedWeights:
         kept = ((state or {}).get("extra") or {}).get("selected")
         return cls(metric, kept if kept and kept.get("metric") == metric else None)
 
-    def offer(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> None:
+    def offer(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module,
+              eligible: bool = True) -> None:
+        """Keep this epoch's weights if they are the best so far (never an epoch the collapse
+        guard flagged: its proxy can still look good through its clean half)."""
         if self.metric is None:
             return
         value = metrics.get(self.metric, float("nan"))
         # Ties go to the later epoch: more training at the same held-out score.
-        if np.isfinite(value) and (self.kept is None or value >= self.kept["value"]):
+        if eligible and np.isfinite(value) and (self.kept is None
+                                                or value >= self.kept["value"]):
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.kept = {"metric": self.metric, "value": float(value), "epoch": epoch + 1,
                          "state_dict": state}
@@ -133,6 +141,47 @@ class SelectedWeights:
 
     def extra(self) -> dict[str, Any]:
         return {} if self.kept is None else {"selected": self.kept}
+
+
+class CollapseGuard:
+    """Catastrophic overfitting, seen on the held-out proxy: the worst-case image AUROC (short
+    protocol and detection attacks) falls `drop` below its best while the clean one holds (at
+    most 0.02 below its value at that best). Single-step training attacks are known to do this
+    (Wong et al. 2020): the model learns to mask its gradient, and robustness to stronger
+    attacks vanishes within an epoch or two."""
+
+    WORST, CLEAN = "proxy_worst_image_auroc", "proxy_clean_image_auroc"
+
+    def __init__(self, drop: float, state: dict[str, Any] | None = None) -> None:
+        self.drop = drop
+        self.state = state  # {best, clean_at_best, epoch} of the best worst-case epoch so far
+        self.note = ""
+
+    @classmethod
+    def resume(cls, drop: float, state: dict[str, Any] | None) -> CollapseGuard:
+        return cls(drop, ((state or {}).get("extra") or {}).get("collapse_guard"))
+
+    def check(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Whether this proxy epoch collapsed; writes robust_collapse (0/1) into metrics."""
+        worst, clean = metrics.get(self.WORST), metrics.get(self.CLEAN)
+        if worst is None or clean is None or not (np.isfinite(worst) and np.isfinite(clean)):
+            return False
+        best = self.state
+        collapsed = (best is not None and worst < best["best"] - self.drop
+                     and clean >= best["clean_at_best"] - 0.02)
+        if best is None or worst > best["best"]:
+            self.state = {"best": float(worst), "clean_at_best": float(clean),
+                          "epoch": epoch + 1}
+        metrics["robust_collapse"] = float(collapsed)
+        if collapsed:
+            self.note = (f"robust collapse at epoch {epoch + 1}: held-out worst-case image"
+                         f" AUROC {worst:.3f}, down from {best['best']:.3f} at epoch"
+                         f" {best['epoch']}, while clean is {clean:.3f} (catastrophic"
+                         " overfitting; selection skips this epoch)")
+        return collapsed
+
+    def extra(self) -> dict[str, Any]:
+        return {} if self.state is None else {"collapse_guard": self.state}
 
 
 def _step_hook(ctx: FitContext, epoch: int):

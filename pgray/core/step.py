@@ -25,8 +25,42 @@ def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig):
     return optimizer, scheduler
 
 
+# The training attacks (train.attack_method), each at train.attack.eps. Passes: forward +
+# backward passes per normal image and step, the attacks of both batches and the update.
+TRAIN_ATTACKS = {
+    # the reference: train.attack as configured (PGD-10, alpha 2.5 eps / steps, no random
+    # start, last iterate)
+    "pgd": {},
+    # FGSM with a random start, Wong, Rice and Kolter, "Fast is better than free" (ICLR 2020):
+    # start uniform in +-eps, one step of 1.25 eps, projected onto the eps-ball
+    "fgsm_rs": {"steps": 1, "alpha_eps": 1.25, "random_start": True},
+    # N-FGSM, de Jorge et al., "Make some noise" (NeurIPS 2022): start uniform in +-2 eps, one
+    # step of eps, not projected (the noise itself guards against catastrophic overfitting)
+    "nfgsm": {"steps": 1, "alpha_eps": 1.0, "random_start": True, "start_scale": 2.0,
+              "project": False},
+    # PGD-2 with the reference's step rule (2.5 eps / 2 = 1.25 eps per step) from a random start
+    "pgd2": {"steps": 2, "alpha_eps": 1.25, "random_start": True},
+}
+
+
 def training_attack(cfg: ExperimentConfig, precision: str) -> AttackConfig:
-    return dataclasses.replace(cfg.train.attack, precision=precision)
+    """The attack of the training step: train.attack, reshaped by train.attack_method."""
+    preset = dict(TRAIN_ATTACKS[cfg.train.attack_method])
+    base = cfg.train.attack
+    if "alpha_eps" in preset:
+        preset["alpha"] = preset.pop("alpha_eps") * base.eps
+    return dataclasses.replace(base, precision=precision, restarts=1, keep_best=False,
+                               **preset) if preset else dataclasses.replace(
+        base, precision=precision)
+
+
+def passes_per_image(cfg: ExperimentConfig) -> float:
+    """Forward + backward passes per normal image and step: both batches' attacks, then the
+    update of 4 batches (2 without the adversarial terms)."""
+    if not cfg.train.adversarial:
+        return 2.0
+    attack = training_attack(cfg, "fp32")
+    return 2.0 * attack.steps * attack.restarts + 4.0
 
 
 def train_step(
@@ -120,4 +154,5 @@ def train_epoch(
         steps += 1
         if on_step is not None:
             on_step(i, out)
-    return {k: v / max(steps, 1) for k, v in sums.items()} | {"steps": float(steps)}
+    return {k: v / max(steps, 1) for k, v in sums.items()} | {
+        "steps": float(steps), "passes_per_image": passes_per_image(cfg)}

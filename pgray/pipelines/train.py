@@ -112,6 +112,11 @@ def train_category(req: TrainRequest) -> TrainResult:
     for path in (checkpoint, selected, config_file, metrics_file):
         if path is not None:
             tracker.log_artifact(path)
+    collapsed = [r for r in rows if r.get("robust_collapse")]
+    if collapsed:
+        tracker.set_tags({"pgray.robust_collapse": ", ".join(
+            f"epoch {r['epoch']:.0f}: worst-case {r['proxy_worst_image_auroc']:.3f} clean"
+            f" {r['proxy_clean_image_auroc']:.3f}" for r in collapsed)[:5000]})
     tracker.finish()
     hint = runs_url(uri, tracker.experiment_id)
     return TrainResult(checkpoint, metrics_file, rows, tracker.run_id, hint, selected)

@@ -102,8 +102,12 @@ def test_relative_root_reaches_the_ray_workers(ray_session, synthetic_root, tmp_
     monkeypatch.chdir(work)
     assert main(["--tiny", "--dataset", "synthetic", "--root", "data", "--category", "disc",
                  "--ray", "--cpus-per-worker", "0.5", "--epochs", "1", "--max-steps-per-epoch",
-                 "1", "--batch-size", "4", "--steps-train", "1", "--out", "out", "--quiet"]) == 0
+                 "1", "--batch-size", "4", "--train-attack", "nfgsm", "--out", "out",
+                 "--quiet"]) == 0
     from pgray.core.checkpoint import read_checkpoint
 
-    stored = read_checkpoint(work / "out" / "checkpoint.pt")["config"]["data"]["root"]
-    assert Path(stored) == (work / "data").resolve()
+    state = read_checkpoint(work / "out" / "checkpoint.pt")
+    assert Path(state["config"]["data"]["root"]) == (work / "data").resolve()
+    # a fast training attack trains on Ray Train as well
+    assert state["config"]["train"]["attack_method"] == "nfgsm"
+    assert state["extra"]["history"][-1][1]["passes_per_image"] == 6.0

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 ENTRY_POINTS = ["pgray.sweep", "pgray.train", "pgray.evaluate", "pgray.benchmark", "pgray.data",
-                "pgray.pseudo", "pgray.__main__"]
-HEAVY = ("torch", "ray", "mlflow", "timm", "optuna", "torchattacks", "pyarrow")
+                "pgray.pseudo", "pgray.detectors", "pgray.__main__"]
+HEAVY = ("torch", "ray", "mlflow", "timm", "optuna", "torchattacks", "pyarrow", "anomalib")
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
