@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--category", default="weave")
     p.add_argument("--size", type=int, default=64, help="image size of the generated data")
@@ -45,7 +45,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads (1 avoids OpenMP contention on a busy machine)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def overrides(pairs: list[str]) -> dict:
