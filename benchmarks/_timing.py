@@ -8,7 +8,6 @@ variants compares like with like even when absolute times drift.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -157,9 +156,11 @@ def _cell(value: Any, spec: str) -> str:
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    """Atomically (a stage killed at its time limit leaves the last complete file)."""
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        from pgray.io import write_json as atomic_json
+
+        atomic_json(path, payload)
 
 
 def flops_per_call(fn: Callable[[], Any]) -> int:

@@ -69,10 +69,17 @@ def variant_names(args) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def compiled_models(model: torch.nn.Module, modes: list[str]) -> dict[str | None, Any]:
+def compiled_models(model: PatchGuard, modes: list[str],
+                    captured: list[int] | tuple = ()) -> dict[str | None, Any]:
+    """The eager model, and per mode a copy with the same weights whose blocks are compiled,
+    the attention-captured ones (training) excepted (PatchGuard.compile_blocks)."""
+    import copy
+
     models: dict[str | None, Any] = {None: model}
     for mode in modes:
-        models[mode] = torch.compile(model, mode=mode, dynamic=False)
+        twin = copy.deepcopy(model)
+        twin.compile_blocks(mode, skip_layers=captured)
+        models[mode] = twin
     return models
 
 
@@ -114,22 +121,28 @@ def train_rows(args, device: torch.device, name: str, batch: int,
     model = PatchGuard(cfg.model).to(device)
     optimizer, _ = build_optimizer(model, cfg)
     data = random_batch(model, batch, device)
-    models = compiled_models(model, args.compile_modes)
+    models = compiled_models(model, args.compile_modes, cfg.loss.attention_layers)
+    optimizers = {mode: optimizer if mode is None else build_optimizer(m, cfg)[0]
+                  for mode, m in models.items()}
     fns = {}
     for label, precision, mode in variant_names(args):
-        fns[label] = lambda m=models[mode], p=precision: train_step(
-            m, data, cfg, optimizer, device=device, precision=p)
+        fns[label] = lambda m=models[mode], p=precision, o=optimizers[mode]: train_step(
+            m, data, cfg, o, device=device, precision=p)
     return timed_rows("train_step", name, batch, fns, 1, args.rounds, device)
 
 
-def speed(args, device: torch.device) -> list[dict[str, Any]]:
+def speed(args, device: torch.device, save: Any) -> list[dict[str, Any]]:
+    """The attack rows, then the train-step rows; `save(rows)` after each, so a stage time
+    limit loses only the rows not finished yet."""
     gpu = device.type == "cuda"
     steps = args.steps or (10 if gpu else 2)
     name = "vit_s14" if gpu else "tiny"  # ViT-S/14 at 224 on a GPU; tiny on CPU (tests)
     rows = attack_rows(args, device, name, args.batch or (256 if gpu else 16), steps)
     print("# done: attack rows", flush=True)
+    save(rows)
     rows += train_rows(args, device, name, args.train_batch or (16 if gpu else 8), steps)
     print("# done: train_step rows", flush=True)
+    save(rows)
     return rows
 
 
@@ -307,7 +320,11 @@ def main(argv=None) -> int:
         print("bf16-vs-fp32 AUROC check: pass --cpu-check to run it on the CPU")
     if "speed" not in args.skip:
         if on_gpu:
-            result["speed"] = speed(args, device)
+            def save(rows):
+                result["speed"] = rows
+                tm.write_json(args.json, result)
+
+            result["speed"] = speed(args, device, save)
             print("\n## Speed")
             print(tm.table(result["speed"], SPEED_COLUMNS))
             tm.write_json(args.json, result)

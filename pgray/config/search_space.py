@@ -120,8 +120,9 @@ class SearchSpace:
         uses_proxy = any(o.metric.startswith("proxy_") for o in self.objectives)
         check(not uses_proxy or cfg.train.holdout_fraction > 0, "fixed.train.holdout_fraction",
               "must be > 0: the proxy objective is measured on held-out normal images")
-        check(cfg.train.proxy_every == 1, "fixed.train.proxy_every",
-              "must be 1: the sweep reads the objective at every epoch")
+        check(cfg.train.proxy_every == 1 or self.scheduler.type == "none",
+              "fixed.train.proxy_every",
+              "must be 1 with scheduler asha: ASHA reads the objective at every epoch")
 
     def _validate_search(self) -> None:
         fixed = self._base_dict()

@@ -34,6 +34,13 @@ def pick_device(requested: str | None = None, *,
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def on_device(value, device: torch.device, *, cpu, cuda):
+    """A config value left unset (None) takes the default that suits the device."""
+    if value is not None:
+        return value
+    return cuda if device.type == "cuda" else cpu
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

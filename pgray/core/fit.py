@@ -41,7 +41,7 @@ class FitContext:
 def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     """Train for cfg.train.epochs (resuming from ctx.resume_state); returns the last metrics."""
     from pgray.core.checkpoint import save_checkpoint
-    from pgray.core.device import resolve_precision
+    from pgray.core.device import on_device, resolve_precision
     from pgray.core.model import PatchGuard
     from pgray.core.scoring import proxy_metrics
     from pgray.core.step import build_optimizer, train_epoch
@@ -67,9 +67,10 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     train_loader = make_loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
                            world_size=ctx.world_size, device=device)
     # Proxy batches are generated once per run, on the rank that scores them.
-    proxy = (proxy_batches(holdout_ds, cfg.eval.batch_size)
+    proxy = (proxy_batches(holdout_ds, on_device(cfg.eval.batch_size, device, cpu=32, cuda=256))
              if holdout_ds is not None and ctx.rank == 0 else None)
 
+    checkpoint_every = on_device(cfg.train.checkpoint_every, device, cpu=1, cuda=10)
     best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
     guard = CollapseGuard.resume(cfg.train.collapse_drop, ctx.resume_state)
     metrics: dict[str, float] = {}
@@ -99,7 +100,7 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
             if ctx.rank == 0 and collapsed:
                 print(f"warning: {guard.note}", file=sys.stderr, flush=True)
             best.offer(epoch, metrics, model, eligible=not collapsed)
-        save = last or (epoch + 1) % cfg.train.checkpoint_every == 0
+        save = last or (epoch + 1) % checkpoint_every == 0
         saver = None
         if save:
             def saver(path, more=None, epoch=epoch):
@@ -205,6 +206,8 @@ def training_state(optimizer, scheduler, epochs_done: int) -> dict[str, Any]:
         "scheduler": scheduler.state_dict(),
         "epochs_done": epochs_done,
         "torch_rng": torch.get_rng_state(),
+        # dropout after a resume on a GPU draws from the CUDA generators
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 
@@ -216,4 +219,7 @@ def restore_state(state: dict[str, Any], model, optimizer, scheduler) -> int:
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
+    cuda = extra.get("cuda_rng") or []
+    if cuda and torch.cuda.is_initialized() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     return int(extra["epochs_done"])

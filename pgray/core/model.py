@@ -366,6 +366,19 @@ class PatchGuard(nn.Module):
         maps = F.conv2d(maps.index_select(2, index), taps.view(1, 1, -1, 1))
         return F.conv2d(maps.index_select(3, index), taps.view(1, 1, 1, -1))
 
+    def compile_blocks(self, mode: str = "default", skip_layers: Sequence[int] = ()) -> None:
+        """torch.compile the discriminator and every backbone block whose attention is not
+        captured (`skip_layers`, 1-based): capture_attention switches the captured blocks to
+        explicit attention and hooks their dropout at each forward, which a compiled graph
+        would recompile for or silently miss. For speed runs and evaluation: the compiled
+        blocks' state_dict keys gain `_orig_mod.`, so save an uncompiled copy."""
+        skip = set(resolve_layers(list(skip_layers), self.num_blocks, "layer"))
+        for i in range(len(self.backbone.blocks)):
+            if i not in skip:
+                self.backbone.blocks[i] = torch.compile(self.backbone.blocks[i], mode=mode,
+                                                        dynamic=False)
+        self.disc = torch.compile(self.disc, mode=mode, dynamic=False)
+
     def drop_unbuilt_blocks(self, state: dict[str, Any]) -> dict[str, Any]:
         """`state` without the weights of backbone blocks this model does not build (from a
         checkpoint written before they were dropped; they never influenced its output)."""

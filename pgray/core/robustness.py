@@ -16,6 +16,12 @@ from pgray.core.scoring import EvalOutputs, evaluate_model, evaluate_suite
 Rows = list[dict[str, Any]]
 
 
+def _batch(eval_cfg: EvalConfig, device: torch.device) -> int:
+    from pgray.core.device import on_device
+
+    return on_device(eval_cfg.batch_size, device, cpu=32, cuda=256)
+
+
 def clean_rows(model, dataset, *, batch_size: int, device: torch.device, progress: bool = True,
                keep: frozenset[int] = frozenset()) -> tuple[Rows, dict[str, EvalOutputs]]:
     return evaluate_model(model, dataset, [None], batch_size=batch_size, device=device,
@@ -30,7 +36,7 @@ def suite_rows(model, dataset, eval_cfg: EvalConfig, eps: float, *, device: torc
 
     suite = eval_cfg.suite
     return evaluate_suite(
-        model, dataset, members(suite, eval_cfg.attack, eps), batch_size=eval_cfg.batch_size,
+        model, dataset, members(suite, eval_cfg.attack, eps), batch_size=_batch(eval_cfg, device),
         device=device, subset_size=suite.square_images, progress=progress, keep=keep,
         label=f"{suite.name} suite, eps {eps:g}/255",
     )
@@ -44,7 +50,7 @@ def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
     if eval_cfg.suite.name != "adaptive":
         return []
     check = large_eps_check(eval_cfg.suite, eval_cfg.attack)
-    rows, _ = evaluate_model(model, dataset, [check.cfg], batch_size=eval_cfg.batch_size,
+    rows, _ = evaluate_model(model, dataset, [check.cfg], batch_size=_batch(eval_cfg, device),
                              device=device, progress=progress)
     return [rows[0] | {"attack": check.name}]
 
@@ -58,7 +64,7 @@ def evaluate_robustness(model, dataset, eval_cfg: EvalConfig, *, device: torch.d
     goes into every row: the flags compare rows of one model only."""
     from pgray.attacks.checks import reliability_flags
 
-    rows, outputs = clean_rows(model, dataset, batch_size=eval_cfg.batch_size, device=device,
+    rows, outputs = clean_rows(model, dataset, batch_size=_batch(eval_cfg, device), device=device,
                                progress=progress, keep=keep)
     worst_key = None
     for eps in sorted(eval_cfg.eps):

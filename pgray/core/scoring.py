@@ -233,6 +233,15 @@ def test_loader(dataset, batch_size: int, device: torch.device):
                       pin_memory=device.type == "cuda")
 
 
+def resolved(cfg: AttackConfig | None, device: torch.device) -> AttackConfig | None:
+    """The attack with `precision: auto` decided for the device, as its rows record it."""
+    from pgray.core.device import resolve_precision
+
+    if cfg is None or cfg.precision != "auto":
+        return cfg
+    return dataclasses.replace(cfg, precision=resolve_precision("auto", device))
+
+
 def _timed_row(desc: dict[str, Any], out: EvalOutputs, started: float) -> dict[str, Any]:
     return desc | out.metrics() | out.counts() | {"time_s": time.perf_counter() - started}
 
@@ -249,7 +258,7 @@ def evaluate_model(
 ) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
     """Rows of metrics, one per single setting, and the raw outputs keyed by setting name."""
     rows, outputs = [], {}
-    for attack_cfg in settings:
+    for attack_cfg in (resolved(a, device) for a in settings):
         desc = describe_setting(attack_cfg)
         bar = _bar(len(dataset), desc["setting"], progress)
         started = time.perf_counter()
@@ -281,6 +290,7 @@ def evaluate_suite(
     black-box member's row the white-box detection worst case on the same subset."""
     from pgray.attacks.suite import WORST, balanced_subset, planned_work
 
+    suite_members = [dataclasses.replace(m, cfg=resolved(m.cfg, device)) for m in suite_members]
     subset = balanced_subset([s.label for s in dataset.samples], subset_size)
     work = planned_work(suite_members, len(dataset), len(subset))
     if progress:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -76,6 +78,8 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfi
             world_size: int, device: torch.device):
     from torch.utils.data import DataLoader, DistributedSampler
 
+    from pgray.core.device import on_device
+
     sampler = None
     if world_size > 1 and shuffle:
         sampler = DistributedSampler(
@@ -86,7 +90,8 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfi
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        num_workers=cfg.train.loader_workers,
+        num_workers=on_device(cfg.train.loader_workers, device, cpu=0,
+                              cuda=min(4, os.cpu_count() or 1)),
         pin_memory=device.type == "cuda",
         drop_last=False,
         generator=torch.Generator().manual_seed(cfg.train.seed),
