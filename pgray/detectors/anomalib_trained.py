@@ -1,0 +1,213 @@
+"""anomalib 2.7 baselines that train a network on normal images: Reverse Distillation and
+STFPM, behind pgray's detector interface with input gradients.
+
+As in `pgray.detectors.anomalib_models`: anomalib's frozen encoder / teacher runs under
+`torch.no_grad()` in its `forward`, so the adapters call the timm backbone directly and then
+anomalib's own bottleneck, decoder, student and anomaly-map modules. `fit` trains the trainable
+part with anomalib's loss and optimizer settings for `epochs` passes over the batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from pgray.detectors.anomalib_models import (
+    AnomalibDetector,
+    backbone_features,
+    check_backbone,
+    check_layers,
+    check_positive,
+    seeded,
+)
+from pgray.errors import ConfigError
+
+Features = list[torch.Tensor]
+
+
+def train_epochs(detector: AnomalibDetector, batches: Iterable[Mapping[str, torch.Tensor]],
+                 optimizer: torch.optim.Optimizer, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                 epochs: int) -> list[float]:
+    """Plain training loop; returns the mean loss of each epoch. The detector ends in eval mode
+    (its frozen parts never leave it)."""
+    losses = []
+    detector.train()
+    try:
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for x in detector.fit_images(batches):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_of(x)
+                loss.backward()
+                optimizer.step()
+                total, count = total + float(loss.detach()), count + 1
+            losses.append(total / count)
+    finally:
+        detector.eval()
+    return losses
+
+
+class ReverseDistillation(AnomalibDetector):
+    """Reverse Distillation (anomalib `ReverseDistillationModel`): a one-class bottleneck and
+    a decoder learn to reconstruct a frozen encoder's layer1-3 features from normal images.
+
+    Map: anomalib's (1 - cosine similarity of encoder and decoder features per layer,
+    upsampled, summed ("add") or multiplied, blurred); image score: the maximum of the map, as
+    anomalib. Training: anomalib's loss and optimizer (Adam, betas (0.5, 0.99)).
+    """
+
+    name = "reverse_distillation"
+
+    def __init__(self, img_size: int = 256, backbone: str = "resnet18",
+                 layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+                 anomaly_map_mode: str = "add", epochs: int = 1, lr: float = 0.005,
+                 pre_trained: bool = False, seed: int | None = 0) -> None:
+        super().__init__(img_size, dict(
+            img_size=img_size, backbone=backbone, layers=list(layers),
+            anomaly_map_mode=anomaly_map_mode, epochs=epochs, lr=lr, pre_trained=pre_trained,
+            seed=seed))
+        from anomalib.models.image.reverse_distillation.anomaly_map import (
+            AnomalyMapGenerationMode,
+        )
+        from anomalib.models.image.reverse_distillation.torch_model import (
+            ReverseDistillationModel,
+        )
+
+        check_backbone(backbone)
+        if list(layers) != ["layer1", "layer2", "layer3"]:
+            raise ConfigError(f"layers: the decoder mirrors the backbone's layer1-layer3, got"
+                              f" {list(layers)}")
+        if img_size % 32:
+            raise ConfigError(f"img_size: must be a multiple of 32 (the bottleneck's stride),"
+                              f" got {img_size}")
+        modes = [m.value for m in AnomalyMapGenerationMode]
+        if anomaly_map_mode not in modes:
+            raise ConfigError(f"anomaly_map_mode: {anomaly_map_mode!r} is not one of {modes}")
+        check_positive("epochs", epochs)
+        check_positive("lr", lr)
+        self.epochs, self.lr = epochs, lr
+        try:
+            with seeded(seed):
+                self.model = ReverseDistillationModel(
+                    backbone=backbone, input_size=self.full_size(), layers=list(layers),
+                    anomaly_map_mode=AnomalyMapGenerationMode(anomaly_map_mode),
+                    pre_trained=pre_trained)
+        except ValueError as err:  # no decoder for this backbone
+            raise ConfigError(f"backbone: {err}") from err
+        check_layers(self.model.encoder, layers, backbone)
+        self.freeze()
+        self.train_losses: list[float] = []
+
+    def frozen_parts(self) -> list[nn.Module]:
+        return [self.model.encoder]
+
+    def features(self, x: torch.Tensor) -> tuple[Features, Features]:
+        encoded = list(backbone_features(self.model.encoder, self.prepare(x)).values())
+        return encoded, self.model.decoder(self.model.bottleneck(encoded))
+
+    def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> ReverseDistillation:
+        """Train bottleneck and decoder; the encoder stays frozen (no gradient is needed
+        through it here, so it runs without one)."""
+        from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
+
+        loss = ReverseDistillationLoss()
+        params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        optimizer = torch.optim.Adam(params, lr=self.lr, betas=(0.5, 0.99))
+
+        def loss_of(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                encoded = list(backbone_features(self.model.encoder, self.prepare(x)).values())
+            return loss(encoded, self.model.decoder(self.model.bottleneck(encoded)))
+
+        self.train_losses = train_epochs(self, batches, optimizer, loss_of, self.epochs)
+        return self
+
+    def maps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.model.anomaly_map_generator(*self.features(x))
+        return maps, maps.flatten(1).amax(dim=1)
+
+
+def offline_stfpm_model(backbone: str, layers: Sequence[str], pre_trained: bool) -> nn.Module:
+    """An anomalib `STFPMModel` whose teacher may have random weights.
+
+    `STFPMModel.__init__` builds its teacher with pre_trained=True, a download that fails
+    offline. The instance is made without it and given the same parts (teacher, student,
+    map generator) under the same names, so anomalib's forward, loss and checkpoints all fit.
+    """
+    from anomalib.models.components import TimmFeatureExtractor
+    from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator
+    from anomalib.models.image.stfpm.torch_model import STFPMModel
+
+    model = STFPMModel.__new__(STFPMModel)
+    nn.Module.__init__(model)
+    model.tiler = None
+    model.backbone = backbone
+    model.teacher_model = TimmFeatureExtractor(backbone=backbone, pre_trained=pre_trained,
+                                               layers=list(layers)).eval()
+    model.student_model = TimmFeatureExtractor(backbone=backbone, pre_trained=False,
+                                               layers=list(layers), requires_grad=True)
+    model.anomaly_map_generator = AnomalyMapGenerator()
+    return model
+
+
+class Stfpm(AnomalibDetector):
+    """STFPM (anomalib `STFPMModel`): a randomly initialised student feature pyramid regresses
+    a frozen teacher's normalised features on normal images.
+
+    Map: anomalib's (product over layers of half the squared distance of the normalised
+    features, upsampled); image score: the maximum of the map, as anomalib. Training:
+    anomalib's loss and optimizer (SGD, momentum 0.9, weight decay 1e-3). Offline the teacher
+    is random too (pre_trained=False): a fixed random feature pyramid the student learns.
+    """
+
+    name = "stfpm"
+
+    def __init__(self, img_size: int = 256, backbone: str = "resnet18",
+                 layers: Sequence[str] = ("layer1", "layer2", "layer3"), epochs: int = 1,
+                 lr: float = 0.4, pre_trained: bool = False, seed: int | None = 0) -> None:
+        super().__init__(img_size, dict(
+            img_size=img_size, backbone=backbone, layers=list(layers), epochs=epochs, lr=lr,
+            pre_trained=pre_trained, seed=seed))
+        check_backbone(backbone)
+        check_positive("epochs", epochs)
+        check_positive("lr", lr)
+        self.epochs, self.lr = epochs, lr
+        with seeded(seed):
+            self.model = offline_stfpm_model(backbone, layers, pre_trained)
+        check_layers(self.model.teacher_model, layers, backbone)
+        check_layers(self.model.student_model, layers, backbone)
+        self.freeze()
+        self.train_losses: list[float] = []
+
+    def frozen_parts(self) -> list[nn.Module]:
+        return [self.model.teacher_model]
+
+    def features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        x = self.prepare(x)
+        return (backbone_features(self.model.teacher_model, x),
+                backbone_features(self.model.student_model, x))
+
+    def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> Stfpm:
+        from anomalib.models.image.stfpm.loss import STFPMLoss
+
+        loss = STFPMLoss()
+        optimizer = torch.optim.SGD(self.model.student_model.parameters(), lr=self.lr,
+                                    momentum=0.9, dampening=0.0, weight_decay=0.001)
+
+        def loss_of(x: torch.Tensor) -> torch.Tensor:
+            x = self.prepare(x)
+            with torch.no_grad():
+                teacher = backbone_features(self.model.teacher_model, x)
+            return loss(teacher, backbone_features(self.model.student_model, x))
+
+        self.train_losses = train_epochs(self, batches, optimizer, loss_of, self.epochs)
+        return self
+
+    def maps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher, student = self.features(x)
+        maps = self.model.anomaly_map_generator(teacher_features=teacher,
+                                                student_features=student,
+                                                image_size=self.full_size())
+        return maps, maps.flatten(1).amax(dim=1)
