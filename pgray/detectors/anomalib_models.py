@@ -1,19 +1,21 @@
 """anomalib 2.7 baselines behind pgray's detector interface, with input gradients.
 
-anomalib's PatchCore, PaDiM and Reverse Distillation run their backbone through
-`TimmFeatureExtractor.forward`, which puts a frozen backbone under `torch.no_grad()`: an attack
+anomalib's PatchCore, PaDiM, Reverse Distillation and GeneralAD run their frozen backbone
+under `torch.no_grad()` (in `TimmFeatureExtractor.forward` or the model's own): an attack
 through anomalib's own `forward` gets no input gradient and would report robustness that is
-only gradient masking. The adapters here build anomalib's torch models (random weights unless
-`pre_trained=True`), keep anomalib's modules and fitted state, and re-run the scoring path
-with gradients: the timm backbone is called directly, then anomalib's own pooling, embedding
-and anomaly-map modules. These are the "adapted" baselines of the benchmark.
+only gradient masking (STFPM's forward keeps the student's half of the gradient only). The
+adapters here build anomalib's torch models (random weights unless `pre_trained=True`), keep
+anomalib's modules and fitted state, and re-run the scoring path with gradients: the backbone
+is called directly, then anomalib's own pooling, embedding and anomaly-map modules. These are
+the "adapted" baselines of the benchmark.
 
 Inputs are images in [0, 1]; the adapters apply ImageNet normalisation themselves, as
 anomalib's pre-processor would. Everything fitted (memory bank, Gaussian statistics, trained
 weights, and the backbone weights themselves) lives in `state_dict()`, so a fitted detector is
 rebuilt from `build(name, **detector.options)` plus `load_state_dict`, without downloads.
 
-The trained baselines (Reverse Distillation, STFPM) are in `pgray.detectors.anomalib_trained`.
+The trained baselines (Reverse Distillation, STFPM, GeneralAD) are in
+`pgray.detectors.anomalib_trained`.
 anomalib is imported inside constructors only: importing it takes seconds.
 """
 
@@ -327,6 +329,9 @@ ANOMALIB_DETECTORS: dict[str, tuple[Callable[..., AnomalibDetector], str]] = {
                              " features; cosine distance"),
     "stfpm": (_lazy(_TRAINED, "Stfpm"),
               "STFPM: a student pyramid regresses a frozen teacher's features; their distance"),
+    "general_ad": (_lazy(_TRAINED, "GeneralAD"),
+                   "GeneralAD: a discriminator on frozen ViT patch features, trained against"
+                   " synthetic fakes"),
 }
 
 

@@ -1,15 +1,17 @@
-"""anomalib 2.7 baselines that train a network on normal images: Reverse Distillation and
-STFPM, behind pgray's detector interface with input gradients.
+"""anomalib 2.7 baselines that train a network on normal images: Reverse Distillation, STFPM
+and GeneralAD, behind pgray's detector interface with input gradients.
 
-As in `pgray.detectors.anomalib_models`: anomalib's frozen encoder / teacher runs under
-`torch.no_grad()` in its `forward`, so the adapters call the timm backbone directly and then
-anomalib's own bottleneck, decoder, student and anomaly-map modules. `fit` trains the trainable
-part with anomalib's loss and optimizer settings for `epochs` passes over the batches.
+As in `pgray.detectors.anomalib_models`: anomalib's frozen encoder / teacher / ViT runs under
+`torch.no_grad()` in its `forward`, so the adapters call the backbone directly and then
+anomalib's own bottleneck, decoder, student, discriminator and anomaly-map modules. `fit`
+trains the trainable part with anomalib's loss and optimizer settings for `epochs` passes over
+the batches (a list or a DataLoader: something that can be iterated once per epoch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import get_args
 
 import torch
 from torch import nn
@@ -29,7 +31,7 @@ Features = list[torch.Tensor]
 
 def train_epochs(detector: AnomalibDetector, batches: Iterable[Mapping[str, torch.Tensor]],
                  optimizer: torch.optim.Optimizer, loss_of: Callable[[torch.Tensor], torch.Tensor],
-                 epochs: int) -> list[float]:
+                 epochs: int, after_epoch: Callable[[], object] | None = None) -> list[float]:
     """Plain training loop; returns the mean loss of each epoch. The detector ends in eval mode
     (its frozen parts never leave it)."""
     losses = []
@@ -44,6 +46,8 @@ def train_epochs(detector: AnomalibDetector, batches: Iterable[Mapping[str, torc
                 optimizer.step()
                 total, count = total + float(loss.detach()), count + 1
             losses.append(total / count)
+            if after_epoch is not None:
+                after_epoch()
     finally:
         detector.eval()
     return losses
@@ -211,3 +215,77 @@ class Stfpm(AnomalibDetector):
                                                 student_features=student,
                                                 image_size=self.full_size())
         return maps, maps.flatten(1).amax(dim=1)
+
+
+class GeneralAD(AnomalibDetector):
+    """GeneralAD (anomalib `GeneralADModel`): a small transformer discriminator scores a
+    frozen ViT's patch features; it is trained to tell the normal features from synthetic
+    fakes (features plus noise on random patches, or the other `fake_feature_type`s).
+
+    Map: the patch logits, bilinearly upsampled (anomalib's); image score: the mean of the
+    `top_k` largest patch logits, as anomalib computes it. Training: anomalib's loss and
+    optimizer (AdamW, cosine schedule over `epochs` down to 0.2 lr). `layers` are 1-based
+    transformer block indices.
+    """
+
+    name = "general_ad"
+
+    def __init__(self, img_size: int = 224, backbone: str = "vit_small_patch14_dinov2.lvd142m",
+                 layers: Sequence[int] = (12,), hidden_dim: int = 2048, dsc_heads: int = 4,
+                 noise_std: float = 0.25, fake_feature_type: str = "random", top_k: int = 10,
+                 epochs: int = 1, lr: float = 5e-4, weight_decay: float = 1e-5,
+                 pre_trained: bool = False, seed: int | None = 0) -> None:
+        super().__init__(img_size, dict(
+            img_size=img_size, backbone=backbone, layers=list(layers), hidden_dim=hidden_dim,
+            dsc_heads=dsc_heads, noise_std=noise_std, fake_feature_type=fake_feature_type,
+            top_k=top_k, epochs=epochs, lr=lr, weight_decay=weight_decay,
+            pre_trained=pre_trained, seed=seed))
+        from anomalib.models.image.general_ad.torch_model import FakeFeatureType, GeneralADModel
+
+        check_backbone(backbone)
+        if not backbone.startswith(("vit", "eva")):
+            raise ConfigError(f"backbone: GeneralAD takes a timm ViT or EVA, got {backbone!r}")
+        fake_types = list(get_args(FakeFeatureType))
+        if fake_feature_type not in fake_types:  # anomalib would silently train without them
+            raise ConfigError(f"fake_feature_type: {fake_feature_type!r} is not one of"
+                              f" {fake_types}")
+        check_positive("epochs", epochs)
+        check_positive("lr", lr)
+        self.epochs, self.lr, self.weight_decay, self.seed = epochs, lr, weight_decay, seed
+        try:
+            with seeded(seed):
+                self.model = GeneralADModel(
+                    backbone=backbone, layers=list(layers), hidden_dim=hidden_dim,
+                    dsc_heads=dsc_heads, noise_std=noise_std, image_size=self.full_size(),
+                    fake_feature_type=fake_feature_type, top_k=top_k, pre_trained=pre_trained)
+        except (ValueError, AssertionError) as err:  # layers, top_k, dsc_heads: the message
+            raise ConfigError(f"general_ad options: {err}") from err  # names the option
+        if img_size % self.model.patch_size:
+            raise ConfigError(f"img_size: must be a multiple of {backbone}'s patch size"
+                              f" {self.model.patch_size}, got {img_size}")
+        self.freeze()
+        self.train_losses: list[float] = []
+
+    def frozen_parts(self) -> list[nn.Module]:
+        return [self.model.feature_extractor]
+
+    def fit(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> GeneralAD:
+        """Train the discriminator (anomalib's compute_loss draws the fakes from torch's RNG)."""
+        params = self.model.discriminator.parameters()
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs,
+                                                              eta_min=0.2 * self.lr)
+
+        def loss_of(x: torch.Tensor) -> torch.Tensor:
+            return self.model.compute_loss(self.prepare(x))
+
+        with seeded(self.seed):  # the same options and images train the same discriminator
+            self.train_losses = train_epochs(self, batches, optimizer, loss_of, self.epochs,
+                                             after_epoch=schedule.step)
+        return self
+
+    def maps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # anomalib's extract_features wraps this call in no_grad
+        features = self.model.feature_extractor(self.prepare(x))
+        scores, maps = self.model.score_features(features)
+        return maps, scores
