@@ -105,8 +105,11 @@ def detector_and_data(args: argparse.Namespace):
     from pgray.config.detector import DetectorConfig
     from pgray.config.experiment import DataConfig
 
+    import yaml
+
+    layers = [yaml.safe_load(x) for x in args.layers] if args.layers else None  # 12 -> int
     fields = {"name": args.detector, "backbone": args.backbone, "img_size": args.img_size,
-              "layers": args.layers, "weights": args.weights,
+              "layers": layers, "weights": args.weights,
               "options": key_values(args.detector_option, "--detector-option")}
     if args.pretrained:
         fields["pretrained"] = True

@@ -13,8 +13,8 @@ from pgray.config.base import check
 class DetectorConfig:
     name: str = "patchcore"
     img_size: int = 224
-    backbone: str = "resnet18"  # timm / torchvision name the detector builds its features on
-    layers: list[str] | None = None  # None: the detector's own default layers
+    backbone: str | None = None  # timm name of its feature backbone; None: the detector's own
+    layers: list[Any] | None = None  # None: the detector's own default layers
     # False (the default here and in tests): random backbone weights, and every row says so.
     # True: timm hub weights (needs network access); `weights`: a local file instead.
     pretrained: bool = False

@@ -40,7 +40,13 @@ def _anomalib_specs() -> dict[str, DetectorSpec]:
 
 def _builder(factory: Callable[..., Any]) -> Callable[[DetectorConfig], Any]:
     def build(cfg: DetectorConfig):
-        kwargs = {"img_size": cfg.img_size, "backbone": cfg.backbone, **cfg.options}
+        if cfg.weights:
+            raise ConfigError(f"detector {cfg.name}: a local backbone weights file is not"
+                              " supported for anomalib baselines yet; use --pretrained (the"
+                              " timm hub or its cache) or random weights")
+        kwargs = {"img_size": cfg.img_size, "pre_trained": cfg.pretrained, **cfg.options}
+        if cfg.backbone is not None:
+            kwargs["backbone"] = cfg.backbone
         if cfg.layers is not None:
             kwargs["layers"] = list(cfg.layers)
         return factory(**kwargs)

@@ -101,3 +101,56 @@ def test_detectors_list_names_every_detector():
     names = [line.split()[0] for line in proc.stdout.splitlines()]
     assert names[:2] == ["patchguard", "patchguard_reference"]
     assert {"patchcore", "padim", "reverse_distillation"} <= set(names)
+
+
+BASELINES = ("patchcore", "padim", "reverse_distillation", "stfpm")
+TINY_SUITE = {"steps": 2, "restarts": 1, "square_queries": 4, "square_images": 4,
+              "check_steps": 2}
+
+
+def test_a_baseline_fits_and_evaluates_through_the_cli(synthetic_root, tmp_path, mlflow_uri):
+    from pgray.evaluate import main as evaluate
+    from pgray.train import main as train
+
+    assert train(["--detector", "padim", "--dataset", "synthetic", "--root", str(synthetic_root),
+                  "--category", "disc", "--img-size", "32", "--out", str(tmp_path / "fit"),
+                  "--quiet"]) == 0
+    assert evaluate(["--checkpoint", str(tmp_path / "fit" / "detector.pt"), "--eps", "8",
+                     "--steps", "2", "--suite-steps", "2", "--suite-restarts", "1",
+                     "--square-queries", "4", "--square-images", "4", "--n-panels", "0",
+                     "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["detector"] == "padim" and metrics["backbone_weights"] == "random"
+    rows = {r["attack"]: r for r in metrics["results"]}
+    assert rows["worst_case"]["image_auroc"] <= rows["clean"]["image_auroc"]
+    assert rows["worst_case"]["zero_grad_detection"] == 0.0  # the attack reaches the detector
+    assert "zero_gradients" not in {f for r in metrics["results"] for f in r["flags"]}
+
+
+def test_the_benchmark_fits_and_attacks_every_baseline(synthetic_root, tmp_path, mlflow_uri):
+    from pgray.config.base import from_dict
+    from pgray.config.benchmark import BenchmarkConfig
+    from pgray.pipelines.benchmark import run_benchmark
+
+    cfg, ours, _, _ = _reference_files(synthetic_root, tmp_path)
+    detectors = [{"name": name, "fit": {"img_size": 32},
+                  "checkpoint": str(tmp_path / "fits" / "{category}" / f"{name}.pt")}
+                 for name in BASELINES]
+    bench = from_dict(BenchmarkConfig, {
+        "name": "baselines", "eps": [8.0], "steps": [2], "suite": TINY_SUITE, "n_panels": 0,
+        "batch_size": 8, "train_missing": True,
+        "datasets": [{"dataset": "synthetic", "root": str(synthetic_root), "categories": ["disc"],
+                      "checkpoint": str(ours), "detectors": detectors}]})
+    result = run_benchmark(bench, tmp_path / "out", progress=False, sequential=True)
+    assert result.trained == len(BASELINES)  # fitted here, then evaluated
+    for name in BASELINES:
+        rows = {r["attack"]: r for r in result.rows if r["detector"] == name}
+        assert rows["clean"]["backbone_weights"] == "random"
+        assert rows["worst_case"]["zero_grad_detection"] == 0.0, name
+        assert rows["worst_case"]["zero_grad_localization"] == 0.0, name
+        assert rows["worst_case"]["image_auroc"] <= rows["clean"]["image_auroc"], name
+        assert rows["worst_case"]["pixel_auroc"] <= rows["clean"]["pixel_auroc"] + 1e-9, name
+    text = result.table_text
+    assert "detectors compared" in text and "Random-init backbones" in text
+    for name in BASELINES:
+        assert f"{name} AD worst" in text
