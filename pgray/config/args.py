@@ -101,11 +101,11 @@ def key_values(pairs: list[str], flag: str) -> dict[str, Any]:
 def detector_and_data(args: argparse.Namespace):
     """`pgray.train --detector NAME ...`: the baseline's DetectorConfig and its DataConfig
     (the data section of --config, then --dataset / --root / --category)."""
+    import yaml
+
     from pgray.config.base import from_dict
     from pgray.config.detector import DetectorConfig
     from pgray.config.experiment import DataConfig
-
-    import yaml
 
     layers = [yaml.safe_load(x) for x in args.layers] if args.layers else None  # 12 -> int
     fields = {"name": args.detector, "backbone": args.backbone, "img_size": args.img_size,

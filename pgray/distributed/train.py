@@ -83,7 +83,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                        else None)
 
     def report_with_gpus(epoch: int, metrics: dict[str, float], save) -> None:
-        report(epoch, metrics | {"worker_gpus": float(len(ray.get_gpu_ids()))}, save)
+        report(epoch, metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
+                                 "worker_cuda": float(device.type == "cuda")}, save)
 
     fit(cfg, FitContext(
         device=device, rank=rank, world_size=world,
