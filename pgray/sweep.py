@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-eval", action="store_true",
                    help="stop after the search (no benchmark of the best trials)")
     p.add_argument("--quiet", action="store_true", help="no Tune status tables or progress")
+    p.add_argument("--verbose", action="store_true",
+                   help="everything Ray says: Tune's full trial tables and every worker's log"
+                        " (default: pgray's progress, Tune's short status, no worker logs)")
     from pgray.benchmark import add_plan_args
 
     add_plan_args(p)
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_sweep(SweepRequest(
         space=space, out=out, resume=args.resume, storage=args.storage, address=args.address,
         mlflow_uri=args.mlflow_uri, final_eval=not args.no_final_eval,
-        progress=not args.quiet,
+        progress=not args.quiet, verbose=args.verbose,
     ))
     print()
     print(result.table_text)

@@ -185,6 +185,9 @@ class FinalEval:
     restarts: int = 1
     # the attack suite (pgray.attacks.suite): its per-image worst case is the robust number
     suite: SuiteConfig = field(default_factory=SuiteConfig)
+    # also train the best trial's config without the adversarial terms, and evaluate it
+    # beside the best trial (detector patchguard_clean): the robustness gain, or its absence
+    clean_baseline: bool = False
     top_n: int = 1  # best trials per target that are benchmarked
     batch_size: int = 32
     n_panels: int = 2

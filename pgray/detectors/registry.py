@@ -20,6 +20,7 @@ class DetectorSpec:
 
 PATCHGUARD = "patchguard"
 REFERENCE = "patchguard_reference"
+CLEAN_TWIN = "patchguard_clean"
 _BUILTIN = {
     PATCHGUARD: DetectorSpec(PATCHGUARD, "PatchGuard: ViT + attention discriminator, trained"
                              " adversarially by python -m pgray.train (pgray checkpoints)",
@@ -27,6 +28,9 @@ _BUILTIN = {
     REFERENCE: DetectorSpec(REFERENCE, "PatchGuard weights released by the reference code"
                             " (github.com/rohban-lab/PatchGuard), mapped onto pgray's model",
                             fitted=False),
+    CLEAN_TWIN: DetectorSpec(CLEAN_TWIN, "PatchGuard of the same config trained without the"
+                             " adversarial terms (the sweep's final_eval.clean_baseline)",
+                             fitted=False),
 }
 
 

@@ -50,7 +50,7 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
-            num_gpus: int | None = None) -> str:
+            num_gpus: int | None = None, worker_logs: bool = True) -> str:
     """Join `address` (or RAY_ADDRESS, or the job's cluster under `ray job submit`), else start
     a local Ray in this process. Returns a description of what was joined."""
     import ray
@@ -62,7 +62,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     if address:
         _probe(address)
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=worker_logs)
         except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
             raise ClusterError(f"cannot connect to Ray at {address}: {err}") from None
         return f"Ray cluster at {address}"
@@ -75,7 +75,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=worker_logs)
     _restrict_default_token()
     return f"local Ray (in-process, dashboard http://127.0.0.1:{port})"
 

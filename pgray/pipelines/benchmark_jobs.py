@@ -154,6 +154,7 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
     """One job per grid cell on one detector's file for the category (PatchGuard: best.pt
     where selection wrote one, else its checkpoint), which must exist by now."""
     from pgray.data.registry import get_layout
+    from pgray.detectors.registry import CLEAN_TWIN
     from pgray.pipelines.train_eval import Evaluated, evaluated_checkpoint
 
     ckpt = checkpoint_path(entry, category, detector)
@@ -161,8 +162,8 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
     if not ckpt.is_file():
         raise CheckpointError(f"no {name} checkpoint for {entry.dataset}/{category} at {ckpt};"
                               " train or fit one, or set train_missing: true")
-    evaluated = evaluated_checkpoint(ckpt) if detector is None else Evaluated(ckpt, ckpt.name,
-                                                                              None)
+    trained_here = detector is None or detector.name == CLEAN_TWIN  # pgray PatchGuard files
+    evaluated = evaluated_checkpoint(ckpt) if trained_here else Evaluated(ckpt, ckpt.name, None)
     root = entry_root(entry)
     options = DataConfig(dataset=entry.dataset, options=dict(entry.options)).layout_options()
     n_test = len(get_layout(entry.dataset).discover(root, category, "test", options))

@@ -32,6 +32,7 @@ class SweepRequest:
     mlflow_uri: str | None = None
     final_eval: bool = True
     progress: bool = True
+    verbose: bool = False  # Ray's full output: Tune's detailed tables, every worker's log
 
 
 @dataclass
@@ -60,6 +61,7 @@ class SweepResult:
     max_concurrent: int = 0
     resumed: bool = False
     wall_s: float = 0.0
+    compare_links: dict[str, str] = field(default_factory=dict)  # target -> MLflow compare view
 
 
 # --- results -------------------------------------------------------------------------------
@@ -157,7 +159,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     storage = resolve_storage(req.storage, out / "ray")
     parent = _open_parent(space, uri, out)
     _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
-              f" of {space.epochs()} epoch(s); {connect(req.address)}")
+              f" of {space.epochs()} epoch(s); {connect(req.address, worker_logs=req.verbose)}")
     check_tracking_reachable(uri)
     from pgray.distributed.tune import SweepContext
     from pgray.pipelines.train_eval import Evaluations, run_trainings
@@ -173,7 +175,8 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         actors = benchmark_config(space, targets, out, 1, res.gpus_per_worker or 0.0).actors
         final = FinalStage(req, space, ctx.targets, out, uri, parent.run_id,
                            Evaluations(actors, sequential=False, progress=req.progress))
-    search = run_trainings(ctx, storage, resume=req.resume, verbose=1 if req.progress else 0,
+    search = run_trainings(ctx, storage, resume=req.resume,
+                           verbose=(2 if req.verbose else 1) if req.progress else 0,
                            on_trial=final.on_trial if final else (lambda t, ts: None),
                            evaluations=final.evaluations if final else None)
     trials = summarise(search.results, space)
@@ -188,11 +191,17 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     if final is not None:
         for key, ranked in best.items():  # targets whose last trial ended before this driver
             final.target_done(key, ranked)
+        if space.final_eval.clean_baseline:
+            final.clean_twins(res)
         result.benchmarks = final.finish()
+    experiment = ensure_experiment(uri)
+    result.compare_links = compare_links(uri, experiment, space, targets)
     result.table_text = results_text(space, result)
     write_text(out / "results.md", result.table_text + "\n")
     parent.log_artifact(out / "results.md")
-    result.mlflow_hint = runs_url(uri, ensure_experiment(uri))
+    # the run's description in the MLflow UI: the results table itself
+    parent.set_tags({"mlflow.note.content": result.table_text[:60000]})
+    result.mlflow_hint = runs_url(uri, experiment)
     result.wall_s = time.perf_counter() - started
     write_summary(result)
     parent.log_artifact(out / "sweep_summary.json")
@@ -200,6 +209,20 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     parent.set_tags({"pgray.state": "finished"})
     parent.finish()
     return result
+
+
+def compare_links(uri: str, experiment: str, space: SearchSpace, targets: list[Target]
+                  ) -> dict[str, str]:
+    """Per target, the MLflow compare view of its trials."""
+    from pgray.tracking.mlflow_runs import compare_url, find_runs
+
+    links = {}
+    for t in targets:
+        ids = find_runs(uri, experiment, {"pgray.kind": "trial", "pgray.sweep": space.name,
+                                          "dataset": t.dataset, "category": t.category})
+        if ids:
+            links[t.key] = compare_url(uri, experiment, ids)
+    return links
 
 
 def resolved_resources(space: SearchSpace):
@@ -287,6 +310,7 @@ class FinalStage:
         self.runs: dict[int, Any] = {}
         self.proxies: dict[int, dict[str, dict[str, Any]]] = {}
         self.handled: set[str] = set()
+        self.best: dict[str, TrialSummary] = {}
 
     def _run(self, rank: int):
         from pgray.pipelines.benchmark import BenchmarkRun
@@ -308,6 +332,8 @@ class FinalStage:
         if key in self.handled or key not in self.targets:
             return
         self.handled.add(key)
+        if ranked:
+            self.best[key] = ranked[0]
         target = self.targets[key]
         for rank, trial in enumerate(ranked[: self.space.final_eval.top_n], start=1):
             run = self._run(rank)
@@ -329,6 +355,34 @@ class FinalStage:
             return
         best = select_best([summary_of_trial(t, self.space) for t in mine], self.space)
         self.target_done(key, best.get(key, []))
+
+    def clean_twins(self, resources) -> None:
+        """Train each target's best config without the adversarial terms (Ray Train, the
+        trials' resources) and queue its evaluation beside the best trial's."""
+        import dataclasses
+
+        from pgray.config.benchmark import DetectorEntry
+        from pgray.detectors.registry import CLEAN_TWIN
+        from pgray.pipelines.train import TrainRequest, train_category
+
+        run = self._run(1) if self.best else None
+        for key, trial in sorted(self.best.items()):
+            target = self.targets[key]
+            cfg = self.space.trial_config(target, trial.params)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                     adversarial=False))
+            folder = self.out / "best" / "clean" / target.dataset / target.category
+            _say(self.req, f"clean-trained twin of {key} (trial {trial.trial_id})")
+            train_category(TrainRequest(
+                config=cfg, out=folder, name=f"{self.space.name}-clean-{target.dataset}-"
+                f"{target.category}", workers=resources.workers_per_trial, use_ray=True,
+                gpus_per_worker=resources.gpus_per_worker, allow_cpu=True,
+                cpus_per_worker=resources.cpus_per_worker, address=self.req.address,
+                mlflow_uri=self.uri, parent_run_id=self.parent_id, progress=False))
+            entry = next(e for e in run.cfg.datasets
+                         if e.dataset == target.dataset and e.categories == [target.category])
+            twin = DetectorEntry(name=CLEAN_TWIN, checkpoint=str(folder / "checkpoint.pt"))
+            self.evaluations.add(run.jobs_of(entry, target.category, twin), run.on_result)
 
     def finish(self) -> list:
         self.evaluations.finish()

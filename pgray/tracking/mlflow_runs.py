@@ -278,6 +278,32 @@ def runs_url(uri: str, experiment_id: str) -> str:
     )
 
 
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI answers: the tracking server itself, or `mlflow ui` started on
+    127.0.0.1:5000 for a local store (runs_url says how)."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return "http://127.0.0.1:5000"
+
+
+def compare_url(uri: str, experiment_id: str, run_ids: list[str]) -> str:
+    """The MLflow UI's compare view of these runs (parameters, metrics, curves side by side)."""
+    import json
+    from urllib.parse import quote
+
+    runs = quote(json.dumps(list(run_ids)))
+    experiments = quote(json.dumps([str(experiment_id)]))
+    return f"{ui_base(uri)}/#/compare-runs?runs={runs}&experiments={experiments}"
+
+
+def find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[str]:
+    """Ids of the runs carrying all these tags."""
+    where = " and ".join(f"tags.`{k}` = '{str(v).replace(chr(39), '')}'" for k, v in tags.items())
+    runs = retry(lambda: client_for(uri).search_runs([experiment_id], filter_string=where,
+                                                     max_results=1000), "run search") or []
+    return [r.info.run_id for r in runs]
+
+
 def log_history(tracker: Tracker, history: Iterable[tuple[int, dict[str, float]]],
                 key: str = "loss") -> int:
     """Log the epochs of `history` that MLflow has not seen yet; returns how many were logged.

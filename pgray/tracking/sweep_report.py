@@ -86,6 +86,9 @@ def results_text(space: SearchSpace, result: SweepResult) -> str:
         parts += ["", f"## Final evaluation: {attack_text(space)}", "", bench.table_text]
         if bench.proxies:
             parts += ["", proxy_gap_table(bench.proxies, bench.rows)]
+    if result.compare_links:
+        parts += ["", "## Compare the trials in MLflow", ""]
+        parts += [f"- {key}: {link}" for key, link in sorted(result.compare_links.items())]
     return "\n".join(parts)
 
 

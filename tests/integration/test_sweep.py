@@ -169,7 +169,9 @@ def _runs(uri: str) -> list:
 @pytest.mark.slow
 def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_root, tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_space(synthetic_root)))
+    space = tiny_space(synthetic_root)
+    space["final_eval"]["clean_baseline"] = True  # the best config retrained without attacks
+    config.write_text(yaml.safe_dump(space))
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     # A short private Ray temp dir (socket paths are length-limited) that names our processes.
     ray_tmp = tempfile.mkdtemp(prefix="pgsw", dir="/tmp")
@@ -261,6 +263,14 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
     bench = [r for r in runs if r.data.tags.get("pgray.kind") == "benchmark"]
     assert len(bench) == 1 and bench[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.data.tags["pgray.best_trials"] == summary["best"]["synthetic/disc"][0]
+    # the run's description in the UI is the results table, with a compare link of the trials
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("## Sweep tiny: 3 trials") and "patchguard_clean" in note
+    link = next(line for line in note.splitlines() if "compare-runs" in line)
+    assert all(r.info.run_id in link for r in children.values())
+    clean = [r for r in runs if r.data.tags.get("pgray.kind") == "train"
+             and "clean" in r.info.run_name]
+    assert len(clean) == 1 and clean[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
 def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
@@ -281,9 +291,12 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
-    assert sorted(r["attack"] for r in rows) == sorted([
-        "clean", "protocol", "det_topk", "det_lse", "loc_mask", "apgd_det", "apgd_loc",
-        "square_det", "worst_case", "check_large_eps"])
+    attacks = sorted(["clean", "protocol", "det_topk", "det_lse", "loc_mask", "apgd_det",
+                      "apgd_loc", "square_det", "worst_case", "check_large_eps"])
+    for detector in ("patchguard", "patchguard_clean"):  # the clean-trained twin beside it
+        assert sorted(r["attack"] for r in rows if r["detector"] == detector) == attacks
+    assert (out / "best" / "clean" / "synthetic" / "disc" / "checkpoint.pt").is_file()
+    assert "patchguard_clean" in text
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
 
 
