@@ -120,9 +120,15 @@ class SearchSpace:
         uses_proxy = any(o.metric.startswith("proxy_") for o in self.objectives)
         check(not uses_proxy or cfg.train.holdout_fraction > 0, "fixed.train.holdout_fraction",
               "must be > 0: the proxy objective is measured on held-out normal images")
-        check(cfg.train.proxy_every == 1 or self.scheduler.type == "none",
-              "fixed.train.proxy_every",
-              "must be 1 with scheduler asha: ASHA reads the objective at every epoch")
+        every, sched = cfg.train.proxy_every, self.scheduler
+        # ASHA compares trials at epochs grace_period * reduction_factor^k: each must be a
+        # proxy epoch, or it would compare objectives measured at different epochs.
+        check(sched.type == "none" or every == 1 or (
+            sched.grace_period % every == 0 and float(sched.reduction_factor).is_integer()),
+            "fixed.train.proxy_every",
+            f"{every} does not divide every ASHA rung (scheduler.grace_period"
+            f" {sched.grace_period} x an integer reduction_factor, got"
+            f" {sched.reduction_factor:g}); use a grace_period that is a multiple of it")
 
     def _validate_search(self) -> None:
         fixed = self._base_dict()

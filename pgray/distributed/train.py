@@ -30,6 +30,8 @@ class TrainLaunch:
     # step_hook(rank, epoch, step) after every training step (pgray.pipelines.train has the
     # one seam: TrainRequest.step_hook); shipped to the workers by Ray's cloudpickle.
     step_hook: Callable[[int, int, int], None] | None = None
+    # reported first, so Tune's trial table (its first four metrics) shows these
+    lead_metrics: tuple[str, ...] = ()
 
 
 def _load_resume_state(checkpoint) -> dict[str, Any] | None:
@@ -68,7 +70,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if save is not None and rank == 0:
                 save(Path(tmp) / CHECKPOINT_FILE, {"history": history})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            lead = {k: metrics[k] for k in loop_config.get("lead_metrics", ()) if k in metrics}
+            ray.train.report(lead | metrics, checkpoint=checkpoint)
         if tracker is not None:
             log_history(tracker, history)
 
@@ -146,6 +149,7 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
             "mlflow_run_id": launch.mlflow_run_id,
             "threads": max(1, int(launch.cpus_per_worker)),
             "progress": launch.progress,
+            "lead_metrics": list(launch.lead_metrics),
             "step_hook": launch.step_hook,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu and gpu_nodes_have_cuda() else "gloo"),

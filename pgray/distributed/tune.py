@@ -11,7 +11,8 @@ runs the Ray Train launcher inside itself (Train V2: never a Trainer inside a Tu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
@@ -47,6 +48,8 @@ class SweepContext:
     train_storage: str
     resources: Resources  # the space's, with gpus_per_worker resolved on this cluster
     progress: bool = False
+    # per target, parameters fixed on top of the space (a clean twin: its target's best trial)
+    target_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def trial_run_key(sweep: str, trial_id: str) -> str:
@@ -78,7 +81,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     target = ctx.targets[config[TARGET_KEY]]
-    params = ctx.space.decode(config)
+    params = ctx.target_params.get(config[TARGET_KEY], {}) | ctx.space.decode(config)
     experiment = ctx.space.trial_config(target, params)
     run = open_trial_run(ctx, trial_id, target)
     run.log_params(experiment.to_dict())
@@ -89,10 +92,19 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
         gpus_per_worker=res.gpus_per_worker, max_failures=res.max_failures,
         mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id, progress=ctx.progress,
+        lead_metrics=table_metrics(ctx.space),
     )
     result = run_training(experiment.to_dict(), launch, [TuneReportCallback()])
     if result.error is not None:
         raise result.error
+
+
+def table_metrics(space: SearchSpace) -> tuple[str, ...]:
+    """What a person watching the trial table needs: the objectives, then the held-out proxy's
+    clean and worst-case AUROC and the loss (Tune shows the first four)."""
+    names = [o.metric for o in space.objectives]
+    names += ["proxy_clean_image_auroc", "proxy_worst_image_auroc", "loss"]
+    return tuple(dict.fromkeys(names))[:4]
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
@@ -291,6 +303,10 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
             " or choose another --out / --storage / name"
         )
     check_state_api(ctx.space)
+    if ctx.space.fixed_config().train.proxy_every > 1:
+        # Results between proxy epochs lack the objective: Tune would refuse them. ASHA
+        # reads only the proxy epochs (validated to hold every rung) and the searcher too.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
     concurrent = derive_max_concurrent(ctx.resources, ray.cluster_resources(), total)

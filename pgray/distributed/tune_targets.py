@@ -68,7 +68,10 @@ class PerTargetSearch(_PickledState, Searcher):
         return {**config, TARGET_KEY: target}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._owner:
+        # With train.proxy_every > 1 the proxy objective exists only on proxy epochs; the
+        # studies hear of those alone.
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if trial_id in self._owner and all(m in result for m in metrics):
             self._inner[self._owner[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config.benchmark import BenchmarkConfig, DatasetEntry
-from pgray.errors import CheckpointError, PgrayError
+from pgray.errors import CheckpointError
 from pgray.pipelines.benchmark_jobs import BenchJob, categories_of, checkpoint_path, jobs_for
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
@@ -251,13 +251,7 @@ def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, missing, evaluations,
 
     from pgray.distributed.cluster import resolve_storage, resolve_worker_gpus
     from pgray.distributed.tune import SweepContext
-    from pgray.distributed.tune_targets import TARGET_KEY
-    from pgray.pipelines.train_eval import (
-        fetch_trial_checkpoint,
-        resolve_targets,
-        run_trainings,
-        trial_checkpoint,
-    )
+    from pgray.pipelines.train_eval import resolve_targets, train_each_target
 
     space = training_space(cfg, missing)
     where = {f"{e.dataset}/{c}": (e, c) for e, c in missing}
@@ -268,34 +262,11 @@ def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, missing, evaluations,
     ctx = SweepContext(space=space, targets={t.key: t for t in resolve_targets(space)},
                        mlflow_uri=run.uri, parent_run_id=run.parent.run_id,
                        train_storage=f"{store.rstrip('/')}/{space.name}-runs", resources=res)
-    handled: set[str] = set()
-
-    def handle(key: str, source: str | None) -> None:
-        if key in handled or source is None:
-            return
-        entry, category = where[key]
-        fetch_trial_checkpoint(source, checkpoint_path(entry, category))
-        handled.add(key)
-        evaluations.add(run.jobs_of(entry, category), run.on_result)
-
-    def on_trial(trial, trials) -> None:
-        if trial.status != "ERROR":
-            handle(trial.config[TARGET_KEY], trial_checkpoint(trial))
-
-    search = run_trainings(ctx, store, resume=resume, verbose=1 if run.progress else 0,
-                           on_trial=on_trial, evaluations=evaluations)
-    errors = []
-    for result in search.results:  # trials that ended before a resumed driver started
-        key = (result.config or {}).get(TARGET_KEY)
-        if result.error is not None:
-            errors.append(f"{key}: {type(result.error).__name__}: {result.error}"[:400])
-        elif key in where:
-            handle(key, (result.metrics or {}).get("checkpoint_path")
-                   or getattr(result.checkpoint, "path", None))
-    if errors:
-        raise PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
-                         + "; ".join(errors))
-    return len(handled)
+    return train_each_target(
+        ctx, store, resume=resume, verbose=1 if run.progress else 0,
+        dest=lambda key: checkpoint_path(*where[key]),
+        on_ready=lambda key: evaluations.add(run.jobs_of(*where[key]), run.on_result),
+        evaluations=evaluations)
 
 
 def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) -> None:

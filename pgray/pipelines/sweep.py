@@ -12,7 +12,7 @@ from pgray.config.search_sections import Target
 from pgray.config.search_space import SearchSpace
 from pgray.errors import PgrayError
 from pgray.io import write_text
-from pgray.pipelines.train_eval import check_targets, resolve_targets
+from pgray.pipelines.train_eval import CHECKPOINT_FILE, check_targets, resolve_targets
 from pgray.tracking.sweep_report import (
     attack_text,
     results_text,
@@ -192,10 +192,11 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         for key, ranked in best.items():  # targets whose last trial ended before this driver
             final.target_done(key, ranked)
         if space.final_eval.clean_baseline:
-            final.clean_twins(res)
+            final.clean_twins(ctx, storage)
         result.benchmarks = final.finish()
     experiment = ensure_experiment(uri)
-    result.compare_links = compare_links(uri, experiment, space, targets)
+    result.compare_links = compare_links(uri, experiment, parent.run_id, space.name,
+                                         targets)
     result.table_text = results_text(space, result)
     write_text(out / "results.md", result.table_text + "\n")
     parent.log_artifact(out / "results.md")
@@ -211,18 +212,34 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     return result
 
 
-def compare_links(uri: str, experiment: str, space: SearchSpace, targets: list[Target]
-                  ) -> dict[str, str]:
-    """Per target, the MLflow compare view of its trials."""
+def compare_links(uri: str, experiment: str, parent_id: str, sweep: str,
+                  targets: list[Target]) -> dict[str, str]:
+    """Per target, the MLflow compare view of this sweep's trials (not its clean twins, nor
+    the trials of an earlier sweep of the same name)."""
     from pgray.tracking.mlflow_runs import compare_url, find_runs
 
     links = {}
     for t in targets:
-        ids = find_runs(uri, experiment, {"pgray.kind": "trial", "pgray.sweep": space.name,
+        ids = find_runs(uri, experiment, {"pgray.kind": "trial", "pgray.sweep": sweep,
+                                          "mlflow.parentRunId": parent_id,
                                           "dataset": t.dataset, "category": t.category})
         if ids:
             links[t.key] = compare_url(uri, experiment, ids)
     return links
+
+
+def clean_twin_space(space: SearchSpace) -> SearchSpace:
+    """The sweep's fixed settings with the adversarial terms off, nothing searched, one trial
+    per target and no early stopping; the best trial's parameters come per target."""
+    from pgray.config.base import to_dict
+    from pgray.config.search_space import space_from_dict
+
+    data = to_dict(space)
+    data["fixed"].setdefault("train", {})["adversarial"] = False
+    return space_from_dict(data | {
+        "name": f"{space.name}-clean", "search": {}, "start_points": [],
+        "budget": data["budget"] | {"trials": 1}, "scheduler": {"type": "none"},
+        "objectives": [{"metric": "loss", "mode": "min"}], "final_eval": {"enabled": False}})
 
 
 def resolved_resources(space: SearchSpace):
@@ -356,33 +373,41 @@ class FinalStage:
         best = select_best([summary_of_trial(t, self.space) for t in mine], self.space)
         self.target_done(key, best.get(key, []))
 
-    def clean_twins(self, resources) -> None:
-        """Train each target's best config without the adversarial terms (Ray Train, the
-        trials' resources) and queue its evaluation beside the best trial's."""
-        import dataclasses
-
+    def clean_twins(self, ctx, storage: str) -> None:
+        """Train each target's best config again without the adversarial terms, all at once
+        as one Tune experiment (`<sweep>-clean`, the trials' resources), and queue each twin's
+        evaluation beside its best trial's the moment it lands."""
         from pgray.config.benchmark import DetectorEntry
         from pgray.detectors.registry import CLEAN_TWIN
-        from pgray.pipelines.train import TrainRequest, train_category
+        from pgray.distributed.tune import SweepContext
+        from pgray.pipelines.train_eval import train_each_target
 
-        run = self._run(1) if self.best else None
-        for key, trial in sorted(self.best.items()):
+        if not self.best:
+            return
+        space = clean_twin_space(self.space)
+        twins = SweepContext(space=space, targets={k: ctx.targets[k] for k in self.best},
+                             mlflow_uri=self.uri, parent_run_id=self.parent_id,
+                             train_storage=f"{storage.rstrip('/')}/{space.name}-runs",
+                             resources=ctx.resources,
+                             target_params={k: t.params for k, t in self.best.items()})
+        run = self._run(1)
+
+        def folder(key: str) -> Path:
             target = self.targets[key]
-            cfg = self.space.trial_config(target, trial.params)
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
-                                                                     adversarial=False))
-            folder = self.out / "best" / "clean" / target.dataset / target.category
-            _say(self.req, f"clean-trained twin of {key} (trial {trial.trial_id})")
-            train_category(TrainRequest(
-                config=cfg, out=folder, name=f"{self.space.name}-clean-{target.dataset}-"
-                f"{target.category}", workers=resources.workers_per_trial, use_ray=True,
-                gpus_per_worker=resources.gpus_per_worker, allow_cpu=True,
-                cpus_per_worker=resources.cpus_per_worker, address=self.req.address,
-                mlflow_uri=self.uri, parent_run_id=self.parent_id, progress=False))
+            return self.out / "best" / "clean" / target.dataset / target.category
+
+        def queue(key: str) -> None:
+            target = self.targets[key]
             entry = next(e for e in run.cfg.datasets
                          if e.dataset == target.dataset and e.categories == [target.category])
-            twin = DetectorEntry(name=CLEAN_TWIN, checkpoint=str(folder / "checkpoint.pt"))
+            twin = DetectorEntry(name=CLEAN_TWIN, checkpoint=str(folder(key) / CHECKPOINT_FILE))
             self.evaluations.add(run.jobs_of(entry, target.category, twin), run.on_result)
+
+        _say(self.req, f"clean-trained twins of the best trials: {', '.join(sorted(self.best))}")
+        train_each_target(twins, storage, resume=self.req.resume,
+                          verbose=(2 if self.req.verbose else 1) if self.req.progress else 0,
+                          dest=lambda key: folder(key) / CHECKPOINT_FILE, on_ready=queue,
+                          evaluations=self.evaluations)
 
     def finish(self) -> list:
         self.evaluations.finish()

@@ -166,6 +166,45 @@ def run_trainings(ctx, storage: str, *, resume: bool, verbose: int,
     return run_search(ctx, storage, resume=resume, verbose=verbose, feed=feed)
 
 
+def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
+                      dest: Callable[[str], Path], on_ready: Callable[[str], None],
+                      evaluations: Evaluations | None) -> int:
+    """One fixed trial per target of `ctx` (a SweepContext) as one Tune experiment. The moment
+    a target's training ends, its checkpoint is fetched to `dest(key)` and `on_ready(key)`
+    queues what follows (its evaluations), while the other trainings go on. Returns how many
+    were fetched; PgrayError naming every failed training."""
+    from pgray.distributed.tune_targets import TARGET_KEY
+    from pgray.errors import PgrayError
+
+    handled: set[str] = set()
+
+    def handle(key: str | None, source: str | None) -> None:
+        if key is None or key in handled or source is None:
+            return
+        fetch_trial_checkpoint(source, dest(key))
+        handled.add(key)
+        on_ready(key)
+
+    def on_trial(trial, trials) -> None:
+        if trial.status != "ERROR":
+            handle(trial.config.get(TARGET_KEY), trial_checkpoint(trial))
+
+    search = run_trainings(ctx, storage, resume=resume, verbose=verbose, on_trial=on_trial,
+                           evaluations=evaluations)
+    errors = []
+    for result in search.results:  # trials that ended before a resumed driver started
+        key = (result.config or {}).get(TARGET_KEY)
+        if result.error is not None:
+            errors.append(f"{key}: {type(result.error).__name__}: {result.error}"[:400])
+        else:
+            handle(key, (result.metrics or {}).get("checkpoint_path")
+                   or getattr(result.checkpoint, "path", None))
+    if errors:
+        raise PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
+                         + "; ".join(errors))
+    return len(handled)
+
+
 def trial_checkpoint(trial) -> str | None:
     """The newest Train checkpoint a finished Tune trial reported."""
     path = (trial.last_result or {}).get("checkpoint_path")

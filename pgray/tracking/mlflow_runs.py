@@ -291,8 +291,10 @@ def compare_url(uri: str, experiment_id: str, run_ids: list[str]) -> str:
     import json
     from urllib.parse import quote
 
-    runs = quote(json.dumps(list(run_ids)))
-    experiments = quote(json.dumps([str(experiment_id)]))
+    def listed(items) -> str:  # as the UI writes it: JSON.stringify, no spaces
+        return quote(json.dumps([str(i) for i in items], separators=(",", ":")))
+
+    runs, experiments = listed(run_ids), listed([experiment_id])
     return f"{ui_base(uri)}/#/compare-runs?runs={runs}&experiments={experiments}"
 
 

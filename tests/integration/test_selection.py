@@ -115,8 +115,13 @@ def test_sweep_fetches_the_selected_weights_of_a_trial(synthetic_root, tmp_path,
 
     cfg = tiny_experiment(synthetic_root, train={"epochs": 2, "select_metric": select})
     trial_dir = tmp_path / "trial_checkpoint"
-    fit(cfg, FitContext(report=lambda e, m, save: save(trial_dir / CHECKPOINT_FILE),
-                        progress=False))
+    history = []
+
+    def report(epoch, metrics, save):  # as the Ray Train loop does: the history rides along
+        history.append((epoch, metrics))
+        save(trial_dir / CHECKPOINT_FILE, {"history": history})
+
+    fit(cfg, FitContext(report=report, progress=False))
     dest = fetch_trial_checkpoint(str(trial_dir), tmp_path / "best" / "checkpoint.pt")
     evaluated = evaluated_checkpoint(dest)
     model, _, extra = load_checkpoint(evaluated.path)

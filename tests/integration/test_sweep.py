@@ -240,7 +240,8 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
     parent = parents[0]
     assert parent.info.run_id == summary["parent_run_id"] and parent.info.status == "FINISHED"
     children = {r.data.tags["pgray.trial_id"]: r for r in runs
-                if r.data.tags.get("pgray.kind") == "trial"}
+                if r.data.tags.get("pgray.kind") == "trial"
+                and r.data.tags["pgray.sweep"] == "tiny"}
     assert set(children) == set(trials)
     client = MlflowClient(uri)
     for tid, run in children.items():
@@ -268,9 +269,13 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
     assert note.startswith("## Sweep tiny: 3 trials") and "patchguard_clean" in note
     link = next(line for line in note.splitlines() if "compare-runs" in line)
     assert all(r.info.run_id in link for r in children.values())
-    clean = [r for r in runs if r.data.tags.get("pgray.kind") == "train"
-             and "clean" in r.info.run_name]
-    assert len(clean) == 1 and clean[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    # the clean twin: a trial of its own experiment, the best trial's parameters, no attacks
+    twins = [r for r in runs if r.data.tags.get("pgray.sweep") == "tiny-clean"]
+    assert len(twins) == 1 and twins[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    best = trials[summary["best"]["synthetic/disc"][0]]
+    assert twins[0].data.params["train.adversarial"] == "False"
+    assert float(twins[0].data.params["loss.attention_lambda"]) == best["params"][
+        "loss.attention_lambda"]
 
 
 def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
@@ -313,3 +318,37 @@ def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic
         {TARGET_KEY: "a/x"}, {TARGET_KEY: "b/y"}, "FINISHED"]
     cfg = space.trial_config(Target("synthetic", str(synthetic_root), "weave"), {})
     assert cfg.data.category == "weave" and cfg.loss.attention_lambda == 1.0
+
+
+@pytest.mark.slow
+def test_asha_on_a_proxy_measured_every_second_epoch(synthetic_root, tmp_path):
+    """train.proxy_every 2 with ASHA (grace 2): Tune accepts the epochs without the objective,
+    and every trial's objective comes from a proxy epoch."""
+    space = tiny_space(synthetic_root, objectives=[{"metric": "proxy_score", "mode": "max"}],
+                       budget={"trials": 2, "epochs": 4}, final_eval={"enabled": False},
+                       scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
+    space["fixed"]["train"]["proxy_every"] = 2
+    config = tmp_path / "every2.yaml"
+    config.write_text(yaml.safe_dump(space))
+    out = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="pgev", dir="/tmp")
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run(_sweep_cmd(config, out), cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        kill_processes_mentioning(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    for trial in summary["trials"]:
+        results = [json.loads(line) for line in
+                   (next((out / "ray" / "tiny").glob(f"*{trial['trial_id']}*"))
+                    / "result.json").read_text().splitlines()]
+        measured = [int(r["epoch"]) for r in results if "proxy_score" in r]
+        assert measured == [e for e in (2, 4) if e <= trial["epochs"]], results
+        assert [int(r["epoch"]) for r in results] == list(range(1, trial["epochs"] + 1))
+        assert trial["metrics"]["proxy_score"] == results[-1]["proxy_score"]

@@ -90,7 +90,8 @@ BAD = [
     ("final_eval/eps", [8, 300], "final_eval.eps[1]: must be in [0, 255]"),
     ("fixed/train/epochs", 0, "fixed.train.epochs: must be >= 1, got 0"),
     ("fixed/train/holdout_fraction", 0.0, "fixed.train.holdout_fraction: must be > 0"),
-    ("fixed/train/proxy_every", 2, "fixed.train.proxy_every: must be 1"),
+    ("fixed/train/proxy_every", 2, "fixed.train.proxy_every: 2 does not divide every ASHA rung"
+     " (scheduler.grace_period 1"),
     ("fixed/loss/attention_layers", [1, 2, 3], "fixed.loss.attention_weights: needs one weight"
      " per layer"),
     ("search/loss", {"type": "uniform", "low": 0, "high": 1},
@@ -111,6 +112,20 @@ def test_bad_search_space_is_refused_naming_the_key(where, value, message):
     with pytest.raises(ConfigError) as err:
         space_from_dict(_with(where, value))
     assert message in str(err.value)
+
+
+def test_proxy_every_epochs_must_hold_every_asha_rung():
+    def space(every: int, grace: int, factor: float):
+        data = _with("fixed/train/proxy_every", every)
+        return space_from_dict(data | {"budget": {"trials": 2, "epochs": 16},
+                                       "scheduler": {"type": "asha", "grace_period": grace,
+                                                     "reduction_factor": factor}})
+
+    assert space(4, 4, 2).fixed_config().train.proxy_every == 4  # rungs 4, 8: proxy epochs
+    assert space(2, 4, 3).scheduler.grace_period == 4  # rungs 4, 12
+    for every, grace, factor in ((4, 2, 2), (3, 4, 2), (2, 4, 1.5)):  # rung 2; 4; 6 after 4
+        with pytest.raises(ConfigError, match="fixed.train.proxy_every"):
+            space(every, grace, factor)
 
 
 def test_datasets_and_categories_together_are_refused():
