@@ -18,7 +18,8 @@ from torch import nn
 
 import pgray
 from pgray.config import ExperimentConfig, ModelConfig
-from pgray.core.model import PatchGuard, state_dict_problems
+from pgray.core.backbone import state_dict_problems
+from pgray.core.model import PatchGuard
 from pgray.errors import CheckpointError, ConfigError, PgrayError
 from pgray.io import atomic_write
 

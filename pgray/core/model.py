@@ -8,20 +8,17 @@ chosen backbone blocks for the attention-degree regulariser.
 
 from __future__ import annotations
 
-import difflib
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pgray.config import ModelConfig
-from pgray.errors import CheckpointError, ConfigError
+from pgray.core.backbone import create_backbone
+from pgray.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,103 +165,13 @@ class _AttentionCapture:
             attn.fused_attn = fused
 
 
-def _unknown_backbone(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"
-    return ConfigError(f"model.backbone: unknown timm model {name!r}{hint}")
-
-
-def _create_backbone(cfg: ModelConfig) -> nn.Module:
-    if not timm.is_model(cfg.backbone):
-        raise _unknown_backbone(cfg.backbone)
-    reserved = sorted({"img_size", "num_classes", "pretrained"} & set(cfg.backbone_kwargs))
-    if reserved:
-        raise ConfigError(
-            f"model.backbone_kwargs: {', '.join(reserved)} is set by pgray; use model.img_size"
-            " / model.pretrained instead"
-        )
-    from_hub = cfg.pretrained and not cfg.weights  # a local file replaces the hub download
-    kwargs = dict(img_size=cfg.img_size, num_classes=0, **cfg.backbone_kwargs)
-    try:
-        backbone = timm.create_model(cfg.backbone, pretrained=from_hub, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"model.backbone_kwargs: {cfg.backbone} rejects them: {err}") from err
-    except Exception as err:
-        if not from_hub:
-            raise
-        raise CheckpointError(
-            f"could not fetch pretrained weights for {cfg.backbone} ({err}); without network"
-            " access, download them elsewhere and set model.weights to the local file"
-        ) from err
-    for attr in ("blocks", "patch_embed", "num_prefix_tokens", "forward_intermediates"):
-        if not hasattr(backbone, attr):
-            raise ConfigError(
-                f"model.backbone: {cfg.backbone} is not a ViT-style timm model (no {attr})"
-            )
-    if cfg.weights:
-        load_backbone_weights(backbone, cfg.weights)
-    return backbone
-
-
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a local backbone checkpoint (timm, DINOv2 or .safetensors format) strictly.
-
-    timm's checkpoint filter for the model family converts foreign layouts and resamples the
-    position embedding to this image size; classifier weights are dropped (we build no head).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"model.weights: file not found: {path}")
-    try:
-        state = timm.models.load_state_dict(str(path))
-    except Exception as err:
-        raise CheckpointError(f"model.weights: cannot read {path}: {err}") from err
-    filter_fn = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state = filter_fn(state, backbone)
-    own = backbone.state_dict()
-    classifier = backbone.pretrained_cfg.get("classifier") or "head"
-    heads = classifier if isinstance(classifier, list | tuple) else (classifier,)
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(heads))}
-    problems = state_dict_problems(own, state)
-    if problems:
-        raise CheckpointError(
-            f"model.weights: {path} does not fit {type(backbone).__name__}: {problems}"
-        )
-    backbone.load_state_dict(state, strict=True)
-
-
-def state_dict_problems(own: dict[str, torch.Tensor], given: dict[str, Any]) -> str:
-    """A short description of missing, unexpected and mis-shaped keys ('' when they match)."""
-
-    def listing(keys: list[str]) -> str:
-        head = ", ".join(keys[:8])
-        return head + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-
-    missing = sorted(set(own) - set(given))
-    unexpected = sorted(set(given) - set(own))
-    shapes = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(given))
-        if not isinstance(given[k], torch.Tensor) or given[k].shape != own[k].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} keys: {listing(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} keys: {listing(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatch (file vs model): {listing(shapes)}")
-    return "; ".join(parts)
-
-
 class PatchGuard(nn.Module):
     """ViT backbone + attention discriminator; `forward(x in [0,1]) -> patch logits (B, N)`."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = _create_backbone(cfg)
+        self.backbone = create_backbone(cfg)
         self.num_blocks: int = len(self.backbone.blocks)
         self.num_prefix_tokens: int = int(self.backbone.num_prefix_tokens)
         self.feature_indices = sorted(

@@ -26,7 +26,7 @@ from pgray.config.base import to_dict
 from pgray.config.search_sections import Target
 from pgray.config.search_space import space_from_dict
 from pgray.errors import ClusterError
-from pgray.pipelines.sweep import TrialSummary, pareto_front, select_best
+from pgray.pipelines.trials import TrialSummary, pareto_front, select_best
 
 REPO = Path(__file__).resolve().parents[2]
 LAMBDA_HUGE = 30000.0  # makes the attention term dominate the loss: ASHA must stop it
@@ -104,7 +104,7 @@ def test_max_concurrent_fits_trials_and_their_workers(synthetic_root):
     from pgray.distributed.tune import derive_max_concurrent
 
     def space(**res):
-        return space_from_dict(tiny_space(synthetic_root, resources=res))
+        return space_from_dict(tiny_space(synthetic_root, resources=res)).resources
 
     demo = space(cpus_per_worker=0.75, trial_cpus=0.25)
     assert derive_max_concurrent(demo, {"CPU": 2.0}, 6) == 2
@@ -328,6 +328,7 @@ def test_asha_on_a_proxy_measured_every_second_epoch(synthetic_root, tmp_path):
                        budget={"trials": 2, "epochs": 4}, final_eval={"enabled": False},
                        scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
     space["fixed"]["train"]["proxy_every"] = 2
+    space["resources"]["max_concurrent"] = 2  # both at once: the test waits for one start-up
     config = tmp_path / "every2.yaml"
     config.write_text(yaml.safe_dump(space))
     out = tmp_path / "out"

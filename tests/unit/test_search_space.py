@@ -218,3 +218,17 @@ def test_missing_file_and_non_mapping_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: search.loss.attention_lambda.low: a log"
                        " range must be > 0"):
         load_search_space(bad)
+
+
+def test_clean_twin_is_the_sweeps_config_trained_clean_with_one_proxy():
+    from pgray.pipelines.sweep import clean_twin_space
+
+    space = load_search_space(SPACES / "demo.yaml")
+    twin = clean_twin_space(space)
+    ours, theirs = space.fixed_config(), twin.fixed_config()
+    assert ours.train.adversarial and not theirs.train.adversarial
+    assert theirs.train.proxy_every == space.epochs() == twin.epochs()
+    assert (theirs.model, theirs.loss, theirs.pseudo) == (ours.model, ours.loss, ours.pseudo)
+    assert twin.name == f"{space.name}-clean" and not twin.search
+    assert twin.budget.trials == 1 and twin.scheduler.type == "none"
+    assert not twin.final_eval.enabled
