@@ -231,7 +231,7 @@ class TrainConfig:
     loader_workers: int | None = None
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10
-    proxy_every: int = 1
+    proxy_every: int = 1  # epochs between proxies (the first and the last epoch always have one)
     # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images
     proxy_repeats: int = 4
     # The generator of the held-out proxy's anomalies, fixed for a whole study: null is the

@@ -94,7 +94,10 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         metrics["images_per_s"] = (metrics["steps"] * batch * ctx.world_size
                                    / max(metrics["epoch_time_s"], 1e-9))
         last = epoch + 1 == cfg.train.epochs
-        if proxy is not None and (last or (epoch + 1) % cfg.train.proxy_every == 0):
+        # The first epoch always has a proxy: it starts the curve, and Tune fixes its table's
+        # columns from the first result it sees.
+        due = epoch == 0 or last or (epoch + 1) % cfg.train.proxy_every == 0
+        if proxy is not None and due:
             metrics |= proxy_metrics(model, proxy, cfg, device=device, precision=precision)
             collapsed = guard.check(epoch, metrics)
             if ctx.rank == 0 and collapsed:

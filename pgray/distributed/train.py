@@ -30,7 +30,7 @@ class TrainLaunch:
     # step_hook(rank, epoch, step) after every training step (pgray.pipelines.train has the
     # one seam: TrainRequest.step_hook); shipped to the workers by Ray's cloudpickle.
     step_hook: Callable[[int, int, int], None] | None = None
-    # reported first, so Tune's trial table (its first four metrics) shows these
+    # reported first (NaN where an epoch has none), so Tune's trial table shows these
     lead_metrics: tuple[str, ...] = ()
 
 
@@ -70,7 +70,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if save is not None and rank == 0:
                 save(Path(tmp) / CHECKPOINT_FILE, {"history": history})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            lead = {k: metrics[k] for k in loop_config.get("lead_metrics", ()) if k in metrics}
+            # Lead metrics sit in every result (NaN where not measured, e.g. between proxy
+            # epochs): Tune picks its table's columns from whatever result it sees first.
+            lead = {k: float("nan") for k in loop_config.get("lead_metrics", ())}
             ray.train.report(lead | metrics, checkpoint=checkpoint)
         if tracker is not None:
             log_history(tracker, history)

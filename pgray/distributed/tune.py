@@ -191,8 +191,10 @@ class TrialRunsCallback(Callback):
         self._history: dict[str, list[tuple[int, dict[str, float]]]] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        # NaN marks a metric this epoch did not measure (the proxy between proxy epochs)
         metrics = {k: float(v) for k, v in result.items() if k not in TUNE_KEYS
-                   and isinstance(v, int | float) and not isinstance(v, bool)}
+                   and isinstance(v, int | float) and not isinstance(v, bool)
+                   and math.isfinite(v)}
         if TIME_ATTR in metrics:
             self._history.setdefault(trial.trial_id, []).append(
                 (int(metrics[TIME_ATTR]) - 1, metrics))

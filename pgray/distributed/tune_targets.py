@@ -4,6 +4,7 @@ comparable, so a trial is only ever compared with trials of its own target."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from typing import Any
 
@@ -68,10 +69,10 @@ class PerTargetSearch(_PickledState, Searcher):
         return {**config, TARGET_KEY: target}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # With train.proxy_every > 1 the proxy objective exists only on proxy epochs; the
-        # studies hear of those alone.
+        # With train.proxy_every > 1 the proxy objective is measured on proxy epochs only
+        # (NaN or absent on the others); the studies hear of those alone.
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if trial_id in self._owner and all(m in result for m in metrics):
+        if trial_id in self._owner and all(_measured(result.get(m)) for m in metrics):
             self._inner[self._owner[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
@@ -172,3 +173,7 @@ def trial_results(trial) -> list[dict[str, Any]]:
     except (OSError, RuntimeError):
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _measured(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
