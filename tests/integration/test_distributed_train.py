@@ -77,9 +77,24 @@ def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic
     assert extra["selected"]["epoch"] == peak == result.history[-1]["selected_epoch"]
 
 
-def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path, mlflow_uri):
-    cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
+def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path, mlflow_uri,
+                                          monkeypatch):
+    """Resume by name on Ray Train, with two more things the workers must get right: a root
+    given relative to the user's folder (workers start elsewhere, so the pipeline hands them
+    absolute paths: the config they train with, not only the one it checked) and a fast
+    training attack."""
+    from pgray.core.checkpoint import read_checkpoint
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(synthetic_root)
+    monkeypatch.chdir(work)
+    cfg = tiny_experiment(Path("data"), train={"epochs": 1, "attack_method": "nfgsm"})
     first = train_category(_request(cfg, tmp_path, "again"))
+    state = read_checkpoint(tmp_path / "again" / "checkpoint.pt")
+    assert Path(state["config"]["data"]["root"]) == (work / "data").resolve()
+    assert state["config"]["train"]["attack_method"] == "nfgsm"
+    assert first.history[-1]["passes_per_image"] == 6.0  # N-FGSM: 6 passes, PGD-10: 22
     longer = ExperimentConfig.from_dict(
         cfg.to_dict() | {"train": cfg.to_dict()["train"] | {"epochs": 2}})
     req = _request(longer, tmp_path, "again")
@@ -87,27 +102,3 @@ def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path
     assert second.mlflow_run_id == first.mlflow_run_id
     assert [r["epoch"] for r in second.history] == [1, 2]
     assert second.history[0]["loss"] == pytest.approx(first.history[0]["loss"])
-
-
-def test_relative_root_reaches_the_ray_workers(ray_session, synthetic_root, tmp_path,
-                                               monkeypatch, mlflow_uri):
-    """`--root data` given relative to the user's folder: Ray's workers start elsewhere, so
-    the pipeline hands them absolute paths (the config they train with, not only the one it
-    checked)."""
-    from pgray.train import main
-
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "data").symlink_to(synthetic_root)
-    monkeypatch.chdir(work)
-    assert main(["--tiny", "--dataset", "synthetic", "--root", "data", "--category", "disc",
-                 "--ray", "--cpus-per-worker", "0.5", "--epochs", "1", "--max-steps-per-epoch",
-                 "1", "--batch-size", "4", "--train-attack", "nfgsm", "--out", "out",
-                 "--quiet"]) == 0
-    from pgray.core.checkpoint import read_checkpoint
-
-    state = read_checkpoint(work / "out" / "checkpoint.pt")
-    assert Path(state["config"]["data"]["root"]) == (work / "data").resolve()
-    # a fast training attack trains on Ray Train as well
-    assert state["config"]["train"]["attack_method"] == "nfgsm"
-    assert state["extra"]["history"][-1][1]["passes_per_image"] == 6.0

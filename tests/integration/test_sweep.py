@@ -8,7 +8,6 @@ resumes it with --resume, and checks what Tune, MLflow and the output folder hol
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -319,46 +318,3 @@ def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic
         {TARGET_KEY: "a/x"}, {TARGET_KEY: "b/y"}, "FINISHED"]
     cfg = space.trial_config(Target("synthetic", str(synthetic_root), "weave"), {})
     assert cfg.data.category == "weave" and cfg.loss.attention_lambda == 1.0
-
-
-@pytest.mark.slow
-def test_asha_on_a_proxy_measured_every_second_epoch(synthetic_root, tmp_path):
-    """train.proxy_every 2 with ASHA (grace 2): Tune accepts the epochs without the objective,
-    and every trial's objective comes from a proxy epoch."""
-    space = tiny_space(synthetic_root, objectives=[{"metric": "proxy_score", "mode": "max"}],
-                       budget={"trials": 2, "epochs": 4}, final_eval={"enabled": False},
-                       scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})
-    space["fixed"]["train"]["proxy_every"] = 2
-    space["resources"]["max_concurrent"] = 2  # both at once: the test waits for one start-up
-    config = tmp_path / "every2.yaml"
-    config.write_text(yaml.safe_dump(space))
-    out = tmp_path / "out"
-    ray_tmp = tempfile.mkdtemp(prefix="pgev", dir="/tmp")
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    try:
-        # not --quiet: Tune's trial table is part of what is checked
-        cmd = [c for c in _sweep_cmd(config, out) if c != "--quiet"]
-        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-    finally:
-        kill_processes_mentioning(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # the table's metric columns (fixed by Tune from the first result) start with the objective
-    headers = [ln for ln in (done.stdout + done.stderr).splitlines() if "Trial name" in ln]
-    assert headers and all("proxy_score" in h for h in headers if "iter" in h), headers[:3]
-    assert any("iter" in h for h in headers), headers[:3]
-    summary = json.loads((out / "sweep_summary.json").read_text())
-    assert len(summary["trials"]) == 2
-    for trial in summary["trials"]:
-        results = [json.loads(line) for line in
-                   (next((out / "ray" / "tiny").glob(f"*{trial['trial_id']}*"))
-                    / "result.json").read_text().splitlines()]
-        # every result carries the objective (the table's lead column), NaN between proxies
-        assert all("proxy_score" in r for r in results)
-        measured = [int(r["epoch"]) for r in results if math.isfinite(r["proxy_score"])]
-        assert measured == [e for e in (1, 2, 4) if e <= trial["epochs"]], results
-        assert [int(r["epoch"]) for r in results] == list(range(1, trial["epochs"] + 1))
-        assert trial["metrics"]["proxy_score"] == results[-1]["proxy_score"]
