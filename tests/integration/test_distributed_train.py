@@ -94,7 +94,7 @@ def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path
     state = read_checkpoint(tmp_path / "again" / "checkpoint.pt")
     assert Path(state["config"]["data"]["root"]) == (work / "data").resolve()
     assert state["config"]["train"]["attack_method"] == "nfgsm"
-    assert first.history[-1]["passes_per_image"] == 6.0  # N-FGSM: 6 passes, PGD-10: 22
+    assert first.history[-1]["passes_per_image"] == 6.0  # N-FGSM: 6 passes, PGD-10: 24
     longer = ExperimentConfig.from_dict(
         cfg.to_dict() | {"train": cfg.to_dict()["train"] | {"epochs": 2}})
     req = _request(longer, tmp_path, "again")
