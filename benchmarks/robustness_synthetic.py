@@ -50,15 +50,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def overrides(pairs: list[str]) -> dict:
     """--set KEY=VALUE pairs as {dotted key: value}, the value read as YAML."""
-    import yaml
+    from pgray.config.args import key_values
 
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. train.attack.steps=10")
-        out[key] = yaml.safe_load(value)
-    return out
+    return key_values(pairs, "--set")
 
 
 def experiment(args, root: Path, adversarial: bool):

@@ -104,7 +104,9 @@ class AnomalibDetector(PixelMapDetector):
         self.options = dict(options)
 
     def frozen_parts(self) -> list[nn.Module]:
-        return []
+        """The whole anomalib model by default (memory banks and Gaussians train nothing);
+        trained detectors name their frozen teacher or encoder instead."""
+        return [self.model]
 
     def freeze(self) -> None:
         """No parameter gradients for the frozen parts: attacks and fits never need them."""
@@ -178,9 +180,6 @@ class PatchCore(AnomalibDetector):
                                         pre_trained=pre_trained, num_neighbors=num_neighbors)
         check_layers(self.model.feature_extractor, layers, backbone)
         self.freeze()
-
-    def frozen_parts(self) -> list[nn.Module]:
-        return [self.model]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) locally aware patch embeddings, as anomalib's forward builds them."""
@@ -275,9 +274,6 @@ class Padim(AnomalibDetector):
             raise ConfigError(f"n_features: {err}") from err
         check_layers(self.model.feature_extractor, layers, backbone)
         self.freeze()
-
-    def frozen_parts(self) -> list[nn.Module]:
-        return [self.model]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         features = backbone_features(self.model.feature_extractor, self.prepare(x))

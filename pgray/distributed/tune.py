@@ -11,7 +11,6 @@ runs the Ray Train launcher inside itself (Train V2: never a Trainer inside a Tu
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,9 +101,11 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 def table_metrics(space: SearchSpace) -> tuple[str, ...]:
     """What a person watching the trial table needs: the objectives, then the held-out proxy's
     clean and worst-case AUROC and the loss (Tune shows the first four)."""
-    names = [o.metric for o in space.objectives]
-    names += ["proxy_clean_image_auroc", "proxy_worst_image_auroc", "loss"]
-    return tuple(dict.fromkeys(names))[:4]
+    objectives = list(dict.fromkeys(o.metric for o in space.objectives))
+    extra = [m for m in ("proxy_clean_image_auroc", "proxy_worst_image_auroc", "loss")
+             if m not in objectives]
+    # every objective, even past four: each result must carry them all (NaN where unmeasured)
+    return tuple(objectives + extra[:max(0, 4 - len(objectives))])
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
@@ -305,10 +306,6 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
             " or choose another --out / --storage / name"
         )
     check_state_api(ctx.space)
-    if ctx.space.fixed_config().train.proxy_every > 1:
-        # Results between proxy epochs lack the objective: Tune would refuse them. ASHA
-        # reads only the proxy epochs (validated to hold every rung) and the searcher too.
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
     concurrent = derive_max_concurrent(ctx.resources, ray.cluster_resources(), total)
