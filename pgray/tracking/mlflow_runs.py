@@ -182,20 +182,29 @@ def artifact_location(uri: str) -> str | None:
     return None  # a tracking server chooses its own artifact store
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
-    """The experiment's id, created on first use (by one process at a time)."""
+    """The experiment's id, created on first use (by one process at a time).
+
+    The experiment-kind tag (it makes the UI show the runs table) is written with the
+    experiment, or once under the lock when missing: an unguarded tag write from several
+    processes starting together races on the store's unique key."""
     client = client_for(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is None:
-        with _store_lock(uri):
-            exp = client.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-                name, artifact_location=artifact_location(uri))
-    else:
-        exp_id = exp.experiment_id
-    # Marks the experiment as model training, so the UI shows the runs table.
-    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    return exp_id
+    if exp is not None and EXPERIMENT_KIND.items() <= exp.tags.items():
+        return exp.experiment_id
+    with _store_lock(uri):
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            return client.create_experiment(name, artifact_location=artifact_location(uri),
+                                            tags=EXPERIMENT_KIND)
+        if not EXPERIMENT_KIND.items() <= exp.tags.items():
+            key, value = next(iter(EXPERIMENT_KIND.items()))
+            retry(lambda: client.set_experiment_tag(exp.experiment_id, key, value),
+                  "experiment kind tag")
+        return exp.experiment_id
 
 
 def open_run(

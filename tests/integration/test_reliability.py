@@ -238,3 +238,57 @@ def test_four_trainings_started_together_on_a_new_store_all_succeed(synthetic_ro
     runs = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("pgray").experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"together-{i}" for i in range(4)]
+
+
+def _ensure_after_barrier(uri, barrier, errors):
+    from pgray.tracking.mlflow_runs import ensure_experiment
+
+    barrier.wait()
+    try:
+        ensure_experiment(uri)
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        errors.put(f"{type(err).__name__}: {err}")
+
+
+@pytest.mark.parametrize("store", ["new", "untagged experiment"])
+def test_processes_opening_the_experiment_together_all_succeed(tmp_path, store):
+    """The experiment-kind tag was written by every process on every open; processes starting
+    together collided on the tag table's unique key (UNIQUE constraint failed) and died."""
+    import multiprocessing as mp
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if store == "untagged experiment":
+        MlflowClient(uri).create_experiment("pgray")  # as an older pgray or a user made it
+    ctx = mp.get_context("fork")
+    barrier, errors = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_ensure_after_barrier, args=(uri, barrier, errors))
+             for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert errors.empty(), errors.get()
+    exp = MlflowClient(uri).get_experiment_by_name("pgray")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert len(MlflowClient(uri).search_experiments()) == 2  # Default and pgray, no twin
+
+
+def test_reopening_a_tagged_experiment_writes_nothing(tmp_path):
+    """Opening the experiment is a read once it exists with its tag, so it goes through while
+    another process holds the store's write lock (a write here would wait and fail)."""
+    import sqlite3
+
+    from pgray.tracking.mlflow_runs import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = ensure_experiment(uri)
+    writer = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, as a training logging metrics holds it
+    try:
+        assert ensure_experiment(uri) == exp_id
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
