@@ -143,6 +143,29 @@ def _check_missing(cfg: BenchmarkConfig, missing: list) -> None:
         if not cfg.train_missing:
             raise CheckpointError(f"no checkpoint for {where}; train or fit one, or set"
                                   " train_missing: true")
+    _check_fits([d for _, _, d in missing if d is not None])
+
+
+def _check_fits(detectors: list) -> None:
+    """Build each distinct baseline config once before anything is fitted, so a bad option of
+    the last detector fails the benchmark at once, not after the others have been fitted."""
+    import json
+
+    from pgray.config.base import from_dict
+    from pgray.config.detector import DetectorConfig
+    from pgray.detectors.registry import build
+    from pgray.errors import ConfigError
+
+    seen: set[str] = set()
+    for detector in detectors:
+        key = json.dumps([detector.name, detector.fit], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build(from_dict(DetectorConfig, {"name": detector.name} | detector.fit, "fit"))
+        except ConfigError as err:
+            raise ConfigError(f"detectors ({detector.name}) fit: {err}") from err
 
 
 def get_spec(name: str):

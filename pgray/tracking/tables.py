@@ -86,22 +86,31 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Per dataset, detector and eps: each category's clean, paper-protocol and worst-case
     (adaptive suite) AD (image AUROC), AL (pixel AUROC) and AUPRO, a mean row, and the
     reliability flags of the category's rows at that eps. The worst case is the robust number.
-    With several detectors on a dataset, the comparison table comes first."""
+    With several detectors on a dataset, a comparison table per eps comes first."""
     out = []
     by_ds: dict[str, list] = defaultdict(list)
     for r in rows:
         by_ds[r["dataset"]].append(r)
     for ds, ds_rows in sorted(by_ds.items()):
-        detectors = sorted({r.get("detector") or "patchguard" for r in ds_rows})
+        detectors = _detector_order(ds_rows)
         eps_values = sorted({r["eps"] for r in ds_rows if r.get("attack") == "worst_case"})
         if len(detectors) > 1:
-            out += comparison_table(ds, ds_rows, detectors, max(eps_values, default=None))
+            for eps in eps_values or [None]:
+                out += comparison_table(ds, ds_rows, detectors, eps)
         for det in detectors:
             mine = [r for r in ds_rows if (r.get("detector") or "patchguard") == det]
             title = ds if len(detectors) == 1 else f"{ds}, {det}"
             for eps in eps_values or [None]:
                 out += _eps_table(title, mine, eps)
     return "\n".join(out)
+
+
+def _detector_order(rows: list[dict[str, Any]]) -> list[str]:
+    """PatchGuard's own columns first (as in the paper's tables), then the others by name
+    (rows arrive in whatever order their jobs finished)."""
+    seen = {r.get("detector") or "patchguard" for r in rows}
+    ours = [d for d in ("patchguard", "patchguard_clean", "patchguard_reference") if d in seen]
+    return ours + sorted(seen - set(ours))
 
 
 def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],

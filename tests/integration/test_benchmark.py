@@ -147,3 +147,23 @@ def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_an_actor_keeps_only_its_last_models(synthetic_root, checkpoints, monkeypatch):
+    """An evaluation actor serves many checkpoints in turn; it kept every model it ever loaded
+    on its device. Now the least recently used goes once MODELS_KEPT are loaded."""
+    from pgray.pipelines import benchmark_jobs
+    from pgray.pipelines.benchmark_jobs import CLEAN, JobEvaluator, jobs_for
+
+    monkeypatch.setattr(benchmark_jobs, "MODELS_KEPT", 1)
+    cfg = _config(synthetic_root, checkpoints)
+    entry = cfg.datasets[0]
+    clean = {c: next(j for j in jobs_for(cfg, entry, c) if j.kind == CLEAN)
+             for c in ("disc", "weave")}
+    evaluator = JobEvaluator()
+    first = evaluator.run(clean["disc"])["rows"][0]["image_auroc"]
+    assert list(evaluator._models) == [clean["disc"].checkpoint_sha256]
+    evaluator.run(clean["weave"])
+    assert list(evaluator._models) == [clean["weave"].checkpoint_sha256]  # disc unloaded
+    assert evaluator.run(clean["disc"])["rows"][0]["image_auroc"] == first  # reloaded, same
+    assert list(evaluator._models) == [clean["disc"].checkpoint_sha256]

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from helpers import tiny_experiment
@@ -92,6 +93,32 @@ def test_the_benchmark_takes_reference_files_per_category(synthetic_root, tmp_pa
         assert by[("patchguard", attack)]["image_auroc"] == by[
             ("patchguard_reference", attack)]["image_auroc"]
     assert "detectors compared" in result.table_text
+
+
+def test_a_bad_baseline_option_fails_the_benchmark_before_any_fit(synthetic_root, tmp_path,
+                                                                  mlflow_uri):
+    """GeneralAD at an image size its ViT's patches do not divide: refused at once, naming the
+    detector and the key, with the baseline before it not fitted (found running the comparison:
+    four baselines were fitted, then the fifth failed)."""
+    from pgray.config.base import from_dict
+    from pgray.config.benchmark import BenchmarkConfig
+    from pgray.errors import ConfigError
+    from pgray.pipelines.benchmark import run_benchmark
+
+    _, ours, _, _ = _reference_files(synthetic_root, tmp_path)
+    fits = tmp_path / "fits"
+    bench = from_dict(BenchmarkConfig, {
+        "name": "bad-fit", "eps": [8.0], "steps": [2], "suite": "protocol", "n_panels": 0,
+        "train_missing": True,
+        "datasets": [{"dataset": "synthetic", "root": str(synthetic_root), "categories": ["disc"],
+                      "checkpoint": str(ours), "detectors": [
+                          {"name": "padim", "fit": {"img_size": 32},
+                           "checkpoint": str(fits / "padim.pt")},
+                          {"name": "general_ad", "fit": {"img_size": 32},  # ViT-S/14: 32 % 14
+                           "checkpoint": str(fits / "general_ad.pt")}]}]})
+    with pytest.raises(ConfigError, match=r"general_ad.*img_size.*patch size 14"):
+        run_benchmark(bench, tmp_path / "out", progress=False, sequential=True)
+    assert not fits.exists() or not any(fits.iterdir())
 
 
 def test_detectors_list_names_every_detector():
