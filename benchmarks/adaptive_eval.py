@@ -18,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import robustness_synthetic as rs  # noqa: E402 - where the --keep folders come from
+
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,9 +44,8 @@ def models(args) -> dict[str, Path]:
     found: dict[str, Path] = {}
     if args.keep:
         for name in ("adversarial", "clean-trained"):
-            folder = args.keep / name
-            path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "checkpoint.pt"
-            if path.is_file():
+            path = rs.kept_model(args.keep / name)
+            if path is not None:
                 found[name] = path
     for spec in args.checkpoint:
         name, sep, path = spec.partition("=")

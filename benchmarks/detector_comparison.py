@@ -54,22 +54,13 @@ def parse() -> argparse.Namespace:
     return args
 
 
-def model_path(folder: Path) -> Path:
-    best = folder / "best.pt"
-    return best if best.is_file() else folder / "checkpoint.pt"
-
-
 def patchguards(args) -> tuple[Path, dict[str, float | None]]:
     """The data root, and the training seconds of each PatchGuard (None when reused)."""
-    from pgray.data.synthetic import generate
-
     keep = args.keep
-    root = keep / "data" if (keep / "data" / args.rs.category).is_dir() else generate(
-        keep / "data", seed=args.rs.seed, size=args.rs.size, n_train=args.rs.n_train,
-        n_test=args.rs.n_test, categories=(args.rs.category,))
+    root = rs.kept_data(args.rs, keep)
     train_s: dict[str, float | None] = {}
     for name in ("adversarial", "clean-trained"):
-        if model_path(keep / name).is_file():
+        if rs.kept_model(keep / name) is not None:
             train_s[name] = None
             continue
         print(f"training PatchGuard {name} ({args.rs.epochs} epochs)...", file=sys.stderr,
@@ -85,7 +76,7 @@ def benchmark_config(args, root: Path):
     from pgray.config.benchmark import BenchmarkConfig
 
     keep = args.keep
-    detectors = [{"name": "patchguard_clean", "checkpoint": str(model_path(keep / "clean-trained"))}]
+    detectors = [{"name": "patchguard_clean", "checkpoint": str(rs.kept_model(keep / "clean-trained"))}]
     detectors += [{"name": name, "fit": {"img_size": args.rs.size} | FIT.get(name, {}),
                    "checkpoint": str(keep / "baselines" / f"{name}.pt")}
                   for name in args.baselines]
@@ -96,7 +87,7 @@ def benchmark_config(args, root: Path):
         "n_panels": 0, "batch_size": 48, "train_missing": True,
         "datasets": [{"dataset": "synthetic", "root": str(root),
                       "categories": [args.rs.category],
-                      "checkpoint": str(model_path(keep / "adversarial")),
+                      "checkpoint": str(rs.kept_model(keep / "adversarial")),
                       "detectors": detectors}]})
 
 

@@ -58,13 +58,6 @@ def config(args, root: Path, method: str):
     return ExperimentConfig.from_dict(apply_params(base, params))
 
 
-def model_path(folder: Path) -> Path | None:
-    for name in ("best.pt", "checkpoint.pt"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def epoch_times(args, root: Path, methods: list[str]) -> dict[str, float]:
     """Median seconds of one training epoch per method, rounds interleaved."""
     import torch
@@ -117,18 +110,13 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.rs.threads)
-    from pgray.data.synthetic import generate
-
     keep = args.keep
-    root = keep / "data" / args.rs.category
-    root = keep / "data" if root.is_dir() else generate(
-        keep / "data", seed=args.rs.seed, size=args.rs.size, n_train=args.rs.n_train,
-        n_test=args.rs.n_test, categories=(args.rs.category,))
+    root = rs.kept_data(args.rs, keep)
     methods = [REFERENCE, *args.methods, "clean-trained"]
     train_s: dict[str, float | None] = {}
     for m in methods:
         folder = keep / m
-        if model_path(folder) is None and not args.skip_train:
+        if rs.kept_model(folder) is None and not args.skip_train:
             print(f"training {m} ({args.rs.epochs} epochs)...", file=sys.stderr, flush=True)
             started = time.perf_counter()
             rs.train(config(args, root, m), folder)
@@ -146,7 +134,7 @@ def main() -> int:
     results = {}
     for m in methods:
         print(f"evaluating {m}...", file=sys.stderr, flush=True)
-        results[m] = evaluate(model_path(keep / m), args)
+        results[m] = evaluate(rs.kept_model(keep / m), args)
     (keep / "fast_training.json").write_text(json.dumps(
         {"results": results, "epoch_s": epoch_s, "passes": passes, "train_s": train_s},
         default=str, indent=1))

@@ -90,6 +90,25 @@ def base_config(args, root: Path, adversarial: bool) -> dict:
     }
 
 
+def kept_model(folder: Path) -> Path | None:
+    """The model a --keep folder holds: the proxy-selected weights where selection wrote
+    them, else the last epoch's; None when nothing was trained there."""
+    for name in ("best.pt", "checkpoint.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def kept_data(args, keep: Path) -> Path:
+    """The generated dataset of a --keep folder, generated there on first use."""
+    from pgray.data.synthetic import generate
+
+    if (keep / "data" / args.category).is_dir():
+        return keep / "data"
+    return generate(keep / "data", seed=args.seed, size=args.size, n_train=args.n_train,
+                    n_test=args.n_test, categories=(args.category,))
+
+
 def train(cfg, out: Path):
     import torch
 

@@ -130,7 +130,11 @@ def test_detectors_list_names_every_detector():
     assert {"patchcore", "padim", "reverse_distillation"} <= set(names)
 
 
-BASELINES = ("patchcore", "padim", "reverse_distillation", "stfpm")
+BASELINES = ("patchcore", "padim", "reverse_distillation", "stfpm", "general_ad")
+# GeneralAD's default DINOv2 ViT-S/14 has no patch grid at 32 px: a random ViT-S with 8 px
+# patches cut after block 2, a small discriminator trained for a few epochs
+FIT = {"general_ad": {"backbone": "vit_small_patch8_224.dino", "layers": [2],
+                      "options": {"hidden_dim": 64, "top_k": 3, "epochs": 5}}}
 TINY_SUITE = {"steps": 2, "restarts": 1, "square_queries": 4, "square_images": 4,
               "check_steps": 2}
 
@@ -160,7 +164,7 @@ def test_the_benchmark_fits_and_attacks_every_baseline(synthetic_root, tmp_path,
     from pgray.pipelines.benchmark import run_benchmark
 
     cfg, ours, _, _ = _reference_files(synthetic_root, tmp_path)
-    detectors = [{"name": name, "fit": {"img_size": 32},
+    detectors = [{"name": name, "fit": {"img_size": 32} | FIT.get(name, {}),
                   "checkpoint": str(tmp_path / "fits" / "{category}" / f"{name}.pt")}
                  for name in BASELINES]
     bench = from_dict(BenchmarkConfig, {
