@@ -129,10 +129,12 @@ def main() -> int:
     wall = time.perf_counter() - started
     (args.keep / "benchmark" / "rows.json").write_text(
         json.dumps({"rows": result.rows, "train_s": train_s}, default=str, indent=1))
+    trained = rs.experiment(args.rs, root, adversarial=True).train  # with the --set overrides
     print(f"\nsynthetic/{args.rs.category}, {args.rs.size} px, {args.rs.n_train} train /"
           f" {args.rs.n_test} test images; PatchGuard ViT depth {args.rs.depth} width"
-          f" {args.rs.embed_dim}, {args.rs.epochs} epochs (training eps {args.rs.eps:g}/255,"
-          f" {', '.join(args.rs.overrides) or 'PGD-10'}); protocol PGD-{args.protocol_steps};"
+          f" {args.rs.embed_dim}, {args.rs.epochs} epochs of {trained.attack_method}"
+          f"{f'-{trained.attack.steps}' if trained.attack_method == 'pgd' else ''} at training"
+          f" eps {trained.attack.eps:g}/255; protocol PGD-{args.protocol_steps};"
           f" suite members {args.suite_steps} steps x {args.suite_restarts} restart(s), Square"
           f" {args.square_queries} queries\n")
     print(summary(result.rows))
