@@ -146,13 +146,19 @@ def _check_missing(cfg: BenchmarkConfig, missing: list) -> None:
     _check_fits([d for _, _, d in missing if d is not None])
 
 
+def fit_config(detector):
+    """The DetectorConfig a benchmark entry's baseline is fitted with."""
+    from pgray.config.base import from_dict
+    from pgray.config.detector import DetectorConfig
+
+    return from_dict(DetectorConfig, {"name": detector.name} | detector.fit, "fit")
+
+
 def _check_fits(detectors: list) -> None:
     """Build each distinct baseline config once before anything is fitted, so a bad option of
     the last detector fails the benchmark at once, not after the others have been fitted."""
     import json
 
-    from pgray.config.base import from_dict
-    from pgray.config.detector import DetectorConfig
     from pgray.detectors.registry import build
     from pgray.errors import ConfigError
 
@@ -163,7 +169,7 @@ def _check_fits(detectors: list) -> None:
             continue
         seen.add(key)
         try:
-            build(from_dict(DetectorConfig, {"name": detector.name} | detector.fit, "fit"))
+            build(fit_config(detector))
         except ConfigError as err:
             raise ConfigError(f"detectors ({detector.name}) fit: {err}") from err
 
@@ -202,13 +208,11 @@ class BaselineFits:
 
     def _request(self, entry, category: str, detector):
         from pgray.config import DataConfig
-        from pgray.config.base import from_dict
-        from pgray.config.detector import DetectorConfig
         from pgray.pipelines.benchmark_jobs import entry_root
         from pgray.pipelines.fit_detector import FitRequest
 
         path = checkpoint_path(entry, category, detector)
-        det = from_dict(DetectorConfig, {"name": detector.name} | detector.fit, "fit")
+        det = fit_config(detector)
         data = DataConfig(dataset=entry.dataset, root=entry_root(entry), category=category,
                           options=dict(entry.options))
         return FitRequest(detector=det, data=data, out=path.parent, file=path.name,

@@ -182,27 +182,27 @@ def artifact_location(uri: str) -> str | None:
     return None  # a tracking server chooses its own artifact store
 
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Marks an experiment as model training, so the MLflow UI shows its runs table.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     """The experiment's id, created on first use (by one process at a time).
 
-    The experiment-kind tag (it makes the UI show the runs table) is written with the
-    experiment, or once under the lock when missing: an unguarded tag write from several
-    processes starting together races on the store's unique key."""
+    The kind tag is written with the experiment, or once under the lock when missing: an
+    unguarded tag write from several processes starting together races on the store's
+    unique key."""
     client = client_for(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None and EXPERIMENT_KIND.items() <= exp.tags.items():
+    if exp is not None and exp.tags.get(KIND_TAG) == KIND:
         return exp.experiment_id
     with _store_lock(uri):
         exp = client.get_experiment_by_name(name)
         if exp is None:
             return client.create_experiment(name, artifact_location=artifact_location(uri),
-                                            tags=EXPERIMENT_KIND)
-        if not EXPERIMENT_KIND.items() <= exp.tags.items():
-            key, value = next(iter(EXPERIMENT_KIND.items()))
-            retry(lambda: client.set_experiment_tag(exp.experiment_id, key, value),
+                                            tags={KIND_TAG: KIND})
+        if exp.tags.get(KIND_TAG) != KIND:
+            retry(lambda: client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND),
                   "experiment kind tag")
         return exp.experiment_id
 

@@ -108,8 +108,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def _detector_order(rows: list[dict[str, Any]]) -> list[str]:
     """PatchGuard's own columns first (as in the paper's tables), then the others by name
     (rows arrive in whatever order their jobs finished)."""
-    seen = {r.get("detector") or "patchguard" for r in rows}
-    ours = [d for d in ("patchguard", "patchguard_clean", "patchguard_reference") if d in seen]
+    from pgray.detectors.registry import CLEAN_TWIN, PATCHGUARD, REFERENCE
+
+    seen = {r.get("detector") or PATCHGUARD for r in rows}
+    ours = [d for d in (PATCHGUARD, CLEAN_TWIN, REFERENCE) if d in seen]
     return ours + sorted(seen - set(ours))
 
 
