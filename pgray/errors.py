@@ -30,6 +30,11 @@ class ClusterError(PgrayError):
     exit_code = 3
 
 
+class StorageError(ClusterError):
+    """The run's storage (a folder every node mounts, s3:// or gs://) cannot be read or
+    written; the message names it."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run an entry point; user errors become one line on stderr and a non-zero exit code.
 

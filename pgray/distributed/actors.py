@@ -1,7 +1,9 @@
 """Evaluation jobs on a pool of Ray actors that grows as jobs arrive and shrinks when none wait.
 
 The pool knows jobs only through `job.key`, `job.cost` and `job.label()`, and workers only
-through `make_worker(assigned_gpus=..., node=...)` and `worker.run(job)`. It is built on Ray's
+through `make_worker(assigned_gpus=..., node=...)` and `worker.run(job, *inputs)`, where
+`inputs(job)` (optional) gives object references that Ray resolves on the actor's node: how a
+file on the driver's disk (a checkpoint) reaches an actor on another machine. It is built on Ray's
 `ActorPool` and adds what a cluster shared with training needs:
 - it never holds more actors than the cluster's total resources fit, counting every resource
   an actor asks for (an actor that can never be scheduled would keep its jobs forever);
@@ -30,8 +32,8 @@ class PoolWorker:
         self._worker = make_worker(assigned_gpus=ray.get_gpu_ids(),
                                    node=ray.get_runtime_context().get_node_id())
 
-    def run(self, job: Job) -> tuple[str, Any]:
-        return job.key, self._worker.run(job)
+    def run(self, job: Job, *inputs: Any) -> tuple[str, Any]:
+        return job.key, self._worker.run(job, *inputs)
 
 
 def pool_size(wanted: int, cpus: float, gpus: float, cluster: dict[str, float]) -> int:
@@ -49,7 +51,7 @@ class EvalPool:
 
     def __init__(self, make_worker: Callable[..., Any], *, cpus: float, gpus: float,
                  max_actors: int, max_retries: int, on_result: Callable[[Job, Any], None],
-                 progress: bool = True) -> None:
+                 progress: bool = True, inputs: Callable[[Job], list] | None = None) -> None:
         import ray
         from ray.util import ActorPool
 
@@ -72,6 +74,7 @@ class EvalPool:
         self._seen: set[str] = set()
         self._running: dict[str, Job] = {}
         self._on_result = on_result
+        self._inputs = inputs or (lambda job: [])
         self._progress = JobProgress([], progress)
         self.peak_actors = 0
 
@@ -101,7 +104,7 @@ class EvalPool:
                 self.peak_actors = max(self.peak_actors, self._actors)
             job = self._waiting.pop(0)
             self._running[job.key] = job
-            self._pool.submit(lambda actor, j: actor.run.remote(j), job)
+            self._pool.submit(lambda actor, j: actor.run.remote(j, *self._inputs(j)), job)
         while self._pool.has_free():  # nothing waits: idle actors give their GPUs back
             ray.kill(self._pool.pop_idle())
             self._actors -= 1

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINT_FILE = "checkpoint.pt"  # the file inside each Ray Train checkpoint folder
+# The result key naming a reported checkpoint as a URI every node can open (s3://..., gs://...,
+# or an absolute path): Ray's own `checkpoint_path` leaves the filesystem out.
+CHECKPOINT_URI = "checkpoint_uri"
 
 
 @dataclass
@@ -60,7 +63,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     history: list = list((resume_state or {}).get("extra", {}).get("history", []))
     tracker = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
-        tracker = Tracker(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
+        # logged from a worker node: the store must be the driver's, reachable from here
+        tracker = Tracker(loop_config["mlflow_uri"], loop_config["mlflow_run_id"],
+                          existing=True)
         log_history(tracker, history)
 
     def report(epoch: int, metrics: dict[str, float], save) -> None:
@@ -91,13 +96,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report(epoch, metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
                                  "worker_cuda": float(device.type == "cuda")}, save)
 
-    fit(cfg, FitContext(
-        device=device, rank=rank, world_size=world,
-        prepare_model=prepare, report=report_with_gpus, resume_state=resume_state,
-        progress=loop_config.get("progress", True),
-        step_hook=_bind_rank(loop_config.get("step_hook"), rank),
-        epoch_hook=param_spread if world > 1 else None,
-    ))
+    try:
+        fit(cfg, FitContext(
+            device=device, rank=rank, world_size=world,
+            prepare_model=prepare, report=report_with_gpus, resume_state=resume_state,
+            progress=loop_config.get("progress", True),
+            step_hook=_bind_rank(loop_config.get("step_hook"), rank),
+            epoch_hook=param_spread if world > 1 else None,
+        ))
+    finally:
+        if tracker is not None:  # what an outage held back is sent before the worker ends
+            tracker.flush(wait=True)
 
 
 def worker_device():
@@ -177,14 +186,47 @@ def copy_result_checkpoint(result, dest: Path) -> Path:
         return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)
 
 
-def fetch_train_checkpoint(path: str, dest: Path) -> Path:
-    """Copy the pgray file out of a Ray Train checkpoint folder (local path, s3:// or gs://)."""
+def fetch_train_checkpoint(uri: str, dest: Path) -> Path:
+    """Copy the pgray file out of a Ray Train checkpoint folder (absolute path, s3:// or
+    gs:// URI) into `dest`; a storage that cannot be read fails naming it."""
     from ray.train import Checkpoint
 
+    from pgray.errors import StorageError
     from pgray.io import copy_atomic
 
-    with Checkpoint(path).as_directory() as d:
-        return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)
+    if "://" not in uri and not uri.startswith("/"):
+        raise StorageError(f"checkpoint {uri!r} is neither an absolute path nor a URI")
+    try:
+        with Checkpoint(uri).as_directory() as d:
+            return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)
+    except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+        raise StorageError(f"cannot read checkpoint {uri}: {_first_line(err)}") from None
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray checkpoint as one string with its filesystem: `s3://bucket/...` on S3."""
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def report_to_tune():
+    """Tune's callback that forwards rank 0's reports to the trial, adding each checkpoint's
+    full URI (Tune's own `checkpoint_path` is the path inside its filesystem, which on S3 has
+    lost its scheme by the time the driver fetches it)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None:
+                metrics = [m | {CHECKPOINT_URI: checkpoint_uri(checkpoint)} for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return ReportToTune()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 _CUDA_ON_GPU_NODES: bool | None = None

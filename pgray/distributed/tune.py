@@ -5,7 +5,7 @@ its own Optuna study and its own ASHA brackets (proxy AUROCs of different catego
 comparable), multiplexed by `PerTargetSearch` and `PerTargetScheduler`, so trials of all
 targets share the cluster. A trial is a Tune function trainable that builds its experiment and
 runs the Ray Train launcher inside itself (Train V2: never a Trainer inside a Tuner); a
-`TuneReportCallback` forwards rank 0's per-epoch report to Tune.
+callback forwards rank 0's per-epoch report to Tune, with the checkpoint's full URI.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from pgray.config.search_sections import Resources, Target
 from pgray.config.search_space import SearchSpace
+from pgray.distributed.train import CHECKPOINT_URI
 from pgray.distributed.tune_targets import (
     TARGET_KEY,
     TIME_ATTR,
@@ -32,7 +33,7 @@ TUNE_KEYS = frozenset({
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
     "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
     "time_since_restore", "iterations_since_restore", "experiment_tag", "checkpoint_path",
-    "should_checkpoint",
+    "should_checkpoint", CHECKPOINT_URI,
 })
 
 
@@ -68,15 +69,15 @@ def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
         run_name=f"{target.category}-{trial_id}", parent_run_id=ctx.parent_run_id,
         tags={"pgray.kind": "trial", "pgray.sweep": ctx.space.name, "dataset": target.dataset,
               "category": target.category, "pgray.trial_id": trial_id},
+        existing=True,  # opened on a worker node too: never a store of that node's own
     )
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One trial: fixed settings + sampled params -> a Ray Train run whose reports reach Tune."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pgray.distributed.train import TrainLaunch, run_training
+    from pgray.distributed.train import TrainLaunch, report_to_tune, run_training
 
     trial_id = tune.get_context().get_trial_id()
     target = ctx.targets[config[TARGET_KEY]]
@@ -93,7 +94,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id, progress=ctx.progress,
         lead_metrics=table_metrics(ctx.space),
     )
-    result = run_training(experiment.to_dict(), launch, [TuneReportCallback()])
+    result = run_training(experiment.to_dict(), launch, [report_to_tune()])
     if result.error is not None:
         raise result.error
 

@@ -126,8 +126,7 @@ def run_benchmark(
     trained = 0
     if to_train:
         trained = train_missing(cfg, run, to_train, evaluations, storage=storage, resume=resume)
-    fits.finish()
-    evaluations.finish()
+    evaluations.finish()  # and the fits: one wait for everything still to come
     result = run.finalize()
     result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
     return result
@@ -227,18 +226,16 @@ class BaselineFits:
         self.done += 1
         self.evaluations.add(self.run.jobs_of(entry, category, detector), self.run.on_result)
 
-    def poll(self, timeout: float | None = 0.0) -> None:
+    def poll(self) -> bool:
+        """Land the fits that have finished, without waiting; whether any is still running."""
         import ray
 
         while self.pending:
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0)
             if not ready:
-                return
+                break
             self._land(self.pending.pop(ready[0]), ray.get(ready[0]))
-
-    def finish(self) -> None:
-        while self.pending:
-            self.poll(timeout=None)
+        return bool(self.pending)
 
 
 def _connect(address: str | None, uri: str) -> None:

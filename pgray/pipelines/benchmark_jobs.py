@@ -186,6 +186,24 @@ def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
             for job in jobs_for(cfg, entry, category, detector)]
 
 
+def node_copy(data: bytes, sha256: str) -> Path:
+    """A checkpoint that came over the wire, as a file in this node's temp folder (written
+    once per content, checked against the digest the driver computed)."""
+    import hashlib
+
+    from pgray.io import atomic_write
+
+    digest = hashlib.sha256(data).hexdigest()[:len(sha256)]  # rows keep a short digest
+    if digest != sha256:
+        raise CheckpointError(f"checkpoint bytes arrived with digest {digest}, expected"
+                              f" {sha256}")
+    path = Path(tempfile.gettempdir()) / "pgray-checkpoints" / f"{sha256}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+    return path
+
+
 class JobEvaluator:
     """Evaluates jobs on one device; keeps models, test splits and clean outputs cached."""
 
@@ -202,7 +220,7 @@ class JobEvaluator:
         self._datasets: dict[tuple, Any] = {}
         self._clean: dict[tuple, Any] = {}
 
-    def _model(self, job: BenchJob):
+    def _model(self, job: BenchJob, checkpoint_bytes: bytes | None):
         """The job's detector on this actor's device (the last MODELS_KEPT stay loaded)."""
         from pgray.config.base import from_dict
         from pgray.config.experiment import ModelConfig
@@ -216,7 +234,9 @@ class JobEvaluator:
                 self._models.pop(next(iter(self._models)))
             reference = (from_dict(ModelConfig, job.reference_model, "model")
                          if job.reference_model else None)
-            loaded = load_detector(job.checkpoint, reference)
+            source = (job.checkpoint if checkpoint_bytes is None
+                      else node_copy(checkpoint_bytes, job.checkpoint_sha256))
+            loaded = load_detector(source, reference)
             loaded.model = loaded.model.to(self.device).eval()
             self._models[key] = loaded
         return self._models[key]
@@ -231,12 +251,14 @@ class JobEvaluator:
             self._datasets[key] = load_split(data_cfg, "test", img_size)
         return self._datasets[key]
 
-    def run(self, job: BenchJob) -> dict[str, Any]:
-        """Metrics rows (every parameter that defines each number) and panel PNG bytes."""
+    def run(self, job: BenchJob, checkpoint_bytes: bytes | None = None) -> dict[str, Any]:
+        """Metrics rows (every parameter that defines each number) and panel PNG bytes. The
+        checkpoint comes as `checkpoint_bytes` where the job runs on another machine than the
+        one whose disk holds `job.checkpoint`."""
         from pgray.core.scoring import evaluate_model, evaluate_suite, panel_indices
 
         started = time.perf_counter()
-        loaded = self._model(job)
+        loaded = self._model(job, checkpoint_bytes)
         model = loaded.model
         dataset = self._dataset(job, model.img_size)
         keep = panel_indices(dataset, job.n_panels) if job.kind == SUITE else frozenset()

@@ -15,6 +15,7 @@ numbers on a cluster.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from pgray.config.benchmark import ActorConfig
 from pgray.config.search_sections import Target
 from pgray.config.search_space import SearchSpace
+from pgray.distributed.train import CHECKPOINT_URI
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SELECTED_FILE = "best.pt"
@@ -72,17 +74,26 @@ def read_proxy(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+WAIT_S = 0.5  # the driver's longest wait on any one thing before it looks at the rest
+
+
 class Evaluations:
     """Evaluation jobs from anywhere in the pipeline, each with the callback its result goes
     to; on Ray actors (the pool grows and shrinks with the queue) or, with `sequential`, in
-    this process at `finish()`."""
+    this process at `finish()`.
+
+    A job names its checkpoint by a path on the driver's disk; on Ray the file's bytes travel
+    to the actor through the object store (once per checkpoint), since an actor on another
+    node sees none of the driver's files."""
 
     def __init__(self, actors: ActorConfig, *, sequential: bool, progress: bool) -> None:
         self._sinks: dict[str, Callable[[Any, Any], None]] = {}
         self._pending: list[Any] = []
-        self._pollers: list[Callable[[], None]] = []
+        self._pollers: list[Callable[[], bool]] = []
         self._actors = actors
         self._progress = progress
+        self._blobs: dict[str, Any] = {}  # checkpoint sha256 -> object ref of its bytes
+        self._waiting_on: dict[str, int] = {}  # checkpoint sha256 -> jobs not yet delivered
         self._pool = None if sequential else self._make_pool()
 
     def _make_pool(self):
@@ -94,33 +105,58 @@ class Evaluations:
         return EvalPool(functools.partial(JobEvaluator, threads=self._actors.threads),
                         cpus=self._actors.cpus, gpus=self._actors.gpus,
                         max_actors=self._actors.count, max_retries=self._actors.max_retries,
-                        on_result=self._deliver, progress=self._progress)
+                        on_result=self._deliver, progress=self._progress,
+                        inputs=self._checkpoint_bytes)
+
+    def _checkpoint_bytes(self, job) -> list:
+        """The job's checkpoint as an object reference (put once, shared by its jobs)."""
+        sha = job.checkpoint_sha256
+        if sha not in self._blobs:
+            import ray
+
+            self._blobs[sha] = ray.put(Path(job.checkpoint).read_bytes())
+        return [self._blobs[sha]]
 
     def _deliver(self, job, result) -> None:
         self._sinks.pop(job.key)(job, result)
+        sha = job.checkpoint_sha256
+        self._waiting_on[sha] -= 1
+        if self._waiting_on[sha] == 0:  # its last job is done: free the object store
+            self._blobs.pop(sha, None)
 
     def add(self, jobs: list, on_result: Callable[[Any, Any], None]) -> None:
         jobs = [j for j in jobs if j.key not in self._sinks]
         for job in jobs:
             self._sinks[job.key] = on_result
+            self._waiting_on[job.checkpoint_sha256] = (
+                self._waiting_on.get(job.checkpoint_sha256, 0) + 1)
         if self._pool is None:
             self._pending += jobs
         else:
             self._pool.add(jobs)
 
-    def also_poll(self, poller: Callable[[], None]) -> None:
-        """Other work that lands while trainings run (baseline fits), polled with the pool."""
+    def also_poll(self, poller: Callable[[], bool]) -> None:
+        """Other work that lands while trainings run (baseline fits): `poller()` lands what
+        has finished, without waiting, and says whether more is to come."""
         self._pollers.append(poller)
 
-    def poll(self) -> None:
-        for poller in self._pollers:
-            poller()
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Land whatever has finished (waiting up to `timeout` for an evaluation); whether
+        anything is still to come."""
+        more = [poller() for poller in self._pollers]  # every poller, every time
         if self._pool is not None:
-            self._pool.poll()
+            self._pool.poll(timeout=timeout if self._pool.busy else 0.0)
+            more.append(self._pool.busy)
+        return any(more)
 
     def finish(self) -> None:
         if self._pool is not None:
-            self._pool.drain()
+            # One loop waits on everything: a fit that lands adds jobs, a result that lands
+            # frees its actor (released at once when nothing waits, so a fit waiting for
+            # that CPU starts), and every result reaches OUT the moment it lands.
+            while self.poll(timeout=WAIT_S):
+                if not self._pool.busy:
+                    time.sleep(WAIT_S)
             return
         from pgray.pipelines.benchmark_jobs import JobEvaluator
         from pgray.tracking.progress import JobProgress
@@ -197,8 +233,7 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
         if result.error is not None:
             errors.append(f"{key}: {type(result.error).__name__}: {result.error}"[:400])
         else:
-            handle(key, (result.metrics or {}).get("checkpoint_path")
-                   or getattr(result.checkpoint, "path", None))
+            handle(key, (result.metrics or {}).get(CHECKPOINT_URI))
     if errors:
         raise PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
                          + "; ".join(errors))
@@ -206,12 +241,9 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
 
 
 def trial_checkpoint(trial) -> str | None:
-    """The newest Train checkpoint a finished Tune trial reported."""
-    path = (trial.last_result or {}).get("checkpoint_path")
-    if isinstance(path, str) and path:
-        return path
-    checkpoint = getattr(trial, "checkpoint", None)
-    return getattr(checkpoint, "path", None)
+    """The URI of the newest Train checkpoint a finished Tune trial reported."""
+    uri = (trial.last_result or {}).get(CHECKPOINT_URI)
+    return uri if isinstance(uri, str) and uri else None
 
 
 def resolve_targets(space: SearchSpace) -> list[Target]:

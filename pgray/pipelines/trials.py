@@ -45,13 +45,16 @@ def summarise(results, space: SearchSpace) -> list[TrialSummary]:
 
 
 def _last_checkpoint(result) -> str | None:
-    """The newest Train checkpoint a trial reported (every epoch, or every checkpoint_every)."""
+    """The URI of the newest Train checkpoint a trial reported (every epoch, or every
+    checkpoint_every)."""
+    from pgray.distributed.train import CHECKPOINT_URI
+
     df = result.metrics_dataframe
-    if df is not None and "checkpoint_path" in df:
-        paths = [p for p in df["checkpoint_path"].tolist() if isinstance(p, str) and p]
-        if paths:
-            return paths[-1]
-    value = (result.metrics or {}).get("checkpoint_path")
+    if df is not None and CHECKPOINT_URI in df:
+        uris = [p for p in df[CHECKPOINT_URI].tolist() if isinstance(p, str) and p]
+        if uris:
+            return uris[-1]
+    value = (result.metrics or {}).get(CHECKPOINT_URI)
     return value if isinstance(value, str) and value else None
 
 

@@ -1,7 +1,13 @@
-"""MLflow: one place that opens runs, logs params/metrics/artifacts, and retries with back-off.
+"""MLflow: one place that opens runs, logs params/metrics/artifacts, and rides out outages.
 
 Runs are found again by a deterministic key (tag `pgray.run_key`), so a resumed training, sweep
 or benchmark continues its MLflow run instead of starting a second one.
+
+A tracking server that goes away for a while costs nothing: what a run logs is buffered and
+sent in order once the server answers again (training never waits on it), and opening a run or
+closing one waits the outage out for up to PATIENCE_S. Only a server gone for longer loses
+data, with a warning naming each item. MLflow's own HTTP retries are kept short, so pgray's
+buffer, not a blocked request, absorbs the wait.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import contextlib
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,21 +59,53 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         raise ClusterError(f"unsupported MLflow tracking URI scheme: {uri}")
 
 
-BASE_DELAY_S = 0.5  # first back-off; doubles with each attempt (0.5 + 1 + 2 s over 4 tries)
+BASE_DELAY_S = 0.5  # first back-off; doubles with each attempt, up to MAX_DELAY_S
+MAX_DELAY_S = 5.0
+# How long an unreachable tracking store is waited for before what waits on it is dropped.
+PATIENCE_S = float(os.environ.get("PGRAY_MLFLOW_PATIENCE_S", "120"))
+BACKLOG_LIMIT = 10_000  # buffered calls per run; beyond it the oldest are dropped (warned)
+# MLflow's own retries of one HTTP request (defaults: 7 tries over minutes); pgray's buffer
+# and back-off take over, so a request to a server that is down fails fast.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
-def retry(fn: Callable[[], T], what: str, attempts: int = 4) -> T | None:
-    """Call fn with exponential back-off; on final failure warn, naming what was not logged."""
-    for attempt in range(attempts):
+class _Outage:
+    """Shared by every run of the process: after one wait of PATIENCE_S ended in vain, later
+    calls try once instead of waiting again (a store that is gone for good must not stall
+    every job of a benchmark); the first success ends the outage."""
+
+    gave_up = False
+
+
+def _patience() -> float:
+    return 0.0 if _Outage.gave_up else PATIENCE_S
+
+
+def _warn_lost(what: str, err: BaseException) -> None:
+    warnings.warn(f"MLflow: {what} was not logged ({type(err).__name__}: {err})", stacklevel=3)
+
+
+def retry(fn: Callable[[], T], what: str, patience: float | None = None) -> T | None:
+    """Call fn, backing off while it fails, for up to `patience` seconds (PATIENCE_S); then
+    warn, naming what was not logged, and return None."""
+    deadline = time.monotonic() + (_patience() if patience is None else patience)
+    attempt = 0
+    while True:
         try:
-            return fn()
+            result = fn()
         except Exception as err:  # noqa: BLE001 - any tracking failure must not kill training
-            if attempt == attempts - 1:
-                warnings.warn(f"MLflow: {what} was not logged ({type(err).__name__}: {err})",
-                              stacklevel=2)
+            delay = min(MAX_DELAY_S, BASE_DELAY_S * 2**attempt)
+            if time.monotonic() + delay > deadline:
+                _Outage.gave_up = True
+                _warn_lost(what, err)
                 return None
-            time.sleep(BASE_DELAY_S * 2**attempt)
-    return None
+            time.sleep(delay)
+            attempt += 1
+            continue
+        _Outage.gave_up = False
+        return result
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -114,36 +153,102 @@ def prepare_store(uri: str) -> None:
     _PREPARED.add(uri)
 
 
-def client_for(uri: str):
-    """An MlflowClient of a store that is ready (every client of pgray comes from here)."""
+def client_for(uri: str, *, existing: bool = False):
+    """An MlflowClient of a store that is ready (every client of pgray comes from here).
+    `existing`: the store must already be there (a process on another node than the one that
+    created it would otherwise start an empty SQLite file of its own)."""
     from mlflow.tracking import MlflowClient
 
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if existing and uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            import socket
+
+            raise ClusterError(
+                f"MLflow store {db} does not exist on {socket.gethostname()}: a node that"
+                " cannot see the driver's SQLite file (one that joined later, say) would log"
+                " into a file of its own; use an MLflow server (MLFLOW_TRACKING_URI=http://...)")
     prepare_store(uri)
     return MlflowClient(tracking_uri=uri)
 
 
 class Tracker:
-    """A thin, retrying view of one MLflow run."""
+    """One MLflow run. Calls are buffered and sent in order: while the store is unreachable
+    they wait in the buffer (training goes on), `flush()` sends them once it answers, and
+    `finish()` waits an outage out for up to PATIENCE_S before dropping what is left, with a
+    warning naming each item."""
 
-    def __init__(self, uri: str, run_id: str, experiment_id: str | None = None):
+    def __init__(self, uri: str, run_id: str, experiment_id: str | None = None, *,
+                 existing: bool = False):
         self.uri = uri
         self.run_id = run_id
         self.experiment_id = experiment_id
-        self.client = client_for(uri)
+        self._existing = existing
+        self._client = None
+        self._backlog: deque[tuple[str, Callable[[Any], None]]] = deque()
+        self._steps: dict[str, int] = {}  # metric key -> last step logged or buffered
+        self._failed_at = -1e9
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client_for(self.uri, existing=self._existing)
+        return self._client
+
+    def _send(self, what: str, call: Callable[[Any], None], *, wait: bool = False) -> None:
+        self._backlog.append((what, call))
+        while len(self._backlog) > BACKLOG_LIMIT:
+            dropped, _ = self._backlog.popleft()
+            warnings.warn(f"MLflow: {dropped} was not logged (more than {BACKLOG_LIMIT} calls"
+                          " waiting for the tracking store)", stacklevel=3)
+        self.flush(wait=wait)
+
+    def flush(self, wait: bool = True) -> bool:
+        """Send what is buffered, oldest first. Without `wait`, one try (at most every few
+        seconds while the store is down) and the rest stays buffered; with it, back off for
+        up to PATIENCE_S. Returns whether the buffer is empty."""
+        if not wait and time.monotonic() - self._failed_at < MAX_DELAY_S:
+            return not self._backlog
+        deadline = time.monotonic() + (_patience() if wait else 0.0)
+        attempt = 0
+        while self._backlog:
+            what, call = self._backlog[0]
+            try:
+                call(self.client)
+            except Exception as err:  # noqa: BLE001 - any tracking failure must not kill training
+                self._failed_at = time.monotonic()
+                delay = min(MAX_DELAY_S, BASE_DELAY_S * 2**attempt)
+                if not wait:
+                    return False
+                if time.monotonic() + delay > deadline:
+                    _Outage.gave_up = True
+                    for lost, _ in self._backlog:
+                        _warn_lost(lost, err)
+                    self._backlog.clear()
+                    return False
+                time.sleep(delay)
+                attempt += 1
+                continue
+            _Outage.gave_up = False
+            self._backlog.popleft()
+            attempt = 0
+        return True
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         flat = flatten(params)
-        existing = self._existing_params()
-        items = [Param(k, v) for k, v in flat.items() if k not in existing]
-        for i in range(0, len(items), 90):
-            chunk = items[i : i + 90]
-            retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "params")
 
-    def _existing_params(self) -> dict[str, str]:
-        run = retry(lambda: self.client.get_run(self.run_id), "params lookup")
-        return dict(run.data.params) if run else {}
+        def log(client) -> None:
+            # a resumed run keeps the params it has (MLflow refuses a changed value)
+            existing = dict(client.get_run(self.run_id).data.params)
+            items = [Param(k, v) for k, v in flat.items() if k not in existing]
+            for i in range(0, len(items), 90):
+                client.log_batch(self.run_id, params=items[i : i + 90])
+
+        self._send("params", log)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -154,23 +259,36 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, int | float) and v == v  # drop NaN: undefined metrics
         ]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=items),
-              f"metrics {sorted(metrics)} at step {step}")
+        for item in items:
+            self._steps[item.key] = max(step, self._steps.get(item.key, -1))
+        self._send(f"metrics {sorted(metrics)} at step {step}",
+                   lambda client: client.log_batch(self.run_id, metrics=items))
 
     def last_step(self, key: str) -> int:
-        history = retry(lambda: self.client.get_metric_history(self.run_id, key), "history")
-        return max((m.step for m in history or []), default=-1)
+        """The last step of `key` in the run: known here once this process logged it, else
+        asked of the store (waiting out an outage)."""
+        if key not in self._steps:
+            history = retry(lambda: self.client.get_metric_history(self.run_id, key),
+                            "history")
+            if history is None:  # unknown: what follows may repeat steps the run has
+                return -1
+            self._steps[key] = max((m.step for m in history), default=-1)
+        return self._steps[key]
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
-            retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, str(v)), f"tag {k}")
+            self._send(f"tag {k}", lambda client, k=k, v=v: client.set_tag(self.run_id, k,
+                                                                            str(v)))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
-              f"artifact {Path(path).name}")
+        """Sent at once (the file may be temporary), waiting out an outage."""
+        self._send(f"artifact {Path(path).name}",
+                   lambda client: client.log_artifact(self.run_id, str(path), artifact_path),
+                   wait=True)
 
     def finish(self, status: str = "FINISHED") -> None:
-        retry(lambda: self.client.set_terminated(self.run_id, status), "run status")
+        self._send("run status", lambda client: client.set_terminated(self.run_id, status),
+                   wait=True)
 
 
 def artifact_location(uri: str) -> str | None:
@@ -215,10 +333,11 @@ def open_run(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
+    existing: bool = False,
 ) -> Tracker:
     """The run tagged with `run_key`, created on first use and reopened afterwards (found and
     created under the store lock, so two processes never make two runs of one key)."""
-    client = client_for(uri)
+    client = client_for(uri, existing=existing)
     exp_id = ensure_experiment(uri, experiment)
     safe_key = run_key.replace("'", "")
     with _store_lock(uri):
@@ -234,7 +353,7 @@ def open_run(
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run_id = client.create_run(exp_id, run_name=run_name or safe_key,
                                        tags=all_tags).info.run_id
-    return Tracker(uri, run_id, exp_id)
+    return Tracker(uri, run_id, exp_id, existing=existing)
 
 
 class NullTracker:
@@ -263,18 +382,11 @@ class NullTracker:
 
 
 def open_run_or_warn(uri: str, run_key: str, **kwargs) -> Tracker | NullTracker:
-    """open_run for runs opened mid-work (a trial, a benchmark job): if the store has gone
-    away, warn naming the run and carry on; the results still reach the result files."""
-    for attempt in range(3):
-        try:
-            return open_run(uri, run_key, **kwargs)
-        except Exception as err:  # noqa: BLE001 - the store may fail in many ways
-            if attempt == 2:
-                warnings.warn(f"MLflow: run {run_key} was not logged ({type(err).__name__}:"
-                              f" {err})", stacklevel=2)
-            else:
-                time.sleep(BASE_DELAY_S * 2**attempt)
-    return NullTracker(uri)
+    """open_run for runs opened mid-work (a trial, a benchmark job): an outage is waited out
+    (PATIENCE_S); a store gone for longer is warned about, naming the run, and the work goes
+    on (its results still reach the result files)."""
+    tracker = retry(lambda: open_run(uri, run_key, **kwargs), f"run {run_key}")
+    return NullTracker(uri) if tracker is None else tracker
 
 
 def runs_url(uri: str, experiment_id: str) -> str:

@@ -71,6 +71,7 @@ def test_mlflow_lost_mid_run_warns_and_results_still_land(synthetic_root, tmp_pa
 
     monkeypatch.setattr(tracking, "open_run", open_then_lose_store)
     monkeypatch.setattr(tracking, "BASE_DELAY_S", 0.01)
+    monkeypatch.setattr(tracking, "PATIENCE_S", 0.05)
     cfg = tiny_experiment(synthetic_root, train={"epochs": 1})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -202,6 +203,7 @@ def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_
 
     monkeypatch.setattr(tracking, "open_run", open_then_lose_store)
     monkeypatch.setattr(tracking, "BASE_DELAY_S", 0.01)
+    monkeypatch.setattr(tracking, "PATIENCE_S", 0.05)
     bench = from_dict(BenchmarkConfig, {
         "name": "lost", "eps": [8.0], "steps": [2], "n_panels": 0, "suite": "protocol",
         "datasets": [{"dataset": "synthetic", "root": str(synthetic_root), "categories": ["disc"],
