@@ -35,6 +35,13 @@ class StorageError(ClusterError):
     written; the message names it."""
 
 
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (pyarrow's and
+    the cloud SDKs' messages run over many lines)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run an entry point; user errors become one line on stderr and a non-zero exit code.
 

@@ -5,10 +5,11 @@ A crash, a full disk or a kill leaves either the old file or the new one, never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,17 @@ def check_name(name: str, what: str = "run name") -> str:
             " with '.'"
         )
     return name
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing), held for the `with` block: how
+    processes of one machine take turns (several writers of one store or cache entry)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

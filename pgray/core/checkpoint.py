@@ -20,7 +20,7 @@ import pgray
 from pgray.config import ExperimentConfig, ModelConfig
 from pgray.core.backbone import state_dict_problems
 from pgray.core.model import PatchGuard
-from pgray.errors import CheckpointError, ConfigError, PgrayError
+from pgray.errors import CheckpointError, ConfigError, PgrayError, first_line
 from pgray.io import atomic_write
 
 FORMAT_TAG = "pgray-patchguard-checkpoint"
@@ -149,7 +149,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for bad bytes: report them as one
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_TAG:
         raise CheckpointError(
             f"{path}: not a pgray checkpoint (no '{FORMAT_TAG}' tag; a reference PatchGuard"
@@ -164,11 +164,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"{path}: checkpoint has no {key} section")
     return ckpt
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def check_compatible(ckpt: dict[str, Any], expected: nn.Module | ModelConfig) -> None:

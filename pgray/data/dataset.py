@@ -91,8 +91,14 @@ class ADDataset(Dataset):
 
 
 def resolve_root(data_cfg: DataConfig) -> Path:
-    """The dataset root; an empty root with dataset "synthetic" means the cached demo dataset
-    (generated on first use; options seed / size / n_train / n_test choose which)."""
+    """The dataset root as a folder on this machine. An empty root with dataset "synthetic"
+    means the cached demo dataset (generated on first use; options seed / size / n_train /
+    n_test choose which); an s3:// or gs:// root is staged into this machine's cache."""
+    from pgray.data import staging
+    from pgray.data.synthetic import default_cache_dir
+
+    if staging.is_remote(data_cfg.root):
+        return staging.stage(data_cfg.root, default_cache_dir())
     if data_cfg.root:
         return Path(data_cfg.root).expanduser()
     if data_cfg.dataset == "synthetic":
@@ -103,6 +109,18 @@ def resolve_root(data_cfg: DataConfig) -> Path:
             **{k: int(data_cfg.options[k]) for k in keys if k in data_cfg.options}
         )
     raise DatasetError(f"data.root: required for dataset {data_cfg.dataset}")
+
+
+def portable_root(data_cfg: DataConfig) -> str:
+    """The root as every machine of a cluster can use it: an object-storage URI, or "" for
+    the generated dataset (each machine generates the same one), as given; a local path made
+    absolute (the same path on every node: a shared mount)."""
+    from pgray.data import staging
+
+    root = data_cfg.root
+    if not root or staging.is_remote(root):
+        return root
+    return str(Path(root).expanduser().resolve())
 
 
 def discover_split(data_cfg: DataConfig, split: str) -> list[Sample]:

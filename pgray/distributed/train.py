@@ -191,7 +191,7 @@ def fetch_train_checkpoint(uri: str, dest: Path) -> Path:
     gs:// URI) into `dest`; a storage that cannot be read fails naming it."""
     from ray.train import Checkpoint
 
-    from pgray.errors import StorageError
+    from pgray.errors import StorageError, first_line
     from pgray.io import copy_atomic
 
     if "://" not in uri and not uri.startswith("/"):
@@ -200,7 +200,7 @@ def fetch_train_checkpoint(uri: str, dest: Path) -> Path:
         with Checkpoint(uri).as_directory() as d:
             return copy_atomic(Path(d) / CHECKPOINT_FILE, dest)
     except (OSError, ValueError) as err:  # pyarrow's errors derive from these
-        raise StorageError(f"cannot read checkpoint {uri}: {_first_line(err)}") from None
+        raise StorageError(f"cannot read checkpoint {uri}: {first_line(err)}") from None
 
 
 def checkpoint_uri(checkpoint) -> str:
@@ -222,11 +222,6 @@ def report_to_tune():
             super().after_report(run_context, metrics, checkpoint)
 
     return ReportToTune()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 _CUDA_ON_GPU_NODES: bool | None = None

@@ -25,6 +25,7 @@ from pgray.distributed.tune_targets import (
     NoSearch,
     PerTargetScheduler,
     PerTargetSearch,
+    remember_results,
 )
 from pgray.errors import ClusterError, PgrayError
 
@@ -151,13 +152,14 @@ def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
     return PerTargetSearch(inner, space.budget.trials, metric, mode)
 
 
-def build_scheduler(space: SearchSpace, targets: list[str]):
+def build_scheduler(space: SearchSpace, targets: list[str], experiment: str = ""):
     if space.scheduler.type == "none":
         return None
     objective = space.objectives[0]
     return PerTargetScheduler(targets, objective.metric, objective.mode, max_t=space.epochs(),
                               grace_period=space.scheduler.grace_period,
-                              reduction_factor=space.scheduler.reduction_factor)
+                              reduction_factor=space.scheduler.reduction_factor,
+                              experiment=experiment)
 
 
 def derive_max_concurrent(res: Resources, cluster: dict[str, float], n_trials: int) -> int:
@@ -316,8 +318,9 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     if exists:
         tuner = tune.Tuner.restore(path, trainable=_trainable(ctx), resume_unfinished=True,
                                    resume_errored=True)
+        remember_results(path, tuner.get_results())  # what its ASHA hears again
     else:
-        scheduler = build_scheduler(ctx.space, targets)
+        scheduler = build_scheduler(ctx.space, targets, path)
         tuner = tune.Tuner(
             _trainable(ctx),
             param_space=param_space(ctx.space),

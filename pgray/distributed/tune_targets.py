@@ -1,11 +1,17 @@
 """One Optuna study and one ASHA per target (dataset, category), multiplexed into the single
 searcher and scheduler a Tune experiment takes: proxy AUROCs of different categories are not
-comparable, so a trial is only ever compared with trials of its own target."""
+comparable, so a trial is only ever compared with trials of its own target.
+
+Only Tune's public interfaces are used: the searcher saves and restores each inner study
+through the study's own `save`/`restore`; the scheduler, whose state Tune does not keep, hears
+a resumed experiment's past results again from `Tuner.get_results()` (`remember_results`)."""
 
 from __future__ import annotations
 
 import math
 import pickle
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler
@@ -24,21 +30,14 @@ class NoSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         pass
 
-
-class _PickledState:
-    """Tune saves and restores searchers and schedulers through these two methods: the whole
-    state is this object's own attributes (written by Tune into its experiment folder)."""
-
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        Path(checkpoint_path).write_bytes(b"")  # nothing to keep
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        pass
 
 
-class PerTargetSearch(_PickledState, Searcher):
+class PerTargetSearch(Searcher):
     """One inner searcher (an Optuna study) per target; trials are handed out round robin,
     `trials` per target, and each result is told to the study of its own target."""
 
@@ -80,9 +79,51 @@ class PerTargetSearch(_PickledState, Searcher):
         if target is not None:
             self._inner[target].on_trial_complete(trial_id, result=result, error=error)
 
+    def save(self, checkpoint_path: str) -> None:
+        """Tune keeps this file in the experiment: the hand-out counts, and each study as it
+        saves itself."""
+        studies = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for target, searcher in self._inner.items():
+                path = Path(tmp) / "study"
+                searcher.save(str(path))
+                studies[target] = path.read_bytes()
+        state = {"started": self._started, "owner": self._owner, "studies": studies}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self._started.update(state["started"])
+        self._owner = dict(state["owner"])
+        with tempfile.TemporaryDirectory() as tmp:
+            for target, blob in state["studies"].items():
+                if target in self._inner:
+                    path = Path(tmp) / "study"
+                    path.write_bytes(blob)
+                    self._inner[target].restore(str(path))
 
 
-class PerTargetScheduler(_PickledState, FIFOScheduler):
+
+# The results a restored experiment's trials reported before, by experiment path: Tune does
+# not keep scheduler state, so run_search reads them (`Tuner.get_results()`) before it
+# continues, and the scheduler replays each trial's when Tune adds it.
+_PAST_RESULTS: dict[str, dict[str, list[dict[str, Any]]]] = {}
+
+
+def remember_results(experiment: str, results) -> None:
+    """Keep every result of a restored experiment's trials (a ResultGrid) for its scheduler."""
+    past = {}
+    for result in results:
+        df = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get("trial_id")
+        if df is not None and trial_id:
+            past[trial_id] = df.to_dict("records")
+    _PAST_RESULTS[experiment] = past
+
+
+class PerTargetScheduler(FIFOScheduler):
     """ASHA per target: a trial is only compared with trials of its own category.
 
     It keeps its own record of which trials each inner ASHA knows and how many it stopped
@@ -90,7 +131,7 @@ class PerTargetScheduler(_PickledState, FIFOScheduler):
     """
 
     def __init__(self, targets: list[str], metric: str, mode: str, max_t: int,
-                 grace_period: int, reduction_factor: float):
+                 grace_period: int, reduction_factor: float, experiment: str = ""):
         from ray.tune.schedulers import ASHAScheduler
 
         super().__init__()
@@ -101,6 +142,7 @@ class PerTargetScheduler(_PickledState, FIFOScheduler):
                        for t in targets}
         self._known: dict[str, set[str]] = {t: set() for t in targets}
         self._stopped = dict.fromkeys(targets, 0)
+        self._experiment = experiment
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # the objective is fixed by the search space
@@ -112,15 +154,15 @@ class PerTargetScheduler(_PickledState, FIFOScheduler):
         target = self._target(trial)
         self._inner[target].on_trial_add(tune_controller, trial)
         self._known[target].add(trial.trial_id)
-        if trial.status == trial.TERMINATED or trial.has_reported_at_least_once:
-            self._replay(tune_controller, trial, target)
+        past = _PAST_RESULTS.get(self._experiment, {}).get(trial.trial_id)
+        if past:
+            self._replay(tune_controller, trial, target, past)
 
-    def _replay(self, tune_controller, trial, target: str) -> None:
+    def _replay(self, tune_controller, trial, target: str, past: list[dict[str, Any]]) -> None:
         """A restored trial: feed its recorded results to ASHA again, so a resumed sweep
-        compares new trials with the rungs the finished ones reached (Tune does not save
-        scheduler state)."""
+        compares new trials with the rungs the finished ones reached."""
         inner = self._inner[target]
-        for result in trial_results(trial):
+        for result in past:
             inner.on_trial_result(tune_controller, trial, result)
         if trial.status == trial.TERMINATED:
             self._forget(tune_controller, trial)
@@ -157,22 +199,6 @@ class PerTargetScheduler(_PickledState, FIFOScheduler):
     def debug_string(self) -> str:
         return "ASHA per target: " + ", ".join(
             f"{t} stopped {n}" for t, n in self._stopped.items())
-
-
-def trial_results(trial) -> list[dict[str, Any]]:
-    """Every result a trial reported, from its result.json in storage (one JSON a line)."""
-    import json
-
-    from ray.tune.result import EXPR_RESULT_FILE
-
-    storage = trial.storage
-    try:
-        path = f"{storage.trial_fs_path.rstrip('/')}/{EXPR_RESULT_FILE}"
-        with storage.storage_filesystem.open_input_stream(path) as f:
-            text = f.readall().decode()
-    except (OSError, RuntimeError):
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _measured(value) -> bool:

@@ -13,7 +13,13 @@ from typing import Any
 
 from pgray.config.benchmark import BenchmarkConfig, DatasetEntry
 from pgray.errors import CheckpointError
-from pgray.pipelines.benchmark_jobs import BenchJob, categories_of, checkpoint_path, jobs_for
+from pgray.pipelines.benchmark_jobs import (
+    BenchJob,
+    categories_of,
+    checkpoint_path,
+    entry_root,
+    jobs_for,
+)
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -41,7 +47,8 @@ class BenchmarkRun:
     def __init__(self, cfg: BenchmarkConfig, out: Path, *, mlflow_uri: str | None,
                  parent_run_id: str | None, force: bool, progress: bool) -> None:
         from pgray.io import ensure_dir
-        from pgray.tracking.mlflow_runs import check_tracking_uri, open_run, resolve_tracking_uri
+        from pgray.tracking.mlflow_runs import open_run
+        from pgray.tracking.mlflow_store import check_tracking_uri, resolve_tracking_uri
         from pgray.tracking.tables import read_rows
 
         self.cfg, self.out, self.progress = cfg, ensure_dir(out), progress
@@ -106,26 +113,32 @@ def run_benchmark(
     resume: bool = False,
     storage: str | None = None,
 ) -> BenchmarkResult:
+    from pgray.distributed.cluster import resolve_storage
     from pgray.pipelines.benchmark_jobs import detectors_of
-    from pgray.pipelines.train_eval import Evaluations
+    from pgray.pipelines.train_eval import Evaluations, check_targets, resolve_targets
 
-    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=parent_run_id,
-                       force=force, progress=progress)
     targets = [(e, c, d) for e in cfg.datasets for c in categories_of(e) for d in detectors_of(e)]
     missing = [t for t in targets if not checkpoint_path(*t).is_file()]
     _check_missing(cfg, missing)
     to_train = [(e, c) for e, c, d in missing if d is None]
     to_fit = [t for t in missing if t[2] is not None]
+    space = training_space(cfg, to_train) if to_train else None
+    if space is not None:  # on the driver, before anything is submitted
+        check_targets(space, resolve_targets(space))
+    store = resolve_storage(storage, out.resolve() / "ray") if to_train else None
+    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=parent_run_id,
+                       force=force, progress=progress)
     if to_train or not sequential:
-        _connect(address, run.uri)
+        _connect(address, run.uri, store, [entry_root(e) for e in cfg.datasets])
     evaluations = Evaluations(cfg.actors, sequential=sequential, progress=progress)
     for target in targets:
         if target not in missing:
             evaluations.add(run.jobs_of(*target), run.on_result)
     fits = BaselineFits(cfg, run, evaluations, to_fit, sequential=sequential)
     trained = 0
-    if to_train:
-        trained = train_missing(cfg, run, to_train, evaluations, storage=storage, resume=resume)
+    if space is not None:
+        trained = train_missing(cfg, run, space, to_train, evaluations, storage=store,
+                                resume=resume)
     evaluations.finish()  # and the fits: one wait for everything still to come
     result = run.finalize()
     result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
@@ -238,11 +251,14 @@ class BaselineFits:
         return bool(self.pending)
 
 
-def _connect(address: str | None, uri: str) -> None:
+def _connect(address: str | None, uri: str, storage: str | None, roots: list[str]) -> None:
+    """Join Ray; refuse a tracking store, a storage or a dataset root some node cannot use."""
     from pgray.distributed.cluster import check_tracking_reachable, connect
+    from pgray.distributed.preflight import check_nodes
 
     connect(address)
     check_tracking_reachable(uri)
+    check_nodes(storage, [r for r in roots if r])
 
 
 def training_space(cfg: BenchmarkConfig, missing: list[tuple[DatasetEntry, str]]):
@@ -267,27 +283,27 @@ def training_space(cfg: BenchmarkConfig, missing: list[tuple[DatasetEntry, str]]
     })
 
 
-def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, missing, evaluations, *,
-                  storage: str | None, resume: bool) -> int:
-    """Train the missing checkpoints as one Tune experiment; each category's evaluation jobs
-    join the pool the moment its training ends. Returns how many were trained."""
+def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, space, missing, evaluations, *,
+                  storage: str, resume: bool) -> int:
+    """Train the missing checkpoints (`space`: training_space of them) as one Tune
+    experiment; each category's evaluation jobs join the pool the moment its training ends.
+    Returns how many were trained."""
     import dataclasses
 
-    from pgray.distributed.cluster import resolve_storage, resolve_worker_gpus
+    from pgray.distributed.cluster import resolve_worker_gpus
     from pgray.distributed.tune import SweepContext
     from pgray.pipelines.train_eval import resolve_targets, train_each_target
 
-    space = training_space(cfg, missing)
     where = {f"{e.dataset}/{c}": (e, c) for e, c in missing}
     res = space.resources
     res = dataclasses.replace(res, gpus_per_worker=resolve_worker_gpus(
         res.gpus_per_worker, allow_cpu=res.allow_cpu, where="train_resources.gpus_per_worker"))
-    store = resolve_storage(storage, run.out / "ray")
     ctx = SweepContext(space=space, targets={t.key: t for t in resolve_targets(space)},
                        mlflow_uri=run.uri, parent_run_id=run.parent.run_id,
-                       train_storage=f"{store.rstrip('/')}/{space.name}-runs", resources=res)
+                       train_storage=f"{storage.rstrip('/')}/{space.name}-runs",
+                       resources=res)
     return train_each_target(
-        ctx, store, resume=resume, verbose=1 if run.progress else 0,
+        ctx, storage, resume=resume, verbose=1 if run.progress else 0,
         dest=lambda key: checkpoint_path(*where[key]),
         on_ready=lambda key: evaluations.add(run.jobs_of(*where[key]), run.on_result),
         evaluations=evaluations)

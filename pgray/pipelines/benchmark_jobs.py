@@ -103,17 +103,28 @@ class BenchJob:
 
 
 def entry_root(entry) -> str:
-    """The dataset root of a benchmark entry ("" + synthetic: the cached generated data)."""
+    """The dataset root of a benchmark entry as every node can use it (an absolute path, an
+    object-storage URI, or "" + synthetic: the generated data, made on each machine)."""
+    from pgray.data.dataset import portable_root
+
+    return portable_root(_entry_data(entry))
+
+
+def local_root(entry) -> str:
+    """The entry's dataset as a folder on this machine (staged or generated if need be)."""
     from pgray.data.dataset import resolve_root
 
-    data = DataConfig(dataset=entry.dataset, root=entry.root, options=dict(entry.options))
-    return str(resolve_root(data))
+    return str(resolve_root(_entry_data(entry)))
+
+
+def _entry_data(entry) -> DataConfig:
+    return DataConfig(dataset=entry.dataset, root=entry.root, options=dict(entry.options))
 
 
 def categories_of(entry) -> list[str]:
     from pgray.data.registry import get_layout
 
-    return get_layout(entry.dataset).select_categories(entry_root(entry), entry.categories)
+    return get_layout(entry.dataset).select_categories(local_root(entry), entry.categories)
 
 
 def protocol_runs(cfg: BenchmarkConfig, eps: float) -> list[AttackConfig]:
@@ -166,7 +177,8 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
     evaluated = evaluated_checkpoint(ckpt) if trained_here else Evaluated(ckpt, ckpt.name, None)
     root = entry_root(entry)
     options = DataConfig(dataset=entry.dataset, options=dict(entry.options)).layout_options()
-    n_test = len(get_layout(entry.dataset).discover(root, category, "test", options))
+    n_test = len(get_layout(entry.dataset).discover(local_root(entry), category, "test",
+                                                    options))
     sha = file_sha256(evaluated.path)
     return [BenchJob(
         dataset=entry.dataset, root=root, category=category,

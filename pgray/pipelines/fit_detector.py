@@ -4,6 +4,7 @@ images of one category, in this process or as a Ray task on a GPU, and leave a c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,18 @@ def _fit_task(detector: dict[str, Any], data: dict[str, Any], batch_size: int):
 
 def fit_detector(req: FitRequest) -> FitResult:
     from pgray.config.base import to_dict
-    from pgray.data.dataset import discover_split
+    from pgray.data.dataset import discover_split, portable_root
     from pgray.detectors.registry import build, get
     from pgray.errors import ConfigError
     from pgray.io import ensure_dir
-    from pgray.tracking.mlflow_runs import check_tracking_uri, resolve_tracking_uri
+    from pgray.tracking.mlflow_store import check_tracking_uri, resolve_tracking_uri
 
     if not get(req.detector.name).fitted:
         raise ConfigError(f"--detector {req.detector.name}: not a fitted baseline; train"
                           " PatchGuard without --detector")
+    # the root as a Ray task on another node finds it (absolute path, or a URI as given)
+    req = dataclasses.replace(req, data=dataclasses.replace(req.data,
+                                                            root=portable_root(req.data)))
     discover_split(req.data, "train")  # a bad dataset fails before any work
     build(req.detector)  # and so do bad detector options
     ensure_dir(req.out)
@@ -134,8 +138,10 @@ def _fit_on_ray(req: FitRequest, uri: str, args: tuple) -> dict[str, Any]:
         connect,
         resolve_worker_gpus,
     )
+    from pgray.distributed.preflight import check_nodes
 
     connect(req.address)
     check_tracking_reachable(uri)
+    check_nodes(None, [req.data.root] if req.data.root else [])
     gpus = resolve_worker_gpus(req.gpus, allow_cpu=True, where="--gpus-per-worker")
     return ray.get(fit_task(1.0, gpus).remote(*args))

@@ -55,11 +55,12 @@ class SweepResult:
 
 def run_sweep(req: SweepRequest) -> SweepResult:
     from pgray.distributed.cluster import check_tracking_reachable, connect, resolve_storage
-    from pgray.tracking.mlflow_runs import (
+    from pgray.distributed.preflight import check_nodes
+    from pgray.tracking.mlflow_links import runs_url
+    from pgray.tracking.mlflow_store import (
         check_tracking_uri,
         ensure_experiment,
         resolve_tracking_uri,
-        runs_url,
     )
 
     started = time.perf_counter()
@@ -71,10 +72,12 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     uri = resolve_tracking_uri(req.mlflow_uri)
     check_tracking_uri(uri)
     storage = resolve_storage(req.storage, out / "ray")
+    joined = connect(req.address, worker_logs=req.verbose)
+    check_tracking_reachable(uri)
+    check_nodes(storage, [t.root for t in targets if t.root])  # before anything is submitted
     parent = _open_parent(space, uri, out)
     _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
-              f" of {space.epochs()} epoch(s); {connect(req.address, worker_logs=req.verbose)}")
-    check_tracking_reachable(uri)
+              f" of {space.epochs()} epoch(s); {joined}")
     from pgray.distributed.tune import SweepContext
     from pgray.pipelines.train_eval import Evaluations, run_trainings
 
@@ -130,7 +133,8 @@ def compare_links(uri: str, experiment: str, parent_id: str, sweep: str,
                   targets: list[Target]) -> dict[str, str]:
     """Per target, the MLflow compare view of this sweep's trials (not its clean twins, nor
     the trials of an earlier sweep of the same name)."""
-    from pgray.tracking.mlflow_runs import compare_url, find_runs
+    from pgray.tracking.mlflow_links import compare_url
+    from pgray.tracking.mlflow_runs import find_runs
 
     links = {}
     for t in targets:

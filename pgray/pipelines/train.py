@@ -49,24 +49,38 @@ class TrainResult:
     selected_checkpoint: Path | None = None
 
 
-def validate_inputs(cfg: ExperimentConfig) -> None:
+def validate_inputs(cfg: ExperimentConfig, seen: set[str] | None = None) -> None:
     """Fail on a bad dataset, backbone, top-k or attention layer before any worker, Ray or
-    MLflow run starts."""
+    MLflow run starts. With `seen` (shared across calls), each distinct dataset is discovered
+    and each distinct architecture built once."""
+    import json
+
+    from pgray.config.base import to_dict
     from pgray.core.model import PatchGuard
     from pgray.data.dataset import discover_split
 
-    discover_split(cfg.data, "train")
-    model = PatchGuard(dataclasses.replace(cfg.model, pretrained=False, weights=None))
-    if cfg.loss.attention_lambda > 0 and cfg.loss.attention_layers:
-        with model.capture_attention(cfg.loss.attention_layers):
-            pass
+    seen = set() if seen is None else seen
+    data_key = json.dumps(["data", to_dict(cfg.data)], sort_keys=True, default=str)
+    if data_key not in seen:
+        discover_split(cfg.data, "train")
+        seen.add(data_key)
+    layers = cfg.loss.attention_layers if cfg.loss.attention_lambda > 0 else []
+    model_key = json.dumps(["model", to_dict(cfg.model), layers], sort_keys=True, default=str)
+    if model_key not in seen:
+        model = PatchGuard(dataclasses.replace(cfg.model, pretrained=False, weights=None))
+        if layers:
+            with model.capture_attention(layers):
+                pass
+        seen.add(model_key)
 
 
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Ray workers start in other folders: make the dataset root and weights absolute."""
+    """Ray workers start in other folders: make the dataset root (unless a URI) and the
+    weights absolute."""
+    from pgray.data.dataset import portable_root
+
     data, model = cfg.data, cfg.model
-    if data.root:
-        data = dataclasses.replace(data, root=str(Path(data.root).expanduser().resolve()))
+    data = dataclasses.replace(data, root=portable_root(data))
     if model.weights:
         model = dataclasses.replace(model, weights=str(Path(model.weights).expanduser().resolve()))
     return dataclasses.replace(cfg, data=data, model=model)
@@ -78,12 +92,9 @@ def train_category(req: TrainRequest) -> TrainResult:
     from pgray.config.base import check_worker_gpus
     from pgray.core.checkpoint import write_selected
     from pgray.io import ensure_dir, write_json, write_text
-    from pgray.tracking.mlflow_runs import (
-        check_tracking_uri,
-        open_run,
-        resolve_tracking_uri,
-        runs_url,
-    )
+    from pgray.tracking.mlflow_links import runs_url
+    from pgray.tracking.mlflow_runs import open_run
+    from pgray.tracking.mlflow_store import check_tracking_uri, resolve_tracking_uri
 
     req = dataclasses.replace(req, config=absolute_paths(req.config))
     cfg = req.config
@@ -168,10 +179,13 @@ def _connect_ray(req: TrainRequest, uri: str) -> tuple[str, float]:
         resolve_storage,
         resolve_worker_gpus,
     )
+    from pgray.distributed.preflight import check_nodes
 
     storage = resolve_storage(req.storage, req.out / "ray_storage")
     connect(req.address)
     check_tracking_reachable(uri)
+    roots = [req.config.data.root] if req.config.data.root else []
+    check_nodes(storage, roots)
     gpus = resolve_worker_gpus(req.gpus_per_worker, allow_cpu=req.allow_cpu,
                                where="--gpus-per-worker")
     return storage, gpus

@@ -247,27 +247,40 @@ def trial_checkpoint(trial) -> str | None:
 
 
 def resolve_targets(space: SearchSpace) -> list[Target]:
-    """Every (dataset, category) of the space with an absolute root; `generated` creates the
-    synthetic dataset in the cache on first use."""
+    """Every (dataset, category) of the space, its root as every node can use it (absolute
+    path, object-storage URI, or "" for the generated dataset, which each machine generates
+    in its cache on first use)."""
     from pgray.config import DataConfig
     from pgray.config.search_sections import GENERATED_ROOT
-    from pgray.data.dataset import resolve_root
+    from pgray.data.dataset import portable_root, resolve_root
     from pgray.data.registry import get_layout
 
     targets = []
     for entry in space.target_entries():
         root_value = "" if entry.root == GENERATED_ROOT else entry.root
         data = DataConfig(dataset=entry.dataset, root=root_value, options=dict(entry.options))
-        root = str(Path(resolve_root(data)).expanduser().resolve())
-        for category in get_layout(entry.dataset).select_categories(root, entry.categories):
+        root, here = portable_root(data), str(resolve_root(data))
+        for category in get_layout(entry.dataset).select_categories(here, entry.categories):
             targets.append(Target(entry.dataset, root, category,
                                   tuple(sorted(dict(entry.options).items()))))
     return targets
 
 
 def check_targets(space: SearchSpace, targets: list[Target]) -> None:
-    """Fail on a missing dataset or category before Ray or MLflow start anything."""
+    """Fail on a missing dataset or category, or a config the model cannot be built from,
+    before Ray or MLflow start anything: each target's fixed config and each searched key at
+    the values that stand for its range (a bad value found in a worker costs minutes of
+    retries). Each distinct dataset and architecture is checked once."""
+    from pgray.errors import ConfigError
     from pgray.pipelines.train import validate_inputs
 
+    variants = [{}] + [{key: value} for key, spec in space.search.items()
+                       for value in spec.representatives()]
+    seen: set[str] = set()
     for target in targets:
-        validate_inputs(space.trial_config(target, {}))
+        for params in variants:
+            try:
+                validate_inputs(space.trial_config(target, params), seen)
+            except ConfigError as err:
+                where = ", ".join(f"search.{k} = {v!r}" for k, v in params.items())
+                raise ConfigError(f"{where}: {err}" if where else str(err)) from None

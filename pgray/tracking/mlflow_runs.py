@@ -12,51 +12,23 @@ buffer, not a blocked request, absorbs the wait.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgray.errors import ClusterError
+from pgray.tracking.mlflow_store import (
+    DEFAULT_EXPERIMENT,
+    client_for,
+    ensure_experiment,
+    store_lock,
+)
 
 T = TypeVar("T")
 RUN_KEY_TAG = "pgray.run_key"
-DEFAULT_EXPERIMENT = "pgray"
-
-
-def resolve_tracking_uri(cli_value: str | None = None) -> str:
-    """--mlflow-uri, then MLFLOW_TRACKING_URI, then an SQLite file in the working directory."""
-    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        uri = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    return uri
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail before any work starts when the tracking store cannot be used."""
-    if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
-                if resp.status != 200:
-                    raise ClusterError(f"MLflow server {uri} answered /health with {resp.status}")
-        except (urllib.error.URLError, OSError) as err:
-            raise ClusterError(
-                f"MLflow tracking server {uri} is unreachable ({err}); start it or set"
-                " --mlflow-uri / MLFLOW_TRACKING_URI"
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        parent = Path(uri.removeprefix("sqlite:///")).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ClusterError(f"MLflow store folder {parent} does not exist or is not writable")
-    elif "://" in uri and not uri.startswith(("file://", "databricks", "postgresql", "mysql")):
-        raise ClusterError(f"unsupported MLflow tracking URI scheme: {uri}")
 
 
 BASE_DELAY_S = 0.5  # first back-off; doubles with each attempt, up to MAX_DELAY_S
@@ -64,11 +36,6 @@ MAX_DELAY_S = 5.0
 # How long an unreachable tracking store is waited for before what waits on it is dropped.
 PATIENCE_S = float(os.environ.get("PGRAY_MLFLOW_PATIENCE_S", "120"))
 BACKLOG_LIMIT = 10_000  # buffered calls per run; beyond it the oldest are dropped (warned)
-# MLflow's own retries of one HTTP request (defaults: 7 tries over minutes); pgray's buffer
-# and back-off take over, so a request to a server that is down fails fast.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class _Outage:
@@ -117,61 +84,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)[:6000]
     return out
-
-
-_PREPARED: set[str] = set()
-
-
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock beside an SQLite store's file (nothing for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(uri.removeprefix("sqlite:///"))
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def prepare_store(uri: str) -> None:
-    """Open the store once per process under the store lock. MLflow creates a new SQLite
-    store's tables when it first opens it, and two processes doing that at the same moment
-    collide ("table experiments already exists"); whoever comes second now finds the tables.
-    MLflow caches the opened store per URI, so later clients skip the creation."""
-    if uri in _PREPARED:
-        return
-    from mlflow.tracking import MlflowClient
-
-    with _store_lock(uri):
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    _PREPARED.add(uri)
-
-
-def client_for(uri: str, *, existing: bool = False):
-    """An MlflowClient of a store that is ready (every client of pgray comes from here).
-    `existing`: the store must already be there (a process on another node than the one that
-    created it would otherwise start an empty SQLite file of its own)."""
-    from mlflow.tracking import MlflowClient
-
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if existing and uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            import socket
-
-            raise ClusterError(
-                f"MLflow store {db} does not exist on {socket.gethostname()}: a node that"
-                " cannot see the driver's SQLite file (one that joined later, say) would log"
-                " into a file of its own; use an MLflow server (MLFLOW_TRACKING_URI=http://...)")
-    prepare_store(uri)
-    return MlflowClient(tracking_uri=uri)
 
 
 class Tracker:
@@ -291,40 +203,6 @@ class Tracker:
                    wait=True)
 
 
-def artifact_location(uri: str) -> str | None:
-    """Artifacts of an SQLite store live beside the .db file, not in ./mlruns of whatever
-    folder the process runs in (under `ray job submit` that is a throwaway copy)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).resolve()
-        return (db.parent / "mlartifacts").as_uri()
-    return None  # a tracking server chooses its own artifact store
-
-
-# Marks an experiment as model training, so the MLflow UI shows its runs table.
-KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
-    """The experiment's id, created on first use (by one process at a time).
-
-    The kind tag is written with the experiment, or once under the lock when missing: an
-    unguarded tag write from several processes starting together races on the store's
-    unique key."""
-    client = client_for(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None and exp.tags.get(KIND_TAG) == KIND:
-        return exp.experiment_id
-    with _store_lock(uri):
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            return client.create_experiment(name, artifact_location=artifact_location(uri),
-                                            tags={KIND_TAG: KIND})
-        if exp.tags.get(KIND_TAG) != KIND:
-            retry(lambda: client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND),
-                  "experiment kind tag")
-        return exp.experiment_id
-
-
 def open_run(
     uri: str,
     run_key: str,
@@ -340,7 +218,7 @@ def open_run(
     client = client_for(uri, existing=existing)
     exp_id = ensure_experiment(uri, experiment)
     safe_key = run_key.replace("'", "")
-    with _store_lock(uri):
+    with store_lock(uri):
         found = client.search_runs([exp_id], max_results=1,
                                    filter_string=f"tags.`{RUN_KEY_TAG}` = '{safe_key}'")
         if found:
@@ -387,36 +265,6 @@ def open_run_or_warn(uri: str, run_key: str, **kwargs) -> Tracker | NullTracker:
     on (its results still reach the result files)."""
     tracker = retry(lambda: open_run(uri, run_key, **kwargs), f"run {run_key}")
     return NullTracker(uri) if tracker is None else tracker
-
-
-def runs_url(uri: str, experiment_id: str) -> str:
-    """Where to look: the 'Training runs' table, not the GenAI overview the UI opens first."""
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-    return (
-        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
-    )
-
-
-def ui_base(uri: str) -> str:
-    """Where the MLflow UI answers: the tracking server itself, or `mlflow ui` started on
-    127.0.0.1:5000 for a local store (runs_url says how)."""
-    if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
-    return "http://127.0.0.1:5000"
-
-
-def compare_url(uri: str, experiment_id: str, run_ids: list[str]) -> str:
-    """The MLflow UI's compare view of these runs (parameters, metrics, curves side by side)."""
-    import json
-    from urllib.parse import quote
-
-    def listed(items) -> str:  # as the UI writes it: JSON.stringify, no spaces
-        return quote(json.dumps([str(i) for i in items], separators=(",", ":")))
-
-    runs, experiments = listed(run_ids), listed([experiment_id])
-    return f"{ui_base(uri)}/#/compare-runs?runs={runs}&experiments={experiments}"
 
 
 def find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[str]:

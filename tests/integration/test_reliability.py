@@ -243,7 +243,7 @@ def test_four_trainings_started_together_on_a_new_store_all_succeed(synthetic_ro
 
 
 def _ensure_after_barrier(uri, barrier, errors):
-    from pgray.tracking.mlflow_runs import ensure_experiment
+    from pgray.tracking.mlflow_store import ensure_experiment
 
     barrier.wait()
     try:
@@ -283,7 +283,7 @@ def test_reopening_a_tagged_experiment_writes_nothing(tmp_path):
     another process holds the store's write lock (a write here would wait and fail)."""
     import sqlite3
 
-    from pgray.tracking.mlflow_runs import ensure_experiment
+    from pgray.tracking.mlflow_store import ensure_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_id = ensure_experiment(uri)

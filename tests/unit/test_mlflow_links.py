@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-from pgray.tracking.mlflow_runs import compare_url, runs_url
+from pgray.tracking.mlflow_links import compare_url, runs_url
 
 
 def _ui_bundle() -> str:

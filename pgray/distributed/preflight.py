@@ -1,0 +1,137 @@
+"""Checks on every node before anything is submitted: can each machine that will train or
+evaluate read the run's storage and every dataset root?
+
+On one machine nothing is asked (the driver's own checks cover it). On a cluster the driver
+writes a marker into the storage and a task pinned to each node that can run work reads it
+back and looks for the dataset roots; a node that cannot is named in one error, instead of a
+training failing on it minutes later. Nodes that join afterwards (autoscaling) are not asked:
+their failures surface in the work itself, with errors that name the storage or the root.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from pgray.errors import DatasetError, StorageError, first_line
+
+PROBE_TIMEOUT_S = 120.0
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def write_marker(storage: str) -> str:
+    """Write a small file into the storage (local folder or URI); returns its location. An
+    unwritable storage (no credentials, no bucket, read-only) fails here, naming it."""
+    from pyarrow import fs
+
+    marker = f"{storage.rstrip('/')}/.pgray-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        filesystem, path = fs.FileSystem.from_uri(marker if is_uri(marker)
+                                                  else Path(marker).as_uri())
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as out:
+            out.write(b"pgray")
+    except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+        raise StorageError(f"storage {storage} cannot be written from the driver:"
+                           f" {first_line(err)}{_credentials_hint(storage)}") from None
+    return marker
+
+
+def remove_marker(marker: str) -> None:
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(marker if is_uri(marker)
+                                                  else Path(marker).as_uri())
+        filesystem.delete_file(path)
+    except (OSError, ValueError):
+        pass
+
+
+def node_problems(marker: str | None, roots: list[str]) -> list[str]:
+    """What this node cannot see (runs on each node)."""
+    from pyarrow import fs
+
+    problems = []
+    if marker is not None:
+        try:
+            filesystem, path = fs.FileSystem.from_uri(marker if is_uri(marker)
+                                                      else Path(marker).as_uri())
+            with filesystem.open_input_stream(path) as f:
+                f.read()
+        except (OSError, ValueError) as err:
+            storage = marker.rsplit("/", 1)[0]
+            problems.append(f"storage {storage} is not readable ({first_line(err)})")
+    for root in roots:
+        if is_uri(root):
+            try:
+                filesystem, path = fs.FileSystem.from_uri(root)
+                info = filesystem.get_file_info(path)
+                if info.type == fs.FileType.NotFound:
+                    problems.append(f"dataset root {root} does not exist")
+            except (OSError, ValueError) as err:
+                problems.append(f"dataset root {root} is not readable ({first_line(err)})")
+        elif not Path(root).is_dir():
+            problems.append(f"dataset root {root} is missing")
+    return problems
+
+
+def check_nodes(storage: str | None, roots: list[str]) -> None:
+    """Refuse, before any work is submitted, a storage or a dataset root that some node which
+    can run work does not see. `storage`: where checkpoints go (None: nothing is trained)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and (
+        n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)]
+    here = ray.get_runtime_context().get_node_id()
+    roots = sorted(set(roots))
+    one_machine = not nodes or all(n["NodeID"] == here for n in nodes)
+    if storage and is_uri(storage) and one_machine:
+        remove_marker(write_marker(storage))  # credentials and bucket, from the driver
+    if one_machine:
+        return  # the driver's own checks have seen the rest
+    marker = write_marker(storage) if storage else None
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(node_problems)
+        asks = {n["NodeManagerAddress"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(marker, roots) for n in nodes}
+        ready, _ = ray.wait(list(asks.values()), num_returns=len(asks),
+                            timeout=PROBE_TIMEOUT_S)
+        found = {ip: ray.get(ref) if ref in ready else [f"no answer in {PROBE_TIMEOUT_S:g} s"]
+                 for ip, ref in asks.items()}
+    finally:
+        if marker is not None:
+            remove_marker(marker)
+    bad = {ip: problems for ip, problems in found.items() if problems}
+    if bad:
+        _refuse(bad, storage, len(nodes))
+
+
+def _refuse(bad: dict[str, list[str]], storage: str | None, n_nodes: int) -> None:
+    where = "; ".join(f"node {ip}: {', '.join(problems)}" for ip, problems in sorted(bad.items()))
+    storage_bad = any(p.startswith("storage") for problems in bad.values() for p in problems)
+    if storage_bad and storage and not is_uri(storage):
+        raise StorageError(
+            f"{where}. On a cluster of {n_nodes} nodes, --storage must be a folder every node"
+            " mounts at the same path (NFS) or an s3:// / gs:// URI (checkpoints written on"
+            " one node are read on another)")
+    if storage_bad:
+        raise StorageError(f"{where}{_credentials_hint(storage or '')}")
+    raise DatasetError(
+        f"{where}. Every node needs each dataset at the same path (a shared, read-only mount)"
+        " or an s3:// root, which each node stages into its own cache")
+
+
+def _credentials_hint(storage: str) -> str:
+    if storage.startswith("s3://"):
+        return ("; every node needs S3 credentials and the endpoint (AWS_ACCESS_KEY_ID,"
+                " AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for a store other than AWS)")
+    if storage.startswith(("gs://", "gcs://")):
+        return "; every node needs Google Cloud credentials (GOOGLE_APPLICATION_CREDENTIALS)"
+    return ""
+
