@@ -8,11 +8,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clusters/local/install.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,cluster]"
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	clusters/local/install.sh
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.quiet, sequential=args.sequential,
                            address=args.address, resume=args.resume, storage=args.storage)
     print(result.table_text)
-    print(f"{result.ran} jobs run, {result.skipped} skipped (already done)")
+    print(f"{result.trained} checkpoint(s) trained or fitted; {result.ran} jobs run,"
+          f" {result.skipped} skipped (already done)")
     print(f"results: {result.parquet}\ntable:   {result.markdown}")
     return 0
 

@@ -124,3 +124,14 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def spool_copy(path: str | Path) -> Path:
+    """A copy of a file in a folder of its own (same name), for work that reads it later
+    while the original may go away; remove the folder when done."""
+    import shutil
+
+    spool = Path(tempfile.mkdtemp(prefix="pgray-spool-"))
+    copy = spool / Path(path).name
+    shutil.copy2(path, copy)
+    return copy

@@ -446,18 +446,37 @@ class LocalCluster:
             "--disable-usage-stats",
         ], self._base_env(), cwd=self.dir)
 
-    def _nodes_alive(self) -> dict[str, bool] | None:
-        """Node IP -> alive, from the dashboard's State API (None while it does not answer)."""
+    def state_api(self, resource: str, **filters: str) -> list[dict] | None:
+        """Rows of Ray's State API (`nodes`, `actors`, ...) with `key=value` filters, asked
+        over HTTP with the cluster's token; None while the dashboard does not answer."""
+        from urllib.parse import urlencode
+
         token = (self.dir / "secrets" / "ray_token").read_text().strip()
-        url = (f"http://127.0.0.1:{self.state['ports']['dashboard']}/api/v0/nodes"
-               "?limit=1000&detail=false")
+        query = [("limit", "10000"), ("detail", "true")]
+        for key, value in filters.items():
+            query += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
+        url = (f"http://127.0.0.1:{self.state['ports']['dashboard']}/api/v0/{resource}?"
+               + urlencode(query))
         try:
             req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=10) as resp:
                 data = json.loads(resp.read())
         except (urllib.error.URLError, OSError, ValueError):
             return None
-        rows = data.get("data", {}).get("result", {}).get("result", [])
+        return data.get("data", {}).get("result", {}).get("result", [])
+
+    def nodes_running(self, class_name: str) -> list[str]:
+        """The worker nodes (by name) where a live actor of this class runs."""
+        ips = {row["node_id"]: row["node_ip"] for row in self.state_api("nodes") or []}
+        names = {n["ip"]: name for name, n in self.state["nodes"].items()}
+        actors = self.state_api("actors", class_name=class_name, state="ALIVE") or []
+        return sorted({names[ip] for a in actors if (ip := ips.get(a.get("node_id"))) in names})
+
+    def _nodes_alive(self) -> dict[str, bool] | None:
+        """Node IP -> alive, from the dashboard's State API (None while it does not answer)."""
+        rows = self.state_api("nodes")
+        if rows is None:
+            return None
         out: dict[str, bool] = {}
         for row in rows:  # a restarted node's IP appears dead, then alive
             ip = row.get("node_ip")

@@ -158,7 +158,7 @@ class Resources:
     # cluster deadlocks with trials holding every CPU while their workers wait.
     trial_cpus: float = 0.25
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs fit
-    max_failures: int = 1  # worker failures a trial's Train run survives
+    max_failures: int = 1  # failures a trial survives (lost worker or node): resumed from checkpoint
 
     def validate(self) -> None:
         check(self.workers_per_trial >= 1, "workers_per_trial", "must be >= 1")

@@ -89,6 +89,8 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
             metrics |= ctx.epoch_hook(model)
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["epoch"] = float(epoch + 1)
+        # where this run (re)started: 0, or the epoch of the checkpoint it resumed from
+        metrics["resumed_from_epoch"] = float(start_epoch)
         metrics["epoch_time_s"] = time.perf_counter() - started
         # normal images per second over all workers (each step also trains their pseudo-anomalies)
         metrics["images_per_s"] = (metrics["steps"] * batch * ctx.world_size

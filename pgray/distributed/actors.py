@@ -3,19 +3,24 @@
 The pool knows jobs only through `job.key`, `job.cost` and `job.label()`, and workers only
 through `make_worker(assigned_gpus=..., node=...)` and `worker.run(job, *inputs)`, where
 `inputs(job)` (optional) gives object references that Ray resolves on the actor's node: how a
-file on the driver's disk (a checkpoint) reaches an actor on another machine. It is built on Ray's
-`ActorPool` and adds what a cluster shared with training needs:
+file on the driver's disk (a checkpoint) reaches an actor on another machine. What a cluster
+shared with training needs:
 - it never holds more actors than the cluster's total resources fit, counting every resource
   an actor asks for (an actor that can never be scheduled would keep its jobs forever);
 - actors are created when jobs wait and ended when none do, so their GPUs go back to the
   trainings that Ray schedules beside them (no fixed split of the cluster);
-- the costliest waiting job starts first; a job already queued or done is not queued again.
-Actors restart (on another node if theirs is gone) and their in-flight job is retried.
+- the costliest waiting job starts first; a job already queued or done is not queued again;
+- an actor lost with its node is dropped and its job queued again for a new actor (up to
+  `max_retries` times); a job that fails in its own code is reported once, not retried, and
+  the others go on (`failures`).
+It waits on the actors' futures itself (`ray.wait`): Ray's ActorPool does not say which job a
+failed future belonged to.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +58,6 @@ class EvalPool:
                  max_actors: int, max_retries: int, on_result: Callable[[Job, Any], None],
                  progress: bool = True, inputs: Callable[[Job], list] | None = None) -> None:
         import ray
-        from ray.util import ActorPool
 
         from pgray.errors import ClusterError
         from pgray.tracking.progress import JobProgress
@@ -64,18 +68,20 @@ class EvalPool:
                 f"an evaluation actor asks for {cpus:g} CPU and {gpus:g} GPU, more than the"
                 f" cluster has ({dict(ray.cluster_resources())}); lower actors.cpus/gpus")
         # SPREAD: actors land on different nodes, so one lost node costs one actor, not all.
-        self._actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=max_retries,
-                                     max_task_retries=max_retries,
+        self._actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus,
                                      scheduling_strategy="SPREAD")(PoolWorker)
         self._make_worker = make_worker
-        self._pool = ActorPool([])
+        self._max_retries = max_retries
+        self._idle: list[Any] = []
         self._actors = 0
         self._waiting: list[Job] = []
         self._seen: set[str] = set()
-        self._running: dict[str, Job] = {}
+        self._running: dict[Any, tuple[Job, Any]] = {}  # future -> (job, actor)
+        self._lost: dict[str, int] = {}  # job key -> actors lost while running it
         self._on_result = on_result
         self._inputs = inputs or (lambda job: [])
         self._progress = JobProgress([], progress)
+        self.failures: list[tuple[Job, str]] = []  # jobs that failed in their own code
         self.peak_actors = 0
 
     @property
@@ -86,50 +92,87 @@ class EvalPool:
         """Queue the jobs not queued before; returns how many were new."""
         new = [j for j in jobs if j.key not in self._seen]
         self._seen.update(j.key for j in new)
-        self._waiting += new
-        self._waiting.sort(key=lambda j: -j.cost)
         self._progress.expect(new)
-        self._start_waiting()
+        self._queue(new)
         return len(new)
+
+    def _queue(self, jobs: list[Job]) -> None:
+        self._waiting += jobs
+        self._waiting.sort(key=lambda j: -j.cost)
+        self._start_waiting()
 
     def _start_waiting(self) -> None:
         import ray
 
         while self._waiting:
-            if not self._pool.has_free():
+            if not self._idle:
                 if self._actors >= self._limit:
                     return
-                self._pool.push(self._actor_cls.remote(self._make_worker))
+                self._idle.append(self._actor_cls.remote(self._make_worker))
                 self._actors += 1
                 self.peak_actors = max(self.peak_actors, self._actors)
-            job = self._waiting.pop(0)
-            self._running[job.key] = job
-            self._pool.submit(lambda actor, j: actor.run.remote(j, *self._inputs(j)), job)
-        while self._pool.has_free():  # nothing waits: idle actors give their GPUs back
-            ray.kill(self._pool.pop_idle())
+            job, actor = self._waiting.pop(0), self._idle.pop()
+            self._running[actor.run.remote(job, *self._inputs(job))] = (job, actor)
+        while self._idle:  # nothing waits: idle actors give their GPUs back
+            ray.kill(self._idle.pop())
             self._actors -= 1
 
     def poll(self, timeout: float | None = 0.0) -> int:
         """Hand on every finished result (waiting up to `timeout` for the first one)."""
+        import ray
+
         done = 0
-        while self._pool.has_next():
-            try:
-                key, result = self._pool.get_next_unordered(timeout=timeout)
-            except TimeoutError:
+        while self._running:
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
+            if not ready:
                 break
-            job = self._running.pop(key)
-            self._on_result(job, result)
-            self._progress.update(job, self._running)
-            done += 1
             timeout = 0.0
+            job, actor = self._running.pop(ready[0])
+            try:
+                _, result = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                self._actor_lost(job, actor, err)
+                continue
+            except ray.exceptions.RayTaskError as err:
+                self._job_failed(job, actor, err)
+                continue
+            self._idle.append(actor)
+            self._on_result(job, result)
+            self._progress.update(job, {k: j for k, (j, _) in self._running.items()})
+            done += 1
             self._start_waiting()
         return done
 
+    def _actor_lost(self, job: Job, actor: Any, err: BaseException) -> None:
+        """Its node went away (or the actor died): a new actor takes the job."""
+        import ray
+
+        ray.kill(actor)
+        self._actors -= 1
+        self._lost[job.key] = self._lost.get(job.key, 0) + 1
+        if self._lost[job.key] > self._max_retries:
+            self._job_failed(job, None, err)
+            return
+        warnings.warn(f"evaluation actor lost while running {job.label()}; retrying it"
+                      f" ({self._lost[job.key]} of {self._max_retries})", stacklevel=2)
+        self._queue([job])
+
+    def _job_failed(self, job: Job, actor: Any, err: BaseException) -> None:
+        from pgray.errors import first_line
+
+        cause = getattr(err, "cause", None) or err
+        self.failures.append((job, first_line(cause)))
+        warnings.warn(f"evaluation {job.label()} failed: {first_line(cause)}", stacklevel=2)
+        if actor is not None:
+            self._idle.append(actor)
+        self._progress.update(job, {k: j for k, (j, _) in self._running.items()})
+        self._start_waiting()
+
     def drain(self) -> None:
-        while self._waiting or self._pool.has_next():
+        while self._waiting or self._running:
             self.poll(timeout=None)
         self._start_waiting()
 
     @property
     def busy(self) -> bool:
-        return bool(self._waiting or self._pool.has_next())
+        return bool(self._waiting or self._running)

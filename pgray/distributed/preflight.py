@@ -51,6 +51,18 @@ def remove_marker(marker: str) -> None:
         pass
 
 
+def blame_storage(storage: str, err: BaseException) -> None:
+    """After a run failed with `err`: if its storage does not answer now, raise the error that
+    says so (the likely cause, and what to do); else return and let `err` speak."""
+    try:
+        remove_marker(write_marker(storage))
+    except StorageError:
+        raise StorageError(
+            f"the run failed while its storage {storage} does not answer"
+            f" ({first_line(err)[:300]}); once the storage is back, continue with --resume"
+            " (finished trainings are kept)") from None
+
+
 def node_problems(marker: str | None, roots: list[str]) -> list[str]:
     """What this node cannot see (runs on each node)."""
     from pyarrow import fs
@@ -102,14 +114,27 @@ def check_nodes(storage: str | None, roots: list[str]) -> None:
         ).remote(marker, roots) for n in nodes}
         ready, _ = ray.wait(list(asks.values()), num_returns=len(asks),
                             timeout=PROBE_TIMEOUT_S)
-        found = {ip: ray.get(ref) if ref in ready else [f"no answer in {PROBE_TIMEOUT_S:g} s"]
-                 for ip, ref in asks.items()}
+        found = {ip: _answer(ref, ref in ready) for ip, ref in asks.items()}
     finally:
         if marker is not None:
             remove_marker(marker)
     bad = {ip: problems for ip, problems in found.items() if problems}
     if bad:
         _refuse(bad, storage, len(nodes))
+
+
+def _answer(ref, ready: bool) -> list[str]:
+    """A node's problems; a node that left while it was asked (stopped, scaled down) has none
+    to report: no work will land there."""
+    import ray
+
+    if not ready:
+        return [f"no answer in {PROBE_TIMEOUT_S:g} s"]
+    try:
+        return ray.get(ref)
+    except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError,
+            ray.exceptions.WorkerCrashedError):
+        return []
 
 
 def _refuse(bad: dict[str, list[str]], storage: str | None, n_nodes: int) -> None:

@@ -81,6 +81,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from pgray.distributed.train import TrainLaunch, report_to_tune, run_training
 
     trial_id = tune.get_context().get_trial_id()
+    if config[TARGET_KEY] not in ctx.targets:
+        # a restored trial whose target needs no training any more (its checkpoint was
+        # fetched before the last driver stopped): nothing to do
+        return
     target = ctx.targets[config[TARGET_KEY]]
     params = ctx.target_params.get(config[TARGET_KEY], {}) | ctx.space.decode(config)
     experiment = ctx.space.trial_config(target, params)
@@ -91,7 +95,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     launch = TrainLaunch(
         name=train_run_name(ctx.space.name, trial_id), storage=ctx.train_storage,
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
-        gpus_per_worker=res.gpus_per_worker, max_failures=res.max_failures,
+        # Tune owns the retries (FailureConfig below): a failed Train run ends the trial,
+        # and Tune starts it again, resuming from its checkpoint. Retries at both layers
+        # would multiply.
+        gpus_per_worker=res.gpus_per_worker, max_failures=0,
         mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id, progress=ctx.progress,
         lead_metrics=table_metrics(ctx.space),
     )
@@ -221,7 +228,7 @@ class TrialRunsCallback(Callback):
         run = open_trial_run(self._ctx, trial.trial_id, target)
         log_history(run, self._history.get(trial.trial_id, []))
         run.set_tags({"pgray.trial_state": state, "pgray.epochs_done": epochs})
-        run.finish(status)
+        run.finish(status, wait=False)  # an outage is waited out once the search ends
 
 
 # --- feeding finished trials to the rest of the pipeline --------------------------------------
@@ -300,6 +307,8 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     import ray
     from ray import tune
 
+    from pgray.tracking.mlflow_runs import flush_all
+
     name = ctx.space.name
     path = f"{storage.rstrip('/')}/{name}"
     exists = tune.Tuner.can_restore(path)
@@ -340,4 +349,5 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
         results = tuner.fit()
     finally:
         _FEEDS.pop(feed.key if feed else "", None)
+        flush_all()  # the trials' runs, closed while the tracking store did not answer
     return SearchRun(results, path, concurrent, resumed=exists)

@@ -85,7 +85,9 @@ class BenchmarkRun:
         from pgray.attacks.checks import reliability_flags
         from pgray.io import write_text
         from pgray.tracking import tables
+        from pgray.tracking.mlflow_runs import flush_all
 
+        flush_all()  # what the jobs' runs still hold
         keys = {j.key for j in self.jobs}
         rows = reliability_flags([r for r in tables.read_rows(self.out) if r["job_key"] in keys])
         tables.append_rows(self.out, rows)
@@ -142,6 +144,7 @@ def run_benchmark(
     evaluations.finish()  # and the fits: one wait for everything still to come
     result = run.finalize()
     result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
+    evaluations.check_failures()
     return result
 
 
@@ -332,7 +335,7 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) ->
                 path = Path(tmp) / name
                 path.write_bytes(data)
                 child.log_artifact(path, "panels")
-    child.finish()
+    child.finish(wait=False)  # an outage is waited out once, when the benchmark ends
 
 
 def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:

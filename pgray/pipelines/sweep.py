@@ -337,6 +337,7 @@ class FinalStage:
             result = self.runs[rank].finalize()
             result.proxies = self.proxies[rank]
             results.append(result)
+        self.evaluations.check_failures()
         return results
 
 

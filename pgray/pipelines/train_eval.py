@@ -172,6 +172,17 @@ class Evaluations:
     def peak_actors(self) -> int:
         return 0 if self._pool is None else self._pool.peak_actors
 
+    def check_failures(self) -> None:
+        """After the results that did land are written: one error naming every job that
+        failed in its own code (a re-run skips the finished jobs and tries these again)."""
+        from pgray.errors import PgrayError
+
+        failed = [] if self._pool is None else self._pool.failures
+        if failed:
+            raise PgrayError(f"{len(failed)} evaluation job(s) failed: " + "; ".join(
+                f"{job.label()}: {why}" for job, why in failed)[:2000]
+                + " (every other result is written; run again to retry these)")
+
 
 class _Feed:
     """Hands each finished trial to the pipeline, and lets the evaluations move on at every
@@ -196,10 +207,15 @@ def run_trainings(ctx, storage: str, *, resume: bool, verbose: int,
                   on_trial: Callable[[Any, list], None], evaluations: Evaluations | None):
     """The trainings of `ctx` (a SweepContext) as one Tune experiment; `on_trial(trial,
     trials)` hears of each that ends while the others go on. Returns the SearchRun."""
+    from pgray.distributed.preflight import blame_storage
     from pgray.distributed.tune import run_search
 
     feed = _Feed(f"{ctx.space.name}@{storage}", on_trial, evaluations)
-    return run_search(ctx, storage, resume=resume, verbose=verbose, feed=feed)
+    try:
+        return run_search(ctx, storage, resume=resume, verbose=verbose, feed=feed)
+    except Exception as err:  # noqa: BLE001 - whatever Tune raised, a dead storage explains it
+        blame_storage(storage, err)
+        raise
 
 
 def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
@@ -209,13 +225,15 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
     a target's training ends, its checkpoint is fetched to `dest(key)` and `on_ready(key)`
     queues what follows (its evaluations), while the other trainings go on. Returns how many
     were fetched; PgrayError naming every failed training."""
+    from pgray.distributed.preflight import blame_storage
     from pgray.distributed.tune_targets import TARGET_KEY
     from pgray.errors import PgrayError
 
     handled: set[str] = set()
 
     def handle(key: str | None, source: str | None) -> None:
-        if key is None or key in handled or source is None:
+        # a restored trial of a target fetched by an earlier driver is not this run's
+        if key not in ctx.targets or key in handled or source is None:
             return
         fetch_trial_checkpoint(source, dest(key))
         handled.add(key)
@@ -235,8 +253,10 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
         else:
             handle(key, (result.metrics or {}).get(CHECKPOINT_URI))
     if errors:
-        raise PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
-                         + "; ".join(errors))
+        failed = PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
+                            + "; ".join(errors))
+        blame_storage(storage, failed)
+        raise failed
     return len(handled)
 
 

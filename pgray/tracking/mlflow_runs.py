@@ -115,7 +115,8 @@ class Tracker:
             dropped, _ = self._backlog.popleft()
             warnings.warn(f"MLflow: {dropped} was not logged (more than {BACKLOG_LIMIT} calls"
                           " waiting for the tracking store)", stacklevel=3)
-        self.flush(wait=wait)
+        if not self.flush(wait=wait):
+            _UNSENT.add(self)
 
     def flush(self, wait: bool = True) -> bool:
         """Send what is buffered, oldest first. Without `wait`, one try (at most every few
@@ -193,14 +194,35 @@ class Tracker:
                                                                             str(v)))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Sent at once (the file may be temporary), waiting out an outage."""
-        self._send(f"artifact {Path(path).name}",
-                   lambda client: client.log_artifact(self.run_id, str(path), artifact_path),
-                   wait=True)
+        """Buffered like the rest: a copy of the file waits with the call (the original may
+        be temporary) and is removed once sent or given up."""
+        import shutil
 
-    def finish(self, status: str = "FINISHED") -> None:
+        from pgray.io import spool_copy
+
+        copy = spool_copy(path)
+
+        def send(client) -> None:
+            client.log_artifact(self.run_id, str(copy), artifact_path)
+            shutil.rmtree(copy.parent, ignore_errors=True)
+
+        self._send(f"artifact {copy.name}", send)
+
+    def finish(self, status: str = "FINISHED", *, wait: bool = True) -> None:
+        """Close the run once everything before it is sent. Without `wait` (a run closed
+        mid-work, a benchmark job's) an outage is not waited out here: `flush_all()` at the
+        end of the work sends what is left."""
         self._send("run status", lambda client: client.set_terminated(self.run_id, status),
-                   wait=True)
+                   wait=wait)
+
+
+_UNSENT: set[Tracker] = set()  # runs with calls still buffered (sent by flush_all)
+
+
+def flush_all() -> None:
+    """Send every run's buffered calls, waiting an outage out (PATIENCE_S in all)."""
+    while _UNSENT:
+        _UNSENT.pop().flush(wait=True)
 
 
 def open_run(
@@ -255,7 +277,7 @@ class NullTracker:
     def last_step(self, key: str) -> int:
         return -1
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", *, wait: bool = True) -> None:
         pass
 
 
