@@ -349,5 +349,5 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
         results = tuner.fit()
     finally:
         _FEEDS.pop(feed.key if feed else "", None)
-        flush_all()  # the trials' runs, closed while the tracking store did not answer
+    flush_all()  # the trials' runs, closed while the tracking store did not answer
     return SearchRun(results, path, concurrent, resumed=exists)

@@ -118,6 +118,7 @@ def run_benchmark(
     from pgray.distributed.cluster import resolve_storage
     from pgray.pipelines.benchmark_jobs import detectors_of
     from pgray.pipelines.train_eval import Evaluations, check_targets, resolve_targets
+    from pgray.tracking.mlflow_store import check_tracking_uri, resolve_tracking_uri
 
     targets = [(e, c, d) for e in cfg.datasets for c in categories_of(e) for d in detectors_of(e)]
     missing = [t for t in targets if not checkpoint_path(*t).is_file()]
@@ -128,10 +129,12 @@ def run_benchmark(
     if space is not None:  # on the driver, before anything is submitted
         check_targets(space, resolve_targets(space))
     store = resolve_storage(storage, out.resolve() / "ray") if to_train else None
-    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=parent_run_id,
+    uri = resolve_tracking_uri(mlflow_uri)
+    check_tracking_uri(uri)
+    if to_train or not sequential:  # every check passes before the benchmark's run opens
+        _connect(address, uri, store, [entry_root(e) for e in cfg.datasets])
+    run = BenchmarkRun(cfg, out, mlflow_uri=uri, parent_run_id=parent_run_id,
                        force=force, progress=progress)
-    if to_train or not sequential:
-        _connect(address, run.uri, store, [entry_root(e) for e in cfg.datasets])
     evaluations = Evaluations(cfg.actors, sequential=sequential, progress=progress)
     for target in targets:
         if target not in missing:
