@@ -154,8 +154,9 @@ class Resources:
     # GPUs is refused unless allow_cpu (it would train on CPUs with every GPU idle).
     gpus_per_worker: float | None = None
     allow_cpu: bool = False
-    # CPU held by the trial itself (it only waits on its Train run); fractional, or a small
-    # cluster deadlocks with trials holding every CPU while their workers wait.
+    # CPU held by a trial of several workers itself (it only waits on its Train run;
+    # fractional, or a small cluster deadlocks with trials holding every CPU while their
+    # workers wait). A one-worker trial trains in its own process and holds that worker's.
     trial_cpus: float = 0.25
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs fit
     max_failures: int = 1  # failures a trial survives (lost worker or node): resumed from checkpoint
@@ -170,9 +171,11 @@ class Resources:
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
     def per_trial(self) -> dict[str, float]:
-        """What one running trial holds: its own CPU share plus its Train workers (call it on
-        resolved resources: gpus_per_worker set)."""
-        return {"CPU": self.trial_cpus + self.workers_per_trial * self.cpus_per_worker,
+        """What one running trial holds (call it on resolved resources: gpus_per_worker
+        set): a one-worker trial trains in its own process; a trial of several holds its own
+        CPU share plus its Train workers."""
+        own = 0.0 if self.workers_per_trial == 1 else self.trial_cpus
+        return {"CPU": own + self.workers_per_trial * self.cpus_per_worker,
                 "GPU": self.workers_per_trial * (self.gpus_per_worker or 0.0)}
 
 

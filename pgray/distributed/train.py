@@ -1,7 +1,8 @@
-"""Ray Train: one PatchGuard training run on N data-parallel workers (DDP; gloo/NCCL).
+"""Ray Train: one PatchGuard training run on N data-parallel workers (DDP; gloo/NCCL), or,
+for one worker inside a Tune trial, in the trial's own process (`fit_in_trial`).
 
-The per-worker function only knows its config and the `ray.train` context; everything about
-the method lives in `pgray.core.fit.fit`.
+The per-worker function only knows its config and the context it reports to; everything
+about the method lives in `pgray.core.fit.fit`.
 """
 
 from __future__ import annotations
@@ -47,8 +48,35 @@ def _load_resume_state(checkpoint) -> dict[str, Any] | None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """A Ray Train worker: rank and world from Train's context, DDP across the workers."""
     import ray.train
-    import ray.train.torch
+
+    context = ray.train.get_context()
+    fit_and_report(loop_config, rank=context.get_world_rank(),
+                   world=context.get_world_size(), resume_from=ray.train.get_checkpoint(),
+                   report=ray.train.report, checkpoint_cls=ray.train.Checkpoint,
+                   device=worker_device())
+
+
+def fit_in_trial(loop_config: dict[str, Any]) -> None:
+    """A one-worker training inside its Tune trial's own process: no Train controller, no
+    worker actor and no placement group to start (seconds of every trial on a small cluster).
+    Checkpoints, resume and retries are Tune's, with the same files as a Train run's."""
+    import ray
+    from ray import tune
+
+    from pgray.core.device import pick_device
+
+    fit_and_report(loop_config, rank=0, world=1, resume_from=tune.get_checkpoint(),
+                   report=tune.report, checkpoint_cls=tune.Checkpoint,
+                   device=pick_device(assigned_gpus=ray.get_gpu_ids()))
+
+
+def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume_from,
+                   report, checkpoint_cls, device) -> None:
+    """Fit on this worker; each epoch's metrics (and, on rank 0, its checkpoint) go to
+    `report` (Train's or Tune's), and rank 0 logs them to the run's MLflow run."""
+    import ray
     import torch
 
     from pgray.config import ExperimentConfig
@@ -56,10 +84,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from pgray.tracking.mlflow_runs import Tracker, log_history
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    resume_state = _load_resume_state(ray.train.get_checkpoint())
+    resume_state = _load_resume_state(resume_from)
     history: list = list((resume_state or {}).get("extra", {}).get("history", []))
     tracker = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
@@ -68,21 +94,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                           existing=True)
         log_history(tracker, history)
 
-    def report(epoch: int, metrics: dict[str, float], save) -> None:
+    def report_epoch(epoch: int, metrics: dict[str, float], save) -> None:
+        metrics = metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
+                             "worker_cuda": float(device.type == "cuda")}
         history.append((epoch, metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if save is not None and rank == 0:
                 save(Path(tmp) / CHECKPOINT_FILE, {"history": history})
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                checkpoint = checkpoint_cls.from_directory(tmp)
             # Lead metrics sit in every result (NaN where not measured, e.g. between proxy
             # epochs): Tune picks its table's columns from whatever result it sees first.
             lead = {k: float("nan") for k in loop_config.get("lead_metrics", ())}
-            ray.train.report(lead | metrics, checkpoint=checkpoint)
+            report(lead | metrics, checkpoint=checkpoint)
         if tracker is not None:
             log_history(tracker, history)
-
-    device = worker_device()
 
     def prepare(model):
         if world == 1:
@@ -92,14 +118,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                        else None)
 
-    def report_with_gpus(epoch: int, metrics: dict[str, float], save) -> None:
-        report(epoch, metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
-                                 "worker_cuda": float(device.type == "cuda")}, save)
-
     try:
         fit(cfg, FitContext(
             device=device, rank=rank, world_size=world,
-            prepare_model=prepare, report=report_with_gpus, resume_state=resume_state,
+            prepare_model=prepare, report=report_epoch, resume_state=resume_state,
             progress=loop_config.get("progress", True),
             step_hook=_bind_rank(loop_config.get("step_hook"), rank),
             epoch_hook=param_spread if world > 1 else None,
@@ -141,6 +163,19 @@ def _bind_rank(hook: Callable[[int, int, int], None] | None, rank: int):
     return None if hook is None else (lambda epoch, step: hook(rank, epoch, step))
 
 
+def loop_config(experiment: dict[str, Any], launch: TrainLaunch) -> dict[str, Any]:
+    """What every worker of a training gets (plain data, and the step hook by value)."""
+    return {
+        "experiment": experiment,
+        "mlflow_uri": launch.mlflow_uri,
+        "mlflow_run_id": launch.mlflow_run_id,
+        "threads": max(1, int(launch.cpus_per_worker)),
+        "progress": launch.progress,
+        "lead_metrics": list(launch.lead_metrics),
+        "step_hook": launch.step_hook,
+    }
+
+
 def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: list | None = None):
     """Build and fit a TorchTrainer. Re-running with the same name and storage resumes from
     the latest checkpoint (Train V2 reloads the run's checkpoint snapshot). `callbacks` are
@@ -154,15 +189,7 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
         resources["GPU"] = launch.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "experiment": experiment,
-            "mlflow_uri": launch.mlflow_uri,
-            "mlflow_run_id": launch.mlflow_run_id,
-            "threads": max(1, int(launch.cpus_per_worker)),
-            "progress": launch.progress,
-            "lead_metrics": list(launch.lead_metrics),
-            "step_hook": launch.step_hook,
-        },
+        train_loop_config=loop_config(experiment, launch),
         torch_config=TorchConfig(backend="nccl" if use_gpu and gpu_nodes_have_cuda() else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=launch.workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -207,6 +234,16 @@ def checkpoint_uri(checkpoint) -> str:
     """A Ray checkpoint as one string with its filesystem: `s3://bucket/...` on S3."""
     kind = checkpoint.filesystem.type_name
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def reported_checkpoint(metrics: dict[str, Any] | None, checkpoint) -> str | None:
+    """The URI of a trial's newest checkpoint: the one its Train run reported (a result key;
+    Tune never holds a Train run's checkpoints) or, for a training run in the trial itself,
+    the trial's own checkpoint."""
+    uri = (metrics or {}).get(CHECKPOINT_URI)
+    if isinstance(uri, str) and uri:
+        return uri
+    return None if checkpoint is None else checkpoint_uri(checkpoint)
 
 
 def report_to_tune():

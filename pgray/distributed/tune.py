@@ -78,7 +78,13 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One trial: fixed settings + sampled params -> a Ray Train run whose reports reach Tune."""
     from ray import tune
 
-    from pgray.distributed.train import TrainLaunch, report_to_tune, run_training
+    from pgray.distributed.train import (
+        TrainLaunch,
+        fit_in_trial,
+        loop_config,
+        report_to_tune,
+        run_training,
+    )
 
     trial_id = tune.get_context().get_trial_id()
     if config[TARGET_KEY] not in ctx.targets:
@@ -102,6 +108,9 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id, progress=ctx.progress,
         lead_metrics=table_metrics(ctx.space),
     )
+    if res.workers_per_trial == 1:
+        fit_in_trial(loop_config(experiment.to_dict(), launch))
+        return
     result = run_training(experiment.to_dict(), launch, [report_to_tune()])
     if result.error is not None:
         raise result.error
@@ -293,10 +302,16 @@ def check_state_api(space: SearchSpace) -> None:
 
 
 def _trainable(ctx: SweepContext):
+    """A one-worker trial trains in its own process, so it holds that worker's CPUs and
+    GPUs; a trial of several workers holds only its share and waits on its Train run."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                               {"cpu": ctx.resources.trial_cpus})
+    res = ctx.resources
+    if res.workers_per_trial == 1:
+        need = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker or 0.0}
+    else:
+        need = {"cpu": res.trial_cpus}
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), need)
 
 
 def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 1,
@@ -339,6 +354,8 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
                 time_budget_s=ctx.space.budget.time_budget_s,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
+                                      # a one-worker trial's checkpoints: the newest two
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       # a trial whose process dies with its node starts
                                       # again; its Train run resumes from its checkpoint
                                       failure_config=tune.FailureConfig(

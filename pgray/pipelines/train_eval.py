@@ -24,7 +24,7 @@ from typing import Any
 from pgray.config.benchmark import ActorConfig
 from pgray.config.search_sections import Target
 from pgray.config.search_space import SearchSpace
-from pgray.distributed.train import CHECKPOINT_URI
+from pgray.distributed.train import reported_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SELECTED_FILE = "best.pt"
@@ -251,7 +251,7 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
         if result.error is not None:
             errors.append(f"{key}: {type(result.error).__name__}: {result.error}"[:400])
         else:
-            handle(key, (result.metrics or {}).get(CHECKPOINT_URI))
+            handle(key, reported_checkpoint(result.metrics, result.checkpoint))
     if errors:
         failed = PgrayError(f"{len(errors)} training(s) failed ({search.experiment_path}): "
                             + "; ".join(errors))
@@ -261,9 +261,8 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
 
 
 def trial_checkpoint(trial) -> str | None:
-    """The URI of the newest Train checkpoint a finished Tune trial reported."""
-    uri = (trial.last_result or {}).get(CHECKPOINT_URI)
-    return uri if isinstance(uri, str) and uri else None
+    """The URI of the newest checkpoint a finished Tune trial reported."""
+    return reported_checkpoint(trial.last_result, trial.checkpoint)
 
 
 def resolve_targets(space: SearchSpace) -> list[Target]:

@@ -47,15 +47,14 @@ def summarise(results, space: SearchSpace) -> list[TrialSummary]:
 def _last_checkpoint(result) -> str | None:
     """The URI of the newest Train checkpoint a trial reported (every epoch, or every
     checkpoint_every)."""
-    from pgray.distributed.train import CHECKPOINT_URI
+    from pgray.distributed.train import CHECKPOINT_URI, reported_checkpoint
 
     df = result.metrics_dataframe
     if df is not None and CHECKPOINT_URI in df:
         uris = [p for p in df[CHECKPOINT_URI].tolist() if isinstance(p, str) and p]
         if uris:
             return uris[-1]
-    value = (result.metrics or {}).get(CHECKPOINT_URI)
-    return value if isinstance(value, str) and value else None
+    return reported_checkpoint(result.metrics, result.checkpoint)
 
 
 def _objective_values(trial: TrialSummary, space: SearchSpace) -> list[float] | None:

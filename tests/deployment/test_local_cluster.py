@@ -11,6 +11,7 @@ messages, the driver's output folder, the S3 bucket, the MLflow server.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -312,3 +313,86 @@ def _check_results_in_mlflow(d: Deployment, run_key: str, names: list[str]) -> N
     run = client.search_runs(experiments, filter_string=f"tags.`pgray.run_key` = '{run_key}'")[0]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert set(names) <= logged, logged
+
+
+# --- the sweep ------------------------------------------------------------------------------
+def test_sweep_job_runs_to_the_end_on_s3(deployment, tmp_path):
+    """`ray job submit -- python -m pgray.sweep` with the dataset and the storage in S3: each
+    node stages the dataset once into its own cache, two trials run at once with ASHA on a
+    proxy measured every second epoch, the best trial is evaluated on a worker node from its
+    S3 checkpoint, and the results reach MLflow's artifact store."""
+    from pyarrow import fs
+
+    d = deployment
+    d.only_nodes("node1", "node2")
+    files = [p for p in d.data.rglob("*") if p.is_file()]
+    fs.copy_files(str(d.data), "pgray-runs/datasets/synthetic", destination_filesystem=d.s3())
+    space = {
+        "name": "deploysweep",
+        "fixed": TINY | {"train": TINY["train"] | {"proxy_every": 2}},
+        "datasets": [{"dataset": "synthetic", "root": "s3://pgray-runs/datasets/synthetic",
+                      "categories": ["weave"]}],
+        "search": {"loss.attention_lambda": {"type": "loguniform", "low": 0.01, "high": 10.0}},
+        "objectives": [{"metric": "proxy_score", "mode": "max"}],
+        "budget": {"trials": 2, "epochs": 4},
+        "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent": 2},
+        "final_eval": {"eps": [8.0], "steps": 2, "suite": "protocol", "batch_size": 8,
+                       "n_panels": 1, "cpus_per_actor": 0.5},
+    }
+    config = tmp_path / "space.yaml"
+    config.write_text(yaml.safe_dump(space))
+    out, log = tmp_path / "out", tmp_path / "sweep.log"
+    started = time.monotonic()
+    job = d.submit("sweep-1", ["pgray.sweep", "--config", str(config), "--out", str(out),
+                               "--storage", "s3://pgray-runs/sweep"], log)
+    job.wait(timeout=600)
+    text = log.read_text()
+    assert job.returncode == 0, text[-4000:]
+    print(f"sweep job: {time.monotonic() - started:.0f} s")
+    assert "sweep finished in" in text and "Tune experiment: s3://pgray-runs/sweep" in text
+    headers = [ln for ln in text.splitlines() if "Trial name" in ln and "iter" in ln]
+    assert headers and all("proxy_score" in h for h in headers), headers[:3]
+    _check_proxy_epochs(d, out)
+    staged = [p for n in d.cluster.state["nodes"] for p in
+              (d.cluster.dir / "nodes" / n / "home" / ".cache" / "pgray" / "datasets").glob("*")
+              if p.is_dir()]
+    assert staged, "no node staged the S3 dataset into its own cache"
+    for copy in staged:  # whole copies, nothing half-written
+        assert sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file()) == sorted(
+            p.relative_to(d.data) for p in files)
+    _check_package(d)
+    _check_results_in_mlflow(d, "sweep:deploysweep", ["results.md", "trials.md",
+                                                       "sweep_summary.json"])
+    _check_results_in_mlflow(d, "benchmark:deploysweep-final", ["results.parquet",
+                                                                 "results.md"])
+
+
+def _check_proxy_epochs(d: Deployment, out: Path) -> None:
+    """Every Tune result (in S3) carries the objective, NaN between proxy epochs; the proxy
+    runs at the first epoch, every second one and the last; a trial's objective is its last
+    proxy."""
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    s3 = d.s3()
+    for trial in summary["trials"]:
+        path = next(p for p in d.s3_files("pgray-runs/sweep/deploysweep")
+                    if trial["trial_id"] in p and p.endswith("/result.json"))
+        with s3.open_input_stream(path) as f:
+            results = [json.loads(ln) for ln in f.readall().decode().splitlines()]
+        assert [int(r["epoch"]) for r in results] == list(range(1, trial["epochs"] + 1))
+        measured = [int(r["epoch"]) for r in results if math.isfinite(r["proxy_score"])]
+        assert measured == [e for e in (1, 2, 4) if e <= trial["epochs"]], results
+        assert trial["metrics"]["proxy_score"] == results[-1]["proxy_score"]
+
+
+def _check_package(d: Deployment) -> None:
+    """The uploaded working dir holds the code and none of what .rayignore leaves out."""
+    run_dir = Path(d.cluster.state["run_dir"])
+    packages = [p for p in run_dir.glob("ray/session_*/runtime_resources/working_dir_files/*")
+                if p.is_dir()]
+    assert packages
+    for pkg in packages:
+        assert (pkg / "pgray" / "sweep.py").is_file() and (pkg / "search_spaces").is_dir()
+        for excluded in (".venv", ".git", "runs", "mlruns", ".pytest_cache"):
+            assert not (pkg / excluded).exists(), excluded
