@@ -329,7 +329,7 @@ class LocalCluster:
                 [str(postgres_bin() / "pg_isready"), "-q", "-h", "127.0.0.1",
                  "-p", str(p["postgres"])]).returncode == 0,
             "mlflow": lambda: http_status(f"http://127.0.0.1:{p['mlflow']}/health") == 200,
-            "head": lambda: self._nodes_alive() is not None,
+            "head": lambda: any((self._nodes_alive() or {}).values()),  # registered
         }
         wait_for(checks[name], name, timeout_s, self.log(name), self.pid(name))
 

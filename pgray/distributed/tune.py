@@ -204,11 +204,19 @@ class TrialRunsCallback(Callback):
 
     Rank 0 logs the per-epoch metrics into the child run; an epoch reported to Tune right
     before the trial is stopped may not have reached MLflow yet, so it is backfilled here.
+
+    Tune pickles its callbacks with the experiment and a restored experiment brings back the
+    first driver's: the callback holds a key and asks for this driver's context (a restored
+    trial of a target this run no longer trains must not be closed again with stale results).
     """
 
-    def __init__(self, ctx: SweepContext):
-        self._ctx = ctx
+    def __init__(self, key: str):
+        self._key = key
         self._history: dict[str, list[tuple[int, dict[str, float]]]] = {}
+
+    @property
+    def _ctx(self) -> SweepContext | None:
+        return _CONTEXTS.get(self._key)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         # NaN marks a metric this epoch did not measure (the proxy between proxy epochs)
@@ -220,21 +228,27 @@ class TrialRunsCallback(Callback):
                 (int(metrics[TIME_ATTR]) - 1, metrics))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        epochs = int((trial.last_result or {}).get(TIME_ATTR, 0))
+        if self._ctx is None:
+            return
+        epochs = self._epochs(trial)
         state = "completed" if epochs >= self._ctx.space.epochs() else "stopped_early"
         self._close(trial, state, "FINISHED", epochs)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        epochs = int((trial.last_result or {}).get(TIME_ATTR, 0))
-        self._close(trial, "error", "FAILED", epochs)
+        self._close(trial, "error", "FAILED", self._epochs(trial))
+
+    @staticmethod
+    def _epochs(trial) -> int:
+        return int((trial.last_result or {}).get(TIME_ATTR, 0))
 
     def _close(self, trial, state: str, status: str, epochs: int) -> None:
         from pgray.tracking.mlflow_runs import log_history
 
-        target = self._ctx.targets.get(trial.config.get(TARGET_KEY, ""))
+        ctx = self._ctx
+        target = None if ctx is None else ctx.targets.get(trial.config.get(TARGET_KEY, ""))
         if target is None:
             return
-        run = open_trial_run(self._ctx, trial.trial_id, target)
+        run = open_trial_run(ctx, trial.trial_id, target)
         log_history(run, self._history.get(trial.trial_id, []))
         run.set_tags({"pgray.trial_state": state, "pgray.epochs_done": epochs})
         run.finish(status, wait=False)  # an outage is waited out once the search ends
@@ -247,6 +261,7 @@ class TrialRunsCallback(Callback):
 # key, never the feed (its actors and open files) itself; a restored experiment finds the
 # feed its new driver registered under the same key.
 _FEEDS: dict[str, Any] = {}
+_CONTEXTS: dict[str, SweepContext] = {}  # live contexts by experiment path (TrialRunsCallback)
 
 
 class FeedCallback(Callback):
@@ -336,7 +351,8 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
     concurrent = derive_max_concurrent(ctx.resources, ray.cluster_resources(), total)
-    callbacks = [TrialRunsCallback(ctx), FeedCallback(feed.key if feed else "")]
+    callbacks = [TrialRunsCallback(path), FeedCallback(feed.key if feed else "")]
+    _CONTEXTS[path] = ctx
     if feed is not None:
         _FEEDS[feed.key] = feed
     if exists:
@@ -366,5 +382,6 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
         results = tuner.fit()
     finally:
         _FEEDS.pop(feed.key if feed else "", None)
+        _CONTEXTS.pop(path, None)
     flush_all()  # the trials' runs, closed while the tracking store did not answer
     return SearchRun(results, path, concurrent, resumed=exists)
