@@ -403,3 +403,44 @@ def _check_package(d: Deployment) -> None:
         assert (pkg / "pgray" / "sweep.py").is_file() and (pkg / "search_spaces").is_dir()
         for excluded in (".venv", ".git", "runs", "mlruns", ".pytest_cache"):
             assert not (pkg / excluded).exists(), excluded
+
+
+STAGE = r"""
+import json, sys
+from pgray.config import DataConfig
+from pgray.data.dataset import resolve_root
+print("ROOT" + str(resolve_root(DataConfig(dataset="synthetic", root=sys.argv[1]))))
+"""
+
+
+def test_an_s3_dataset_is_staged_once_by_processes_starting_together(deployment, tmp_path):
+    """Four processes of one machine ask for the same s3:// dataset at once: one complete copy
+    in the cache; a file changed in the bucket makes the next use stage it again (the old copy
+    goes)."""
+    from pyarrow import fs
+
+    d = deployment
+    uri = "s3://pgray-runs/datasets/staged"
+    fs.copy_files(str(d.data / "weave"), uri.removeprefix("s3://") + "/weave",
+                  destination_filesystem=d.s3())
+    env = d.env(PGRAY_CACHE=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", STAGE, uri], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    roots = {p.communicate(timeout=120)[0].split("ROOT", 1)[1].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(roots) == 1
+    copies = sorted((tmp_path / "cache" / "datasets").glob("*-*"))
+    assert [str(c) for c in copies] == list(roots)
+    expected = sorted(p.relative_to(d.data) for p in (d.data / "weave").rglob("*")
+                      if p.is_file())
+    assert sorted(p.relative_to(copies[0]) for p in copies[0].rglob("*")
+                  if p.is_file()) == expected
+    with d.s3().open_output_stream("pgray-runs/datasets/staged/weave/train/good/000.png") as f:
+        f.write((d.data / "weave" / "train" / "good" / "001.png").read_bytes())
+    again = subprocess.run([sys.executable, "-c", STAGE, uri], env=env, text=True,
+                           capture_output=True, timeout=120)
+    fresh = Path(again.stdout.split("ROOT", 1)[1].strip())
+    assert fresh != copies[0] and not copies[0].exists()
+    assert (fresh / "weave" / "train" / "good" / "000.png").read_bytes() == (
+        d.data / "weave" / "train" / "good" / "001.png").read_bytes()

@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_experiment
 
 from pgray.config.base import from_dict
-from pgray.config.benchmark import BenchmarkConfig
+from pgray.config.benchmark import BenchmarkConfig, DetectorEntry
 from pgray.pipelines.benchmark import run_benchmark
 from pgray.tracking.tables import read_rows
 
@@ -167,3 +167,27 @@ def test_an_actor_keeps_only_its_last_models(synthetic_root, checkpoints, monkey
     assert list(evaluator._models) == [clean["weave"].checkpoint_sha256]  # disc unloaded
     assert evaluator.run(clean["disc"])["rows"][0]["image_auroc"] == first  # reloaded, same
     assert list(evaluator._models) == [clean["disc"].checkpoint_sha256]
+
+
+def test_a_fit_waiting_for_a_cpu_gets_it_from_idle_evaluation_actors(
+        ray_session, synthetic_root, checkpoints, tmp_path, mlflow_uri):
+    """PatchGuard files exist, a PaDiM baseline is still to fit, and two one-CPU evaluation
+    actors fill this 2-CPU Ray: the fit waits for a CPU. Once the PatchGuard jobs are done the
+    driver must release the idle actors (it once waited on the fit alone, forever, with both
+    cores idle), and every result reaches OUT as it lands."""
+
+    cfg = _config(synthetic_root, checkpoints, eps=[8.0], n_panels=0,
+                  actors={"count": 2, "cpus": 1.0}, train_missing=True)
+    cfg.datasets[0].categories = ["disc"]
+    cfg.datasets[0].detectors = [from_dict(DetectorEntry, {
+        "name": "padim", "fit": {"img_size": 32},
+        "checkpoint": str(tmp_path / "fits" / "{category}" / "padim.pt")})]
+    finished: list = []
+    worker = threading.Thread(target=lambda: finished.append(
+        run_benchmark(cfg, tmp_path / "out", progress=False)), daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert finished, "the benchmark still waits on a fit whose CPU idle actors hold"
+    rows = read_rows(tmp_path / "out")
+    assert {r["detector"] for r in rows} == {"patchguard", "padim"}
+    assert finished[0].trained == 1 and finished[0].ran == 4
