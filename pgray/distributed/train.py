@@ -29,6 +29,8 @@ class TrainLaunch:
     max_failures: int = 2
     mlflow_uri: str | None = None
     mlflow_run_id: str | None = None
+    # or, for a run opened when the store first answers: open_run_later's arguments
+    mlflow_run: dict[str, Any] | None = None
     num_to_keep: int = 2
     progress: bool = True
     # step_hook(rank, epoch, step) after every training step (pgray.pipelines.train has the
@@ -81,7 +83,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
 
     from pgray.config import ExperimentConfig
     from pgray.core.fit import FitContext, fit
-    from pgray.tracking.mlflow_runs import Tracker, log_history
+    from pgray.tracking.mlflow_runs import Tracker, log_history, open_run_later
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
@@ -92,6 +94,9 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
         # logged from a worker node: the store must be the driver's, reachable from here
         tracker = Tracker(loop_config["mlflow_uri"], loop_config["mlflow_run_id"],
                           existing=True)
+    elif rank == 0 and loop_config.get("mlflow_run"):  # training goes on while it is away
+        tracker = open_run_later(loop_config["mlflow_uri"], **loop_config["mlflow_run"])
+    if tracker is not None:
         log_history(tracker, history)
 
     def report_epoch(epoch: int, metrics: dict[str, float], save) -> None:
@@ -169,6 +174,7 @@ def loop_config(experiment: dict[str, Any], launch: TrainLaunch) -> dict[str, An
         "experiment": experiment,
         "mlflow_uri": launch.mlflow_uri,
         "mlflow_run_id": launch.mlflow_run_id,
+        "mlflow_run": launch.mlflow_run,
         "threads": max(1, int(launch.cpus_per_worker)),
         "progress": launch.progress,
         "lead_metrics": list(launch.lead_metrics),

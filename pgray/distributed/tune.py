@@ -62,16 +62,21 @@ def train_run_name(sweep: str, trial_id: str) -> str:
 
 
 # --- the trainable ---------------------------------------------------------------------------
-def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
-    from pgray.tracking.mlflow_runs import open_run_or_warn
+def trial_run(ctx: SweepContext, trial_id: str, target: Target) -> dict[str, Any]:
+    """How a trial's MLflow run is found or created (by its key), wherever it is opened: by
+    the trial on a worker node, by its training loop, by the driver that closes it."""
+    return {"run_key": trial_run_key(ctx.space.name, trial_id),
+            "run_name": f"{target.category}-{trial_id}", "parent_run_id": ctx.parent_run_id,
+            "tags": {"pgray.kind": "trial", "pgray.sweep": ctx.space.name,
+                     "dataset": target.dataset, "category": target.category,
+                     "pgray.trial_id": trial_id},
+            "existing": True}  # opened on a worker node too: never a store of that node's own
 
-    return open_run_or_warn(
-        ctx.mlflow_uri, trial_run_key(ctx.space.name, trial_id),
-        run_name=f"{target.category}-{trial_id}", parent_run_id=ctx.parent_run_id,
-        tags={"pgray.kind": "trial", "pgray.sweep": ctx.space.name, "dataset": target.dataset,
-              "category": target.category, "pgray.trial_id": trial_id},
-        existing=True,  # opened on a worker node too: never a store of that node's own
-    )
+
+def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
+    from pgray.tracking.mlflow_runs import open_run_later
+
+    return open_run_later(ctx.mlflow_uri, **trial_run(ctx, trial_id, target))
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
@@ -105,15 +110,19 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         # and Tune starts it again, resuming from its checkpoint. Retries at both layers
         # would multiply.
         gpus_per_worker=res.gpus_per_worker, max_failures=0,
-        mlflow_uri=ctx.mlflow_uri, mlflow_run_id=run.run_id, progress=ctx.progress,
+        mlflow_uri=ctx.mlflow_uri, mlflow_run=trial_run(ctx, trial_id, target),
+        progress=ctx.progress,
         lead_metrics=table_metrics(ctx.space),
     )
-    if res.workers_per_trial == 1:
-        fit_in_trial(loop_config(experiment.to_dict(), launch))
-        return
-    result = run_training(experiment.to_dict(), launch, [report_to_tune()])
-    if result.error is not None:
-        raise result.error
+    try:
+        if res.workers_per_trial == 1:
+            fit_in_trial(loop_config(experiment.to_dict(), launch))
+            return
+        result = run_training(experiment.to_dict(), launch, [report_to_tune()])
+        if result.error is not None:
+            raise result.error
+    finally:
+        run.flush(wait=True)  # the trial's params and tags, if the store was away
 
 
 def table_metrics(space: SearchSpace) -> tuple[str, ...]:

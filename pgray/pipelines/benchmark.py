@@ -320,10 +320,10 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) ->
     name (`worst_case/image_auroc`, `protocol/pixel_auroc`, ...)."""
     import tempfile
 
-    from pgray.tracking.mlflow_runs import open_run_or_warn
+    from pgray.tracking.mlflow_runs import open_run_later
 
     rows = result["rows"]
-    child = open_run_or_warn(uri, f"bench-job:{job.key}", run_name=job.label(),
+    child = open_run_later(uri, f"bench-job:{job.key}", run_name=job.label(),
                              parent_run_id=parent_id,
                              tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
                                    "category": job.category, "setting": job.setting,
@@ -344,7 +344,7 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) ->
 def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
     """Reliability flags as MLflow tags: on each job's run and, per category and eps, on the
     benchmark's run (`pgray.flags.<dataset>.<category>.eps<e>`), with their numbers."""
-    from pgray.tracking.mlflow_runs import open_run_or_warn
+    from pgray.tracking.mlflow_runs import open_run_later
 
     by_job: dict[str, list[str]] = defaultdict(list)
     summary: dict[str, list[str]] = defaultdict(list)
@@ -355,7 +355,7 @@ def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
             summary[f"pgray.flags.{r['dataset']}.{r['category']}.eps{r['eps']:g}"] += notes
     for job_key, notes in by_job.items():
         if notes:
-            open_run_or_warn(uri, f"bench-job:{job_key}").set_tags(
+            open_run_later(uri, f"bench-job:{job_key}").set_tags(
                 {"pgray.flags": "; ".join(sorted(set(notes)))[:5000]})
     parent.set_tags({k: "; ".join(sorted(set(v)))[:5000] for k, v in summary.items()})
 

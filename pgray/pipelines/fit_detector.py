@@ -105,9 +105,9 @@ def record_fit(req: FitRequest, payload: dict[str, Any], uri: str) -> FitResult:
     from pgray.config.base import to_dict
     from pgray.detectors.loading import save_detector
     from pgray.detectors.registry import build
-    from pgray.tracking.mlflow_runs import open_run_or_warn
+    from pgray.tracking.mlflow_runs import open_run_later
 
-    tracker = open_run_or_warn(uri, f"fit:{req.name}", run_name=req.name,
+    tracker = open_run_later(uri, f"fit:{req.name}", run_name=req.name,
                                parent_run_id=req.parent_run_id,
                                tags={"pgray.kind": "fit", "detector": req.detector.name,
                                      "dataset": req.data.dataset,

@@ -93,15 +93,23 @@ class Tracker:
     warning naming each item."""
 
     def __init__(self, uri: str, run_id: str, experiment_id: str | None = None, *,
-                 existing: bool = False):
+                 existing: bool = False, opens: tuple[str, dict[str, Any]] | None = None):
         self.uri = uri
-        self.run_id = run_id
+        self.run_id = run_id  # "" until the run of `opens` is found (open_run_later)
         self.experiment_id = experiment_id
         self._existing = existing
         self._client = None
         self._backlog: deque[tuple[str, Callable[[Any], None]]] = deque()
         self._steps: dict[str, int] = {}  # metric key -> last step logged or buffered
         self._failed_at = -1e9
+        self._opens = opens
+        if opens is not None:  # the first call sent: everything else needs its run id
+            self._send(f"run {opens[0]}", self._find_or_create)
+
+    def _find_or_create(self, client) -> None:
+        run_key, kwargs = self._opens
+        opened = open_run(self.uri, run_key, **kwargs)
+        self.run_id, self.experiment_id = opened.run_id, opened.experiment_id
 
     @property
     def client(self):
@@ -181,12 +189,16 @@ class Tracker:
         """The last step of `key` in the run: known here once this process logged it, else
         asked of the store (waiting out an outage)."""
         if key not in self._steps:
-            history = retry(lambda: self.client.get_metric_history(self.run_id, key),
-                            "history")
+            history = retry(lambda: self._metric_history(key), "history")
             if history is None:  # unknown: what follows may repeat steps the run has
                 return -1
             self._steps[key] = max((m.step for m in history), default=-1)
         return self._steps[key]
+
+    def _metric_history(self, key: str) -> list:
+        if not self.flush(wait=False) or not self.run_id:  # the run itself may wait in the buffer
+            raise ConnectionError(f"tracking store {self.uri} not reached yet")
+        return self.client.get_metric_history(self.run_id, key)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -256,37 +268,13 @@ def open_run(
     return Tracker(uri, run_id, exp_id, existing=existing)
 
 
-class NullTracker:
-    """Stands in for a run that could not be opened: logging calls do nothing."""
-
-    def __init__(self, uri: str):
-        self.uri, self.run_id, self.experiment_id = uri, "", None
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def last_step(self, key: str) -> int:
-        return -1
-
-    def finish(self, status: str = "FINISHED", *, wait: bool = True) -> None:
-        pass
-
-
-def open_run_or_warn(uri: str, run_key: str, **kwargs) -> Tracker | NullTracker:
-    """open_run for runs opened mid-work (a trial, a benchmark job): an outage is waited out
-    (PATIENCE_S); a store gone for longer is warned about, naming the run, and the work goes
-    on (its results still reach the result files)."""
-    tracker = retry(lambda: open_run(uri, run_key, **kwargs), f"run {run_key}")
-    return NullTracker(uri) if tracker is None else tracker
+def open_run_later(uri: str, run_key: str, **kwargs) -> Tracker:
+    """open_run for runs opened mid-work (a trial, a benchmark job, a fit): the run is found
+    or created by its key when the store first answers (at once when it is up), and the work
+    never waits on it: what it logs meanwhile waits in the buffer. A store gone for longer
+    than PATIENCE_S costs that run, with a warning naming it; the results still reach the
+    result files."""
+    return Tracker(uri, "", existing=bool(kwargs.get("existing")), opens=(run_key, kwargs))
 
 
 def find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[str]:
@@ -304,6 +292,9 @@ def log_history(tracker: Tracker, history: Iterable[tuple[int, dict[str, float]]
     Called with the full per-epoch history held in the checkpoint, it makes a resumed run's
     metric series continue exactly once, whatever the point of failure.
     """
+    history = list(history)
+    if not history:
+        return 0
     seen = tracker.last_step(key)
     n = 0
     for step, metrics in history:
