@@ -83,7 +83,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
 
     from pgray.config import ExperimentConfig
     from pgray.core.fit import FitContext, fit
-    from pgray.tracking.mlflow_runs import Tracker, log_history, open_run_later
+    from pgray.tracking.mlflow_runs import Tracker, open_run_later
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
@@ -97,7 +97,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
     elif rank == 0 and loop_config.get("mlflow_run"):  # training goes on while it is away
         tracker = open_run_later(loop_config["mlflow_uri"], **loop_config["mlflow_run"])
     if tracker is not None:
-        log_history(tracker, history)
+        tracker.log_history(history)
 
     def report_epoch(epoch: int, metrics: dict[str, float], save) -> None:
         metrics = metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
@@ -113,7 +113,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
             lead = {k: float("nan") for k in loop_config.get("lead_metrics", ())}
             report(lead | metrics, checkpoint=checkpoint)
         if tracker is not None:
-            log_history(tracker, history)
+            tracker.log_history(history)
 
     def prepare(model):
         if world == 1:

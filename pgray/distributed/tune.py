@@ -251,14 +251,12 @@ class TrialRunsCallback(Callback):
         return int((trial.last_result or {}).get(TIME_ATTR, 0))
 
     def _close(self, trial, state: str, status: str, epochs: int) -> None:
-        from pgray.tracking.mlflow_runs import log_history
-
         ctx = self._ctx
         target = None if ctx is None else ctx.targets.get(trial.config.get(TARGET_KEY, ""))
         if target is None:
             return
         run = open_trial_run(ctx, trial.trial_id, target)
-        log_history(run, self._history.get(trial.trial_id, []))
+        run.log_history(self._history.get(trial.trial_id, []))
         run.set_tags({"pgray.trial_state": state, "pgray.epochs_done": epochs})
         run.finish(status, wait=False)  # an outage is waited out once the search ends
 

@@ -136,17 +136,15 @@ def train_category(req: TrainRequest) -> TrainResult:
 def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
     from pgray.core.device import pick_device
     from pgray.core.fit import FitContext, fit
-    from pgray.tracking.mlflow_runs import log_history
-
     resume = _local_resume_state(checkpoint, req.name)
     history: list = list((resume or {}).get("extra", {}).get("history", []))
-    log_history(tracker, history)
+    tracker.log_history(history)
 
     def report(epoch: int, metrics: dict[str, float], save) -> None:
         history.append((epoch, metrics))
         if save is not None:
             save(checkpoint, {"history": history, "run_name": req.name})
-        log_history(tracker, history)
+        tracker.log_history(history)
 
     hook = req.step_hook
     fit(req.config, FitContext(

@@ -172,33 +172,38 @@ class Tracker:
         self._send("params", log)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if isinstance(v, int | float) and v == v  # drop NaN: undefined metrics
-        ]
+        items = _metric_items(metrics, step)
         for item in items:
             self._steps[item.key] = max(step, self._steps.get(item.key, -1))
         self._send(f"metrics {sorted(metrics)} at step {step}",
                    lambda client: client.log_batch(self.run_id, metrics=items))
 
-    def last_step(self, key: str) -> int:
-        """The last step of `key` in the run: known here once this process logged it, else
-        asked of the store (waiting out an outage)."""
-        if key not in self._steps:
-            history = retry(lambda: self._metric_history(key), "history")
-            if history is None:  # unknown: what follows may repeat steps the run has
-                return -1
-            self._steps[key] = max((m.step for m in history), default=-1)
-        return self._steps[key]
+    def log_history(self, history: Iterable[tuple[int, dict[str, float]]],
+                    key: str = "loss") -> None:
+        """Log the epochs of `history` (the full per-epoch history a checkpoint holds) that the
+        run does not have yet: a resumed run's series continues exactly once, whatever the
+        point of failure. Where this process has not logged `key` before, the run's last step
+        is read when the call is sent (the training does not wait for the store)."""
+        history = list(history)
+        if not history:
+            return
+        if key in self._steps:
+            for step, metrics in history:
+                if step > self._steps[key]:
+                    self.log_metrics(metrics, step)
+            return
+        for step, metrics in history:  # known from here on: later calls log only new epochs
+            for name in metrics:
+                self._steps[name] = max(step, self._steps.get(name, -1))
 
-    def _metric_history(self, key: str) -> list:
-        if not self.flush(wait=False) or not self.run_id:  # the run itself may wait in the buffer
-            raise ConnectionError(f"tracking store {self.uri} not reached yet")
-        return self.client.get_metric_history(self.run_id, key)
+        def log_missing(client) -> None:
+            seen = max((m.step for m in client.get_metric_history(self.run_id, key)),
+                       default=-1)
+            for step, metrics in history:
+                if step > seen:
+                    client.log_batch(self.run_id, metrics=_metric_items(metrics, step))
+
+        self._send(f"history of {len(history)} epochs", log_missing)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -285,20 +290,9 @@ def find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[str]:
     return [r.info.run_id for r in runs]
 
 
-def log_history(tracker: Tracker, history: Iterable[tuple[int, dict[str, float]]],
-                key: str = "loss") -> int:
-    """Log the epochs of `history` that MLflow has not seen yet; returns how many were logged.
+def _metric_items(metrics: dict[str, float], step: int) -> list:
+    from mlflow.entities import Metric
 
-    Called with the full per-epoch history held in the checkpoint, it makes a resumed run's
-    metric series continue exactly once, whatever the point of failure.
-    """
-    history = list(history)
-    if not history:
-        return 0
-    seen = tracker.last_step(key)
-    n = 0
-    for step, metrics in history:
-        if step > seen:
-            tracker.log_metrics(metrics, step)
-            n += 1
-    return n
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()
+            if isinstance(v, int | float) and v == v]  # drop NaN: undefined metrics
