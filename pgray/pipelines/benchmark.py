@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config.benchmark import BenchmarkConfig, DatasetEntry
-from pgray.errors import CheckpointError
+from pgray.errors import CheckpointError, ClusterError
 from pgray.pipelines.benchmark_jobs import (
     BenchJob,
     categories_of,
@@ -47,15 +47,20 @@ class BenchmarkRun:
     def __init__(self, cfg: BenchmarkConfig, out: Path, *, mlflow_uri: str | None,
                  parent_run_id: str | None, force: bool, progress: bool) -> None:
         from pgray.io import ensure_dir
-        from pgray.tracking.mlflow_runs import open_run
-        from pgray.tracking.mlflow_store import check_tracking_uri, resolve_tracking_uri
+        from pgray.tracking.mlflow_runs import open_run, retry
+        from pgray.tracking.mlflow_store import resolve_tracking_uri
         from pgray.tracking.tables import read_rows
 
         self.cfg, self.out, self.progress = cfg, ensure_dir(out), progress
-        self.uri = resolve_tracking_uri(mlflow_uri)
-        check_tracking_uri(self.uri)
-        self.parent = open_run(self.uri, f"benchmark:{cfg.name}", run_name=f"benchmark {cfg.name}",
-                               parent_run_id=parent_run_id, tags={"pgray.kind": "benchmark"})
+        self.uri = resolve_tracking_uri(mlflow_uri)  # checked by the caller, at its start
+        # opened mid-sweep too (the final evaluation): an outage is waited out here
+        self.parent = retry(lambda: open_run(
+            self.uri, f"benchmark:{cfg.name}", run_name=f"benchmark {cfg.name}",
+            parent_run_id=parent_run_id, tags={"pgray.kind": "benchmark"}),
+            f"run benchmark:{cfg.name}")
+        if self.parent is None:
+            raise ClusterError(f"MLflow tracking store {self.uri} did not answer; the"
+                               f" benchmark {cfg.name} could not open its run")
         self.done = set() if force else {r["job_key"] for r in read_rows(self.out)}
         self.jobs: list[BenchJob] = []
         self.ran = 0
@@ -241,7 +246,7 @@ class BaselineFits:
         from pgray.pipelines.fit_detector import record_fit
 
         entry, category, detector, req = item
-        record_fit(req, payload, self.run.uri)
+        record_fit(req, payload, self.run.uri, wait=False)  # the driver's loop goes on
         self.done += 1
         self.evaluations.add(self.run.jobs_of(entry, category, detector), self.run.on_result)
 

@@ -100,8 +100,10 @@ def fit_detector(req: FitRequest) -> FitResult:
     return record_fit(req, payload, uri)
 
 
-def record_fit(req: FitRequest, payload: dict[str, Any], uri: str) -> FitResult:
-    """Write the fitted detector to OUT/<file> (detector.pt) and its MLflow run."""
+def record_fit(req: FitRequest, payload: dict[str, Any], uri: str, *,
+               wait: bool = True) -> FitResult:
+    """Write the fitted detector to OUT/<file> (detector.pt) and its MLflow run. Without
+    `wait` (a fit landing mid-benchmark) an absent tracking store is not waited for here."""
     from pgray.config.base import to_dict
     from pgray.detectors.loading import save_detector
     from pgray.detectors.registry import build
@@ -119,7 +121,7 @@ def record_fit(req: FitRequest, payload: dict[str, Any], uri: str) -> FitResult:
                          extra={"fit_s": payload["fit_s"], "n_images": payload["n_images"]})
     tracker.log_metrics({"fit_s": payload["fit_s"], "n_images": payload["n_images"]}, step=0)
     tracker.log_artifact(path)
-    tracker.finish()
+    tracker.finish(wait=wait)
     return FitResult(path, tracker.run_id, payload["fit_s"])
 
 
