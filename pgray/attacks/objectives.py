@@ -8,7 +8,9 @@ its anomaly map flattened. Ground-truth masks become unit labels (B, U) in {0, 1
   It raises normal units and lowers anomalous ones: a localization attack; for a normal image
   it raises every unit, which also hurts detection.
 - image_score: the image score signed by the image's label (+ for normal, - for anomalous):
-  raising it is exactly what hurts detection.
+  raising it is exactly what hurts detection. The sign comes from the image label wherever
+  one is given: an anomalous image whose mask holds no anomalous unit (no mask at all, or a
+  thin defect lost in a resize) is still pushed down, never up.
 - surrogate lse: the same signed direction, but through a smooth maximum of the units
   (temperature * logsumexp(units / temperature)). The top-k mean passes gradient to k units
   only; the smooth maximum passes it to all of them. Iterates are still judged by the true
@@ -84,8 +86,14 @@ def mask_weights(labels: torch.Tensor) -> torch.Tensor:
     return normal / n_normal - anomalous / n_anomalous
 
 
-def image_signs(labels: torch.Tensor) -> torch.Tensor:
-    """+1 for normal images (score pushed up), -1 for images with any anomalous unit."""
+def image_signs(labels: torch.Tensor, image_labels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """+1 for normal images (score pushed up), -1 for anomalous ones: by `image_labels` (B,)
+    where given, else by whether any unit is anomalous (pseudo-anomalies in training, whose
+    labels are their masks)."""
+    if image_labels is not None:
+        anomalous = image_labels.to(labels.device).reshape(-1) > 0.5
+        return 1.0 - 2.0 * anomalous.float()
     return 1.0 - 2.0 * (labels > 0.5).any(dim=1).float()
 
 
@@ -95,9 +103,10 @@ def mask_objective(units: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (units.float() * mask_weights(labels)).sum(dim=1)
 
 
-def image_score_objective(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def image_score_objective(scores: torch.Tensor, labels: torch.Tensor,
+                          image_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Image scores (B,) signed so that maximising them hurts detection."""
-    return _need_scores(scores).float() * image_signs(labels)
+    return _need_scores(scores).float() * image_signs(labels, image_labels)
 
 
 def _check_shapes(units: torch.Tensor, labels: torch.Tensor) -> None:
@@ -107,7 +116,8 @@ def _check_shapes(units: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def make_objective(labels: torch.Tensor, kind: str, *, surrogate: str = "none",
-                   temperature: float = 1.0) -> Objective:
+                   temperature: float = 1.0, image_labels: torch.Tensor | None = None
+                   ) -> Objective:
     """The objective as a closure over constants computed once (weights or signs)."""
     if kind == "mask":
         weights = mask_weights(labels)
@@ -119,7 +129,7 @@ def make_objective(labels: torch.Tensor, kind: str, *, surrogate: str = "none",
         return mask
     if kind != "image_score":
         raise ConfigError(f"objective: {kind!r} is not one of {list(KINDS)}")
-    signs = image_signs(labels)
+    signs = image_signs(labels, image_labels)
     if surrogate == "lse":
         def smooth_max(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
             return temperature * torch.logsumexp(units / temperature, dim=1) * signs

@@ -105,10 +105,12 @@ class _Objectives:
     """What a trajectory steps along (`step`) and what it keeps its best iterate by (`judge`):
     the same function unless a surrogate stands in for the image score."""
 
-    def __init__(self, labels: torch.Tensor, cfg: AttackConfig) -> None:
-        self.judge = make_objective(labels, cfg.objective)
+    def __init__(self, labels: torch.Tensor, cfg: AttackConfig,
+                 image_labels: torch.Tensor | None = None) -> None:
+        self.judge = make_objective(labels, cfg.objective, image_labels=image_labels)
         self.step = self.judge if cfg.surrogate == "none" else make_objective(
-            labels, cfg.objective, surrogate=cfg.surrogate, temperature=cfg.temperature)
+            labels, cfg.objective, surrogate=cfg.surrogate, temperature=cfg.temperature,
+            image_labels=image_labels)
 
     def both(self, scores: torch.Tensor, units: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,11 +219,14 @@ def attack(
     cfg: AttackConfig,
     seed: int = 0,
     on_step: StepCallback | None = None,
+    image_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial images (detached, float32, on the images' device) maximising the objective.
 
     images: (B, 3, H, W) in [0, 1]; labels: the detector's unit labels (B, U) in {0, 1}
-    (patch labels for PatchGuard). `on_step(k)` is called after each step with
+    (patch labels for PatchGuard); image_labels: (B,) 0 normal / 1 anomalous, the direction
+    of a detection attack (without them, whether any unit is anomalous decides).
+    `on_step(k)` is called after each step with
     k = 1 .. restarts * steps (pgray's PGD only). Weights are frozen and the model is in eval
     mode during the attack; both are restored afterwards.
     """
@@ -231,8 +236,9 @@ def attack(
     if cfg.library == "torchattacks":
         from pgray.attacks.torchattacks_adapter import torchattacks_attack
 
-        return torchattacks_attack(model, images, labels, cfg, seed=seed)
+        return torchattacks_attack(model, images, labels, cfg, seed=seed,
+                                   image_labels=image_labels)
     _, x0, labels = prepare_inputs(model, images, labels)
     with frozen(model), eval_mode(model), torch.enable_grad():
-        adv = _pgd(model, x0, _Objectives(labels, cfg), cfg, seed, on_step)
+        adv = _pgd(model, x0, _Objectives(labels, cfg, image_labels), cfg, seed, on_step)
     return adv.to(images.device)

@@ -11,10 +11,19 @@ Members (suite `adaptive`), all at the same eps:
 - `apgd_det`, `apgd_loc`: torchattacks' APGD (best-loss path) on the two objectives.
 - `square_det`: torchattacks' Square, a black-box attack, on the detection objective, on a
   class-balanced subset (it needs no gradient, so it catches masked gradients).
-- `worst_case`: per image, the candidate that most harms it: the largest signed image score
-  for detection, the largest mask objective for localization; metrics are then computed over
-  those images. AUROC ranks a set, so the choice is made image by image, never as a minimum
-  of AUROCs.
+- `worst_case`: per image, the candidate that most harms it (the clean image is a candidate
+  too): the largest signed image score for detection, the largest mask objective for
+  localization; metrics are then computed over those images. AUROC ranks a set, so the
+  choice is made image by image, never as a minimum of AUROCs. Pixel AUROC and AUPRO pool
+  blurred maps over images, so the per-image pick on raw units can land above a member: the
+  reported localization worst case is the lower of the pick and every member
+  (`pgray.core.scoring.evaluate_suite`).
+
+Directions and picks come from the image labels; unit labels from the full-resolution masks
+(a unit is anomalous if any of its source pixels is). The protocol member alone keeps the
+reference's unit labels, from the resized mask: a thin defect lost in that resize leaves an
+anomalous image with no anomalous unit there (the reference's quirk, kept to stay
+bit-identical).
 
 Suite `protocol` runs the protocol alone (the paper's number, and nothing a skeptic needs).
 """
@@ -108,6 +117,20 @@ def balanced_subset(labels: list[int], size: int) -> frozenset[int]:
     return frozenset(normal[:take_n] + anomalous[:take_a])
 
 
+@dataclass(frozen=True)
+class Truth:
+    """What the attacks and the worst-case pick know of a batch's images."""
+
+    units: torch.Tensor  # (B, U) a unit is anomalous if any of its source pixels is
+    images: torch.Tensor  # (B,) image labels: the direction of every detection attack
+    # (B, U) the protocol's unit labels, from the resized mask as the reference makes them
+    reference_units: torch.Tensor | None = None
+
+    def lost(self) -> torch.Tensor:
+        """(B,) anomalous images without an anomalous unit (no mask, or none at this grid)."""
+        return (self.images.reshape(-1) > 0.5) & ~(self.units > 0.5).any(dim=1)
+
+
 @dataclass
 class Candidate:
     """One member's adversarial images of a batch, scored once in fp32."""
@@ -125,7 +148,8 @@ class Candidate:
 class SuiteBatch:
     """Everything the suite learned about one batch."""
 
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # one per member, in the members' order
+    clean: Candidate  # the unattacked images: a candidate of every pick
     worst_scores: torch.Tensor  # (B,) per image, the most harmful candidate for detection
     worst_units: torch.Tensor  # (B, U) per image, the most harmful one for localization
     whitebox_scores: torch.Tensor  # (B,) the same over the white-box detection attacks only
@@ -133,11 +157,12 @@ class SuiteBatch:
 
 
 @torch.no_grad()
-def score_candidate(model: nn.Module, name: str, adv: torch.Tensor, labels: torch.Tensor,
+def score_candidate(model: nn.Module, name: str, adv: torch.Tensor, truth: Truth,
                     present: torch.Tensor) -> Candidate:
     scores, units = detector_outputs(model, adv)
-    return Candidate(name, scores, units, image_score_objective(scores, labels),
-                     mask_objective(units, labels), present, adv)
+    return Candidate(name, scores, units,
+                     image_score_objective(scores, truth.units, truth.images),
+                     mask_objective(units, truth.units), present, adv)
 
 
 def _pick(candidates: list[Candidate], key: str) -> torch.Tensor:
@@ -152,38 +177,43 @@ def _gather(candidates: list[Candidate], field: str, pick: torch.Tensor) -> torc
     return stacked[pick, torch.arange(pick.shape[0], device=pick.device)]
 
 
-def attack_batch(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+def attack_batch(model: nn.Module, x: torch.Tensor, truth: Truth,
                  suite_members: list[Member], *, in_subset: torch.Tensor, seed: int,
                  on_member: Callable[[str], None] | None = None) -> SuiteBatch:
     """Run every member on the batch (subset members on `in_subset` images only), score each
-    result once, and choose each image's worst case."""
+    result once, and choose each image's worst case among them and the clean image."""
     candidates = []
     for k, member in enumerate(suite_members):
         present = in_subset if member.subset else torch.ones_like(in_subset)
+        units = (truth.reference_units if member.name == "protocol"
+                 and truth.reference_units is not None else truth.units)
         adv = x.clone()
         if present.any():
-            adv[present] = attack(model, x[present], labels[present], member.cfg,
-                                  seed=seed * 31 + k)
-        candidates.append(score_candidate(model, member.name, adv, labels, present))
+            adv[present] = attack(model, x[present], units[present], member.cfg,
+                                  seed=seed * 31 + k, image_labels=truth.images[present])
+        candidates.append(score_candidate(model, member.name, adv, truth, present))
         if on_member is not None:
             on_member(member.name)
+    clean = score_candidate(model, "clean", x.clone(), truth, torch.ones_like(in_subset))
+    picks = [*candidates, clean]
     whitebox = [c for c, m in zip(candidates, suite_members)
-                if m.aims_at != LOCALIZATION and not m.subset]
+                if m.aims_at != LOCALIZATION and not m.subset] + [clean]
     return SuiteBatch(
-        candidates=candidates,
-        worst_scores=_gather(candidates, "scores", _pick(candidates, "detection")),
-        worst_units=_gather(candidates, "units", _pick(candidates, "localization")),
+        candidates=candidates, clean=clean,
+        worst_scores=_gather(picks, "scores", _pick(picks, "detection")),
+        worst_units=_gather(picks, "units", _pick(picks, "localization")),
         whitebox_scores=_gather(whitebox, "scores", _pick(whitebox, "detection")),
-        zero_gradient=zero_gradient_images(model, x, labels),
+        zero_gradient=zero_gradient_images(model, x, truth),
     )
 
 
 def worst_images(batch: SuiteBatch) -> torch.Tensor:
-    """Per image, the adversarial image chosen for detection (panels show it)."""
-    return _gather(batch.candidates, "images", _pick(batch.candidates, "detection"))
+    """Per image, the image chosen for detection (panels show it)."""
+    picks = [*batch.candidates, batch.clean]
+    return _gather(picks, "images", _pick(picks, "detection"))
 
 
-def zero_gradient_images(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
+def zero_gradient_images(model: nn.Module, x: torch.Tensor, truth: Truth
                          ) -> dict[str, torch.Tensor]:
     """Per objective, which images have an all-zero input gradient at the clean image: an
     attack from there does nothing (a detector run under no_grad, a step function)."""
@@ -191,7 +221,8 @@ def zero_gradient_images(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
     with frozen(model), eval_mode(model), torch.enable_grad():
         for name, kind in (("detection", "image_score"), ("localization", "mask")):
             xg = x.detach().clone().requires_grad_(True)
-            obj = make_objective(labels, kind)(*detector_outputs(model, xg))
+            objective = make_objective(truth.units, kind, image_labels=truth.images)
+            obj = objective(*detector_outputs(model, xg))
             out[name] = input_gradient(obj, xg).flatten(1).abs().amax(dim=1) == 0
     return out
 

@@ -31,12 +31,13 @@ class TwoClassView(nn.Module):
     """
 
     def __init__(self, model: nn.Module, labels: torch.Tensor, objective: str = "mask",
-                 precision: str = "fp32", margin_offset: float | None = None) -> None:
+                 precision: str = "fp32", margin_offset: float | None = None,
+                 image_labels: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.precision = precision
         self.margin_offset = margin_offset
-        self._objective = make_objective(labels.float(), objective)
+        self._objective = make_objective(labels.float(), objective, image_labels=image_labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         obj = self._objective(*outputs_fp32(self.model, x, autocast(x.device, self.precision)))
@@ -108,6 +109,7 @@ def torchattacks_attack(
     labels: torch.Tensor,
     cfg: AttackConfig,
     seed: int = 0,
+    image_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same attack through torchattacks 3.5.1 (PGD, APGD-CE or Square) on `TwoClassView`.
 
@@ -119,7 +121,8 @@ def torchattacks_attack(
         return images.detach().clone()
     device, x0, labels = prepare_inputs(model, images, labels)
     offset = _NEVER_FOOLED if cfg.method == "square" else None
-    view = TwoClassView(model, labels, cfg.objective, cfg.precision, margin_offset=offset)
+    view = TwoClassView(model, labels, cfg.objective, cfg.precision, margin_offset=offset,
+                        image_labels=image_labels)
     with frozen(model), eval_mode(model), torch.enable_grad(), _seeded(seed, device):
         adv = _run_torchattacks(view, x0, cfg, seed)
     return adv.detach().to(images.device)

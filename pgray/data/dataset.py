@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from pgray.data.imageio import (
     MASK_RULES,
     MaskResize,
+    cover_mask,
     load_binary,
     load_rgb,
     resize_mask,
@@ -32,9 +33,10 @@ FOREGROUND_THRESHOLD = 127
 class ADDataset(Dataset):
     """Images resized with Lanczos to img_size x img_size, in [0, 1].
 
-    Item: dict(image (3,H,W) float32, mask (1,H,W) float32 {0,1}, label int64 scalar,
-    foreground (1,H,W) float32 {0,1} (all ones without a mask file), image_path str,
-    mask_path str ("" when none)).
+    Item: dict(image (3,H,W) float32, mask (1,H,W) float32 {0,1}, unit_mask (1,H,W) float32
+    {0,1} (a pixel is set where any full-resolution mask pixel it covers is: what the model's
+    units are labelled from), label int64 scalar, foreground (1,H,W) float32 {0,1} (all ones
+    without a mask file), image_path str, mask_path str ("" when none)).
     """
 
     def __init__(
@@ -61,27 +63,33 @@ class ADDataset(Dataset):
         sample = self.samples[index]
         img = load_rgb(sample.image_path)
         image = torch.from_numpy(resize_rgb(img, self.img_size)).permute(2, 0, 1).contiguous()
-        mask = self._mask(sample, img.size)
+        mask, cover = self._masks(sample, img.size)
         foreground = self._foreground(sample)
         return {
             "image": image,
             "mask": torch.from_numpy(mask.astype(np.float32))[None],
+            "unit_mask": torch.from_numpy(cover.astype(np.float32))[None],
             "label": torch.tensor(sample.label, dtype=torch.int64),
             "foreground": torch.from_numpy(foreground.astype(np.float32))[None],
             "image_path": str(sample.image_path),
             "mask_path": str(sample.mask_path) if sample.mask_path else "",
         }
 
-    def _mask(self, sample: Sample, image_size: tuple[int, int]) -> np.ndarray:
+    def _masks(self, sample: Sample, image_size: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The mask by the configured rule (what pixel metrics score), and its cover (what
+        unit labels come from)."""
         if sample.mask_path is None:
-            return np.zeros((self.img_size, self.img_size), bool)
+            empty = np.zeros((self.img_size, self.img_size), bool)
+            return empty, empty
         raw = load_binary(sample.mask_path)
         if (raw.shape[1], raw.shape[0]) != image_size:
             raise DatasetError(
                 f"{sample.mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
                 f"{sample.image_path.name} is {image_size[0]}x{image_size[1]} (masks must match)"
             )
-        return resize_mask(raw, self.img_size, self.mask_resize)
+        return (resize_mask(raw, self.img_size, self.mask_resize),
+                cover_mask(raw, self.img_size))
 
     def _foreground(self, sample: Sample) -> np.ndarray:
         if sample.foreground_path is None:

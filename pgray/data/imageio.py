@@ -93,6 +93,23 @@ def resize_mask(mask: np.ndarray, size: int, rule: MaskResize = "nearest") -> np
     return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS)) > 0
 
 
+def cover_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool mask at size x size whose pixel is set where any source pixel it covers is:
+    what a unit of the model's grid holds of the full-resolution mask. A 3 px scratch on a
+    1024 px image survives it; a nearest-neighbour resize keeps such a scratch only where a
+    sampled pixel happens to land on it."""
+    return _cover_axis(_cover_axis(mask.astype(bool), size, 0), size, 1)
+
+
+def _cover_axis(mask: np.ndarray, size: int, axis: int) -> np.ndarray:
+    n = mask.shape[axis]
+    starts = np.arange(size) * n // size
+    ends = -(-(np.arange(1, size + 1) * n) // size)  # ceil: a pixel that straddles counts
+    counts = np.cumsum(mask, axis=axis, dtype=np.int64)
+    counts = np.concatenate([np.zeros_like(counts.take([0], axis=axis)), counts], axis=axis)
+    return (counts.take(ends, axis=axis) - counts.take(starts, axis=axis)) > 0
+
+
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
     """Write a PNG atomically, so a crash never leaves a half-written mask that a later run
     would trust."""
