@@ -83,8 +83,9 @@ def _rising(rows: list[Row], flags: _Flags, axis: str, group_keys: tuple[str, ..
             name: str) -> None:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
-        if _robust(r):
-            groups[(_scope(r), r.get("attack"), *(r.get(k) for k in group_keys))].append(i)
+        if _robust(r):  # rows of another precision are another attack: never compared
+            groups[(_scope(r), r.get("attack"), r.get("precision"),
+                    *(r.get(k) for k in group_keys))].append(i)
     for members in groups.values():
         members.sort(key=lambda i: _num(_axis(rows[i], axis)) or 0.0)
         for prev, cur in zip(members, members[1:]):

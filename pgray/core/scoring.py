@@ -241,13 +241,19 @@ def test_loader(dataset, batch_size: int, device: torch.device):
                       pin_memory=device.type == "cuda")
 
 
-def resolved(cfg: AttackConfig | None, device: torch.device) -> AttackConfig | None:
-    """The attack with `precision: auto` decided for the device, as its rows record it."""
-    from pgray.core.device import resolve_precision
+def attack_settings_for(model, dataset, settings: list, *, device: torch.device,
+                        batch_size: int) -> tuple[list, float | None]:
+    """The attacks with their precision decided for this model and device (fp32 unless bf16
+    was shown to agree on it: `pgray.attacks.precision`), and the gap that check measured."""
+    from pgray.attacks.precision import attack_precision
 
-    if cfg is None or cfg.precision != "auto":
-        return cfg
-    return dataclasses.replace(cfg, precision=resolve_precision("auto", device))
+    attacks = [a for a in settings if a is not None]
+    if not attacks:
+        return settings, None
+    precision, gap = attack_precision(model, dataset, attacks[0], wanted=attacks[0].precision,
+                                      device=device, batch_size=batch_size)
+    return [None if a is None else dataclasses.replace(a, precision=precision)
+            for a in settings], gap
 
 
 def _timed_row(desc: dict[str, Any], out: EvalOutputs, started: float) -> dict[str, Any]:
@@ -266,8 +272,10 @@ def evaluate_model(
 ) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
     """Rows of metrics, one per single setting, and the raw outputs keyed by setting name."""
     rows, outputs = [], {}
-    for attack_cfg in (resolved(a, device) for a in settings):
-        desc = describe_setting(attack_cfg)
+    settings, gap = attack_settings_for(model, dataset, settings, device=device,
+                                        batch_size=batch_size)
+    for attack_cfg in settings:
+        desc = describe_setting(attack_cfg) | ({} if attack_cfg is None else {"bf16_gap": gap})
         bar = _bar(len(dataset), desc["setting"], progress)
         started = time.perf_counter()
         out = score_batches(
@@ -296,9 +304,14 @@ def evaluate_suite(
     """Rows for each member of one suite run (at one eps) and its worst case; the outputs
     keyed by setting name. The worst-case row records its zero-gradient fractions, the
     black-box member's row the white-box detection worst case on the same subset."""
-    from pgray.attacks.suite import WORST, balanced_subset, planned_work
+    from pgray.attacks.suite import DETECTION, WORST, balanced_subset, planned_work
 
-    suite_members = [dataclasses.replace(m, cfg=resolved(m.cfg, device)) for m in suite_members]
+    probe = next((m.cfg for m in suite_members if m.aims_at == DETECTION and not m.subset),
+                 suite_members[0].cfg)
+    (probe, *cfgs), gap = attack_settings_for(
+        model, dataset, [probe, *(m.cfg for m in suite_members)], device=device,
+        batch_size=batch_size)
+    suite_members = [dataclasses.replace(m, cfg=c) for m, c in zip(suite_members, cfgs)]
     subset = balanced_subset([s.label for s in dataset.samples], subset_size)
     work = planned_work(suite_members, len(dataset), len(subset))
     if progress:
@@ -334,7 +347,7 @@ def evaluate_suite(
     rows.append(worst | {
         "zero_grad_detection": result.zero_gradient["detection"],
         "zero_grad_localization": result.zero_gradient["localization"],
-        "anomalous_without_units": result.anomalous_without_units,
+        "anomalous_without_units": result.anomalous_without_units, "bf16_gap": gap,
         "image_steps": work["image_steps"], "queries": work["queries"]})
     outputs[desc["setting"]] = result.worst
     return rows, outputs

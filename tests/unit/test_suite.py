@@ -278,3 +278,35 @@ def test_surrogate_needs_the_image_score_objective():
 
     with pytest.raises(ConfigError, match="surrogate"):
         dataclasses.replace(AttackConfig(), surrogate="lse").validate()
+
+
+def test_attack_gradients_stay_fp32_unless_bf16_agrees_on_this_model(trained, test_split,
+                                                                      monkeypatch):
+    """bf16 is used only where one detection attack on the same model gives a robust AUROC
+    within 0.01 of fp32's; every row says which precision ran and the gap measured."""
+    import pgray.attacks.precision as precision
+
+    auto, _ = _suite_rows(trained, test_split, 8.0)  # auto on the CPU: fp32, nothing asked
+    assert {r.get("precision") for r in auto if r["attack"] != "worst_case"} == {"fp32"}
+    assert auto[-1]["bf16_gap"] is None
+    asked = AttackConfig(steps=5, precision="bf16")
+    rows, _ = _suite_rows(trained, test_split, 8.0, protocol=asked)
+    gap = rows[-1]["bf16_gap"]
+    assert gap is not None and gap >= 0
+    expected = "bf16" if gap <= precision.BF16_TOLERANCE else "fp32"
+    assert {r.get("precision") for r in rows if r["attack"] != "worst_case"} == {expected}
+    monkeypatch.setattr(precision, "BF16_TOLERANCE", -1.0)  # no gap is small enough
+    monkeypatch.setattr(precision, "_CHECKED", precision.weakref.WeakKeyDictionary())
+    rows, _ = _suite_rows(trained, test_split, 8.0, protocol=asked)
+    assert {r.get("precision") for r in rows if r["attack"] != "worst_case"} == {"fp32"}
+
+
+def test_flags_never_compare_rows_of_different_precision():
+    base = dict(IDENTITY, attack="det_topk", steps=5, restarts=1, flags=[])
+    rows = [dict(base, attack="clean", eps=0.0, image_auroc=0.9),
+            dict(base, eps=2.0, precision="fp32", image_auroc=0.30),
+            dict(base, eps=8.0, precision="bf16", image_auroc=0.40)]
+    flagged = reliability_flags(rows)
+    assert not any("rises_with_eps" in r["flags"] for r in flagged)
+    rows[2]["precision"] = "fp32"
+    assert "rises_with_eps" in reliability_flags(rows)[2]["flags"]
