@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pgray.config.base import check, check_eps, from_dict, load_yaml
 from pgray.config.experiment import AttackConfig, SuiteConfig
-from pgray.config.search_sections import Resources
+from pgray.config.search_sections import Resources, check_seeds
 
 
 @dataclass
@@ -34,10 +35,12 @@ class DatasetEntry:
     dataset: str
     root: str = ""  # "" with dataset synthetic: the generated dataset (cached)
     categories: list[str] | str = "all"  # "all": every category present under the root
-    # PatchGuard's checkpoint path template; {dataset} and {category} are filled in
+    # PatchGuard's checkpoint path template; {dataset}, {category} and {seed} are filled in
+    # (with `seeds` and no {seed} in it, each seed's file goes in a folder seed<n> beside it)
     checkpoint: str = "runs/benchmark/checkpoints/{dataset}/{category}/checkpoint.pt"
     patchguard: bool = True  # false: only the `detectors` below
     detectors: list[DetectorEntry] = field(default_factory=list)
+    seed: int | None = None  # PatchGuard's training seed here (set per seed by `seeds`)
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -83,6 +86,9 @@ class BenchmarkConfig:
     # what each of those trainings asks for; they run at once as far as the cluster allows
     train_resources: Resources = field(default_factory=Resources)
     actors: ActorConfig = field(default_factory=ActorConfig)
+    # PatchGuard's training seeds: each category's checkpoint is trained (or looked for) once
+    # per seed, every one evaluated; tables show the mean and its interval across seeds
+    seeds: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         from pgray.errors import PgrayError
@@ -101,6 +107,22 @@ class BenchmarkConfig:
         check(self.mask_resize in ("nearest", "lanczos_any"), "mask_resize",
               f"must be nearest or lanczos_any, got {self.mask_resize!r}")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check_seeds(self.seeds)
+
+    def entries(self) -> list[DatasetEntry]:
+        """The dataset entries with `seeds` applied: PatchGuard once per seed (its own
+        checkpoint file, trained with that seed), the other detectors once."""
+        if not self.seeds:
+            return list(self.datasets)
+        out = []
+        for entry in self.datasets:
+            if entry.patchguard and entry.seed is None:
+                out += [dataclasses.replace(entry, seed=s, detectors=[]) for s in self.seeds]
+                if entry.detectors:
+                    out.append(dataclasses.replace(entry, patchguard=False))
+            else:
+                out.append(entry)
+        return out
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:

@@ -217,6 +217,7 @@ class DatasetTargets:
     root: str = ""  # "generated": the cached synthetic dataset; relative paths: from the cwd
     categories: list[str] | str = "all"  # "all": every category the layout knows
     options: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None  # the targets' own training seed (a benchmark's `seeds`)
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "must name a dataset")
@@ -228,6 +229,17 @@ class DatasetTargets:
               f"'{GENERATED_ROOT}' is only for dataset synthetic, not {self.dataset}")
 
 
+def target_key(dataset: str, category: str, seed: int | None = None) -> str:
+    """`dataset/category`, and `@seed<n>` for a training seed of its own."""
+    return f"{dataset}/{category}" + ("" if seed is None else f"@seed{seed}")
+
+
+def check_seeds(seeds: list[int], where: str = "seeds") -> None:
+    check(all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
+          where, f"must be non-negative integers, got {seeds}")
+    check(len(set(seeds)) == len(seeds), where, f"lists a seed twice: {seeds}")
+
+
 @dataclass(frozen=True)
 class Target:
     """One (dataset, category) study: its trials, best trial and final evaluation."""
@@ -236,10 +248,11 @@ class Target:
     root: str
     category: str
     options: tuple[tuple[str, Any], ...] = ()
+    seed: int | None = None  # a training seed of its own (None: fixed.train.seed)
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}/{self.category}"
+        return target_key(self.dataset, self.category, self.seed)
 
     def data_section(self, base: dict[str, Any]) -> dict[str, Any]:
         return base | {"dataset": self.dataset, "root": self.root, "category": self.category,

@@ -32,6 +32,7 @@ from pgray.config.search_sections import (
     Resources,
     Scheduler,
     Target,
+    check_seeds,
 )
 from pgray.errors import ConfigError
 
@@ -50,7 +51,11 @@ class SearchSpace:
     resources: Resources = field(default_factory=Resources)
     final_eval: FinalEval = field(default_factory=FinalEval)
     sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = 0
+    seed: int = 0  # of the sampler
+    # training seeds of the final evaluation: each target's best config is trained again with
+    # every one of them besides fixed.train.seed, all evaluated; tables show the mean and its
+    # interval across seeds
+    seeds: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name)), "name",
@@ -72,6 +77,13 @@ class SearchSpace:
         self._validate_search()
         self._validate_start_points()
         self._validate_final_categories()
+        check_seeds(self.seeds)
+        check(not self.seeds or self.final_eval.enabled, "seeds",
+              "are trained for the final evaluation; enable final_eval or drop seeds")
+
+    def extra_seeds(self) -> list[int]:
+        """The seeds the best configs are trained again with (the trials ran fixed's)."""
+        return [s for s in self.seeds if s != self.fixed_config().train.seed]
 
     # --- derived views -------------------------------------------------------------------
     @property
@@ -100,6 +112,8 @@ class SearchSpace:
         """The full experiment of one trial: fixed, then the target's data, then params."""
         base = self._base_dict()
         base["data"] = target.data_section(base.get("data", {}))
+        if target.seed is not None:
+            base = merge(base, {"train": {"seed": target.seed}})
         try:
             return ExperimentConfig.from_dict(apply_params(base, params))
         except ConfigError as err:

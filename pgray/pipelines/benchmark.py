@@ -125,7 +125,8 @@ def run_benchmark(
     from pgray.pipelines.train_eval import Evaluations, check_targets, resolve_targets
     from pgray.tracking.mlflow_store import check_tracking_uri, resolve_tracking_uri
 
-    targets = [(e, c, d) for e in cfg.datasets for c in categories_of(e) for d in detectors_of(e)]
+    entries = cfg.entries()  # seeds applied
+    targets = [(e, c, d) for e in entries for c in categories_of(e) for d in detectors_of(e)]
     missing = [t for t in targets if not checkpoint_path(*t).is_file()]
     _check_missing(cfg, missing)
     to_train = [(e, c) for e, c, d in missing if d is None]
@@ -137,7 +138,7 @@ def run_benchmark(
     uri = resolve_tracking_uri(mlflow_uri)
     check_tracking_uri(uri)
     if to_train or not sequential:  # every check passes before the benchmark's run opens
-        _connect(address, uri, store, [entry_root(e) for e in cfg.datasets])
+        _connect(address, uri, store, [entry_root(e) for e in entries])
     run = BenchmarkRun(cfg, out, mlflow_uri=uri, parent_run_id=parent_run_id,
                        force=force, progress=progress)
     evaluations = Evaluations(cfg.actors, sequential=sequential, progress=progress)
@@ -274,16 +275,19 @@ def _connect(address: str | None, uri: str, storage: str | None, roots: list[str
 
 def training_space(cfg: BenchmarkConfig, missing: list[tuple[DatasetEntry, str]]):
     """The benchmark's trainings as a search space with nothing searched: one trial per
-    missing category, the fixed config `cfg.train`, no early stopping."""
+    missing category (and seed), the fixed config `cfg.train`, no early stopping."""
     from pgray.config.search_sections import DatasetTargets, Resources
     from pgray.config.search_space import space_from_dict
     from pgray.pipelines.benchmark_jobs import entry_root
 
     by_entry: dict[int, list[str]] = defaultdict(list)
+    order = []
     for entry, category in missing:
+        if id(entry) not in by_entry:
+            order.append(entry)
         by_entry[id(entry)].append(category)
     datasets = [DatasetTargets(dataset=e.dataset, root=entry_root(e), categories=by_entry[id(e)],
-                               options=dict(e.options)) for e in cfg.datasets if id(e) in by_entry]
+                               options=dict(e.options), seed=e.seed) for e in order]
     from pgray.config.base import to_dict
 
     return space_from_dict({
@@ -301,11 +305,12 @@ def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, space, missing, evalu
     Returns how many were trained."""
     import dataclasses
 
+    from pgray.config.search_sections import target_key
     from pgray.distributed.cluster import resolve_worker_gpus
     from pgray.distributed.tune import SweepContext
     from pgray.pipelines.train_eval import resolve_targets, train_each_target
 
-    where = {f"{e.dataset}/{c}": (e, c) for e, c in missing}
+    where = {target_key(e.dataset, c, e.seed): (e, c) for e, c in missing}
     res = space.resources
     res = dataclasses.replace(res, gpus_per_worker=resolve_worker_gpus(
         res.gpus_per_worker, allow_cpu=res.allow_cpu, where="train_resources.gpus_per_worker"))

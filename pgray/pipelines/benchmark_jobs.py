@@ -48,6 +48,7 @@ class BenchJob:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     checkpoint_epoch: int | None = field(default=None, hash=False, compare=False)
     detector: str = "patchguard"
+    seed: int | None = None  # the checkpoint's training seed where the benchmark sets seeds
     # a reference state dict's architecture (ModelConfig keys); empty: the reference's own
     reference_model: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
@@ -64,7 +65,8 @@ class BenchJob:
     def key(self) -> str:
         blob = json.dumps([self.dataset, self.category, self.checkpoint_sha256, self.kind,
                            self.attacks, self.suite, self.eps, self.mask_resize,
-                           self.options, self.detector, self.reference_model],
+                           self.options, self.detector, self.reference_model]
+                          + ([] if self.seed is None else [self.seed]),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -99,7 +101,8 @@ class BenchJob:
 
     def label(self) -> str:
         who = "" if self.detector == "patchguard" else f" {self.detector}"
-        return f"{self.dataset}/{self.category}{who} {self.setting}"
+        seed = "" if self.seed is None else f" seed {self.seed}"
+        return f"{self.dataset}/{self.category}{who}{seed} {self.setting}"
 
 
 def entry_root(entry) -> str:
@@ -153,7 +156,12 @@ def job_grid(cfg: BenchmarkConfig) -> list[tuple[str, float, list[AttackConfig]]
 def checkpoint_path(entry, category: str, detector=None) -> Path:
     """The file of PatchGuard (detector None) or of another detector of the entry."""
     template = entry.checkpoint if detector is None else detector.checkpoint
-    return Path(template.format(dataset=entry.dataset, category=category))
+    seed = entry.seed if detector is None else None
+    path = Path(template.format(dataset=entry.dataset, category=category,
+                                seed="" if seed is None else seed))
+    if seed is not None and "{seed}" not in template:
+        path = path.parent / f"seed{seed}" / path.name
+    return path
 
 
 def detectors_of(entry) -> list:
@@ -188,12 +196,13 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=cfg.n_panels,
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
+        seed=entry.seed if detector is None else None,
     ) for kind, eps, attacks in job_grid(cfg)]
 
 
 def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
     """Every job of the benchmark (every checkpoint must exist)."""
-    return [job for entry in cfg.datasets for category in categories_of(entry)
+    return [job for entry in cfg.entries() for category in categories_of(entry)
             for detector in detectors_of(entry)
             for job in jobs_for(cfg, entry, category, detector)]
 
@@ -308,7 +317,7 @@ class JobEvaluator:
         key = hashlib.sha256(f"{job.key}:{row['attack']}:{row['setting']}".encode())
         return row | {
             "row_key": key.hexdigest()[:16], "job_key": job.key, "job": job.setting,
-            "detector": job.detector,
+            "detector": job.detector, "seed": job.seed,
             "dataset": job.dataset, "category": job.category, "checkpoint": job.checkpoint,
             "checkpoint_file": Path(job.checkpoint).name, "checkpoint_epoch": job.checkpoint_epoch,
             "checkpoint_sha256": job.checkpoint_sha256, "mask_resize": job.mask_resize,

@@ -239,8 +239,8 @@ def benchmark_plan(cfg, cluster: Cluster, *, gpu_tflops: float = 989.0,
     gpus = _worker_gpus(cfg.train_resources, cluster)
     per_trial = summarize_resources(cfg.train_resources, gpus)
     pieces = []
-    for entry, category in _targets(cfg.datasets):
-        key = f"{entry.dataset}/{category}"
+    for entry, category in _targets(cfg.entries()):
+        key = f"{entry.dataset}/{category}" + ("" if entry.seed is None else f"@seed{entry.seed}")
         n_train, n_test, counted = count_images(entry.dataset, _root(entry), category,
                                                 dict(entry.options))
         note = "" if counted else f"no data here: {n_train} train / {n_test} test assumed"
@@ -269,7 +269,7 @@ def sweep_plan(space, cluster: Cluster, *, gpu_tflops: float = 989.0,
     from pgray.config.search_sections import Target
     from pgray.distributed.actors import pool_size
     from pgray.distributed.tune import derive_max_concurrent
-    from pgray.pipelines.sweep import benchmark_config
+    from pgray.pipelines.final_eval import benchmark_config
 
     gpus = _worker_gpus(space.resources, cluster)
     per_trial = summarize_resources(space.resources, gpus)

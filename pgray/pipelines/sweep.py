@@ -12,10 +12,9 @@ from pgray.config.search_sections import Target
 from pgray.config.search_space import SearchSpace
 from pgray.errors import PgrayError
 from pgray.io import write_text
-from pgray.pipelines.train_eval import CHECKPOINT_FILE, check_targets, resolve_targets
-from pgray.pipelines.trials import TrialSummary, select_best, summarise, summary_of_trial
+from pgray.pipelines.train_eval import check_targets, resolve_targets
+from pgray.pipelines.trials import TrialSummary, select_best, summarise
 from pgray.tracking.sweep_report import (
-    attack_text,
     results_text,
     trials_table,
     write_best_configs,
@@ -76,9 +75,10 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     check_tracking_reachable(uri)
     check_nodes(storage, [t.root for t in targets if t.root])  # before anything is submitted
     parent = _open_parent(space, uri, out)
-    _say(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
+    say_progress(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
               f" of {space.epochs()} epoch(s); {joined}")
     from pgray.distributed.tune import SweepContext
+    from pgray.pipelines.final_eval import FinalStage, benchmark_config
     from pgray.pipelines.train_eval import Evaluations, run_trainings
 
     res = resolved_resources(space)
@@ -110,6 +110,8 @@ def run_sweep(req: SweepRequest) -> SweepResult:
             final.target_done(key, ranked)
         if space.final_eval.clean_baseline:
             final.clean_twins(ctx, storage)
+        if space.extra_seeds():
+            final.other_seeds(ctx, storage)
         result.benchmarks = final.finish()
     experiment = ensure_experiment(uri)
     result.compare_links = compare_links(uri, experiment, parent.run_id, space.name,
@@ -146,23 +148,6 @@ def compare_links(uri: str, experiment: str, parent_id: str, sweep: str,
     return links
 
 
-def clean_twin_space(space: SearchSpace) -> SearchSpace:
-    """The sweep's fixed settings with the adversarial terms off, nothing searched, one trial
-    per target and no early stopping; the best trial's parameters come per target. Its proxy
-    runs at the last epoch only: nothing is selected or stopped on it, and on small trials
-    the attacked proxy costs as much as the clean epochs."""
-    from pgray.config.base import to_dict
-    from pgray.config.search_space import space_from_dict
-
-    data = to_dict(space)
-    train = data["fixed"].setdefault("train", {})
-    train |= {"adversarial": False, "proxy_every": data["budget"]["epochs"]}
-    return space_from_dict(data | {
-        "name": f"{space.name}-clean", "search": {}, "start_points": [],
-        "budget": data["budget"] | {"trials": 1}, "scheduler": {"type": "none"},
-        "objectives": [{"metric": "loss", "mode": "min"}], "final_eval": {"enabled": False}})
-
-
 def resolved_resources(space: SearchSpace):
     """The space's trial resources with GPUs per worker decided on the connected cluster."""
     import dataclasses
@@ -174,7 +159,7 @@ def resolved_resources(space: SearchSpace):
         res.gpus_per_worker, allow_cpu=res.allow_cpu, where="resources.gpus_per_worker"))
 
 
-def _say(req: SweepRequest, text: str) -> None:
+def say_progress(req: SweepRequest, text: str) -> None:
     if req.progress:
         print(text, flush=True)
 
@@ -229,137 +214,3 @@ def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
     parent.set_tags({f"pgray.trials_{k}": v for k, v in counts.items()}
                     | {"pgray.best_trials": ", ".join(t.trial_id for r in best.values()
                                                       for t in r)})
-
-
-# --- final evaluation ------------------------------------------------------------------------
-class FinalStage:
-    """The sweep's final evaluation, fed target by target: once a target's last trial has
-    ended, its best trial(s) are fetched and their evaluation jobs join the pool, while other
-    targets still train. One benchmark run (folder, MLflow run, table) per rank: top1,
-    top2, ... ."""
-
-    def __init__(self, req: SweepRequest, space: SearchSpace, targets: dict[str, Target],
-                 out: Path, uri: str, parent_id: str, evaluations) -> None:
-        self.req, self.space, self.out, self.uri, self.parent_id = req, space, out, uri, parent_id
-        wanted = space.final_eval.categories
-        self.targets = {k: t for k, t in targets.items()
-                        if not wanted or k in wanted or t.category in wanted}
-        self.evaluations = evaluations
-        self.runs: dict[int, Any] = {}
-        self.proxies: dict[int, dict[str, dict[str, Any]]] = {}
-        self.handled: set[str] = set()
-        self.best: dict[str, TrialSummary] = {}
-
-    def _run(self, rank: int):
-        from pgray.pipelines.benchmark import BenchmarkRun
-
-        if rank not in self.runs:
-            folder = self.out / "best" / f"top{rank}"
-            cfg = benchmark_config(self.space, list(self.targets.values()), folder, rank)
-            _say(self.req, f"final evaluation {cfg.name}: {attack_text(self.space)}")
-            self.runs[rank] = BenchmarkRun(cfg, self.out / "final" / f"top{rank}",
-                                           mlflow_uri=self.uri, parent_run_id=self.parent_id,
-                                           force=False, progress=self.req.progress)
-            self.proxies[rank] = {}
-        return self.runs[rank]
-
-    def target_done(self, key: str, ranked: list[TrialSummary]) -> None:
-        from pgray.pipelines.benchmark_jobs import checkpoint_path
-        from pgray.pipelines.train_eval import fetch_trial_checkpoint, read_proxy
-
-        if key in self.handled or key not in self.targets:
-            return
-        self.handled.add(key)
-        if ranked:
-            self.best[key] = ranked[0]
-        target = self.targets[key]
-        for rank, trial in enumerate(ranked[: self.space.final_eval.top_n], start=1):
-            run = self._run(rank)
-            entry = next(e for e in run.cfg.datasets
-                         if e.dataset == target.dataset and e.categories == [target.category])
-            dest = fetch_trial_checkpoint(trial.checkpoint,
-                                          checkpoint_path(entry, target.category))
-            self.proxies[rank][key] = read_proxy(dest.parent)
-            self.evaluations.add(run.jobs_of(entry, target.category), run.on_result)
-
-    def on_trial(self, trial, trials) -> None:
-        """Tune callback: is this trial the last of its target?"""
-        from pgray.distributed.tune_targets import TARGET_KEY
-
-        key = trial.config.get(TARGET_KEY)
-        mine = [t for t in trials if t.config.get(TARGET_KEY) == key]
-        if len(mine) < self.space.budget.trials or any(
-                t.status not in ("TERMINATED", "ERROR") for t in mine):
-            return
-        best = select_best([summary_of_trial(t, self.space) for t in mine], self.space)
-        self.target_done(key, best.get(key, []))
-
-    def clean_twins(self, ctx, storage: str) -> None:
-        """Train each target's best config again without the adversarial terms, all at once
-        as one Tune experiment (`<sweep>-clean`, the trials' resources), and queue each twin's
-        evaluation beside its best trial's the moment it lands."""
-        from pgray.config.benchmark import DetectorEntry
-        from pgray.detectors.registry import CLEAN_TWIN
-        from pgray.distributed.tune import SweepContext
-        from pgray.pipelines.train_eval import train_each_target
-
-        if not self.best:
-            return
-        space = clean_twin_space(self.space)
-        twins = SweepContext(space=space, targets={k: ctx.targets[k] for k in self.best},
-                             mlflow_uri=self.uri, parent_run_id=self.parent_id,
-                             train_storage=f"{storage.rstrip('/')}/{space.name}-runs",
-                             resources=ctx.resources,
-                             target_params={k: t.params for k, t in self.best.items()})
-        run = self._run(1)
-
-        def folder(key: str) -> Path:
-            target = self.targets[key]
-            return self.out / "best" / "clean" / target.dataset / target.category
-
-        def queue(key: str) -> None:
-            target = self.targets[key]
-            entry = next(e for e in run.cfg.datasets
-                         if e.dataset == target.dataset and e.categories == [target.category])
-            twin = DetectorEntry(name=CLEAN_TWIN, checkpoint=str(folder(key) / CHECKPOINT_FILE))
-            self.evaluations.add(run.jobs_of(entry, target.category, twin), run.on_result)
-
-        _say(self.req, f"clean-trained twins of the best trials: {', '.join(sorted(self.best))}")
-        train_each_target(twins, storage, resume=self.req.resume,
-                          verbose=(2 if self.req.verbose else 1) if self.req.progress else 0,
-                          dest=lambda key: folder(key) / CHECKPOINT_FILE, on_ready=queue,
-                          evaluations=self.evaluations)
-
-    def finish(self) -> list:
-        self.evaluations.finish()
-        results = []
-        for rank in sorted(self.runs):
-            result = self.runs[rank].finalize()
-            result.proxies = self.proxies[rank]
-            results.append(result)
-        self.evaluations.check_failures()
-        return results
-
-
-def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, rank: int,
-                     worker_gpus: float = 0.0):
-    """The benchmark of rank `rank` (top1, top2...) of the final evaluation; actors ask for
-    `final_eval.gpus_per_actor`, else the trials' (resolved) GPUs per worker."""
-    import dataclasses
-
-    from pgray.config.benchmark import ActorConfig, BenchmarkConfig, DatasetEntry
-
-    fe, fixed = space.final_eval, space.fixed_config()
-    template = str(folder / "{dataset}" / "{category}" / "checkpoint.pt")
-    entries = [DatasetEntry(dataset=t.dataset, root=t.root, categories=[t.category],
-                            checkpoint=template, options=dict(t.options)) for t in targets]
-    gpus = fe.gpus_per_actor if fe.gpus_per_actor is not None else worker_gpus
-    return BenchmarkConfig(
-        name=f"{space.name}-final" + ("" if rank == 1 else f"-top{rank}"), datasets=entries,
-        attack=dataclasses.replace(fixed.eval.attack, steps=fe.steps, restarts=fe.restarts),
-        eps=list(fe.eps), steps=[fe.steps], restarts=[fe.restarts], suite=fe.suite,
-        mask_resize=fixed.data.mask_resize, batch_size=fe.batch_size, n_panels=fe.n_panels,
-        # at most one actor per target; the pool holds fewer when the cluster does
-        actors=ActorConfig(count=fe.actors or max(1, len(targets)), cpus=fe.cpus_per_actor,
-                           gpus=gpus, threads=max(1, int(fe.cpus_per_actor))),
-    )

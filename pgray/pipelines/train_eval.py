@@ -281,7 +281,7 @@ def resolve_targets(space: SearchSpace) -> list[Target]:
         root, here = portable_root(data), str(resolve_root(data))
         for category in get_layout(entry.dataset).select_categories(here, entry.categories):
             targets.append(Target(entry.dataset, root, category,
-                                  tuple(sorted(dict(entry.options).items()))))
+                                  tuple(sorted(dict(entry.options).items())), entry.seed))
     return targets
 
 

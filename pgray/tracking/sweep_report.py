@@ -102,7 +102,9 @@ def proxy_gap_table(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any
              " gap |", "|---|---|---|---|---|---|---|---|"]
     for key, proxy in sorted(proxies.items()):
         dataset, category = key.split("/", 1)
-        mine = [r for r in rows if r["dataset"] == dataset and r["category"] == category]
+        # the evaluated trial's own rows (its seed, where the best config was retrained)
+        mine = [r for r in rows if r["dataset"] == dataset and r["category"] == category
+                and r.get("seed") == proxy.get("seed")]
         clean = next((r["image_auroc"] for r in mine if r.get("attack") == "clean"), None)
         worst = max((r for r in mine if r.get("attack") == "worst_case"),
                     key=lambda r: r["eps"], default={}).get("image_auroc")

@@ -82,12 +82,57 @@ def _flag_cell(rows: list[dict[str, Any]]) -> str:
     return ", ".join(names)
 
 
+SEED_GROUP = ("dataset", "category", "detector", "attack", "setting", "eps", "threat")
+
+
+def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the same setting from checkpoints trained with different seeds, as one row:
+    each metric the mean over seeds, `<metric>_ci_low/_ci_high` its 95 % t-interval across
+    seeds (training randomness, which is wider than one model's test-set interval),
+    `n_seeds`, and the union of the flags. Rows without a seed pass unchanged."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    out = []
+    for r in rows:
+        if r.get("seed") is None:
+            out.append(r)
+        else:
+            groups[tuple(r.get(k) for k in SEED_GROUP)].append(r)
+    for members in groups.values():
+        merged = dict(members[0]) | {"seed": None, "seeds": sorted(r["seed"] for r in members),
+                                     "n_seeds": len(members)}
+        for metric, _ in METRIC_LABELS:
+            merged |= _seed_interval(metric, [r.get(metric) for r in members])
+        merged["flags"] = sorted({f for r in members for f in (r.get("flags") or [])})
+        out.append(merged)
+    return out
+
+
+def _seed_interval(metric: str, values: list) -> dict[str, float]:
+    """The mean of `values` (NaNs left out) and its 95 % t-interval."""
+    from scipy import stats
+
+    kept = [float(v) for v in values if v is not None and not _nan(v)]
+    nan = float("nan")
+    if not kept:
+        return {metric: nan, f"{metric}_ci_low": nan, f"{metric}_ci_high": nan}
+    mean = sum(kept) / len(kept)
+    if len(kept) < 2:
+        return {metric: mean, f"{metric}_ci_low": nan, f"{metric}_ci_high": nan}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
+    half = float(stats.t.ppf(0.975, len(kept) - 1)) * sd / math.sqrt(len(kept))
+    return {metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half}
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Per dataset, detector and eps: each category's clean, paper-protocol and worst-case
     (adaptive suite) AD (image AUROC), AL (pixel AUROC) and AUPRO, a mean row, and the
     reliability flags of the category's rows at that eps. The worst case is the robust number.
-    With several detectors on a dataset, a comparison table per eps comes first."""
-    out = []
+    With several detectors on a dataset, a comparison table per eps comes first. Rows of
+    several training seeds show their mean and its interval across seeds."""
+    seeded = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    rows = across_seeds(rows)
+    out = [f"Mean over training seeds {', '.join(map(str, seeded))}; intervals are 95 % across"
+           " seeds.\n"] if len(seeded) > 1 else []
     by_ds: dict[str, list] = defaultdict(list)
     for r in rows:
         by_ds[r["dataset"]].append(r)

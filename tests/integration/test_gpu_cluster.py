@@ -5,6 +5,7 @@ machine without CUDA train on the CPU over gloo, so these tests check scheduling
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import ray.cloudpickle
@@ -126,9 +127,10 @@ def test_local_tracking_file_is_refused_on_several_nodes(gpu_cluster, synthetic_
 
 def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
         gpu_cluster, synthetic_root, tmp_path, monkeypatch):
-    """Three missing checkpoints, each training asks for one GPU: two train at the same time
-    (two GPUs), and the first category's evaluation starts before the last finishes training.
-    A second run trains and evaluates nothing again."""
+    """Two categories with two training seeds each, four missing checkpoints, each training
+    asks for one GPU: two train at the same time (two GPUs), and the first evaluation starts
+    before the last training ends. Each seed is its own checkpoint, trained with that seed;
+    the table shows the mean across seeds. A second run trains and evaluates nothing again."""
     from mlflow.tracking import MlflowClient
 
     from pgray.config.base import from_dict
@@ -139,12 +141,12 @@ def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
 
     monkeypatch.setenv(SHARED_TRACKING_ENV, "1")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    root = _three_categories(synthetic_root, tmp_path)
+    root = synthetic_root
     train = tiny_experiment(root).to_dict()
     train["train"] |= {"epochs": 2, "select_metric": "proxy_score"}
     cfg = from_dict(BenchmarkConfig, {
         "name": "gpus", "eps": [8.0], "steps": [2], "suite": "protocol", "n_panels": 0,
-        "batch_size": 8, "train_missing": True,
+        "batch_size": 8, "train_missing": True, "seeds": [0, 1],
         "datasets": [{"dataset": "synthetic", "root": str(root), "categories": "all",
                       "checkpoint": str(tmp_path / "ckpt" / "{category}" / "checkpoint.pt")}],
         "train": {k: train[k] for k in ("model", "loss", "train")},
@@ -152,9 +154,20 @@ def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
         "actors": {"count": 2, "cpus": 0.5},
     })
     result = run_benchmark(cfg, tmp_path / "out", mlflow_uri=uri, progress=False)
-    assert result.trained == 3 and result.ran == 6
+    assert result.trained == 4 and result.ran == 8
     rows = read_rows(tmp_path / "out")
-    assert {r["category"] for r in rows} == {"disc", "weave", "other"}
+    assert sorted((r["category"], r["seed"]) for r in rows if r["attack"] == "clean") == [
+        ("disc", 0), ("disc", 1), ("weave", 0), ("weave", 1)]
+    for category in ("disc", "weave"):  # two seeds, two models
+        clean = [r for r in rows if r["category"] == category and r["attack"] == "clean"]
+        assert len({r["checkpoint_sha256"] for r in clean}) == 2
+        assert {Path(r["checkpoint"]).parent.name for r in clean} == {"seed0", "seed1"}
+    table = result.table_text
+    assert table.startswith("Mean over training seeds 0, 1")
+    disc = sorted(r["image_auroc"] for r in rows if r["category"] == "disc"
+                  and r["attack"] == "clean")
+    line = next(x for x in table.splitlines() if x.startswith("| disc"))
+    assert line.split("|")[2].strip().startswith(f"{100 * sum(disc) / 2:.1f}")
     # the selected weights were evaluated, and every row says so
     assert {r["checkpoint_file"] for r in rows} == {"best.pt"}
     assert all(isinstance(r["checkpoint_epoch"], int) for r in rows)
@@ -163,21 +176,13 @@ def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
     exp = client.get_experiment_by_name("pgray").experiment_id
     trials = client.search_runs([exp], filter_string="tags.`pgray.kind` = 'trial'")
     spans = sorted((t.info.start_time / 1e3, t.info.end_time / 1e3) for t in trials)
-    assert len(spans) == 3
+    assert len(spans) == 4
+    seeds = sorted((t.data.tags["category"], t.data.params["train.seed"]) for t in trials)
+    assert seeds == [("disc", "0"), ("disc", "1"), ("weave", "0"), ("weave", "1")]
     assert spans[1][0] < spans[0][1], spans  # two trainings ran at the same time
     first_eval = min(r["finished_at"] - r["wall_s"] for r in rows)
     last_training_end = max(end for _, end in spans)
     assert first_eval < last_training_end, (first_eval, spans)
 
     again = run_benchmark(cfg, tmp_path / "out", mlflow_uri=uri, progress=False, resume=True)
-    assert again.trained == 0 and again.ran == 0 and again.skipped == 6
-
-
-def _three_categories(synthetic_root, tmp_path):
-    """disc, weave and a copy of disc named `other`."""
-    import shutil
-
-    root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
-    shutil.copytree(root / "disc", root / "other")
-    return root
+    assert again.trained == 0 and again.ran == 0 and again.skipped == 8

@@ -171,6 +171,7 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     config = tmp_path / "tiny.yaml"
     space = tiny_space(synthetic_root)
     space["final_eval"]["clean_baseline"] = True  # the best config retrained without attacks
+    space["seeds"] = [0, 1]  # and again with seed 1 (the trials ran seed 0)
     config.write_text(yaml.safe_dump(space))
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     # A short private Ray temp dir (socket paths are length-limited) that names our processes.
@@ -276,6 +277,12 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
     assert twins[0].data.params["train.adversarial"] == "False"
     assert float(twins[0].data.params["loss.attention_lambda"]) == best["params"][
         "loss.attention_lambda"]
+    # the other seed: the best trial's parameters, trained with seed 1, attacks on
+    again = [r for r in runs if r.data.tags.get("pgray.sweep") == "tiny-seeds"]
+    assert len(again) == 1 and again[0].data.params["train.seed"] == "1"
+    assert again[0].data.params["train.adversarial"] == "True"
+    assert float(again[0].data.params["loss.attention_lambda"]) == best["params"][
+        "loss.attention_lambda"]
 
 
 def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
@@ -288,8 +295,11 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     assert cfg.data.category == "disc" and cfg.train.epochs == 2
     assert cfg.loss.attention_lambda == trials[best_id]["params"]["loss.attention_lambda"]
     assert cfg.pseudo.min_size == trials[best_id]["params"]["pseudo.min_size"]
-    assert (out / "best" / "top1" / "synthetic" / "disc" / "checkpoint.pt").is_file()
+    for seed in (0, 1):  # the best trial (seed 0) and its config trained with seed 1
+        assert (out / "best" / "top1" / "synthetic" / "disc" / f"seed{seed}"
+                / "checkpoint.pt").is_file()
     text = (out / "results.md").read_text()
+    assert "Mean over training seeds 0, 1" in text
     assert ("Final evaluation: the adaptive suite (members at 2 steps x 1 restarts) beside the"
             " protocol PGD-2, eps 8/255 (short attacks") in text
     assert "Proxy vs test" in text and "| synthetic/disc |" in text
@@ -298,8 +308,10 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
     attacks = sorted(["clean", "protocol", "det_topk", "det_lse", "loc_mask", "apgd_det",
                       "apgd_loc", "square_det", "worst_case", "check_large_eps"])
-    for detector in ("patchguard", "patchguard_clean"):  # the clean-trained twin beside it
-        assert sorted(r["attack"] for r in rows if r["detector"] == detector) == attacks
+    # each seed's model, and the clean-trained twin beside them
+    for detector, seed in (("patchguard", 0), ("patchguard", 1), ("patchguard_clean", None)):
+        assert sorted(r["attack"] for r in rows if r["detector"] == detector
+                      and r["seed"] == seed) == attacks
     assert (out / "best" / "clean" / "synthetic" / "disc" / "checkpoint.pt").is_file()
     assert "patchguard_clean" in text
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)

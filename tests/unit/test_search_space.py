@@ -103,6 +103,8 @@ BAD = [
     ("start_points", [{"loss.attention_lambda": 1.0, "loss.reduction": "max"}],
      "start_points[0].loss.reduction: 'max' is not one of ['mean', 'row']"),
     ("name", "bad name!", "name: must be letters, digits"),
+    ("seeds", [0, 0], "seeds: lists a seed twice"),
+    ("seeds", [-1], "seeds: must be non-negative integers"),
 ]
 
 
@@ -224,7 +226,7 @@ def test_missing_file_and_non_mapping_are_named(tmp_path):
 
 
 def test_clean_twin_is_the_sweeps_config_trained_clean_with_one_proxy():
-    from pgray.pipelines.sweep import clean_twin_space
+    from pgray.pipelines.final_eval import clean_twin_space
 
     space = load_search_space(SPACES / "demo.yaml")
     twin = clean_twin_space(space)
@@ -235,3 +237,24 @@ def test_clean_twin_is_the_sweeps_config_trained_clean_with_one_proxy():
     assert twin.name == f"{space.name}-clean" and not twin.search
     assert twin.budget.trials == 1 and twin.scheduler.type == "none"
     assert not twin.final_eval.enabled
+
+
+def test_seeds_retrain_the_best_config_with_each_other_seed():
+    from pgray.config.search_sections import Target
+    from pgray.pipelines.final_eval import benchmark_config, seeds_space
+
+    space = space_from_dict(_with("seeds", [2, 0, 1]))
+    assert space.fixed_config().train.seed == 0 and space.extra_seeds() == [2, 1]
+    target = Target("synthetic", "", "disc", seed=2)
+    assert target.key == "synthetic/disc@seed2"
+    assert space.trial_config(target, {}).train.seed == 2
+    assert space.trial_config(Target("synthetic", "", "disc"), {}).train.seed == 0
+    again = seeds_space(space)
+    assert not again.seeds and not again.search and again.budget.trials == 1
+    assert again.fixed_config().train == space.fixed_config().train
+    top1 = benchmark_config(space, [Target("synthetic", "", "disc")], Path("/f"), 1)
+    assert top1.seeds == [0, 2, 1]  # the trials' seed first
+    assert [str(e.seed) for e in top1.entries()] == ["0", "2", "1"]
+    assert not benchmark_config(space, [Target("synthetic", "", "disc")], Path("/f"), 2).seeds
+    with pytest.raises(ConfigError, match="seeds: are trained for the final evaluation"):
+        space_from_dict(_with("final_eval/enabled", False) | {"seeds": [0, 1]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pgray.tracking.tables import markdown_table
 
 
@@ -33,3 +35,48 @@ def test_one_comparison_per_eps_with_patchguard_first():
     cells = [c.strip() for c in weave8.split("|")[2:-1]]
     assert cells[0:2] == ["89.0", "8.1"] and cells[12:14] == ["90.0", "8.0"]
     assert "Random-init backbones (no pretrained weights): padim, stfpm" in text
+
+
+def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
+    from scipy import stats
+
+    from pgray.tracking.tables import across_seeds
+
+    base = {"dataset": "synthetic", "category": "weave", "detector": "patchguard",
+            "attack": "worst_case", "setting": "worst_case_eps8", "eps": 8.0,
+            "pixel_auroc": 0.7, "aupro": float("nan")}
+    values = {0: 0.60, 1: 0.70, 2: 0.80}
+    rows = [base | {"seed": s, "image_auroc": v, "flags": ["f"] if s == 2 else []}
+            for s, v in values.items()]
+    rows.append(base | {"detector": "padim", "seed": None, "image_auroc": 0.5})
+    merged = {r["detector"]: r for r in across_seeds(rows)}
+    assert len(merged) == 2 and merged["padim"]["image_auroc"] == 0.5  # unseeded: unchanged
+    mine = merged["patchguard"]
+    half = stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5  # sd 0.1 over 3 seeds
+    assert mine["image_auroc"] == pytest.approx(0.7)
+    assert (mine["image_auroc_ci_low"], mine["image_auroc_ci_high"]) == pytest.approx(
+        (0.7 - half, 0.7 + half))
+    assert mine["n_seeds"] == 3 and mine["seeds"] == [0, 1, 2] and mine["flags"] == ["f"]
+    assert mine["pixel_auroc"] == pytest.approx(0.7) and mine["aupro"] != mine["aupro"]
+    text = markdown_table([r | {"attack": a} for r in rows[:3] for a in ("worst_case",)])
+    assert text.startswith("Mean over training seeds 0, 1, 2")
+    line = next(x for x in text.splitlines() if x.startswith("| weave"))
+    assert "70.0" in line
+
+
+def test_each_seed_has_its_own_checkpoint_and_job():
+    from pgray.config.base import from_dict
+    from pgray.config.benchmark import BenchmarkConfig
+    from pgray.pipelines.benchmark_jobs import checkpoint_path
+
+    cfg = from_dict(BenchmarkConfig, {"seeds": [3, 4], "datasets": [
+        {"dataset": "synthetic", "checkpoint": "/c/{category}/checkpoint.pt",
+         "detectors": [{"name": "padim", "checkpoint": "/c/{category}/padim.pt"}]},
+        {"dataset": "synthetic", "checkpoint": "/d/{category}/s{seed}.pt"}]})
+    entries = cfg.entries()
+    assert [(e.seed, e.patchguard, len(e.detectors)) for e in entries] == [
+        (3, True, 0), (4, True, 0), (None, False, 1), (3, True, 0), (4, True, 0)]
+    paths = [str(checkpoint_path(e, "disc")) for e in entries if e.patchguard]
+    assert paths == ["/c/disc/seed3/checkpoint.pt", "/c/disc/seed4/checkpoint.pt",
+                     "/d/disc/s3.pt", "/d/disc/s4.pt"]
+    assert str(checkpoint_path(entries[2], "disc", entries[2].detectors[0])) == "/c/disc/padim.pt"
