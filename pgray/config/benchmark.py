@@ -10,6 +10,11 @@ from pgray.config.base import check, check_eps, from_dict, load_yaml
 from pgray.config.experiment import AttackConfig, SuiteConfig
 from pgray.config.search_sections import Resources
 
+# what a benchmark entry's `reported:` may give per category: the paper's clean and adversarial
+# AD (image AUROC), AL (pixel AUROC) and AUPRO in [0, 1], and the eps (1/255) it attacked at
+REPORTED_KEYS = frozenset({"clean_image_auroc", "clean_pixel_auroc", "clean_aupro",
+                           "image_auroc", "pixel_auroc", "aupro", "eps"})
+
 
 @dataclass
 class DetectorEntry:
@@ -39,9 +44,16 @@ class DatasetEntry:
     patchguard: bool = True  # false: only the `detectors` below
     detectors: list[DetectorEntry] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # the paper's numbers per category, copied onto PatchGuard's L-inf robustness cards:
+    # {category: {image_auroc: 0.9, clean_image_auroc: 0.99, eps: 8, ...}} (REPORTED_KEYS)
+    reported: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "must name a dataset")
+        for category, numbers in self.reported.items():  # types: checked by from_dict
+            for key in numbers:
+                check(key in REPORTED_KEYS, f"reported.{category}.{key}",
+                      f"unknown; known: {', '.join(sorted(REPORTED_KEYS))}")
         check(self.patchguard or bool(self.detectors), "detectors",
               "with patchguard: false, list at least one detector")
 
