@@ -10,6 +10,7 @@ VERBS = {
     "train": ("pgray.train", "adversarially train one category (in-process or Ray Train)"),
     "evaluate": ("pgray.evaluate", "clean + PGD evaluation of a checkpoint"),
     "benchmark": ("pgray.benchmark", "PGD benchmark grid on Ray actors"),
+    "leaderboard": ("pgray.leaderboard", "robustness cards of many runs in one table"),
     "data": ("pgray.data.__main__", "check dataset trees, write foreground masks"),
     "synthetic": ("pgray.data.synthetic", "write the generated dataset"),
     "pseudo": ("pgray.pseudo.__main__", "preview pseudo-anomalies"),

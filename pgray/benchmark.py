@@ -29,8 +29,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m pgray.benchmark",
         description="Evaluate a grid of (dataset, category, checkpoint, attack, eps, steps, "
         "restarts) jobs on Ray actors. Writes OUT/results.parquet (one row per setting, with "
-        "every parameter that defines the number), OUT/results.md, robustness plots, and MLflow "
-        "runs (a parent, and a child per job). Jobs already in OUT are skipped unless --force.",
+        "every parameter that defines the number), OUT/results.md, robustness plots, "
+        "OUT/cards/*.json (a robustness card per detector, category and threat: python -m "
+        "pgray.leaderboard), and MLflow runs (a parent, and a child per job). Jobs already in OUT are skipped unless --force.",
     )
     p.add_argument("--config", required=True, help="benchmark YAML (see benchmarks/*.yaml)")
     p.add_argument("--out", help="results folder (default runs/benchmark/NAME)")

@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
         description="Evaluate a PatchGuard checkpoint clean and under attack at each eps. Writes"
         " OUT/metrics.json: one row per setting (image_auroc, pixel_auroc, aupro, with eps,"
         " steps, alpha, restarts, objective, precision, `attack`: clean, protocol, each suite"
-        " member, worst_case, and `flags` from the reliability checks) and PNG panels.",
+        " member, worst_case, and `flags` from the reliability checks), PNG panels, and"
+        " OUT/cards/*.json: the robustness card of the model (python -m pgray.leaderboard).",
     )
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint of pgray.train (PatchGuard, or a baseline fitted with"

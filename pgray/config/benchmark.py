@@ -11,6 +11,11 @@ from pgray.config.base import check, check_eps, from_dict, load_yaml
 from pgray.config.experiment import AttackConfig, SuiteConfig
 from pgray.config.search_sections import Resources, check_seeds
 
+# what a benchmark entry's `reported:` may give per category: the paper's clean and adversarial
+# AD (image AUROC), AL (pixel AUROC) and AUPRO in [0, 1], and the eps (1/255) it attacked at
+REPORTED_KEYS = frozenset({"clean_image_auroc", "clean_pixel_auroc", "clean_aupro",
+                           "image_auroc", "pixel_auroc", "aupro", "eps"})
+
 
 @dataclass
 class DetectorEntry:
@@ -42,9 +47,16 @@ class DatasetEntry:
     detectors: list[DetectorEntry] = field(default_factory=list)
     seed: int | None = None  # PatchGuard's training seed here (set per seed by `seeds`)
     options: dict[str, Any] = field(default_factory=dict)
+    # the paper's numbers per category, copied onto PatchGuard's L-inf robustness cards:
+    # {category: {image_auroc: 0.9, clean_image_auroc: 0.99, eps: 8, ...}} (REPORTED_KEYS)
+    reported: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def validate(self) -> None:
         check(bool(self.dataset), "dataset", "must name a dataset")
+        for category, numbers in self.reported.items():  # types: checked by from_dict
+            for key in numbers:
+                check(key in REPORTED_KEYS, f"reported.{category}.{key}",
+                      f"unknown; known: {', '.join(sorted(REPORTED_KEYS))}")
         check(self.patchguard or bool(self.detectors), "detectors",
               "with patchguard: false, list at least one detector")
 

@@ -114,3 +114,25 @@ def normal_samples(images: list[Path], fg_dir: Path | None = None) -> list[Sampl
 
 def anomalous_samples(pairs: dict[Path, Path], defect_type: str) -> list[Sample]:
     return [Sample(img, 1, defect_type, mask, None) for img, mask in pairs.items()]
+
+
+def split_fingerprint(samples: Iterable[Sample], root: str | Path) -> str:
+    """A stable digest of a split: every image's and mask's path relative to `root`, its size
+    in bytes and the image's label, in order. The same files under another root (another
+    machine, a staged copy) give the same digest; an added, removed, renamed, relabelled or
+    rewritten-to-another-size file gives another one. Contents are not read: this runs on
+    the driver over whole test splits."""
+    import hashlib
+    import json
+
+    base = Path(root).resolve()
+
+    def where(path: Path | None) -> list | None:
+        if path is None:
+            return None
+        path = Path(path).resolve()
+        name = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
+        return [name, path.stat().st_size if path.is_file() else None]
+
+    listing = [[where(s.image_path), s.label, where(s.mask_path)] for s in samples]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]

@@ -40,6 +40,41 @@ class Loaded:
     backbone: str
     config: Any  # ExperimentConfig, DetectorConfig or ModelConfig (reference)
 
+    def describe(self) -> dict[str, Any]:
+        """What the model is, as result-row columns (robustness cards read them): its
+        backbone and the weights that backbone started from, and how it was trained."""
+        from pgray.config import ExperimentConfig
+
+        cfg = self.config
+        model_cfg = cfg.model if isinstance(cfg, ExperimentConfig) else cfg
+        name = getattr(model_cfg, "backbone", None) or f"{self.detector} default"
+        out = {"backbone": name, "backbone_source": weights_source(model_cfg, name),
+               "train_method": None, "train_attack": None, "train_eps": None,
+               "train_steps": None}
+        if isinstance(cfg, ExperimentConfig):
+            train = cfg.train
+            if not train.adversarial:
+                return out | {"train_method": "clean"}
+            from pgray.core.step import TRAIN_ATTACKS
+
+            steps = TRAIN_ATTACKS[train.attack_method].get("steps", train.attack.steps)
+            return out | {"train_method": "adversarial", "train_attack": train.attack_method,
+                          "train_eps": float(train.attack.eps), "train_steps": int(steps)}
+        if isinstance(cfg, DetectorConfig):  # a baseline fitted on normal images only
+            return out | {"train_method": "clean"}
+        # released weights: the whole model comes from the file, which says no more
+        return out | {"backbone_source": "reference state dict", "train_method": "reference"}
+
+
+def weights_source(model_cfg: Any, backbone: str) -> str:
+    """Where a backbone's initial weights came from: a local file, the timm hub, or none."""
+    weights = getattr(model_cfg, "weights", None)
+    if weights:
+        return f"file:{weights}"
+    if getattr(model_cfg, "pretrained", False):
+        return f"hub:{backbone}"
+    return "random init"
+
 
 def save_detector(path: str | Path, model: torch.nn.Module, cfg: DetectorConfig,
                   data: DataConfig, extra: dict[str, Any] | None = None) -> Path:

@@ -37,6 +37,7 @@ class BenchmarkResult:
     # evaluation fills it in, for the proxy-to-test gap)
     proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
     trained: int = 0  # checkpoints this run trained
+    cards: list[Path] = field(default_factory=list)  # OUT/cards/*.json (pgray.tracking.cards)
     peak_actors: int = 0
 
 
@@ -89,6 +90,7 @@ class BenchmarkRun:
     def finalize(self) -> BenchmarkResult:
         from pgray.attacks.checks import reliability_flags
         from pgray.io import write_text
+        from pgray.tracking import cards as robustness
         from pgray.tracking import tables
         from pgray.tracking.mlflow_runs import flush_all
 
@@ -101,10 +103,15 @@ class BenchmarkRun:
         md = write_text(self.out / "results.md", f"# Benchmark {self.cfg.name}\n\n{table}\n")
         for path in [self.out / tables.RESULTS_FILE, md, *_plots(rows, self.out)]:
             self.parent.log_artifact(path)
+        cards = robustness.write_cards(robustness.build_cards(
+            rows, git_commit=robustness.git_commit(),
+            reported=robustness.paper_numbers(self.cfg.datasets)), self.out)
+        for path in cards:
+            self.parent.log_artifact(path, robustness.CARDS_DIR)
         self.parent.finish()
         return BenchmarkResult(rows, self.out / tables.RESULTS_FILE, md, table,
                                skipped=len(keys) - self.ran, ran=self.ran,
-                               mlflow_run_id=self.parent.run_id)
+                               mlflow_run_id=self.parent.run_id, cards=cards)
 
 
 def run_benchmark(

@@ -51,6 +51,8 @@ class BenchJob:
     seed: int | None = None  # the checkpoint's training seed where the benchmark sets seeds
     # a reference state dict's architecture (ModelConfig keys); empty: the reference's own
     reference_model: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # the test split's file list and sizes (`pgray.data.samples.split_fingerprint`)
+    data_fingerprint: str | None = field(default=None, hash=False, compare=False)
 
     @property
     def setting(self) -> str:
@@ -185,8 +187,11 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
     evaluated = evaluated_checkpoint(ckpt) if trained_here else Evaluated(ckpt, ckpt.name, None)
     root = entry_root(entry)
     options = DataConfig(dataset=entry.dataset, options=dict(entry.options)).layout_options()
-    n_test = len(get_layout(entry.dataset).discover(local_root(entry), category, "test",
-                                                    options))
+    from pgray.data.samples import split_fingerprint
+
+    here = local_root(entry)
+    test = get_layout(entry.dataset).discover(here, category, "test", options)
+    n_test, fingerprint = len(test), split_fingerprint(test, here)
     sha = file_sha256(evaluated.path)
     return [BenchJob(
         dataset=entry.dataset, root=root, category=category,
@@ -196,7 +201,7 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=cfg.n_panels,
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
-        seed=entry.seed if detector is None else None,
+        seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
     ) for kind, eps, attacks in job_grid(cfg)]
 
 
@@ -300,8 +305,9 @@ class JobEvaluator:
             panels = self._panels({"clean": self._clean_outputs(job, model, dataset),
                                    worst: outputs[worst]}, dataset, job.n_panels)
         wall = time.perf_counter() - started
-        return {"rows": [self._describe(job, row, wall) | {"backbone_weights": loaded.backbone}
-                         for row in rows], "panels": panels}
+        model_info = {"backbone_weights": loaded.backbone} | loaded.describe()
+        return {"rows": [self._describe(job, row, wall) | model_info for row in rows],
+                "panels": panels}
 
     def _clean_outputs(self, job: BenchJob, model, dataset):
         from pgray.core.scoring import evaluate_model
@@ -321,6 +327,7 @@ class JobEvaluator:
             "dataset": job.dataset, "category": job.category, "checkpoint": job.checkpoint,
             "checkpoint_file": Path(job.checkpoint).name, "checkpoint_epoch": job.checkpoint_epoch,
             "checkpoint_sha256": job.checkpoint_sha256, "mask_resize": job.mask_resize,
+            "data_fingerprint": job.data_fingerprint,
             "split": job.options.get("visa_split", "1cls") if job.dataset == "visa"
             else "official",
             "pgray_version": pgray.__version__, "node": self.node,

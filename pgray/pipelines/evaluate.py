@@ -26,10 +26,12 @@ def evaluate_checkpoint(
     from pgray.core.device import pick_device
     from pgray.core.robustness import evaluate_robustness
     from pgray.core.scoring import panel_indices
-    from pgray.data.dataset import load_split
+    from pgray.data.dataset import load_split, resolve_root
+    from pgray.data.samples import split_fingerprint
     from pgray.detectors.loading import load_detector
     from pgray.errors import ConfigError
     from pgray.io import ensure_dir, file_sha256, write_json
+    from pgray.tracking.cards import build_cards, git_commit, write_cards
     from pgray.tracking.plots import write_panels
 
     device = device or pick_device()
@@ -44,8 +46,11 @@ def evaluate_checkpoint(
     out = ensure_dir(out)
     sha = file_sha256(checkpoint)
     identity = {"dataset": data_cfg.dataset, "category": data_cfg.category,
-                "checkpoint_sha256": sha, "detector": loaded.detector,
-                "backbone_weights": loaded.backbone}
+                "checkpoint_sha256": sha, "checkpoint_file": Path(checkpoint).name,
+                "detector": loaded.detector, "backbone_weights": loaded.backbone,
+                "data_fingerprint": split_fingerprint(dataset.samples, resolve_root(data_cfg)),
+                "split": _split(data_cfg), "mask_resize": data_cfg.mask_resize,
+                "pgray_version": pgray.__version__} | loaded.describe()
     rows, outputs = evaluate_robustness(
         model, dataset, eval_cfg, device=device, identity=identity, progress=progress,
         keep=panel_indices(dataset, eval_cfg.n_panels),
@@ -59,11 +64,17 @@ def evaluate_checkpoint(
         "suite": to_dict(eval_cfg.suite),
         "dataset": data_cfg.dataset,
         "category": data_cfg.category,
-        "split": data_cfg.visa_split if data_cfg.dataset == "visa" else "official",
+        "split": _split(data_cfg),
         "mask_resize": data_cfg.mask_resize,
         "pgray_version": pgray.__version__,
         "results": rows,
         "panels": [str(p) for p in panels],
     }
+    cards = write_cards(build_cards(rows, git_commit=git_commit()), out)
+    result["cards"] = [str(p) for p in cards]
     write_json(out / "metrics.json", result)
     return result
+
+
+def _split(data_cfg) -> str:
+    return data_cfg.visa_split if data_cfg.dataset == "visa" else "official"

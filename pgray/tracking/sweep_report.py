@@ -130,7 +130,7 @@ def write_summary(result: SweepResult) -> None:
         "trials": [dataclasses.asdict(t) for t in result.trials],
         "best": {k: [t.trial_id for t in v] for k, v in result.best.items()},
         "best_configs": {k: [str(p) for p in v] for k, v in result.best_configs.items()},
-        "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown)}
-                       for b in result.benchmarks],
+        "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown),
+                        "cards": [str(p) for p in b.cards]} for b in result.benchmarks],
     }
     write_json(result.out / "sweep_summary.json", data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -89,7 +90,27 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     suite_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_eps8")
     assert {"worst_case/image_auroc", "protocol/image_auroc"} <= set(suite_run.data.metrics)
     parent_files = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"results.parquet", "results.md", "auroc_vs_eps.png"} <= parent_files
+    assert {"results.parquet", "results.md", "auroc_vs_eps.png", "cards"} <= parent_files
+
+    # one robustness card per category (one detector, one threat), in OUT and in MLflow
+    names = ["patchguard__synthetic__disc__linf.json", "patchguard__synthetic__weave__linf.json"]
+    assert sorted(p.name for p in (out / "cards").iterdir()) == names
+    assert sorted(p.name for p in result.cards) == names
+    logged = {a.path for a in client.list_artifacts(result.mlflow_run_id, "cards")}
+    assert logged == {f"cards/{n}" for n in names}
+    card = json.loads((out / "cards" / names[1]).read_text())
+    weave = [r for r in rows if r["category"] == "weave"]
+    worst8 = next(r for r in weave if r["attack"] == "worst_case" and r["eps"] == 8.0)
+    assert card["budgets"] == [2.0, 8.0] and card["threat"] == "linf"
+    assert card["robust"][1]["worst_case"]["image_auroc"]["value"] == worst8["image_auroc"]
+    assert card["robust"][1]["forward_passes"] == worst8["image_steps"] + worst8["queries"] > 0
+    assert card["training"] == {"method": "adversarial", "attack": "pgd", "eps": 8.0,
+                                "steps": 2}
+    assert card["data"]["fingerprint"] == worst8["data_fingerprint"] and len(
+        card["data"]["fingerprint"]) == 16
+    assert card["model"]["backbone_weights"] == "random init"
+    assert card["unreliable"] == bool(card["flags"]) and card["flags"] == sorted(
+        {f for r in weave for f in r["flags"]})
 
     again = run_benchmark(cfg, out, progress=False)
     assert again.ran == 0 and again.skipped == 8

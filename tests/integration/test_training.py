@@ -117,3 +117,10 @@ def test_train_and_evaluate_cli(synthetic_root, tmp_path, mlflow_uri, capsys):
     assert square["n_images"] == 4 and square["method"] == "square" and square["steps"] == 4
     assert metrics["suite"]["name"] == "adaptive" and metrics["suite"]["steps"] == 2
     assert len(list(eval_out.glob("panel_*.png"))) == 1
+    # its robustness card: one threat, both budgets, the model's training and flags
+    card_path = eval_out / "cards" / "patchguard__synthetic__weave__linf.json"
+    assert metrics["cards"] == [str(card_path)]
+    card = json.loads(card_path.read_text())
+    assert card["budgets"] == [2.0, 8.0] and card["training"]["method"] == "adversarial"
+    assert card["clean"]["image_auroc"]["value"] == metrics["results"][0]["image_auroc"]
+    assert card["unreliable"] == bool(card["flags"]) and len(card["data"]["fingerprint"]) == 16

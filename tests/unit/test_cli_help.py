@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-ENTRY_POINTS = ["pgray.sweep", "pgray.train", "pgray.evaluate", "pgray.benchmark", "pgray.data",
+ENTRY_POINTS = ["pgray.sweep", "pgray.train", "pgray.evaluate", "pgray.benchmark",
+                "pgray.leaderboard", "pgray.data",
                 "pgray.pseudo", "pgray.detectors", "pgray.__main__"]
 HEAVY = ("torch", "ray", "mlflow", "timm", "optuna", "torchattacks", "pyarrow", "anomalib")
 
