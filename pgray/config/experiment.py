@@ -14,6 +14,11 @@ from pgray.config.base import check, check_eps, from_dict, load_yaml, to_dict
 from pgray.config.pseudo import PseudoConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
+# What an attacker may change (docs/method.md, "Threat models"), each with its own budget unit:
+# linf: every pixel by at most eps/255; l2: the perturbation's L2 norm on [0, 1] pixels is at
+# most eps; patch: one square whose area is a fraction eps of the image, its pixels free.
+Threat = Literal["linf", "l2", "patch"]
+THREATS = ("linf", "l2", "patch")
 
 
 @dataclass
@@ -85,9 +90,25 @@ class LossConfig:
         check(0 not in self.attention_layers, "attention_layers", "layers are 1-based")
 
 
+def check_budget(threat: str, eps: float, key: str = "eps", *, zero: bool = True) -> None:
+    """The range of one budget in its threat's unit (`zero`: 0, no attack, is allowed)."""
+    if threat == "linf":
+        check_eps(eps, key)
+        check(zero or eps > 0, key, "must be > 0")
+    elif threat == "l2":
+        check(eps > 0 or (zero and eps == 0), key,
+              f"must be {'>=' if zero else '>'} 0 (the L2 norm on [0, 1] pixels), got {eps:g}")
+    else:
+        check((0 < eps < 1) or (zero and eps == 0), key,
+              f"must be in {'[' if zero else '('}0, 1) (the patch area as a fraction of the"
+              f" image), got {eps:g}")
+
+
 @dataclass
 class AttackConfig:
-    eps: float = 8.0  # L-infinity radius in 1/255 pixel units, as the field writes it
+    # The budget in the threat's unit: linf radius in 1/255 pixel units (as the field writes
+    # it), l2 norm on [0, 1] pixels, or patch area as a fraction of the image
+    eps: float = 8.0
     steps: int = 10  # PGD / APGD steps; Square: queries
     alpha: float | None = None  # step size in 1/255 units; None: 2.5 * eps / steps
     random_start: bool = False
@@ -104,9 +125,20 @@ class AttackConfig:
     method: Literal["pgd", "apgd", "square"] = "pgd"
     library: Literal["pgray", "torchattacks"] = "pgray"
     precision: Precision = "fp32"
+    threat: Threat = "linf"
+    positions: int = 4  # patch: seeded random places tried per image (the worst one is kept)
 
     def validate(self) -> None:
-        check_eps(self.eps)
+        check_budget(self.threat, self.eps)
+        check(self.positions >= 1, "positions", f"must be >= 1, got {self.positions}")
+        check(self.threat != "l2" or self.library == "torchattacks", "library",
+              "threat l2 runs through library: torchattacks (PGDL2, APGD norm L2)")
+        check(self.threat != "l2" or self.method in ("pgd", "apgd"), "method",
+              "threat l2 takes method pgd or apgd")
+        check(self.threat != "patch" or (self.method == "pgd" and self.library == "pgray"),
+              "method", "threat patch takes method pgd, library pgray")
+        check(self.threat == "linf" or self.project, "project",
+              f"threat {self.threat} always projects")
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
         check(self.alpha is None or self.alpha > 0, "alpha", "must be > 0")
@@ -121,19 +153,27 @@ class AttackConfig:
 
     @property
     def eps_unit(self) -> float:
-        """eps in [0, 1] pixel space."""
-        return self.eps / 255.0
+        """eps in [0, 1] pixel space (linf radius, l2 norm); patch: the area fraction."""
+        return self.eps / 255.0 if self.threat == "linf" else self.eps
 
     @property
     def alpha_unit(self) -> float:
-        """Step size in [0, 1] pixel space (the reference rule when alpha is unset)."""
+        """Step size in [0, 1] pixel space: per pixel for linf and patch (sign steps), an L2
+        length for l2. Unset: the reference rule 2.5 * radius / steps, whose radius for a
+        patch is that of the [0, 1] box its pixels move in (0.5)."""
         if self.alpha is not None:
-            return self.alpha / 255.0
-        return 2.5 * self.eps_unit / self.steps
+            return self.alpha if self.threat == "l2" else self.alpha / 255.0
+        radius = {"linf": self.eps_unit, "l2": self.eps, "patch": 0.5}[self.threat]
+        return 2.5 * radius / self.steps
 
     def setting_name(self) -> str:
-        """A short, unique name of this attack setting for tables and file names."""
+        """A short, unique name of this attack setting for tables and file names (threats
+        other than linf lead it, so names stay unique across threats)."""
         name = f"{self.method}_eps{self.eps:g}_steps{self.steps}"
+        if self.threat != "linf":
+            name = f"{self.threat}_{name}"
+        if self.threat == "patch":
+            name += f"_pos{self.positions}"
         if self.restarts > 1:
             name += f"_r{self.restarts}"
         if self.random_start:
@@ -153,9 +193,11 @@ class AttackConfig:
     def describe(self) -> dict[str, Any]:
         """The parameters that define a robust number, recorded next to it."""
         return {
+            "threat": self.threat,
             "eps": self.eps,
             "steps": self.steps,
-            "alpha": self.alpha_unit * 255.0,
+            # in 1/255 pixel units, but an L2 length on [0, 1] pixels for l2
+            "alpha": self.alpha_unit * (1.0 if self.threat == "l2" else 255.0),
             "restarts": self.restarts,
             "random_start": self.random_start,
             "keep_best": self.keep_best,
@@ -167,7 +209,7 @@ class AttackConfig:
             "method": self.method,
             "library": self.library,
             "precision": self.precision,
-        }
+        } | ({"positions": self.positions} if self.threat == "patch" else {})
 
 
 @dataclass
@@ -186,9 +228,10 @@ class SuiteConfig:
     square_images: int = 64  # its class-balanced subset of the test split (0: every image)
     check_eps: float = 64.0  # the large-budget check: detection AUROC must fall to ~0 there
     check_steps: int = 50
+    patch_positions: int = 4  # threat patch: places tried per image (seeded), worst one kept
 
     def validate(self) -> None:
-        for key in ("steps", "restarts", "square_queries", "check_steps"):
+        for key in ("steps", "restarts", "square_queries", "check_steps", "patch_positions"):
             check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         check(self.square_images >= 0, "square_images", "must be >= 0 (0: every image)")
         check(self.temperature > 0, "temperature", "must be > 0")
@@ -275,15 +318,46 @@ class TrainConfig:
 
 
 @dataclass
+class ThreatConfig:
+    """A threat model beyond linf and its budgets in its own unit (`AttackConfig.eps`): the
+    suite runs its own members at each, with its own per-image worst case."""
+
+    threat: Threat = "l2"
+    eps: list[float] = field(default_factory=list)
+
+    def validate(self) -> None:
+        check(self.threat != "linf", "threat",
+              "linf budgets are the top-level `eps` (1/255 units); list l2 or patch here")
+        check(len(self.eps) >= 1, "eps", "needs at least one budget")
+        for i, e in enumerate(self.eps):
+            check_budget(self.threat, e, f"eps[{i}]", zero=False)
+
+
+def check_threats(threats: list[ThreatConfig], suite: SuiteConfig) -> None:
+    """Threats beyond linf need the adaptive suite (the protocol is linf) and appear once."""
+    names = [t.threat for t in threats]
+    for i, name in enumerate(names):
+        check(name not in names[:i], f"threats[{i}].threat",
+              f"{name} is listed twice: give all its budgets in one eps list")
+    check(not threats or suite.name == "adaptive", "threats",
+          "threats beyond linf need suite adaptive (the protocol suite is the linf paper PGD)")
+
+
+@dataclass
 class EvalConfig:
-    eps: list[float] = field(default_factory=lambda: [8.0])
+    eps: list[float] = field(default_factory=lambda: [8.0])  # linf budgets (1/255 units)
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))  # protocol
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     batch_size: int | None = None  # None: 256 on CUDA (it fits many times over), 32 on the CPU
     n_panels: int = 4
+    # more threat models, each with its budgets: [{threat: l2, eps: [0.5, 1.0]}, ...]
+    threats: list[ThreatConfig] = field(default_factory=list)
 
     def validate(self) -> None:
         check_eps(self.eps)
+        check(self.attack.threat == "linf", "attack.threat",
+              "the protocol attack is linf; other threats go under `threats`")
+        check_threats(self.threats, self.suite)
         check(self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.n_panels >= 0, "n_panels", "must be >= 0")
 
