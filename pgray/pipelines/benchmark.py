@@ -332,7 +332,7 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) ->
                              parent_run_id=parent_id,
                              tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
                                    "category": job.category, "setting": job.setting,
-                                   "eps": job.eps})
+                                   "threat": job.threat, "eps": job.eps})
     child.log_params({f"{r['attack']}.{k}": v for r in rows for k, v in r.items()
                       if k not in (*METRIC_KEYS, "wall_s", "time_s", "flags", "flag_notes")})
     metrics = {f"{r['attack']}/{k}": r[k] for r in rows for k in METRIC_KEYS}
@@ -357,7 +357,7 @@ def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
         notes = [f"{r['attack']} {note}" for note in r.get("flag_notes") or []]
         by_job[r["job_key"]] += notes
         if notes:
-            summary[f"pgray.flags.{r['dataset']}.{r['category']}.eps{r['eps']:g}"] += notes
+            summary[f"pgray.flags.{r['dataset']}.{r['category']}.{_budget(r)}"] += notes
     for job_key, notes in by_job.items():
         if notes:
             open_run_later(uri, f"bench-job:{job_key}").set_tags(
@@ -365,14 +365,22 @@ def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
     parent.set_tags({k: "; ".join(sorted(set(v)))[:5000] for k, v in summary.items()})
 
 
+def _budget(row: dict[str, Any]) -> str:
+    """`eps8` for linf (and clean) rows, `<threat>_eps<e>` for the others."""
+    threat = row.get("threat") or "linf"
+    return (f"eps{row['eps']:g}" if threat in ("linf", "none")
+            else f"{threat}_eps{row['eps']:g}")
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Image AUROC against eps per category: the suite's worst case (the robust number) and
-    the strongest protocol run (dashed)."""
+    """Image AUROC against linf eps per category: the suite's worst case (the robust number)
+    and the strongest protocol run (dashed). Other threats' eps are in other units: not here."""
     from pgray.tracking.plots import robustness_curve
 
     points: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("attack") not in ("worst_case", "protocol"):
+        if r.get("attack") not in ("worst_case", "protocol") or (
+                r.get("threat") or "linf") != "linf":
             continue
         key = (f"{r['dataset']}/{r['category']} {r['attack']}", r["eps"])
         if key not in points or (r.get("steps") or 0) > (points[key].get("steps") or 0):
