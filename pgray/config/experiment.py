@@ -294,6 +294,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.attack.threat == "linf", "attack.threat",
+              "training attacks are linf (other threats are for evaluation)")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.lr > 0, "lr", "must be > 0")
         check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
