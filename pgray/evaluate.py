@@ -25,6 +25,16 @@ def add_attack_args(p: argparse.ArgumentParser) -> None:
                    help="queries of the black-box member per image (default 1000)")
     s.add_argument("--square-images", type=int,
                    help="its class-balanced subset size (default 64; 0: every image)")
+    t = p.add_argument_group("threats beyond linf (each with its own suite members and worst"
+                             " case; docs/method.md, \"Threat models\")")
+    t.add_argument("--l2-eps", type=float, nargs="+", default=[],
+                   help="L2 budgets: the perturbation's L2 norm on [0, 1] pixels, e.g. 0.5 1.0"
+                        " at 224 px (PGD-L2 and APGD-L2 members)")
+    t.add_argument("--patch-eps", type=float, nargs="+", default=[],
+                   help="patch budgets: the square patch's area as a fraction of the image in"
+                        " (0, 1), e.g. 0.02 0.05 (a patch PGD at several places)")
+    t.add_argument("--patch-positions", type=int,
+                   help="places tried per image by the patch members (default 4)")
     g = p.add_argument_group("the paper protocol attack (exact reference PGD unless changed)")
     g.add_argument("--eps", type=float, nargs="+", default=[8.0],
                    help="L-inf radii in 1/255 units, e.g. --eps 2 4 8 (default 8)")
@@ -53,15 +63,21 @@ def attack_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 def suite_dict(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"steps": args.suite_steps, "restarts": args.suite_restarts,
-             "square_queries": args.square_queries, "square_images": args.square_images}
+             "square_queries": args.square_queries, "square_images": args.square_images,
+             "patch_positions": args.patch_positions}
     return {"name": args.suite} | {k: v for k, v in flags.items() if v is not None}
+
+
+def threats_list(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [{"threat": name, "eps": eps} for name, eps in
+            (("l2", args.l2_eps), ("patch", args.patch_eps)) if eps]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pgray.evaluate",
         description="Evaluate a PatchGuard checkpoint clean and under attack at each eps. Writes"
-        " OUT/metrics.json: one row per setting (image_auroc, pixel_auroc, aupro, with eps,"
+        " OUT/metrics.json: one row per setting (image_auroc, pixel_auroc, aupro, with threat, eps,"
         " steps, alpha, restarts, objective, precision, `attack`: clean, protocol, each suite"
         " member, worst_case, and `flags` from the reliability checks), PNG panels, and"
         " OUT/cards/*.json: the robustness card of the model (python -m pgray.leaderboard).",
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eval_cfg = from_dict(EvalConfig, {
         "eps": args.eps, "attack": attack_dict(args), "suite": suite_dict(args),
-        "batch_size": args.batch_size,
+        "threats": threats_list(args), "batch_size": args.batch_size,
         "n_panels": args.n_panels,
     }, "eval")
     overrides = {k: v for k, v in {

@@ -3,7 +3,10 @@ robust number that trips one is suspect (the attack did not work, or gradients a
 and every row it concerns carries the flag with the numbers that raised it.
 
 Rows are plain dicts (`pgray.core.scoring` writes them): dataset, category, checkpoint (or
-detector) identity, `attack`, eps, steps, restarts and the metrics. Flags:
+detector) identity, `threat`, `attack`, eps, steps, restarts and the metrics. Rows of different
+threats are never compared (their eps are in different units): the rising checks group by
+threat, and the large-budget check (linf) and the other suite-wide checks flag the rows of
+their own threat only; the clean row is every threat's reference. Flags:
 - `robust_above_clean`: an attack raised AUROC above the clean one.
 - `rises_with_eps`: a larger budget of the same attack gave a higher AUROC.
 - `more_steps_higher`: more steps or restarts of the same attack gave a higher AUROC.
@@ -47,6 +50,11 @@ def _scope(row: Row) -> tuple:
     return tuple(row.get(k) for k in SCOPE)
 
 
+def _threat(row: Row) -> str:
+    """Rows written before threats existed are linf."""
+    return row.get("threat") or "linf"
+
+
 def _robust(row: Row) -> bool:
     return row.get("attack") not in ("clean", CHECK)
 
@@ -83,8 +91,9 @@ def _rising(rows: list[Row], flags: _Flags, axis: str, group_keys: tuple[str, ..
             name: str) -> None:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
-        if _robust(r):  # rows of another precision are another attack: never compared
-            groups[(_scope(r), r.get("attack"), r.get("precision"),
+        # rows of another precision or threat (eps in another unit) are another attack
+        if _robust(r):
+            groups[(_scope(r), _threat(r), r.get("attack"), r.get("precision"),
                     *(r.get(k) for k in group_keys))].append(i)
     for members in groups.values():
         members.sort(key=lambda i: _num(_axis(rows[i], axis)) or 0.0)
@@ -124,9 +133,9 @@ def _scope_flags(rows: list[Row], flags: _Flags) -> None:
                 name, note = "zero_gradients", f"{100 * zero:.1f} % of images"
         if name is None:
             continue
-        for i, other in enumerate(rows):
-            if _scope(other) == scope and (eps is None or other.get("eps") == eps) and (
-                    _robust(other) or other is r):
+        for i, other in enumerate(rows):  # a check speaks for its own threat only
+            if _scope(other) == scope and _threat(other) == _threat(r) and (
+                    eps is None or other.get("eps") == eps) and (_robust(other) or other is r):
                 flags.add(i, name, note)
 
 

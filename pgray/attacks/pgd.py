@@ -1,4 +1,5 @@
-"""L-infinity PGD on anomaly detectors (docs/method.md, "Attack").
+"""L-infinity PGD on anomaly detectors (docs/method.md, "Attack"); the entry point of every
+attack (`attack`), which sends l2 to torchattacks and patch to `pgray.attacks.patch`.
 
 The attacked model is a detector as `pgray.attacks.objectives.detector_outputs` sees it:
 images (B, 3, H, W) in [0, 1] -> image scores (B,) and localization units (B, U). Attacks move
@@ -239,6 +240,9 @@ def attack(
         return torchattacks_attack(model, images, labels, cfg, seed=seed,
                                    image_labels=image_labels)
     _, x0, labels = prepare_inputs(model, images, labels)
+    run = _pgd
+    if cfg.threat == "patch":
+        from pgray.attacks.patch import patch_pgd as run
     with frozen(model), eval_mode(model), torch.enable_grad():
-        adv = _pgd(model, x0, _Objectives(labels, cfg, image_labels), cfg, seed, on_step)
+        adv = run(model, x0, _Objectives(labels, cfg, image_labels), cfg, seed, on_step)
     return adv.to(images.device)

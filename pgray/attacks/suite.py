@@ -26,6 +26,11 @@ anomalous image with no anomalous unit there (the reference's quirk, kept to sta
 bit-identical).
 
 Suite `protocol` runs the protocol alone (the paper's number, and nothing a skeptic needs).
+
+Threats beyond linf (`members(..., threat=...)`) have members of their own, at budgets in
+their own unit, and their own worst case over those members and the clean image: l2
+(`pgd_det`, `pgd_loc`: torchattacks' PGDL2; `apgd_det`, `apgd_loc`: APGD with norm L2) and
+patch (`patch_det`, `patch_loc`: `pgray.attacks.patch`). The protocol is linf only.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from pgray.attacks.objectives import (
 )
 from pgray.attacks.pgd import attack, eval_mode, frozen, input_gradient
 from pgray.config import AttackConfig, SuiteConfig
+from pgray.errors import ConfigError
 
 DETECTION, LOCALIZATION, BOTH = "detection", "localization", "both"
 WORST = "worst_case"
@@ -67,13 +73,18 @@ class Member:
         """Forward-equivalent work: a PGD step is a forward and an input gradient (counted 1),
         a Square query a forward (counted 1 as well, since it is printed separately)."""
         n = n_subset if self.subset else n_images
-        return n * self.cfg.steps * self.cfg.restarts
+        places = self.cfg.positions if self.cfg.threat == "patch" else 1
+        return n * self.cfg.steps * self.cfg.restarts * places
 
 
 def members(suite: SuiteConfig, protocol: AttackConfig, eps: float,
-            variants: tuple[AttackConfig, ...] = ()) -> list[Member]:
-    """The members of `suite` at `eps`. The protocol keeps every parameter it was given;
-    `variants` are more protocol runs (other steps or restarts), also named `protocol`."""
+            variants: tuple[AttackConfig, ...] = (), threat: str = "linf") -> list[Member]:
+    """The members of `suite` at `eps` (in `threat`'s unit). The protocol keeps every
+    parameter it was given; `variants` are more protocol runs (other steps or restarts), also
+    named `protocol`. The protocol is linf: other threats have their own members only, and
+    take only the protocol's precision."""
+    if threat != "linf":
+        return _threat_members(suite, protocol.precision, float(eps), threat)
     proto = [Member("protocol", dataclasses.replace(p, eps=float(eps)), BOTH)
              for p in (protocol, *variants)]
     if suite.name == "protocol":
@@ -94,6 +105,32 @@ def members(suite: SuiteConfig, protocol: AttackConfig, eps: float,
         Member("apgd_det", dataclasses.replace(apgd, objective="image_score"), DETECTION),
         Member("apgd_loc", dataclasses.replace(apgd, objective="mask"), LOCALIZATION),
         Member("square_det", square, DETECTION, subset=True),
+    ]
+
+
+def _threat_members(suite: SuiteConfig, precision: str, eps: float, threat: str
+                    ) -> list[Member]:
+    """l2: torchattacks' PGDL2 (random start, restarts, the best restart kept; it returns its
+    last iterate) and APGD with norm L2, on detection and on localization. patch: pgray's
+    patch PGD (random start, best iterate) at `suite.patch_positions` places, on the two
+    objectives; the places stand in for restarts."""
+    if suite.name != "adaptive":
+        raise ConfigError(f"threat {threat}: needs suite adaptive (the protocol is linf)")
+    base = dict(eps=eps, steps=suite.steps, alpha=None, random_start=True,
+                precision=precision, threat=threat)
+    if threat == "patch":
+        patch = AttackConfig(method="pgd", library="pgray", restarts=1, keep_best=True,
+                             positions=suite.patch_positions, **base)
+        return [Member("patch_det", dataclasses.replace(patch, objective="image_score"),
+                       DETECTION),
+                Member("patch_loc", dataclasses.replace(patch, objective="mask"), LOCALIZATION)]
+    pgd = AttackConfig(method="pgd", library="torchattacks", restarts=suite.restarts, **base)
+    apgd = dataclasses.replace(pgd, method="apgd")
+    return [
+        Member("pgd_det", dataclasses.replace(pgd, objective="image_score"), DETECTION),
+        Member("pgd_loc", dataclasses.replace(pgd, objective="mask"), LOCALIZATION),
+        Member("apgd_det", dataclasses.replace(apgd, objective="image_score"), DETECTION),
+        Member("apgd_loc", dataclasses.replace(apgd, objective="mask"), LOCALIZATION),
     ]
 
 

@@ -1,4 +1,5 @@
-"""The same attacks through torchattacks 3.5.1 (PGD, APGD-CE, Square): the detector is shown to
+"""The same attacks through torchattacks 3.5.1 (PGD, APGD-CE, Square; PGDL2 and APGD with norm
+L2 for the l2 threat): the detector is shown to
 it as a two-class classifier whose second logit is the attack objective."""
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def _run_torchattacks(view: TwoClassView, x0: torch.Tensor, cfg: AttackConfig, s
     import torchattacks  # lazy: about 1.5 s to import
 
     target = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+    norm = "L2" if cfg.threat == "l2" else "Linf"
     if cfg.method == "apgd":
         atk = torchattacks.APGD(
-            view, norm="Linf", eps=cfg.eps_unit, steps=cfg.steps, n_restarts=cfg.restarts,
+            view, norm=norm, eps=cfg.eps_unit, steps=cfg.steps, n_restarts=cfg.restarts,
             seed=seed, loss="ce",
         )
         atk.set_device(x0.device)
@@ -76,7 +78,7 @@ def _run_torchattacks(view: TwoClassView, x0: torch.Tensor, cfg: AttackConfig, s
         _, adv = atk.perturb(x0, target, best_loss=True)
         return adv
     if cfg.method == "square":
-        atk = torchattacks.Square(view, norm="Linf", eps=cfg.eps_unit, n_queries=cfg.steps,
+        atk = torchattacks.Square(view, norm=norm, eps=cfg.eps_unit, n_queries=cfg.steps,
                                   n_restarts=1, seed=seed, loss="margin")
         atk.set_device(x0.device)
         atk.init_hyperparam(x0)
@@ -87,7 +89,9 @@ def _run_torchattacks(view: TwoClassView, x0: torch.Tensor, cfg: AttackConfig, s
         return adv.float()
     if cfg.keep_best:
         raise ConfigError("keep_best: torchattacks' PGD returns its last iterate; use library pgray")
-    atk = torchattacks.PGD(
+    # PGDL2: steps along the normalised gradient, projection onto the L2 ball, then [0, 1]
+    pgd = torchattacks.PGDL2 if cfg.threat == "l2" else torchattacks.PGD
+    atk = pgd(
         view, eps=cfg.eps_unit, alpha=cfg.alpha_unit, steps=cfg.steps,
         random_start=cfg.random_start,
     )

@@ -20,6 +20,7 @@ from pgray.config.experiment import (
     LossConfig,
     ModelConfig,
     SuiteConfig,
+    ThreatConfig,
     TrainConfig,
     merge,
     tiny_model_config,
@@ -28,5 +29,6 @@ from pgray.config.pseudo import PseudoConfig
 
 __all__ = [
     "PROXY_METRICS", "AttackConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
-    "LossConfig", "ModelConfig", "PseudoConfig", "SuiteConfig", "TrainConfig", "merge", "tiny_model_config",
+    "LossConfig", "ModelConfig", "PseudoConfig", "SuiteConfig", "ThreatConfig",
+    "TrainConfig", "merge", "tiny_model_config",
 ]

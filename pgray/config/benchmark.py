@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config.base import check, check_eps, from_dict, load_yaml
-from pgray.config.experiment import AttackConfig, SuiteConfig
+from pgray.config.experiment import AttackConfig, SuiteConfig, ThreatConfig, check_threats
 from pgray.config.search_sections import Resources, check_seeds
 
 # what a benchmark entry's `reported:` may give per category: the paper's clean and adversarial
@@ -88,7 +88,12 @@ class BenchmarkConfig:
     # The attack suite at each eps (`suite: adaptive` or `suite: protocol`, or a mapping of
     # SuiteConfig keys): the robust number is its per-image worst case.
     suite: SuiteConfig = field(default_factory=SuiteConfig)
-    # more single attacks reported beside the suite (not part of its worst case)
+    # More threat models, each with its budgets in its own unit, each with its own suite
+    # members and worst case: [{threat: l2, eps: [0.5, 1.0]}, {threat: patch, eps: [0.02]}]
+    # (linf is `eps` above)
+    threats: list[ThreatConfig] = field(default_factory=list)
+    # more single attacks reported beside the suite (not part of its worst case), at each
+    # budget of their own threat
     extra_attacks: list[AttackConfig] = field(default_factory=list)
     mask_resize: str = "nearest"
     batch_size: int = 32
@@ -120,6 +125,19 @@ class BenchmarkConfig:
               f"must be nearest or lanczos_any, got {self.mask_resize!r}")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check_seeds(self.seeds)
+        check(self.attack.threat == "linf", "attack.threat",
+              "the protocol attack is linf; other threats go under `threats`")
+        check_threats(self.threats, self.suite)
+        for i, extra in enumerate(self.extra_attacks):
+            check(extra.threat == "linf" or bool(self.budgets(extra.threat)),
+                  f"extra_attacks[{i}].threat",
+                  f"{extra.threat} has no budgets: list it under `threats`")
+
+    def budgets(self, threat: str) -> list[float]:
+        """The budgets of one threat, in its unit (linf: `eps`)."""
+        if threat == "linf":
+            return list(self.eps)
+        return [e for t in self.threats if t.threat == threat for e in t.eps]
 
     def entries(self) -> list[DatasetEntry]:
         """The dataset entries with `seeds` applied: PatchGuard once per seed (its own

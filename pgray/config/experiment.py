@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
+from pgray.config.attack import (  # noqa: F401 - part of this module's interface
+    THREATS,
+    AttackConfig,
+    Precision,
+    SuiteConfig,
+    Threat,
+    ThreatConfig,
+    check_budget,
+    check_threats,
+)
 from pgray.config.base import check, check_eps, from_dict, load_yaml, to_dict
 from pgray.config.pseudo import PseudoConfig
-
-Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass
@@ -85,116 +93,6 @@ class LossConfig:
         check(0 not in self.attention_layers, "attention_layers", "layers are 1-based")
 
 
-@dataclass
-class AttackConfig:
-    eps: float = 8.0  # L-infinity radius in 1/255 pixel units, as the field writes it
-    steps: int = 10  # PGD / APGD steps; Square: queries
-    alpha: float | None = None  # step size in 1/255 units; None: 2.5 * eps / steps
-    random_start: bool = False
-    restarts: int = 1
-    keep_best: bool = False
-    # mask: the reference (localization) objective; image_score: the signed image score
-    objective: Literal["mask", "image_score"] = "mask"
-    # lse: step along a smooth maximum of the units instead of the top-k mean (image_score
-    # only); iterates are still judged by the image score itself
-    surrogate: Literal["none", "lse"] = "none"
-    temperature: float = 1.0  # of the lse surrogate, in logit units
-    start_scale: float = 1.0  # a random start is uniform in +-start_scale * eps
-    project: bool = True  # False: no projection onto the eps-ball, [0, 1] only (N-FGSM)
-    method: Literal["pgd", "apgd", "square"] = "pgd"
-    library: Literal["pgray", "torchattacks"] = "pgray"
-    precision: Precision = "fp32"
-
-    def validate(self) -> None:
-        check_eps(self.eps)
-        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        check(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
-        check(self.alpha is None or self.alpha > 0, "alpha", "must be > 0")
-        check(self.temperature > 0, "temperature", "must be > 0")
-        check(self.start_scale > 0, "start_scale", "must be > 0")
-        check(self.surrogate == "none" or self.objective == "image_score", "surrogate",
-              "a surrogate replaces the image score: it needs objective image_score")
-        check(self.method == "pgd" or self.library == "torchattacks", "method",
-              f"{self.method} runs through library: torchattacks")
-        check(self.method == "pgd" or self.surrogate == "none", "surrogate",
-              f"{self.method} takes no surrogate (pgd only)")
-
-    @property
-    def eps_unit(self) -> float:
-        """eps in [0, 1] pixel space."""
-        return self.eps / 255.0
-
-    @property
-    def alpha_unit(self) -> float:
-        """Step size in [0, 1] pixel space (the reference rule when alpha is unset)."""
-        if self.alpha is not None:
-            return self.alpha / 255.0
-        return 2.5 * self.eps_unit / self.steps
-
-    def setting_name(self) -> str:
-        """A short, unique name of this attack setting for tables and file names."""
-        name = f"{self.method}_eps{self.eps:g}_steps{self.steps}"
-        if self.restarts > 1:
-            name += f"_r{self.restarts}"
-        if self.random_start:
-            name += "_rs"
-        if self.keep_best:
-            name += "_best"
-        if self.objective != "mask":
-            name += f"_{self.objective}"
-        if self.surrogate != "none":
-            name += f"_{self.surrogate}{self.temperature:g}"
-        if self.start_scale != 1.0:
-            name += f"_start{self.start_scale:g}"
-        if not self.project:
-            name += "_noproj"
-        return name
-
-    def describe(self) -> dict[str, Any]:
-        """The parameters that define a robust number, recorded next to it."""
-        return {
-            "eps": self.eps,
-            "steps": self.steps,
-            "alpha": self.alpha_unit * 255.0,
-            "restarts": self.restarts,
-            "random_start": self.random_start,
-            "keep_best": self.keep_best,
-            "objective": self.objective,
-            "surrogate": self.surrogate,
-            "temperature": self.temperature,
-            "start_scale": self.start_scale,
-            "project": self.project,
-            "method": self.method,
-            "library": self.library,
-            "precision": self.precision,
-        }
-
-
-@dataclass
-class SuiteConfig:
-    """The attack suite a robust number comes from (pgray.attacks.suite): `adaptive` runs the
-    paper protocol and attacks aimed at detection and at localization, and reports the worst
-    case per image; `protocol` runs the paper protocol alone."""
-
-    SHORTHAND: ClassVar[str] = "name"  # `suite: protocol` in YAML means {name: protocol}
-
-    name: Literal["adaptive", "protocol"] = "adaptive"
-    steps: int = 100  # of each adaptive member (the protocol keeps its own steps)
-    restarts: int = 2  # of each adaptive member, random starts, best iterate kept
-    temperature: float = 1.0  # of the smooth-maximum detection member
-    square_queries: int = 1000  # the black-box member's queries per image
-    square_images: int = 64  # its class-balanced subset of the test split (0: every image)
-    check_eps: float = 64.0  # the large-budget check: detection AUROC must fall to ~0 there
-    check_steps: int = 50
-
-    def validate(self) -> None:
-        for key in ("steps", "restarts", "square_queries", "check_steps"):
-            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        check(self.square_images >= 0, "square_images", "must be >= 0 (0: every image)")
-        check(self.temperature > 0, "temperature", "must be > 0")
-        check_eps(self.check_eps, "check_eps")
-
-
 # Metrics the held-out proxy reports (pgray.core.scoring.proxy_metrics), all higher-is-better and
 # never from the test split: what a run selects its best epoch by and a sweep optimises.
 # clean; robust: under the short protocol attack; detect: under a short detection attack (the
@@ -251,6 +149,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.attack.threat == "linf", "attack.threat",
+              "training attacks are linf (other threats are for evaluation)")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.lr > 0, "lr", "must be > 0")
         check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
@@ -276,14 +176,19 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    eps: list[float] = field(default_factory=lambda: [8.0])
+    eps: list[float] = field(default_factory=lambda: [8.0])  # linf budgets (1/255 units)
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=1000))  # protocol
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     batch_size: int | None = None  # None: 256 on CUDA (it fits many times over), 32 on the CPU
     n_panels: int = 4
+    # more threat models, each with its budgets: [{threat: l2, eps: [0.5, 1.0]}, ...]
+    threats: list[ThreatConfig] = field(default_factory=list)
 
     def validate(self) -> None:
         check_eps(self.eps)
+        check(self.attack.threat == "linf", "attack.threat",
+              "the protocol attack is linf; other threats go under `threats`")
+        check_threats(self.threats, self.suite)
         check(self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.n_panels >= 0, "n_panels", "must be >= 0")
 

@@ -1,5 +1,5 @@
 """The robust evaluation of one model on one test split: clean, then the attack suite at each
-eps (its members, the per-image worst case and, for the adaptive suite, the large-budget
+eps of each threat (its members, the per-image worst case and, for the adaptive suite, the large-budget
 check), then the reliability flags. `python -m pgray.evaluate` runs it whole; the benchmark
 runs its parts as separate jobs (`clean_rows`, `suite_rows`, `check_rows`) and flags the union.
 """
@@ -28,18 +28,28 @@ def clean_rows(model, dataset, *, batch_size: int, device: torch.device, progres
                           progress=progress, keep=keep)
 
 
+UNITS = {"linf": "/255", "l2": " (L2)", "patch": " (patch area)"}
+
+
 def suite_rows(model, dataset, eval_cfg: EvalConfig, eps: float, *, device: torch.device,
-               progress: bool = True, keep: frozenset[int] = frozenset()
-               ) -> tuple[Rows, dict[str, EvalOutputs]]:
-    """The suite's members and worst case at one eps."""
+               progress: bool = True, keep: frozenset[int] = frozenset(),
+               threat: str = "linf") -> tuple[Rows, dict[str, EvalOutputs]]:
+    """The suite's members and worst case of one threat at one eps (in its unit)."""
     from pgray.attacks.suite import members
 
     suite = eval_cfg.suite
     return evaluate_suite(
-        model, dataset, members(suite, eval_cfg.attack, eps), batch_size=_batch(eval_cfg, device),
-        device=device, subset_size=suite.square_images, progress=progress, keep=keep,
-        label=f"{suite.name} suite, eps {eps:g}/255",
+        model, dataset, members(suite, eval_cfg.attack, eps, threat=threat),
+        batch_size=_batch(eval_cfg, device), device=device, subset_size=suite.square_images,
+        progress=progress, keep=keep,
+        label=f"{suite.name} suite, {threat} eps {eps:g}{UNITS[threat]}",
     )
+
+
+def budgets(eval_cfg: EvalConfig) -> list[tuple[str, float]]:
+    """(threat, eps) of every suite run: linf at `eval.eps`, then each of `eval.threats`."""
+    out = [("linf", float(e)) for e in sorted(eval_cfg.eps) if e != 0]
+    return out + [(t.threat, float(e)) for t in eval_cfg.threats for e in sorted(t.eps)]
 
 
 def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
@@ -67,14 +77,13 @@ def evaluate_robustness(model, dataset, eval_cfg: EvalConfig, *, device: torch.d
     rows, outputs = clean_rows(model, dataset, batch_size=_batch(eval_cfg, device), device=device,
                                progress=progress, keep=keep)
     worst_key = None
-    for eps in sorted(eval_cfg.eps):
-        if eps == 0:
-            continue
+    for threat, eps in budgets(eval_cfg):
         more, outs = suite_rows(model, dataset, eval_cfg, eps, device=device,
-                                progress=progress, keep=keep)
+                                progress=progress, keep=keep, threat=threat)
         rows += more
-        worst_key = more[-1]["setting"]
-        outputs[worst_key] = outs[worst_key]
+        if worst_key is None or threat == "linf":  # panels: the largest linf eps
+            worst_key = more[-1]["setting"]
+            outputs[worst_key] = outs[worst_key]
     rows += check_rows(model, dataset, eval_cfg, device=device, progress=progress)
     panels = {"clean": outputs["clean"]} | ({worst_key: outputs[worst_key]} if worst_key else {})
     return reliability_flags([identity | r for r in rows]), panels

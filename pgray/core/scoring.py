@@ -2,7 +2,7 @@
 held-out proxy. One attacked image serves both the detection and the localization metric.
 
 Rows (one per setting) carry every parameter that defines their number (`describe`), the
-metrics, and `attack`: `clean`, a suite member's name, `worst_case`, or `attack` for a
+metrics, `threat` (linf, l2, patch; none for clean) and `attack`: `clean`, a suite member's name, `worst_case`, or `attack` for a
 single setting outside a suite.
 """
 
@@ -222,8 +222,8 @@ def proxy_metrics(
 
 def describe_setting(attack_cfg: AttackConfig | None) -> dict[str, Any]:
     if attack_cfg is None:
-        return {"setting": "clean", "attack": "clean", "eps": 0.0, "steps": 0, "alpha": 0.0,
-                "restarts": 0}
+        return {"setting": "clean", "attack": "clean", "threat": "none", "eps": 0.0,
+                "steps": 0, "alpha": 0.0, "restarts": 0}
     aims_at = "detection" if attack_cfg.objective == "image_score" else "both"
     return ({"setting": attack_cfg.setting_name(), "attack": "attack", "aims_at": aims_at}
             | attack_cfg.describe())
@@ -332,10 +332,11 @@ def evaluate_suite(
             row["whitebox_image_auroc"] = result.whitebox_on_subset.metrics()["image_auroc"]
         rows.append(row)
         outputs[desc["setting"]] = result.members[member.key]
-    eps = suite_members[0].cfg.eps
+    eps, threat = suite_members[0].cfg.eps, suite_members[0].cfg.threat
     steps = max(m.cfg.steps for m in suite_members if m.cfg.method != "square")
-    desc = {"setting": f"{WORST}_eps{eps:g}", "attack": WORST, "aims_at": "both", "eps": eps,
-            "steps": steps, "restarts": max(m.cfg.restarts for m in suite_members)}
+    setting = f"{WORST}_eps{eps:g}" if threat == "linf" else f"{threat}_{WORST}_eps{eps:g}"
+    desc = {"setting": setting, "attack": WORST, "aims_at": "both", "threat": threat,
+            "eps": eps, "steps": steps, "restarts": max(m.cfg.restarts for m in suite_members)}
     worst = _timed_row(desc, result.worst, started)
     # Pixel AUROC and AUPRO pool blurred maps over images: the per-image pick can sit above a
     # member, and the robust number is the lowest (members on the whole split only).

@@ -152,6 +152,8 @@ def run_benchmark(
     for target in targets:
         if target not in missing:
             evaluations.add(run.jobs_of(*target), run.on_result)
+    from pgray.pipelines.fit_detector import BaselineFits
+
     fits = BaselineFits(cfg, run, evaluations, to_fit, sequential=sequential)
     trained = 0
     if space is not None:
@@ -209,65 +211,6 @@ def get_spec(name: str):
     from pgray.detectors.registry import get
 
     return get(name)
-
-
-class BaselineFits:
-    """The missing baselines, fitted as Ray tasks beside the trainings (in this process when
-    sequential); each one's evaluation jobs join the pool when its fit lands."""
-
-    def __init__(self, cfg: BenchmarkConfig, run: BenchmarkRun, evaluations, missing: list,
-                 *, sequential: bool) -> None:
-        self.run, self.evaluations, self.done = run, evaluations, 0
-        self.pending: dict[Any, tuple] = {}
-        if not missing:
-            return
-        from pgray.config.base import to_dict
-
-        for entry, category, detector in missing:
-            req = self._request(entry, category, detector)
-            args = (to_dict(req.detector), to_dict(req.data), req.batch_size)
-            if sequential:
-                from pgray.pipelines.fit_detector import fit_payload
-
-                self._land((entry, category, detector, req), fit_payload(*args))
-            else:
-                from pgray.pipelines.fit_detector import fit_task
-
-                task = fit_task(cfg.actors.cpus, cfg.actors.gpus)
-                self.pending[task.remote(*args)] = (entry, category, detector, req)
-        evaluations.also_poll(self.poll)
-
-    def _request(self, entry, category: str, detector):
-        from pgray.config import DataConfig
-        from pgray.pipelines.benchmark_jobs import entry_root
-        from pgray.pipelines.fit_detector import FitRequest
-
-        path = checkpoint_path(entry, category, detector)
-        det = fit_config(detector)
-        data = DataConfig(dataset=entry.dataset, root=entry_root(entry), category=category,
-                          options=dict(entry.options))
-        return FitRequest(detector=det, data=data, out=path.parent, file=path.name,
-                          name=f"{self.run.cfg.name}-{detector.name}-{entry.dataset}-{category}",
-                          mlflow_uri=self.run.uri, parent_run_id=self.run.parent.run_id)
-
-    def _land(self, item: tuple, payload: dict[str, Any]) -> None:
-        from pgray.pipelines.fit_detector import record_fit
-
-        entry, category, detector, req = item
-        record_fit(req, payload, self.run.uri, wait=False)  # the driver's loop goes on
-        self.done += 1
-        self.evaluations.add(self.run.jobs_of(entry, category, detector), self.run.on_result)
-
-    def poll(self) -> bool:
-        """Land the fits that have finished, without waiting; whether any is still running."""
-        import ray
-
-        while self.pending:
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0)
-            if not ready:
-                break
-            self._land(self.pending.pop(ready[0]), ray.get(ready[0]))
-        return bool(self.pending)
 
 
 def _connect(address: str | None, uri: str, storage: str | None, roots: list[str]) -> None:
@@ -344,7 +287,7 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) ->
                              parent_run_id=parent_id,
                              tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
                                    "category": job.category, "setting": job.setting,
-                                   "eps": job.eps})
+                                   "threat": job.threat, "eps": job.eps})
     child.log_params({f"{r['attack']}.{k}": v for r in rows for k, v in r.items()
                       if k not in (*METRIC_KEYS, "wall_s", "time_s", "flags", "flag_notes")})
     metrics = {f"{r['attack']}/{k}": r[k] for r in rows for k in METRIC_KEYS}
@@ -369,7 +312,7 @@ def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
         notes = [f"{r['attack']} {note}" for note in r.get("flag_notes") or []]
         by_job[r["job_key"]] += notes
         if notes:
-            summary[f"pgray.flags.{r['dataset']}.{r['category']}.eps{r['eps']:g}"] += notes
+            summary[f"pgray.flags.{r['dataset']}.{r['category']}.{_budget(r)}"] += notes
     for job_key, notes in by_job.items():
         if notes:
             open_run_later(uri, f"bench-job:{job_key}").set_tags(
@@ -377,14 +320,22 @@ def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:
     parent.set_tags({k: "; ".join(sorted(set(v)))[:5000] for k, v in summary.items()})
 
 
+def _budget(row: dict[str, Any]) -> str:
+    """`eps8` for linf (and clean) rows, `<threat>_eps<e>` for the others."""
+    threat = row.get("threat") or "linf"
+    return (f"eps{row['eps']:g}" if threat in ("linf", "none")
+            else f"{threat}_eps{row['eps']:g}")
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Image AUROC against eps per category: the suite's worst case (the robust number) and
-    the strongest protocol run (dashed)."""
+    """Image AUROC against linf eps per category: the suite's worst case (the robust number)
+    and the strongest protocol run (dashed). Other threats' eps are in other units: not here."""
     from pgray.tracking.plots import robustness_curve
 
     points: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("attack") not in ("worst_case", "protocol"):
+        if r.get("attack") not in ("worst_case", "protocol") or (
+                r.get("threat") or "linf") != "linf":
             continue
         key = (f"{r['dataset']}/{r['category']} {r['attack']}", r["eps"])
         if key not in points or (r.get("steps") or 0) > (points[key].get("steps") or 0):

@@ -53,6 +53,7 @@ class BenchJob:
     reference_model: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     # the test split's file list and sizes (`pgray.data.samples.split_fingerprint`)
     data_fingerprint: str | None = field(default=None, hash=False, compare=False)
+    threat: str = "linf"  # of a suite job: whose members run, eps in its unit
 
     @property
     def setting(self) -> str:
@@ -61,15 +62,22 @@ class BenchJob:
         if self.kind == ATTACK:
             return AttackConfig(**self.attacks[0]).setting_name()
         name = self.suite["name"] if self.suite else "suite"
-        return f"{name}_suite_eps{self.eps:g}" if self.kind == SUITE else f"{name}_check"
+        if self.kind == CHECK:
+            return f"{name}_check"
+        where = "" if self.threat == "linf" else f"{self.threat}_"
+        return f"{name}_suite_{where}eps{self.eps:g}"
 
     @property
     def key(self) -> str:
-        blob = json.dumps([self.dataset, self.category, self.checkpoint_sha256, self.kind,
-                           self.attacks, self.suite, self.eps, self.mask_resize,
-                           self.options, self.detector, self.reference_model]
-                          + ([] if self.seed is None else [self.seed]),
-                          sort_keys=True, default=str)
+        parts = [self.dataset, self.category, self.checkpoint_sha256, self.kind,
+                 [_stable(a) for a in self.attacks],
+                 None if self.suite is None else _stable(self.suite),
+                 self.eps, self.mask_resize, self.options, self.detector, self.reference_model]
+        if self.threat != "linf":
+            parts.append(self.threat)
+        if self.seed is not None:
+            parts.append(self.seed)
+        blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def suite_config(self) -> SuiteConfig:
@@ -84,7 +92,8 @@ class BenchJob:
         if self.kind == CHECK:
             return [large_eps_check(self.suite_config(), self.attack_configs()[0])]
         protocol, *variants = self.attack_configs()
-        return members(self.suite_config(), protocol, self.eps, tuple(variants))
+        return members(self.suite_config(), protocol, self.eps, tuple(variants),
+                       threat=self.threat)
 
     @property
     def cost(self) -> float:
@@ -105,6 +114,16 @@ class BenchJob:
         who = "" if self.detector == "patchguard" else f" {self.detector}"
         seed = "" if self.seed is None else f" seed {self.seed}"
         return f"{self.dataset}/{self.category}{who}{seed} {self.setting}"
+
+
+# Config keys added with the threat models, and their defaults: left out of a job's key where
+# they hold the default, so a linf job keeps the key (and the results) it had before them.
+_NEW_DEFAULTS = {"threat": "linf", "positions": 4, "patch_positions": 4}
+
+
+def _stable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items()
+            if not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
 
 
 def entry_root(entry) -> str:
@@ -140,18 +159,27 @@ def protocol_runs(cfg: BenchmarkConfig, eps: float) -> list[AttackConfig]:
     return sorted(runs, key=lambda a: -a.steps * a.restarts)
 
 
-def job_grid(cfg: BenchmarkConfig) -> list[tuple[str, float, list[AttackConfig]]]:
-    """(kind, eps, attacks) of each job per checkpoint: clean; the suite at each eps; each
-    extra attack at each eps; the large-budget check of the adaptive suite."""
-    grid: list[tuple[str, float, list[AttackConfig]]] = [(CLEAN, 0.0, [])]
+GridCell = tuple[str, float, list[AttackConfig], str]
+
+
+def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
+    """(kind, eps, attacks, threat) of each job per checkpoint: clean; the suite at each linf
+    eps, then at each budget of every other threat (its members only: the protocol runs are
+    passed for their precision); each extra attack at each budget of its threat; the
+    large-budget check of the adaptive suite (linf)."""
+    grid: list[GridCell] = [(CLEAN, 0.0, [], "linf")]
     for eps in cfg.eps:
         if eps > 0:
-            grid.append((SUITE, float(eps), protocol_runs(cfg, eps)))
+            grid.append((SUITE, float(eps), protocol_runs(cfg, eps), "linf"))
+    for threat in cfg.threats:
+        for eps in threat.eps:
+            grid.append((SUITE, float(eps), [cfg.attack], threat.threat))
     for extra in cfg.extra_attacks:
-        for eps in cfg.eps:
-            grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))]))
+        for eps in cfg.budgets(extra.threat):
+            grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))],
+                         extra.threat))
     if cfg.suite.name == "adaptive":
-        grid.append((CHECK, cfg.suite.check_eps, [cfg.attack]))
+        grid.append((CHECK, cfg.suite.check_eps, [cfg.attack], "linf"))
     return grid
 
 
@@ -202,7 +230,8 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
         seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
-    ) for kind, eps, attacks in job_grid(cfg)]
+        threat=threat if kind == SUITE else "linf",
+    ) for kind, eps, attacks, threat in job_grid(cfg)]
 
 
 def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:

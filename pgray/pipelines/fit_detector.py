@@ -147,3 +147,55 @@ def _fit_on_ray(req: FitRequest, uri: str, args: tuple) -> dict[str, Any]:
     check_nodes(None, [req.data.root] if req.data.root else [])
     gpus = resolve_worker_gpus(req.gpus, allow_cpu=True, where="--gpus-per-worker")
     return ray.get(fit_task(1.0, gpus).remote(*args))
+
+
+class BaselineFits:
+    """The missing baselines, fitted as Ray tasks beside the trainings (in this process when
+    sequential); each one's evaluation jobs join the pool when its fit lands."""
+
+    def __init__(self, cfg, run, evaluations, missing: list,
+                 *, sequential: bool) -> None:
+        self.run, self.evaluations, self.done = run, evaluations, 0
+        self.pending: dict[Any, tuple] = {}
+        if not missing:
+            return
+        from pgray.config.base import to_dict
+
+        for entry, category, detector in missing:
+            req = self._request(entry, category, detector)
+            args = (to_dict(req.detector), to_dict(req.data), req.batch_size)
+            if sequential:
+                self._land((entry, category, detector, req), fit_payload(*args))
+            else:
+                task = fit_task(cfg.actors.cpus, cfg.actors.gpus)
+                self.pending[task.remote(*args)] = (entry, category, detector, req)
+        evaluations.also_poll(self.poll)
+
+    def _request(self, entry, category: str, detector):
+        from pgray.pipelines.benchmark import fit_config
+        from pgray.pipelines.benchmark_jobs import checkpoint_path, entry_root
+
+        path = checkpoint_path(entry, category, detector)
+        det = fit_config(detector)
+        data = DataConfig(dataset=entry.dataset, root=entry_root(entry), category=category,
+                          options=dict(entry.options))
+        return FitRequest(detector=det, data=data, out=path.parent, file=path.name,
+                          name=f"{self.run.cfg.name}-{detector.name}-{entry.dataset}-{category}",
+                          mlflow_uri=self.run.uri, parent_run_id=self.run.parent.run_id)
+
+    def _land(self, item: tuple, payload: dict[str, Any]) -> None:
+        entry, category, detector, req = item
+        record_fit(req, payload, self.run.uri, wait=False)  # the driver's loop goes on
+        self.done += 1
+        self.evaluations.add(self.run.jobs_of(entry, category, detector), self.run.on_result)
+
+    def poll(self) -> bool:
+        """Land the fits that have finished, without waiting; whether any is still running."""
+        import ray
+
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0)
+            if not ready:
+                break
+            self._land(self.pending.pop(ready[0]), ray.get(ready[0]))
+        return bool(self.pending)

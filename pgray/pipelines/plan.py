@@ -208,12 +208,12 @@ def _eval_pieces(cfg, target: str, n_test: int, gpus: float) -> list[Piece]:
     from pgray.pipelines.benchmark_jobs import CHECK, SUITE, BenchJob, job_grid
 
     pieces = []
-    for kind, eps, attacks in job_grid(cfg):
+    for kind, eps, attacks, threat in job_grid(cfg):
         job = BenchJob(dataset="", root="", category=target, checkpoint="", checkpoint_sha256="",
                        kind=kind, attacks=tuple(to_dict(a) for a in attacks),
                        suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
                        mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=0,
-                       n_test=n_test)
+                       n_test=n_test, threat=threat if kind == SUITE else "linf")
         pieces.append(Piece("evaluation", f"{target} {job.setting}", job.cost, cfg.actors.cpus,
                             gpus))
     return pieces

@@ -138,16 +138,41 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         by_ds[r["dataset"]].append(r)
     for ds, ds_rows in sorted(by_ds.items()):
         detectors = _detector_order(ds_rows)
-        eps_values = sorted({r["eps"] for r in ds_rows if r.get("attack") == "worst_case"})
+        budgets = sorted({(_threat(r), r["eps"]) for r in ds_rows
+                          if r.get("attack") == "worst_case"},
+                         key=lambda b: (THREAT_ORDER.get(b[0], 9), b[0], b[1]))
         if len(detectors) > 1:
-            for eps in eps_values or [None]:
-                out += comparison_table(ds, ds_rows, detectors, eps)
+            for threat, eps in budgets or [("linf", None)]:
+                out += comparison_table(ds, ds_rows, detectors, eps, threat)
         for det in detectors:
             mine = [r for r in ds_rows if (r.get("detector") or "patchguard") == det]
             title = ds if len(detectors) == 1 else f"{ds}, {det}"
-            for eps in eps_values or [None]:
-                out += _eps_table(title, mine, eps)
+            for threat, eps in budgets or [("linf", None)]:
+                out += _eps_table(title, mine, eps, threat)
     return "\n".join(out)
+
+
+THREAT_ORDER = {"linf": 0, "l2": 1, "patch": 2}
+
+
+def _threat(row: dict[str, Any]) -> str:
+    """A row's threat; rows written before threats existed are linf."""
+    return row.get("threat") or "linf"
+
+
+def budget_label(threat: str, eps: float | None) -> str:
+    """A budget in its threat's unit, as a table heading says it."""
+    if eps is None:
+        return "clean only"
+    if threat == "l2":
+        return f"L2 eps {eps:g}"
+    if threat == "patch":
+        return f"patch {100 * eps:g} % of the image"
+    return f"eps {eps:g}/255"
+
+
+def _at(row: dict[str, Any], eps: float | None, threat: str) -> bool:
+    return row.get("eps") == eps and _threat(row) == threat
 
 
 def _detector_order(rows: list[dict[str, Any]]) -> list[str]:
@@ -161,10 +186,10 @@ def _detector_order(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
-                     eps: float | None) -> list[str]:
+                     eps: float | None, threat: str = "linf") -> list[str]:
     """The paper's comparison layout: one column group per detector, clean and worst-case AD
-    and AL, per category and on average."""
-    head = f"eps {eps:g}/255" if eps is not None else "clean only"
+    and AL, per category and on average, at one budget of one threat."""
+    head = budget_label(threat, eps)
     lines = [f"### {ds}: detectors compared ({head}; worst case of the adaptive suite)\n"]
     cols = [f"{d} {m} {k}" for d in detectors for m in ("AD", "AL") for k in ("clean", "worst")]
     lines.append("| category | " + " | ".join(cols) + " |")
@@ -177,7 +202,7 @@ def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
                     and (r.get("detector") or "patchguard") == det]
             clean = next((r for r in mine if r.get("attack") == "clean"), {})
             worst = next((r for r in mine if r.get("attack") == "worst_case"
-                          and r.get("eps") == eps), {})
+                          and _at(r, eps, threat)), {})
             vals += [clean.get("image_auroc"), worst.get("image_auroc"),
                      clean.get("pixel_auroc"), worst.get("pixel_auroc")]
         for i, v in enumerate(vals):
@@ -194,10 +219,15 @@ def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
     return lines
 
 
-def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None) -> list[str]:
-    at = [r for r in ds_rows if r.get("eps") == eps]
+def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
+               threat: str = "linf") -> list[str]:
+    """One budget of one threat; the protocol column is linf's (other threats leave it
+    empty: the paper's PGD is linf)."""
+    at = [r for r in ds_rows if _at(r, eps, threat)]
     steps = max((r.get("steps") or 0 for r in at if r.get("attack") == "protocol"), default=0)
-    head = f"eps {eps:g}/255, protocol PGD-{steps}" if eps is not None else "clean only"
+    head = budget_label(threat, eps)
+    if eps is not None and threat == "linf":
+        head += f", protocol PGD-{steps}"
     lines = [f"### {ds} ({head}; worst case = the robust number)\n"]
     cols = [f"{lab} {kind}" for _, lab in METRIC_LABELS for kind in ("clean", "protocol",
                                                                      "worst")]
@@ -207,14 +237,15 @@ def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None) -> lis
     for cat in sorted({r["category"] for r in ds_rows}):
         pick = {kind: next((r for r in ds_rows if r["category"] == cat
                             and r.get("attack") == kind and (kind == "clean" or
-                                                             r.get("eps") == eps)), {})
+                                                             _at(r, eps, threat))), {})
                 for kind in ("clean", "protocol", "worst_case")}
         vals = [pick[k].get(m) for m, _ in METRIC_LABELS for k in ("clean", "protocol",
                                                                    "worst_case")]
         for i, v in enumerate(vals):
             if v is not None and not _nan(v):
                 sums[i].append(v)
-        flagged = [r for r in ds_rows if r["category"] == cat and r.get("eps") in (eps, 0.0)]
+        flagged = [r for r in ds_rows if r["category"] == cat
+                   and (_at(r, eps, threat) or r.get("attack") == "clean")]
         lines.append(f"| {cat} | " + " | ".join(_fmt(v) for v in vals)
                      + f" | {_flag_cell(flagged)} |")
     means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
@@ -228,7 +259,8 @@ def rows_text(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         flags = f"  flags: {', '.join(r['flags'])}" if r.get("flags") else ""
-        lines.append(f"{r.get('attack', ''):<16} {r['setting']:<40} image_auroc "
+        lines.append(f"{r.get('threat') or 'linf':<6} {r.get('attack', ''):<16}"
+                     f" {r['setting']:<44} image_auroc "
                      f"{r['image_auroc']:.4f}  pixel_auroc {r['pixel_auroc']:.4f}  aupro "
                      f"{r['aupro']:.4f}  n={r.get('n_images')}{flags}")
     return "\n".join(lines)

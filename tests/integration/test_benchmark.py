@@ -45,23 +45,30 @@ TINY_SUITE = {"steps": 2, "restarts": 1, "square_queries": 4, "square_images": 4
               "check_steps": 2}
 MEMBERS = ["protocol", "det_topk", "det_lse", "loc_mask", "apgd_det", "apgd_loc", "square_det",
            "worst_case"]
+L2_MEMBERS = ["pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "worst_case"]
 
 
 def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, checkpoints,
                                                tmp_path, mlflow_uri):
-    cfg = _config(synthetic_root, checkpoints, suite=TINY_SUITE)
+    cfg = _config(synthetic_root, checkpoints, suite=TINY_SUITE,
+                  threats=[{"threat": "l2", "eps": [1.0]}])
     out = tmp_path / "bench"
     result = run_benchmark(cfg, out, progress=False)
-    # per category: clean, the adaptive suite at eps 2 and 8, the large-budget check
-    assert result.ran == 8 and result.skipped == 0
+    # per category: clean, the adaptive suite at linf eps 2 and 8 and at L2 eps 1, the
+    # large-budget check
+    assert result.ran == 10 and result.skipped == 0
     rows = read_rows(out)
-    assert len({r["job_key"] for r in rows}) == 8 and len({r["row_key"] for r in rows}) == 36
+    assert len({r["job_key"] for r in rows}) == 10 and len({r["row_key"] for r in rows}) == 46
     for category in ("disc", "weave"):
         mine = [r for r in rows if r["category"] == category]
         assert sorted(r["attack"] for r in mine) == sorted(
-            ["clean", "check_large_eps", *MEMBERS, *MEMBERS])
+            ["clean", "check_large_eps", *MEMBERS, *MEMBERS, *L2_MEMBERS])
+        l2 = [r for r in mine if r["threat"] == "l2"]
+        assert sorted(r["attack"] for r in l2) == sorted(L2_MEMBERS)
+        assert {r["eps"] for r in l2} == {1.0}
+    assert {r["threat"] for r in rows} == {"none", "linf", "l2"}
     for r in rows:
-        assert {"eps", "steps", "alpha", "restarts", "objective", "library", "precision",
+        assert {"threat", "eps", "steps", "alpha", "restarts", "objective", "library", "precision",
                 "mask_resize", "split", "checkpoint_sha256", "pgray_version", "attack",
                 "flags", "flag_notes"} <= set(r)
         assert isinstance(r["flags"], list) and 0 <= r["image_auroc"] <= 1
@@ -77,6 +84,7 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert "| disc |" in text and "| **mean** |" in text
     assert "eps 8/255, protocol PGD-2; worst case = the robust number" in text
     assert "AD worst" in text and "| flags |" in text
+    assert "### synthetic (L2 eps 1; worst case = the robust number)" in text
     assert (out / "auroc_vs_eps.png").stat().st_size > 0
 
     from mlflow.tracking import MlflowClient
@@ -85,21 +93,26 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     exp = client.get_experiment_by_name("pgray")
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
-    assert len(children) == 8
+    assert len(children) == 10
     assert {c.data.tags["category"] for c in children} == {"disc", "weave"}
     suite_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_eps8")
     assert {"worst_case/image_auroc", "protocol/image_auroc"} <= set(suite_run.data.metrics)
+    assert suite_run.data.tags["threat"] == "linf"
+    l2_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_l2_eps1")
+    assert l2_run.data.tags["threat"] == "l2" and l2_run.data.params["worst_case.threat"] == "l2"
+    assert {"worst_case/image_auroc", "pgd_det/image_auroc"} <= set(l2_run.data.metrics)
     parent_files = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"results.parquet", "results.md", "auroc_vs_eps.png", "cards"} <= parent_files
 
-    # one robustness card per category (one detector, one threat), in OUT and in MLflow
-    names = ["patchguard__synthetic__disc__linf.json", "patchguard__synthetic__weave__linf.json"]
+    # one robustness card per category and threat (one detector), in OUT and in MLflow
+    names = [f"patchguard__synthetic__{c}__{t}.json" for c in ("disc", "weave")
+             for t in ("l2", "linf")]
     assert sorted(p.name for p in (out / "cards").iterdir()) == names
     assert sorted(p.name for p in result.cards) == names
     logged = {a.path for a in client.list_artifacts(result.mlflow_run_id, "cards")}
     assert logged == {f"cards/{n}" for n in names}
-    card = json.loads((out / "cards" / names[1]).read_text())
-    weave = [r for r in rows if r["category"] == "weave"]
+    card = json.loads((out / "cards" / names[3]).read_text())
+    weave = [r for r in rows if r["category"] == "weave" and r["threat"] in ("linf", "none")]
     worst8 = next(r for r in weave if r["attack"] == "worst_case" and r["eps"] == 8.0)
     assert card["budgets"] == [2.0, 8.0] and card["threat"] == "linf"
     assert card["robust"][1]["worst_case"]["image_auroc"]["value"] == worst8["image_auroc"]
@@ -112,9 +125,12 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert card["unreliable"] == bool(card["flags"]) and card["flags"] == sorted(
         {f for r in weave for f in r["flags"]})
 
+    l2 = json.loads((out / "cards" / names[2]).read_text())
+    assert l2["threat"] == "l2" and l2["budgets"] == [1.0]
+
     again = run_benchmark(cfg, out, progress=False)
-    assert again.ran == 0 and again.skipped == 8
-    assert len(read_rows(out)) == 36
+    assert again.ran == 0 and again.skipped == 10
+    assert len(read_rows(out)) == 46
 
 
 def test_actors_match_sequential_numbers(ray_session, synthetic_root, checkpoints, tmp_path,

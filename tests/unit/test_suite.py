@@ -15,13 +15,15 @@ from pgray.attacks.checks import reliability_flags
 from pgray.attacks.objectives import mask_objective, unit_labels
 from pgray.attacks.pgd import attack
 from pgray.attacks.suite import Truth, attack_batch, balanced_subset, members
-from pgray.config import AttackConfig, EvalConfig, SuiteConfig
+from pgray.config import AttackConfig, EvalConfig, SuiteConfig, ThreatConfig
 from pgray.core.robustness import evaluate_robustness
 from pgray.core.scoring import evaluate_suite, score_batches
 
 SMALL = SuiteConfig(steps=4, restarts=2, square_queries=20, square_images=0, check_steps=10)
 EVAL = EvalConfig(eps=[2.0, 8.0], attack=AttackConfig(steps=5), suite=SMALL, batch_size=16)
 CPU = torch.device("cpu")
+THREATS_EVAL = dataclasses.replace(EVAL, threats=[
+    ThreatConfig(threat="l2", eps=[0.5, 2.0]), ThreatConfig(threat="patch", eps=[0.05])])
 IDENTITY = {"dataset": "synthetic", "category": "disc", "checkpoint_sha256": "x"}
 
 
@@ -59,8 +61,9 @@ def trained(data_root, tmp_path_factory):
     return model.eval()
 
 
-def _suite_rows(model, dataset, eps, suite=SMALL, protocol=AttackConfig(steps=5)):
-    rows, outputs = evaluate_suite(model, dataset, members(suite, protocol, eps),
+def _suite_rows(model, dataset, eps, suite=SMALL, protocol=AttackConfig(steps=5),
+                threat="linf"):
+    rows, outputs = evaluate_suite(model, dataset, members(suite, protocol, eps, threat=threat),
                                    batch_size=16, device=CPU, subset_size=suite.square_images,
                                    progress=False)
     return rows, outputs
@@ -169,12 +172,20 @@ def test_protocol_member_is_the_reference_attack_bit_for_bit(trained, test_split
 
 
 def test_a_plain_patchguard_raises_no_flag(trained, test_split):
-    rows, _ = evaluate_robustness(trained, test_split, EVAL, device=CPU, identity=IDENTITY,
-                                  progress=False)
+    """Under every threat: linf at two eps, l2 at two norms, a patch (each its own worst
+    case, rows named uniquely across threats, flags comparing rows of one threat only)."""
+    rows, _ = evaluate_robustness(trained, test_split, THREATS_EVAL, device=CPU,
+                                  identity=IDENTITY, progress=False)
     assert [r["flags"] for r in rows] == [[]] * len(rows), [
-        (r["attack"], r["eps"], r["flag_notes"]) for r in rows if r["flags"]]
+        (r["threat"], r["attack"], r["eps"], r["flag_notes"]) for r in rows if r["flags"]]
     check = next(r for r in rows if r["attack"] == "check_large_eps")
     assert check["image_auroc"] <= 0.05
+    worst = {(r["threat"], r["eps"]) for r in rows if r["attack"] == "worst_case"}
+    assert worst == {("linf", 2.0), ("linf", 8.0), ("l2", 0.5), ("l2", 2.0), ("patch", 0.05)}
+    assert next(r for r in rows if r["attack"] == "clean")["threat"] == "none"
+    assert len({r["setting"] for r in rows}) == len(rows)
+    assert all(r["threat"] == "linf" for r in rows if r["attack"] in ("protocol",
+                                                                       "check_large_eps"))
 
 
 class StepDetector(nn.Module):
@@ -310,3 +321,97 @@ def test_flags_never_compare_rows_of_different_precision():
     assert not any("rises_with_eps" in r["flags"] for r in flagged)
     rows[2]["precision"] = "fp32"
     assert "rises_with_eps" in reliability_flags(rows)[2]["flags"]
+
+
+# --- threats beyond linf: l2 and patch ------------------------------------------------------
+
+def _first_batch(test_split, n=24):
+    return next(iter(torch.utils.data.DataLoader(test_split, batch_size=n)))
+
+
+def test_l2_attacks_stay_in_the_ball_and_lower_detection(trained, test_split):
+    """PGDL2 and APGD-L2 on the detection objective: every perturbation's L2 norm (on [0, 1]
+    pixels) is at most eps, and the image AUROC falls below the clean one."""
+
+    batch = _first_batch(test_split)
+    truth = _truth(trained, batch)
+    for member in members(SMALL, AttackConfig(steps=5), 2.0, threat="l2"):
+        assert member.cfg.threat == "l2" and member.cfg.library == "torchattacks"
+        adv = attack(trained, batch["image"], truth.units, member.cfg, seed=1,
+                     image_labels=truth.images)
+        norms = (adv - batch["image"]).flatten(1).norm(dim=1)
+        assert (norms <= 2.0 + 1e-4).all(), (member.name, norms.max())
+        assert adv.min() >= 0 and adv.max() <= 1
+    rows, _ = _suite_rows(trained, test_split, 2.0, threat="l2")
+    by = {r["attack"]: r for r in rows}
+    clean = score_batches(trained, torch.utils.data.DataLoader(test_split, batch_size=16), None,
+                          device=CPU).metrics()
+    assert set(by) == {"pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "worst_case"}
+    assert {r["threat"] for r in rows} == {"l2"}
+    assert by["pgd_det"]["image_auroc"] < clean["image_auroc"] - 0.1, (by, clean)
+    assert by["worst_case"]["setting"] == "l2_worst_case_eps2"
+
+
+def test_a_patch_changes_one_square_of_the_right_area(trained, test_split):
+    from pgray.attacks.patch import patch_side
+
+    batch = _first_batch(test_split)
+    truth = _truth(trained, batch)
+    cfg = AttackConfig(threat="patch", eps=0.05, steps=3, random_start=True, keep_best=True,
+                       objective="image_score", positions=3)
+    adv = attack(trained, batch["image"], truth.units, cfg, seed=2, image_labels=truth.images)
+    side = patch_side(0.05, 32, 32)
+    assert side == 7  # round(sqrt(0.05 * 32 * 32))
+    changed = (adv != batch["image"]).any(dim=1)  # (B, H, W)
+    for img in changed:
+        ys, xs = torch.nonzero(img, as_tuple=True)
+        # one side x side square, nearly every pixel of it moved (49 of 49 when measured)
+        assert ys.max() - ys.min() + 1 == side and xs.max() - xs.min() + 1 == side
+        assert len(ys) >= 0.9 * side * side
+    assert adv.min() >= 0 and adv.max() <= 1
+    again = attack(trained, batch["image"], truth.units, cfg, seed=2, image_labels=truth.images)
+    torch.testing.assert_close(adv, again, rtol=0, atol=0)  # seeded places and starts
+
+
+def test_each_threat_has_its_own_worst_case_no_better_than_its_members(trained, test_split):
+    clean = score_batches(trained, torch.utils.data.DataLoader(test_split, batch_size=16), None,
+                          device=CPU).metrics()
+    for threat, eps in (("l2", 1.0), ("patch", 0.05)):
+        rows, _ = _suite_rows(trained, test_split, eps, threat=threat)
+        assert "protocol" not in {r["attack"] for r in rows}  # the paper's PGD is linf
+        worst = rows[-1]
+        assert worst["attack"] == "worst_case" and worst["threat"] == threat
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert worst[key] <= clean[key] + 1e-12, (threat, key)
+            for row in rows:
+                assert worst[key] <= row[key] + 1e-12, (threat, key, row["attack"])
+
+
+def test_flags_never_compare_rows_of_different_threats():
+    base = dict(IDENTITY, attack="worst_case", steps=5, restarts=1, precision="fp32")
+    rows = [dict(base, attack="clean", threat="none", eps=0.0, image_auroc=0.9),
+            dict(base, threat="linf", eps=1.0, image_auroc=0.30),
+            dict(base, threat="l2", eps=2.0, image_auroc=0.60),  # another unit: not a rise
+            dict(base, threat="patch", eps=0.05, image_auroc=0.50),
+            dict(base, attack="check_large_eps", threat="linf", eps=64.0, image_auroc=0.5)]
+    flagged = reliability_flags(rows)
+    assert not any("rises_with_eps" in r["flags"] for r in flagged)
+    assert "weak_at_large_eps" in flagged[1]["flags"]  # the linf check speaks for linf
+    assert "weak_at_large_eps" not in flagged[2]["flags"] + flagged[3]["flags"]
+    rows[2]["threat"] = "linf"
+    assert "rises_with_eps" in reliability_flags(rows)[2]["flags"]
+
+
+def test_threat_budgets_are_validated_with_their_key():
+    from pgray.config.base import from_dict
+    from pgray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.threats\[0\]\.eps\[0\]: must be in \(0, 1\)"):
+        from_dict(EvalConfig, {"threats": [{"threat": "patch", "eps": [2.0]}]}, "eval")
+    with pytest.raises(ConfigError, match=r"threats\[0\]\.threat: linf budgets"):
+        from_dict(EvalConfig, {"threats": [{"threat": "linf", "eps": [8]}]}, "eval")
+    with pytest.raises(ConfigError, match=r"threats: .*suite adaptive"):
+        from_dict(EvalConfig, {"suite": "protocol", "threats": [{"threat": "l2",
+                                                                 "eps": [0.5]}]}, "eval")
+    ok = from_dict(EvalConfig, {"threats": [{"threat": "l2", "eps": [0.5, 1.0]}]}, "eval")
+    assert ok.threats[0].eps == [0.5, 1.0] and ok.eps == [8.0]

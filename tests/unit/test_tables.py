@@ -80,3 +80,25 @@ def test_each_seed_has_its_own_checkpoint_and_job():
     assert paths == ["/c/disc/seed3/checkpoint.pt", "/c/disc/seed4/checkpoint.pt",
                      "/d/disc/s3.pt", "/d/disc/s4.pt"]
     assert str(checkpoint_path(entries[2], "disc", entries[2].detectors[0])) == "/c/disc/padim.pt"
+
+
+def test_each_threat_has_its_own_tables_even_at_the_same_eps():
+    base = {"dataset": "synthetic", "category": "weave", "detector": "patchguard",
+            "pixel_auroc": 0.8, "aupro": 0.5, "flags": []}
+    rows = [base | {"attack": "clean", "threat": "none", "eps": 0.0, "image_auroc": 0.9},
+            base | {"attack": "protocol", "threat": "linf", "eps": 1.0, "steps": 10,
+                    "image_auroc": 0.7},
+            base | {"attack": "worst_case", "threat": "linf", "eps": 1.0, "image_auroc": 0.5},
+            base | {"attack": "worst_case", "threat": "l2", "eps": 1.0, "image_auroc": 0.3,
+                    "flags": ["zero_gradients"]},
+            base | {"attack": "worst_case", "threat": "patch", "eps": 0.02, "image_auroc": 0.6}]
+    text = markdown_table(rows)
+    heads = [line for line in text.splitlines() if line.startswith("### ")]
+    assert heads == ["### synthetic (eps 1/255, protocol PGD-10; worst case = the robust number)",
+                     "### synthetic (L2 eps 1; worst case = the robust number)",
+                     "### synthetic (patch 2 % of the image; worst case = the robust number)"]
+    weave = [line for line in text.splitlines() if line.startswith("| weave")]
+    cells = [[c.strip() for c in line.split("|")[2:-1]] for line in weave]
+    assert cells[0][:3] == ["90.0", "70.0", "50.0"] and cells[0][-1] == ""
+    assert cells[1][:3] == ["90.0", "–", "30.0"] and cells[1][-1] == "zero_gradients"
+    assert cells[2][:3] == ["90.0", "–", "60.0"]
