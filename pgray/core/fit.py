@@ -116,6 +116,15 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     return metrics
 
 
+SELECTED_PREFIX = "selected_"  # selected_<metric>: <metric> at the selected epoch
+
+
+def scores_of(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a sweep may rank trials by (the held-out proxy's and the loss)."""
+    return {k: float(v) for k, v in metrics.items()
+            if (k.startswith("proxy_") or k == "loss") and isinstance(v, int | float)}
+
+
 class SelectedWeights:
     """The weights of the proxy epoch where `metric` peaked, kept (on the CPU) so every
     checkpoint carries them and a resumed run keeps selecting against the same best."""
@@ -141,9 +150,13 @@ class SelectedWeights:
                                                 or value >= self.kept["value"]):
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.kept = {"metric": self.metric, "value": float(value), "epoch": epoch + 1,
-                         "state_dict": state}
+                         "state_dict": state, "scores": scores_of(metrics)}
         if self.kept is not None:
             metrics["selected_epoch"] = float(self.kept["epoch"])
+            # What the selected weights (best.pt, the ones evaluated) scored: a sweep ranks
+            # its trials by these, not by the last epoch's.
+            scores = self.kept.get("scores") or {self.metric: self.kept["value"]}
+            metrics |= {SELECTED_PREFIX + k: v for k, v in scores.items()}
 
     def extra(self) -> dict[str, Any]:
         return {} if self.kept is None else {"selected": self.kept}
