@@ -105,6 +105,8 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
             if ctx.rank == 0 and collapsed:
                 print(f"warning: {guard.note}", file=sys.stderr, flush=True)
             best.offer(epoch, metrics, model, eligible=not collapsed)
+        else:
+            best.annotate(metrics)
         save = last or (epoch + 1) % checkpoint_every == 0
         saver = None
         if save:
@@ -151,12 +153,18 @@ class SelectedWeights:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.kept = {"metric": self.metric, "value": float(value), "epoch": epoch + 1,
                          "state_dict": state, "scores": scores_of(metrics)}
-        if self.kept is not None:
-            metrics["selected_epoch"] = float(self.kept["epoch"])
-            # What the selected weights (best.pt, the ones evaluated) scored: a sweep ranks
-            # its trials by these, not by the last epoch's.
-            scores = self.kept.get("scores") or {self.metric: self.kept["value"]}
-            metrics |= {SELECTED_PREFIX + k: v for k, v in scores.items()}
+        self.annotate(metrics)
+
+    def annotate(self, metrics: dict[str, float]) -> None:
+        """Write the selected epoch and what its weights (best.pt, the ones evaluated) scored
+        into an epoch's metrics: a sweep ranks its trials by these, not by the last epoch's.
+        Every epoch carries them, proxy epoch or not, so a trial stopped between proxy
+        epochs still says what its best.pt scored."""
+        if self.kept is None:
+            return
+        metrics["selected_epoch"] = float(self.kept["epoch"])
+        scores = self.kept.get("scores") or {self.metric: self.kept["value"]}
+        metrics |= {SELECTED_PREFIX + k: v for k, v in scores.items()}
 
     def extra(self) -> dict[str, Any]:
         return {} if self.kept is None else {"selected": self.kept}

@@ -32,6 +32,9 @@ def test_selected_weights_follow_the_metric_peak_and_ignore_nan():
     assert kept["epoch"] == 5 and kept["value"] == 0.9
     assert torch.equal(kept["state_dict"]["weight"], snapshots[5])
     assert SelectedWeights(None).extra() == {}
+    between = {"loss": 1.0}  # an epoch without a proxy still says what best.pt scored
+    best.annotate(between)
+    assert between == {"loss": 1.0, "selected_epoch": 5.0, "selected_proxy_score": 0.9}
 
 
 def test_resume_keeps_the_selection_only_for_the_same_metric():
@@ -40,6 +43,9 @@ def test_resume_keeps_the_selection_only_for_the_same_metric():
     state = {"extra": {"selected": {"metric": "proxy_score", "value": 0.8, "epoch": 3,
                                     "state_dict": {}}}}
     assert SelectedWeights.resume("proxy_score", state).kept["epoch"] == 3
+    metrics = {}  # a selection saved before scores were kept: its own metric's value
+    SelectedWeights.resume("proxy_score", state).annotate(metrics)
+    assert metrics == {"selected_epoch": 3.0, "selected_proxy_score": 0.8}
     assert SelectedWeights.resume("proxy_robust_image_auroc", state).kept is None
     assert SelectedWeights.resume("proxy_score", None).kept is None
 
