@@ -105,6 +105,8 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
             if ctx.rank == 0 and collapsed:
                 print(f"warning: {guard.note}", file=sys.stderr, flush=True)
             best.offer(epoch, metrics, model, eligible=not collapsed)
+        else:
+            best.annotate(metrics)
         save = last or (epoch + 1) % checkpoint_every == 0
         saver = None
         if save:
@@ -114,6 +116,15 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
                 return save_checkpoint(path, model, cfg, extra=extra)
         ctx.report(epoch, metrics, saver)
     return metrics
+
+
+SELECTED_PREFIX = "selected_"  # selected_<metric>: <metric> at the selected epoch
+
+
+def scores_of(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a sweep may rank trials by (the held-out proxy's and the loss)."""
+    return {k: float(v) for k, v in metrics.items()
+            if (k.startswith("proxy_") or k == "loss") and isinstance(v, int | float)}
 
 
 class SelectedWeights:
@@ -141,9 +152,19 @@ class SelectedWeights:
                                                 or value >= self.kept["value"]):
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.kept = {"metric": self.metric, "value": float(value), "epoch": epoch + 1,
-                         "state_dict": state}
-        if self.kept is not None:
-            metrics["selected_epoch"] = float(self.kept["epoch"])
+                         "state_dict": state, "scores": scores_of(metrics)}
+        self.annotate(metrics)
+
+    def annotate(self, metrics: dict[str, float]) -> None:
+        """Write the selected epoch and what its weights (best.pt, the ones evaluated) scored
+        into an epoch's metrics: a sweep ranks its trials by these, not by the last epoch's.
+        Every epoch carries them, proxy epoch or not, so a trial stopped between proxy
+        epochs still says what its best.pt scored."""
+        if self.kept is None:
+            return
+        metrics["selected_epoch"] = float(self.kept["epoch"])
+        scores = self.kept.get("scores") or {self.metric: self.kept["value"]}
+        metrics |= {SELECTED_PREFIX + k: v for k, v in scores.items()}
 
     def extra(self) -> dict[str, Any]:
         return {} if self.kept is None else {"selected": self.kept}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +55,58 @@ def training_attack(cfg: ExperimentConfig, precision: str) -> AttackConfig:
         base, precision=precision)
 
 
+CLEAN = "clean"  # step_passes' name for training without the adversarial terms
+
+
+@dataclass(frozen=True)
+class StepPasses:
+    """Passes through the model per normal image in one training step (its pseudo-anomaly
+    included), as `train_step` runs them with pgray's PGD."""
+
+    attack: int  # forward + backward to the input (frozen weights): both batches' attack steps
+    judge: int  # forward only: each restart's last iterate judged (keep_best or restarts > 1)
+    update: int  # forward + backward through the weights: the loss's 4 batches (2 when clean)
+
+    @property
+    def passes(self) -> int:
+        """Forward + backward passes (the `passes_per_image` every epoch reports)."""
+        return self.attack + self.update
+
+    @property
+    def forwards(self) -> int:
+        """Forward passes, the judging ones included."""
+        return self.attack + self.judge + self.update
+
+
+def step_passes(method: str = "pgd", steps: int = 10, restarts: int = 1,
+                keep_best: bool = False) -> StepPasses:
+    """The passes of one training step for a train.attack_method (or CLEAN). `steps`,
+    `restarts` and `keep_best` are train.attack's, used by `pgd` only: the fast methods fix
+    their own (TRAIN_ATTACKS). At the reference's PGD-10: 2 x 10 attack passes + 4 = 24."""
+    if method == CLEAN:
+        return StepPasses(attack=0, judge=0, update=2)
+    preset = TRAIN_ATTACKS[method]
+    if preset:
+        steps, restarts, keep_best = preset["steps"], 1, False
+    judged = keep_best or restarts > 1
+    # two attacked batches (normal and pseudo-anomalous), one image each per normal image
+    return StepPasses(attack=2 * steps * restarts, judge=2 * restarts if judged else 0,
+                      update=4)
+
+
+def step_passes_of(cfg: ExperimentConfig) -> StepPasses:
+    """`step_passes` of an experiment's training step."""
+    if not cfg.train.adversarial:
+        return step_passes(CLEAN)
+    attack = cfg.train.attack
+    return step_passes(cfg.train.attack_method, attack.steps, attack.restarts,
+                       attack.keep_best)
+
+
 def passes_per_image(cfg: ExperimentConfig) -> float:
     """Forward + backward passes per normal image and step: both batches' attacks, then the
     update of 4 batches (2 without the adversarial terms)."""
-    if not cfg.train.adversarial:
-        return 2.0
-    attack = training_attack(cfg, "fp32")
-    return 2.0 * attack.steps * attack.restarts + 4.0
+    return float(step_passes_of(cfg).passes)
 
 
 def train_step(

@@ -1,9 +1,11 @@
 """`--plan`: what a benchmark or a sweep would run, what each piece asks of the cluster, how
 many run at once, and an estimate of GPU-hours and wall time, without running anything.
 
-Costs are counted in image-steps (one forward and one backward pass of one image): a PGD step
-is one; a training step costs 2 x PGD-k (the two attacks) + 4 x 1.5 (the four batches' forward
-and backward through the weights) per normal image, i.e. 26 at PGD-10. They become seconds
+Costs are counted in image-steps (one forward and one backward pass to the input of one
+image, weights frozen): a PGD step is one. A training step's passes per normal image come from
+`pgray.core.step.step_passes` (24 at PGD-10: 2 x 10 attack passes, 4 update passes); an update
+pass also computes the weights' gradient and costs 1.5 image-steps, a forward-only pass 0.5,
+so a PGD-10 training step costs 26 image-steps per normal image. They become seconds
 through a throughput per device, scaled by the model's FLOPs per image-step (counted here on
 the config's model) against the model the throughput was measured on:
 - CPU: measured by benchmarks/attack_step.py on one core of a 2-core Xeon (2026-11-29):
@@ -95,16 +97,24 @@ def gflop_per_image_step(model_cfg) -> float:
     return counter.get_total_flops() / 1e9
 
 
+# image-steps of one pass: forward + backward through the weights too; forward alone
+UPDATE_PASS_COST, FORWARD_PASS_COST = 1.5, 0.5
+
+
+def step_image_steps(exp_cfg) -> float:
+    """Image-steps of one training step per normal image, from the step's own pass count."""
+    from pgray.core.step import step_passes_of
+
+    p = step_passes_of(exp_cfg)
+    return p.attack + FORWARD_PASS_COST * p.judge + UPDATE_PASS_COST * p.update
+
+
 def training_image_steps(exp_cfg, n_train: int) -> float:
     """Image-steps of one whole training (all epochs, held-out images excluded)."""
-    k = exp_cfg.train.attack.steps if exp_cfg.train.adversarial else 0
-    per_image = 2 * k + (4 if exp_cfg.train.adversarial else 2) * 1.5
     kept = n_train * (1 - exp_cfg.train.holdout_fraction)
-    steps = math.ceil(kept / exp_cfg.train.batch_size)
     if exp_cfg.train.max_steps_per_epoch is not None:
         kept = min(kept, exp_cfg.train.max_steps_per_epoch * exp_cfg.train.batch_size)
-        steps = min(steps, exp_cfg.train.max_steps_per_epoch)
-    return exp_cfg.train.epochs * kept * per_image
+    return exp_cfg.train.epochs * kept * step_image_steps(exp_cfg)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pgray.pipelines.train_eval import check_targets, resolve_targets
 from pgray.pipelines.trials import TrialSummary, select_best, summarise
 from pgray.tracking.sweep_report import (
     results_text,
+    score_epoch_text,
     trials_table,
     write_best_configs,
     write_summary,
@@ -201,16 +202,20 @@ def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
     for paths in configs.values():
         for path in paths:
             parent.log_artifact(path, "best")
-    metrics = {}
+    metrics, tags = {}, {}
     for key, ranked in best.items():
         if ranked:
+            # the best trial's score is that of the epoch evaluated, as it was ranked by
             for o in space.objectives:
-                value = ranked[0].metrics.get(o.metric)
-                if isinstance(value, int | float):
-                    metrics[f"best/{key}/{o.metric}"] = float(value)
+                value = ranked[0].scores.get(o.metric)
+                if value is not None:
+                    metrics[f"best/{key}/{o.metric}"] = value
+            if ranked[0].score_epoch is not None:
+                metrics[f"best/{key}/score_epoch"] = float(ranked[0].score_epoch)
+            tags[f"pgray.best_score_epoch.{key}"] = score_epoch_text(ranked[0])
     parent.log_metrics(metrics, step=0)
     counts = {s: sum(t.state == s for t in trials) for s in ("completed", "stopped_early",
                                                               "error")}
     parent.set_tags({f"pgray.trials_{k}": v for k, v in counts.items()}
                     | {"pgray.best_trials": ", ".join(t.trial_id for r in best.values()
-                                                      for t in r)})
+                                                      for t in r)} | tags)

@@ -3,7 +3,7 @@ of the best per target: top-n by the objective, or the Pareto front of several."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,50 @@ class TrialSummary:
     state: str  # completed | stopped_early | error
     checkpoint: str | None = None
     error: str | None = None
+    # The objectives at the epoch whose weights are evaluated: the selected epoch (best.pt)
+    # when the trial selected by train.select_metric, else the last epoch. Trials are ranked
+    # by these, never by a last epoch whose weights nobody evaluates.
+    scores: dict[str, float] = field(default_factory=dict)
+    score_epoch: int | None = None
+    score_source: str = "last"  # "selected" (best.pt) | "last" (checkpoint.pt)
+
+
+def evaluated_scores(metrics: dict[str, Any], space: SearchSpace
+                     ) -> tuple[dict[str, float], int | None, str]:
+    """The objectives of the epoch that is evaluated, that epoch and where it comes from,
+    out of a trial's last result (the training loop reports `selected_<metric>` beside
+    `selected_epoch` once it has selected an epoch)."""
+    from pgray.core.fit import SELECTED_PREFIX
+
+    selected = _number(metrics.get("selected_epoch"))
+    if selected is not None:
+        prefix, epoch, source = SELECTED_PREFIX, int(selected), "selected"
+    else:
+        last = _number(metrics.get("epoch"))
+        prefix, epoch, source = "", None if last is None else int(last), "last"
+    scores = {o.metric: v for o in space.objectives
+              if (v := _number(metrics.get(prefix + o.metric))) is not None}
+    return scores, epoch, source
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    return float(value) if ok else None
+
+
+def _summary(trial_id: str, target: str, params: dict[str, Any], metrics: dict[str, Any],
+             epochs: int, state: str, space: SearchSpace, checkpoint: str | None,
+             error: str | None = None) -> TrialSummary:
+    scores, epoch, source = evaluated_scores(metrics, space)
+    return TrialSummary(trial_id=trial_id, target=target, params=params,
+                        metrics={k: v for k, v in metrics.items() if k != "config"},
+                        epochs=epochs, state=state, checkpoint=checkpoint, error=error,
+                        scores=scores, score_epoch=epoch, score_source=source)
 
 
 def summarise(results, space: SearchSpace) -> list[TrialSummary]:
-    """One row per trial of a Tune ResultGrid: decoded params, last metrics and state."""
+    """One row per trial of a Tune ResultGrid: decoded params, last metrics, state and the
+    objectives of the evaluated epoch."""
     rows = []
     for r in results:
         metrics = dict(r.metrics or {})
@@ -33,12 +73,10 @@ def summarise(results, space: SearchSpace) -> list[TrialSummary]:
             state = "error"
         else:
             state = "completed" if epochs >= space.epochs() else "stopped_early"
-        rows.append(TrialSummary(
-            trial_id=str(metrics.get("trial_id") or Path(r.path).name),
-            target=str(config.get("target", "")),
-            params=space.decode({k: v for k, v in config.items() if k in space.search}),
-            metrics={k: v for k, v in metrics.items() if k != "config"},
-            epochs=epochs, state=state, checkpoint=_last_checkpoint(r),
+        rows.append(_summary(
+            str(metrics.get("trial_id") or Path(r.path).name), str(config.get("target", "")),
+            space.decode({k: v for k, v in config.items() if k in space.search}), metrics,
+            epochs, state, space, _last_checkpoint(r),
             error=None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500],
         ))
     return sorted(rows, key=lambda t: (t.target, t.trial_id))
@@ -60,8 +98,8 @@ def _last_checkpoint(result) -> str | None:
 def _objective_values(trial: TrialSummary, space: SearchSpace) -> list[float] | None:
     values = []
     for o in space.objectives:
-        v = trial.metrics.get(o.metric)
-        if not isinstance(v, int | float) or v != v:
+        v = trial.scores.get(o.metric)
+        if v is None or v != v:
             return None
         values.append(float(v) if o.mode == "max" else -float(v))  # larger is better
     return values
@@ -81,8 +119,8 @@ def pareto_front(points: list[list[float]]) -> list[int]:
 
 
 def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, list[TrialSummary]]:
-    """Per target: the top_n trials by the objective, or the Pareto front (best first by the
-    first objective) when there are several objectives. Trials with a checkpoint only; trials
+    """Per target: the top_n trials by the objective at the evaluated epoch (`scores`), or
+    the Pareto front (best first by the first objective) when there are several objectives. Trials with a checkpoint only; trials
     that trained the whole budget rank before those ASHA stopped (a stopped trial lost at its
     rung, even if its last proxy value happens to be higher)."""
     best: dict[str, list[TrialSummary]] = {}
@@ -106,8 +144,7 @@ def summary_of_trial(trial, space: SearchSpace) -> TrialSummary:
     epochs = int(metrics.get("epoch", 0) or 0)
     state = "error" if trial.status == "ERROR" else (
         "completed" if epochs >= space.epochs() else "stopped_early")
-    return TrialSummary(
-        trial_id=trial.trial_id, target=str(trial.config.get("target", "")),
-        params=space.decode({k: v for k, v in trial.config.items() if k in space.search}),
-        metrics={k: v for k, v in metrics.items() if k != "config"}, epochs=epochs,
-        state=state, checkpoint=trial_checkpoint(trial))
+    return _summary(
+        trial.trial_id, str(trial.config.get("target", "")),
+        space.decode({k: v for k, v in trial.config.items() if k in space.search}), metrics,
+        epochs, state, space, trial_checkpoint(trial))

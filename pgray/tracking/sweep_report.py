@@ -38,7 +38,17 @@ def write_best_configs(space: SearchSpace, best: dict[str, list[TrialSummary]],
 
 
 def _objective_text(space: SearchSpace, trial: TrialSummary) -> str:
-    return ", ".join(f"{o.metric}={_fmt(trial.metrics.get(o.metric))}" for o in space.objectives)
+    values = ", ".join(f"{o.metric}={_fmt(trial.scores.get(o.metric))}"
+                       for o in space.objectives)
+    return f"{values} at {score_epoch_text(trial)}"
+
+
+def score_epoch_text(trial: TrialSummary) -> str:
+    """Which epoch a trial's scores come from: the one whose weights are evaluated."""
+    if trial.score_epoch is None:
+        return "–"
+    what = "selected, best.pt" if trial.score_source == "selected" else "last"
+    return f"epoch {trial.score_epoch} ({what})"
 
 
 def _fmt(value: Any) -> str:
@@ -60,11 +70,12 @@ def attack_text(space: SearchSpace) -> str:
 
 def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
     names = [o.metric for o in space.objectives]
-    head = ["target", "trial", "state", "epochs", *names, *space.search]
+    # the objectives are those of the evaluated epoch (the scored-at column), as ranked
+    head = ["target", "trial", "state", "epochs", "scored at", *names, *space.search]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in trials:
-        cells = [t.target, t.trial_id, t.state, str(t.epochs),
-                 *(_fmt(t.metrics.get(n)) for n in names),
+        cells = [t.target, t.trial_id, t.state, str(t.epochs), score_epoch_text(t),
+                 *(_fmt(t.scores.get(n)) for n in names),
                  *(_fmt(t.params.get(k)) for k in space.search)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

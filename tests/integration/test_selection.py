@@ -24,11 +24,17 @@ def test_selected_weights_follow_the_metric_peak_and_ignore_nan():
         metrics = {"proxy_score": value}
         best.offer(epoch, metrics, model)
         assert metrics["selected_epoch"] == {1: 1, 2: 2, 3: 2, 4: 2, 5: 5, 6: 5}[epoch + 1]
+        # every result carries what the selected weights scored, for the sweep's ranking
+        assert metrics["selected_proxy_score"] == {1: 0.5, 2: 0.9, 5: 0.9}.get(
+            int(metrics["selected_epoch"]))
     kept = best.extra()["selected"]
     # the tie at 0.9 goes to the later epoch; the stored copy is not the live tensor
     assert kept["epoch"] == 5 and kept["value"] == 0.9
     assert torch.equal(kept["state_dict"]["weight"], snapshots[5])
     assert SelectedWeights(None).extra() == {}
+    between = {"loss": 1.0}  # an epoch without a proxy still says what best.pt scored
+    best.annotate(between)
+    assert between == {"loss": 1.0, "selected_epoch": 5.0, "selected_proxy_score": 0.9}
 
 
 def test_resume_keeps_the_selection_only_for_the_same_metric():
@@ -37,6 +43,9 @@ def test_resume_keeps_the_selection_only_for_the_same_metric():
     state = {"extra": {"selected": {"metric": "proxy_score", "value": 0.8, "epoch": 3,
                                     "state_dict": {}}}}
     assert SelectedWeights.resume("proxy_score", state).kept["epoch"] == 3
+    metrics = {}  # a selection saved before scores were kept: its own metric's value
+    SelectedWeights.resume("proxy_score", state).annotate(metrics)
+    assert metrics == {"selected_epoch": 3.0, "selected_proxy_score": 0.8}
     assert SelectedWeights.resume("proxy_robust_image_auroc", state).kept is None
     assert SelectedWeights.resume("proxy_score", None).kept is None
 
@@ -59,6 +68,8 @@ def test_fit_writes_the_peak_epoch_weights_as_best_pt(synthetic_root, tmp_path):
     values = [h["proxy_clean_pixel_auroc"] for h in history]
     peak = max(range(len(values)), key=lambda i: (values[i], i)) + 1
     assert history[-1]["selected_epoch"] == peak
+    assert history[-1]["selected_proxy_clean_pixel_auroc"] == values[peak - 1]
+    assert history[-1]["selected_proxy_score"] == history[peak - 1]["proxy_score"]
 
     best = write_selected(tmp_path / "checkpoint.pt", tmp_path / "best.pt")
     model, loaded_cfg, extra = load_checkpoint(best)
@@ -138,3 +149,59 @@ def test_sweep_fetches_the_selected_weights_of_a_trial(synthetic_root, tmp_path,
     if select:
         assert set(extra["selected"]) == {"metric", "value", "epoch"}
     assert not list(dest.parent.glob("*.tmp"))
+
+
+def _tune_result(trial_id: str, rows: list[dict]):
+    """What a Tune ResultGrid entry holds for a finished trial: its last result, config,
+    per-epoch dataframe and folder."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from pgray.distributed.train import CHECKPOINT_URI
+
+    rows = [r | {"trial_id": trial_id, CHECKPOINT_URI: f"/ckpt/{trial_id}/{r['epoch']}"}
+            for r in rows]
+    return SimpleNamespace(metrics=rows[-1], config={"target": "synthetic/disc"},
+                           path=f"/trials/{trial_id}", error=None, checkpoint=None,
+                           metrics_dataframe=pd.DataFrame(rows))
+
+
+def test_sweep_ranks_trials_by_the_epoch_it_evaluates(synthetic_root):
+    """Trial a has the better last epoch, trial b the better selected epoch (best.pt, the
+    weights that are evaluated): b wins, and the tables say which epoch each score is of."""
+    from pgray.config.search_space import space_from_dict
+    from pgray.pipelines.trials import select_best, summarise
+    from pgray.tracking.sweep_report import trials_table
+
+    data = {"name": "rank", "fixed": {"data": {"dataset": "synthetic",
+                                               "root": str(synthetic_root)},
+                                      "train": {"select_metric": "proxy_score"}},
+            "search": {"loss.attention_lambda": {"type": "loguniform", "low": 0.1,
+                                                 "high": 10.0}},
+            "objectives": [{"metric": "proxy_score"}], "budget": {"trials": 2, "epochs": 3},
+            "scheduler": {"type": "none"}}
+    space = space_from_dict(data)
+
+    def epochs(scores, selected):
+        return [{"epoch": e + 1, "proxy_score": v, "selected_epoch": selected[e],
+                 "selected_proxy_score": scores[selected[e] - 1]}
+                for e, v in enumerate(scores)]
+
+    # a's last epoch is its best but the collapse guard kept selection off it
+    a = _tune_result("a", epochs([0.5, 0.7, 0.9], selected=[1, 2, 2]))
+    b = _tune_result("b", epochs([0.6, 0.8, 0.4], selected=[1, 2, 2]))
+    trials = summarise([a, b], space)
+    assert [t.trial_id for t in select_best(trials, space)["synthetic/disc"]] == ["b"]
+    by_id = {t.trial_id: t for t in trials}
+    assert by_id["b"].scores == {"proxy_score": 0.8} and by_id["b"].score_epoch == 2
+    assert by_id["b"].score_source == "selected"
+    table = trials_table(space, trials)
+    assert "| b | completed | 3 | epoch 2 (selected, best.pt) | 0.8000 |" in table
+    # without selection the last epoch is both the evaluated and the scored one
+    plain = space_from_dict(data | {"fixed": data["fixed"] | {"train": {}}})
+    last = [_tune_result(t, [{"epoch": e + 1, "proxy_score": v} for e, v in enumerate(s)])
+            for t, s in (("a", [0.5, 0.9]), ("b", [0.8, 0.6]))]
+    trials = summarise(last, plain)
+    assert [t.trial_id for t in select_best(trials, plain)["synthetic/disc"]] == ["a"]
+    assert "| a | stopped_early | 2 | epoch 2 (last) | 0.9000 |" in trials_table(plain, trials)

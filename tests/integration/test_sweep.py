@@ -72,7 +72,8 @@ def tiny_space(root: Path, **over) -> dict:
 # --- pure parts -------------------------------------------------------------------------------
 def _trial(tid: str, target: str, **metrics) -> TrialSummary:
     return TrialSummary(trial_id=tid, target=target, params={}, metrics=metrics, epochs=2,
-                        state="completed", checkpoint=f"/ckpt/{tid}")
+                        state="completed", checkpoint=f"/ckpt/{tid}", scores=metrics,
+                        score_epoch=2)
 
 
 def test_pareto_front_keeps_the_non_dominated_points():
@@ -83,8 +84,10 @@ def test_pareto_front_keeps_the_non_dominated_points():
 def test_select_best_per_target_single_and_multi_objective(synthetic_root):
     trials = [_trial("a", "s/disc", loss=3.0), _trial("b", "s/disc", loss=1.0),
               _trial("c", "s/weave", loss=2.0), _trial("d", "s/weave", loss=float("nan"))]
-    trials.append(TrialSummary("e", "s/disc", {}, {"loss": 0.1}, 1, "error"))
-    trials.append(TrialSummary("f", "s/disc", {}, {"loss": 0.5}, 1, "stopped_early", "/c/f"))
+    trials.append(TrialSummary("e", "s/disc", {}, {"loss": 0.1}, 1, "error",
+                               scores={"loss": 0.1}))
+    trials.append(TrialSummary("f", "s/disc", {}, {"loss": 0.5}, 1, "stopped_early", "/c/f",
+                               scores={"loss": 0.5}))
     space = space_from_dict(tiny_space(synthetic_root))
     best = select_best(trials, space)
     assert {k: [t.trial_id for t in v] for k, v in best.items()} == {"s/disc": ["b"],
@@ -288,6 +291,10 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
 def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     best_id = summary["best"]["synthetic/disc"][0]
     best_loss = trials[best_id]["metrics"]["loss"]
+    # no select_metric: the last epoch is evaluated, and it is what the trial was ranked by
+    assert trials[best_id]["scores"] == {"loss": best_loss}
+    assert trials[best_id]["score_source"] == "last" and trials[best_id]["score_epoch"] == 2
+    assert "| scored at |" in (out / "trials.md").read_text()
     assert best_loss == min(t["metrics"]["loss"] for t in trials.values()
                             if t["state"] != "error")
     path = Path(summary["best_configs"]["synthetic/disc"][0])

@@ -1,0 +1,72 @@
+"""The passes of one training step, counted by `step_passes` and observed in a real step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_experiment
+
+from pgray.core.step import CLEAN, StepPasses, step_passes, step_passes_of, train_step
+
+BATCH = 2
+
+
+def observed_forwards(cfg) -> float:
+    """Images through the model in one real training step, per normal image (a forward hook
+    on the discriminator, which every forward of the step ends in)."""
+    from pgray.core.model import PatchGuard
+
+    torch.manual_seed(0)
+    model = PatchGuard(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    size, n = cfg.model.img_size, model.num_patches
+    batch = {"image": torch.rand(BATCH, 3, size, size),
+             "pseudo_image": torch.rand(BATCH, 3, size, size),
+             "pseudo_patch_labels": (torch.rand(BATCH, n) > 0.7).float()}
+    images = []
+    hook = model.disc.register_forward_hook(
+        lambda _module, args, _out: images.append(args[0].shape[0]))
+    try:
+        train_step(model, batch, cfg, optimizer, device=torch.device("cpu"))
+    finally:
+        hook.remove()
+    return sum(images) / BATCH
+
+
+@pytest.mark.parametrize("train", [
+    {"attack_method": "pgd", "attack": {"steps": 1}},
+    {"attack_method": "pgd", "attack": {"steps": 3}},
+    {"attack_method": "nfgsm"},
+    {"adversarial": False},
+    {"attack_method": "pgd", "attack": {"steps": 2, "keep_best": True}},  # + judging forwards
+])
+def test_counted_passes_are_the_forwards_of_a_real_step(tmp_path, train):
+    cfg = tiny_experiment(tmp_path, train=train)
+    counted = step_passes_of(cfg)
+    assert observed_forwards(cfg) == counted.forwards
+    if train.get("attack_method") == "pgd":
+        assert counted.passes == 2 * cfg.train.attack.steps + 4
+
+
+def test_passes_of_each_method():
+    assert step_passes("pgd") == StepPasses(attack=20, judge=0, update=4)  # the reference
+    assert step_passes("pgd").passes == 24
+    assert step_passes("pgd", steps=1000).passes == 2004
+    # the fast methods fix their own steps, whatever train.attack says
+    assert step_passes("pgd2", steps=10).passes == 8
+    assert step_passes("fgsm_rs").passes == step_passes("nfgsm").passes == 6
+    assert step_passes(CLEAN) == StepPasses(attack=0, judge=0, update=2)
+    # restarts judge each one's last iterate with one forward per attacked batch
+    assert step_passes("pgd", steps=10, restarts=2).forwards == 40 + 4 + 4
+
+
+def test_plan_costs_a_training_from_the_step_passes(tmp_path):
+    from pgray.pipelines.plan import step_image_steps, training_image_steps
+
+    pgd10 = tiny_experiment(tmp_path, train={"attack": {"steps": 10}})
+    assert step_image_steps(pgd10) == 20 + 4 * 1.5  # an update pass also grads the weights
+    fast = tiny_experiment(tmp_path, train={"attack_method": "fgsm_rs",
+                                            "max_steps_per_epoch": None, "epochs": 3})
+    assert step_image_steps(fast) == 2 + 4 * 1.5
+    # 12 images, a quarter held out: 9 trained per epoch
+    assert training_image_steps(fast, 12) == pytest.approx(3 * 9 * 8.0)
