@@ -282,6 +282,19 @@ def paired_difference(a, b, metric: str, *, n_resamples: int = N_RESAMPLES, seed
     return difference_of(metric, point_a - point_b, sa - sb, level)
 
 
+def paired_rows(row_a: dict[str, Any], out_a, row_b: dict[str, Any], out_b, metric: str,
+                level: float = LEVEL) -> Difference | None:
+    """row_a[metric] - row_b[metric] from the replicates their scoring kept
+    (`EvalOutputs.replicates`, drawn from the same labels, resamples and seed): the paired
+    bootstrap without recomputing anything. None where either lacks the metric."""
+    if not np.array_equal(np.asarray(out_a.labels), np.asarray(out_b.labels)):
+        raise ValueError("a paired difference needs the same test images: the labels differ")
+    sa, sb = out_a.replicates.get(metric), out_b.replicates.get(metric)
+    if sa is None or sb is None or sa.shape != sb.shape:
+        return None
+    return difference_of(metric, row_a[metric] - row_b[metric], sa - sb, level)
+
+
 def difference_of(metric: str, point: float, samples: np.ndarray, level: float = LEVEL
                   ) -> Difference:
     low, high = percentile_interval(samples, level)

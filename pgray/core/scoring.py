@@ -356,8 +356,8 @@ def evaluate_suite(
         values = [r[key] for r in [worst, *whole] if r[key] == r[key]]
         worst[f"{key}_pick"] = worst[key]
         worst[key] = min(values) if values else worst[key]
-    worst |= _lowest_intervals([result.worst] + [result.members[m.key] for m in suite_members
-                                                 if not m.subset])
+    worst |= _lowest_intervals(result.worst, [result.members[m.key] for m in suite_members
+                                              if not m.subset])
     rows.append(worst | {
         "zero_grad_detection": result.zero_gradient["detection"],
         "zero_grad_localization": result.zero_gradient["localization"],
@@ -367,14 +367,17 @@ def evaluate_suite(
     return rows, outputs
 
 
-def _lowest_intervals(candidates: list[EvalOutputs]) -> dict[str, float]:
-    """Intervals of the lowest localization number over candidates, resample by resample
-    (the same images are drawn for each)."""
+def _lowest_intervals(worst: EvalOutputs, members: list[EvalOutputs]) -> dict[str, float]:
+    """Intervals of the lowest localization number over the pick and the members, resample by
+    resample (the same images are drawn for each); the pick's replicates become those of the
+    row's numbers (paired comparisons read them)."""
     from pgray.core.intervals import interval_columns, lowest
 
-    samples = {k: v for k in ("pixel_auroc", "aupro")
-               if (v := lowest([c.replicates for c in candidates], k)) is not None}
-    columns = interval_columns(samples)
+    for key in ("pixel_auroc", "aupro"):
+        samples = lowest([c.replicates for c in (worst, *members)], key)
+        if samples is not None:
+            worst.replicates[key] = samples
+    columns = interval_columns(worst.replicates)
     return {k: v for k, v in columns.items() if not k.startswith("image_auroc")}
 
 

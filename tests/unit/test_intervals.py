@@ -139,3 +139,15 @@ def test_unpaired_rows_are_apart_only_when_intervals_do_not_overlap():
     assert not iv.intervals_apart(row, {"image_auroc_ci_low": 0.65, "image_auroc_ci_high": 0.9},
                                   "image_auroc")
     assert not iv.intervals_apart(row, {}, "image_auroc")
+
+
+def test_paired_rows_reads_the_replicates_kept_by_scoring():
+    good, poor = split(60, separation=3.0, seed=5), split(60, separation=0.2, seed=5)
+    rows = []
+    for out in (good, poor):
+        points = exact(out)
+        rows.append(points | out.intervals(points))
+    d = iv.paired_rows(rows[0], good, rows[1], poor, "aupro")
+    ref = iv.paired_difference(good, poor, "aupro")
+    assert d == ref and d.significant
+    assert iv.paired_rows(rows[0], good, rows[0], good, "aupro").significant is False
