@@ -41,7 +41,11 @@ AUPRO_BINS = 1000
 # Threshold grids are cut from at most this many pixels (a strided subsample): quantiles of a
 # million values place the bins as well as those of twenty million, at a tenth of the cost.
 _GRID_SAMPLE = 1_000_000
-_CHUNK = 250  # resamples per matrix product: bounds memory at (250, bins) float64 arrays
+_CHUNK = 1000  # resamples per matrix product: bounds memory at (1000, bins) float64 arrays
+# Small splits get fewer bins: a bin of under ~8 pixels (AUROC) or ~32 normal pixels (AUPRO)
+# refines nothing the interval's width could show, and the tests score many tiny splits.
+_PIXELS_PER_AUROC_BIN = 8
+_NORMALS_PER_AUPRO_BIN = 32
 
 
 def resample_counts(labels: Any, n_resamples: int = N_RESAMPLES, seed: int = SEED
@@ -106,6 +110,7 @@ def pixel_auroc_replicates(maps: np.ndarray, masks: np.ndarray, counts: np.ndarr
     """(R,) pixel AUROC of each resample from per-image histograms (NaN: one class)."""
     maps = maps.reshape(maps.shape[0], -1)
     positive = masks.reshape(maps.shape) > 0.5
+    bins = int(np.clip(maps.size // _PIXELS_PER_AUROC_BIN, 2, bins))
     edges = _grid(maps.reshape(-1), np.linspace(0, 1, bins + 1)[1:-1])
     flat, n_bins = _per_image_bins(maps, edges)
     flat, positive = flat.reshape(-1), positive.reshape(-1)
@@ -123,14 +128,18 @@ def pixel_auroc_replicates(maps: np.ndarray, masks: np.ndarray, counts: np.ndarr
 
 
 def _clipped_areas(fpr: np.ndarray, pro: np.ndarray, limit: float) -> np.ndarray:
-    """Row-wise trapezoid area under non-decreasing curves up to x = limit, the segment that
-    crosses it cut by linear interpolation (as `metrics._clipped_area`)."""
-    x0, x1, y0, y1 = fpr[:, :-1], fpr[:, 1:], pro[:, :-1], pro[:, 1:]
+    """Row-wise trapezoid area under non-decreasing curves from x = 0 up to x = limit, the
+    segment that crosses it cut by linear interpolation (as `metrics._clipped_area`)."""
+    inside = fpr[:, 1:] <= limit  # segments wholly at or below the limit (x is sorted)
+    area = np.sum(np.where(inside, np.diff(fpr, axis=1) * (pro[:, :-1] + pro[:, 1:]), 0.0),
+                  axis=1) / 2
+    start = inside.sum(axis=1)  # the crossing segment, where there is one
+    crossing = start < fpr.shape[1] - 1
+    rows, k = np.arange(fpr.shape[0]), np.minimum(start, fpr.shape[1] - 2)
+    x0, x1, y0, y1 = fpr[rows, k], fpr[rows, k + 1], pro[rows, k], pro[rows, k + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        slope = np.where(x1 > x0, (y1 - y0) / (x1 - x0), 0.0)
-    end = np.minimum(x1, limit)
-    width = np.clip(end - np.minimum(x0, limit), 0.0, None)
-    return np.sum(width * (y0 + y0 + slope * (end - x0)) / 2, axis=1)
+        y_at_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+    return area + np.where(crossing, (limit - x0) * (y0 + y_at_limit) / 2, 0.0)
 
 
 def _fpr_levels(fpr_limit: float, bins: int, n_normal: int) -> np.ndarray:
@@ -158,7 +167,9 @@ def aupro_replicates(maps: np.ndarray, masks: np.ndarray, counts: np.ndarray,
                                        structure=_PER_IMAGE_8_CONNECTED)
     regions, maps = regions.reshape(n, -1), maps.reshape(n, -1)
     normal = regions == 0
-    edges = _grid(maps[normal], 1 - _fpr_levels(fpr_limit, bins, int(normal.sum())))
+    n_normal = int(normal.sum())
+    bins = int(np.clip(n_normal // _NORMALS_PER_AUPRO_BIN, 20, bins))
+    edges = _grid(maps[normal], 1 - _fpr_levels(fpr_limit, bins, n_normal))
     flat, n_bins = _per_image_bins(maps, edges)
     flat, normal = flat.reshape(-1), normal.reshape(-1)
     areas = np.bincount(regions.reshape(-1), minlength=n_regions + 1).astype(np.float64)
@@ -171,11 +182,11 @@ def aupro_replicates(maps: np.ndarray, masks: np.ndarray, counts: np.ndarray,
                                     minlength=n).astype(np.float64)
     # the curve starts at (0, 0): a zero column ahead of the first threshold
     false_pos, overlap = (np.pad(a, ((0, 0), (1, 0))) for a in (false_pos, overlap))
-    n_normal = false_pos[:, -1]
+    normal_counts = false_pos[:, -1]
     out = []
     for w in _chunks(counts):
         with np.errstate(invalid="ignore", divide="ignore"):
-            fpr = (w @ false_pos) / (w @ n_normal)[:, None]
+            fpr = (w @ false_pos) / (w @ normal_counts)[:, None]
             # thresholds past the first one where every resample's FPR exceeds the limit
             # add no area
             past = np.flatnonzero(np.nanmin(fpr, axis=0) > fpr_limit)
