@@ -57,12 +57,15 @@ def models(args) -> dict[str, Path]:
     return found
 
 
-def evaluate(path: Path, args) -> list[dict]:
+def evaluate(path: Path, args) -> tuple[list[dict], dict]:
+    """The rows of `evaluate_robustness`, and each row's outputs by (attack, eps), which keep
+    the bootstrap replicates the paired differences read."""
     import torch
 
+    from pgray.attacks.checks import reliability_flags
     from pgray.config import AttackConfig, EvalConfig, SuiteConfig
     from pgray.core.checkpoint import load_checkpoint
-    from pgray.core.robustness import evaluate_robustness
+    from pgray.core.robustness import check_rows, clean_rows, suite_rows
     from pgray.data.dataset import load_split
     from pgray.io import file_sha256
 
@@ -75,9 +78,27 @@ def evaluate(path: Path, args) -> list[dict]:
         batch_size=args.batch_size)
     identity = {"dataset": cfg.data.dataset, "category": cfg.data.category,
                 "checkpoint_sha256": file_sha256(path)}
-    rows, _ = evaluate_robustness(model, test, eval_cfg, device=torch.device("cpu"),
-                                  identity=identity, progress=True)
-    return rows
+    cpu = torch.device("cpu")
+    rows, outputs = clean_rows(model, test, batch_size=args.batch_size, device=cpu)
+    for eps in sorted(e for e in args.eps if e > 0):
+        more, outs = suite_rows(model, test, eval_cfg, eps, device=cpu)
+        rows += more
+        outputs |= outs
+    rows += check_rows(model, test, eval_cfg, device=cpu)
+    kept = {(r["attack"], r["eps"]): outputs[r["setting"]] for r in rows
+            if r["setting"] in outputs}
+    return reliability_flags([identity | r for r in rows]), kept
+
+
+def _difference(a: dict, out_a, b: dict, out_b, metric: str) -> str:
+    """`+0.120* [+0.050, +0.190]`: a - b, its paired bootstrap interval, `*` when the interval
+    excludes 0."""
+    from pgray.core.intervals import paired_rows
+
+    d = paired_rows(a, out_a, b, out_b, metric)
+    if d is None:
+        return f"{a[metric] - b[metric]:+.3f}"
+    return f"{d.diff:+.3f}{'*' if d.significant else ''} [{d.low:+.3f}, {d.high:+.3f}]"
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -98,9 +119,10 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def summary(results: dict[str, list[dict]]) -> str:
+def summary(results: dict[str, list[dict]], outputs: dict[str, dict]) -> str:
     """Protocol minus worst case (the overstatement), and the adversarial model's gain over the
-    clean-trained one under the worst case, per eps."""
+    clean-trained one under the worst case, per eps; each difference with its paired bootstrap
+    interval (the same test images resampled for both numbers), `*` when it excludes 0."""
     lines = ["| model | eps | AD protocol | AD worst | overstated by | AL protocol | AL worst |"
              " overstated by |", "|---|---|---|---|---|---|---|---|"]
     worst: dict[tuple[str, float], dict] = {}
@@ -108,18 +130,24 @@ def summary(results: dict[str, list[dict]]) -> str:
         for eps in sorted({r["eps"] for r in rows if r["attack"] == "worst_case"}):
             at = {r["attack"]: r for r in rows if r["eps"] == eps}
             p, w = at["protocol"], at["worst_case"]
+            op, ow = outputs[name][("protocol", eps)], outputs[name][("worst_case", eps)]
             worst[(name, eps)] = w
             lines.append(f"| {name} | {eps:g} | {p['image_auroc']:.3f} | {w['image_auroc']:.3f} |"
-                         f" {p['image_auroc'] - w['image_auroc']:+.3f} | {p['pixel_auroc']:.3f} |"
-                         f" {w['pixel_auroc']:.3f} | {p['pixel_auroc'] - w['pixel_auroc']:+.3f} |")
+                         f" {_difference(p, op, w, ow, 'image_auroc')} |"
+                         f" {p['pixel_auroc']:.3f} | {w['pixel_auroc']:.3f} |"
+                         f" {_difference(p, op, w, ow, 'pixel_auroc')} |")
     if {"adversarial", "clean-trained"} <= set(results):
         lines += ["", "| eps | worst-case AD adversarial - clean-trained | AL | AUPRO |",
                   "|---|---|---|---|"]
         for eps in sorted({e for _, e in worst}):
             a, c = worst[("adversarial", eps)], worst[("clean-trained", eps)]
-            lines.append(f"| {eps:g} | {a['image_auroc'] - c['image_auroc']:+.3f} |"
-                         f" {a['pixel_auroc'] - c['pixel_auroc']:+.3f} |"
-                         f" {a['aupro'] - c['aupro']:+.3f} |")
+            oa = outputs["adversarial"][("worst_case", eps)]
+            oc = outputs["clean-trained"][("worst_case", eps)]
+            lines.append(f"| {eps:g} | " + " | ".join(
+                _difference(a, oa, c, oc, m) for m in ("image_auroc", "pixel_auroc", "aupro"))
+                + " |")
+    lines += ["", "Differences: a - b [paired bootstrap 95 % interval]; `*`: the interval"
+              " excludes 0 (docs/method.md, \"Uncertainty\")."]
     return "\n".join(lines)
 
 
@@ -142,18 +170,18 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, outputs = {}, {}
     for name, path in models(args).items():
         started = time.perf_counter()
         print(f"evaluating {name} ({path})", file=sys.stderr, flush=True)
-        results[name] = evaluate(path, args)
+        results[name], outputs[name] = evaluate(path, args)
         print(f"  {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     (args.out / "rows.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nsuite: members at {args.steps} steps x {args.restarts} restarts, Square"
           f" {args.square_queries} queries; protocol PGD-{args.protocol_steps}\n")
     print(table(results))
     print()
-    print(summary(results))
+    print(summary(results, outputs))
     print(f"\nplot: {plot(results, args.out)}; rows: {args.out / 'rows.json'}")
     return 0
 

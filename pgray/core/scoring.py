@@ -32,6 +32,9 @@ class EvalOutputs:
     maps: np.ndarray  # (N,H,W) float32 anomaly maps
     masks: np.ndarray  # (N,H,W) uint8 ground truth
     adv_images: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)  # picked only
+    # bootstrap replicates of each metric, filled by `intervals()` (pgray.core.intervals)
+    replicates: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False,
+                                                          compare=False)
 
     def metrics(self) -> dict[str, float]:
         from pgray.core.metrics import aupro, image_auroc, pixel_auroc
@@ -43,6 +46,13 @@ class EvalOutputs:
             out["pixel_auroc"] = pixel_auroc(self.maps, self.masks)
             out["aupro"] = aupro(self.maps, self.masks)
         return out
+
+    def intervals(self, points: dict[str, float]) -> dict[str, float]:
+        """Bootstrap 95 % interval columns of the metrics in `points` (NaN ones stay NaN)."""
+        from pgray.core.intervals import bootstrap, interval_columns
+
+        self.replicates = bootstrap(self, points)
+        return interval_columns(self.replicates)
 
     def counts(self) -> dict[str, int]:
         return {"n_images": int(len(self.labels)), "n_anomalous": int(self.labels.sum())}
@@ -257,7 +267,9 @@ def attack_settings_for(model, dataset, settings: list, *, device: torch.device,
 
 
 def _timed_row(desc: dict[str, Any], out: EvalOutputs, started: float) -> dict[str, Any]:
-    return desc | out.metrics() | out.counts() | {"time_s": time.perf_counter() - started}
+    metrics = out.metrics()
+    return (desc | metrics | out.intervals(metrics) | out.counts()
+            | {"time_s": time.perf_counter() - started})
 
 
 def evaluate_model(
@@ -345,6 +357,8 @@ def evaluate_suite(
         values = [r[key] for r in [worst, *whole] if r[key] == r[key]]
         worst[f"{key}_pick"] = worst[key]
         worst[key] = min(values) if values else worst[key]
+    worst |= _lowest_intervals(result.worst, [result.members[m.key] for m in suite_members
+                                              if not m.subset])
     rows.append(worst | {
         "zero_grad_detection": result.zero_gradient["detection"],
         "zero_grad_localization": result.zero_gradient["localization"],
@@ -352,6 +366,20 @@ def evaluate_suite(
         "image_steps": work["image_steps"], "queries": work["queries"]})
     outputs[desc["setting"]] = result.worst
     return rows, outputs
+
+
+def _lowest_intervals(worst: EvalOutputs, members: list[EvalOutputs]) -> dict[str, float]:
+    """Intervals of the lowest localization number over the pick and the members, resample by
+    resample (the same images are drawn for each); the pick's replicates become those of the
+    row's numbers (paired comparisons read them)."""
+    from pgray.core.intervals import interval_columns, lowest
+
+    for key in ("pixel_auroc", "aupro"):
+        samples = lowest([c.replicates for c in (worst, *members)], key)
+        if samples is not None:
+            worst.replicates[key] = samples
+    columns = interval_columns(worst.replicates)
+    return {k: v for k, v in columns.items() if not k.startswith("image_auroc")}
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -22,6 +22,8 @@ from pgray.pipelines.benchmark_jobs import (
 )
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+# each metric's bootstrap 95 % interval (pgray.core.intervals), logged beside it
+INTERVAL_KEYS = tuple(f"{m}_ci_{end}" for m in METRIC_KEYS for end in ("low", "high"))
 
 
 @dataclass
@@ -277,7 +279,8 @@ def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, space, missing, evalu
 
 def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) -> None:
     """One MLflow child run per job: its parameters, and each row's metrics under its attack
-    name (`worst_case/image_auroc`, `protocol/pixel_auroc`, ...)."""
+    name (`worst_case/image_auroc`, `protocol/pixel_auroc`, ...), with their intervals
+    (`worst_case/image_auroc_ci_low`, ...)."""
     import tempfile
 
     from pgray.tracking.mlflow_runs import open_run_later
@@ -289,8 +292,10 @@ def _log_job(uri: str, parent_id: str, job: BenchJob, result: dict[str, Any]) ->
                                    "category": job.category, "setting": job.setting,
                                    "threat": job.threat, "eps": job.eps})
     child.log_params({f"{r['attack']}.{k}": v for r in rows for k, v in r.items()
-                      if k not in (*METRIC_KEYS, "wall_s", "time_s", "flags", "flag_notes")})
-    metrics = {f"{r['attack']}/{k}": r[k] for r in rows for k in METRIC_KEYS}
+                      if k not in (*METRIC_KEYS, *INTERVAL_KEYS, "wall_s", "time_s", "flags",
+                                   "flag_notes")})
+    metrics = {f"{r['attack']}/{k}": r[k] for r in rows for k in (*METRIC_KEYS, *INTERVAL_KEYS)
+               if k in r}
     child.log_metrics(metrics | {"wall_s": rows[0]["wall_s"]}, step=0)
     if result["panels"]:
         with tempfile.TemporaryDirectory() as tmp:

@@ -74,7 +74,27 @@ def _fmt(x) -> str:
     return "–" if x is None or _nan(x) else f"{100 * x:.1f}"
 
 
+def _interval(row: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if low is None or high is None or _nan(low) or _nan(high):
+        return None
+    return low, high
+
+
+def _cell(row: dict[str, Any], metric: str, mark: str = "") -> str:
+    """A metric in percent with its bootstrap 95 % interval when the row has one:
+    `87.2 [84.1, 90.0]`."""
+    value = row.get(metric)
+    ci = None if value is None or _nan(value) else _interval(row, metric)
+    text = _fmt(value) + mark
+    return text if ci is None else f"{text} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
 METRIC_LABELS = (("image_auroc", "AD"), ("pixel_auroc", "AL"), ("aupro", "AUPRO"))
+UNCERTAINTY_NOTE = ("Brackets: bootstrap 95 % intervals (test images resampled within each"
+                    " label, 1,000 times; docs/method.md, \"Uncertainty\").")
+SEEDS_NOTE = ("Numbers: the mean over {n} training seeds; brackets: its 95 % t-interval across"
+              " seeds (each seed's own bootstrap interval is in results.parquet).")
 
 
 def _flag_cell(rows: list[dict[str, Any]]) -> str:
@@ -188,29 +208,42 @@ def _detector_order(rows: list[dict[str, Any]]) -> list[str]:
 def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
                      eps: float | None, threat: str = "linf") -> list[str]:
     """The paper's comparison layout: one column group per detector, clean and worst-case AD
-    and AL, per category and on average, at one budget of one threat."""
+    and AL, per category and on average, at one budget of one threat. A `*` marks a number
+    whose interval does not overlap that of the first detector (the rows hold no per-image
+    scores, so no paired bootstrap here: a conservative mark)."""
+    from pgray.core.intervals import intervals_apart
+
     head = budget_label(threat, eps)
     lines = [f"### {ds}: detectors compared ({head}; worst case of the adaptive suite)\n"]
     cols = [f"{d} {m} {k}" for d in detectors for m in ("AD", "AL") for k in ("clean", "worst")]
     lines.append("| category | " + " | ".join(cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
     sums: dict[int, list[float]] = defaultdict(list)
+    marked = False
     for cat in sorted({r["category"] for r in rows}):
-        vals = []
+        vals, cells, first = [], [], None
         for det in detectors:
             mine = [r for r in rows if r["category"] == cat
                     and (r.get("detector") or "patchguard") == det]
             clean = next((r for r in mine if r.get("attack") == "clean"), {})
             worst = next((r for r in mine if r.get("attack") == "worst_case"
                           and _at(r, eps, threat)), {})
-            vals += [clean.get("image_auroc"), worst.get("image_auroc"),
-                     clean.get("pixel_auroc"), worst.get("pixel_auroc")]
+            picks = [(clean, "image_auroc"), (worst, "image_auroc"), (clean, "pixel_auroc"),
+                     (worst, "pixel_auroc")]
+            first = first or picks
+            for (row, metric), (ref, _) in zip(picks, first):
+                apart = row is not ref and intervals_apart(row, ref, metric)
+                marked |= apart
+                vals.append(row.get(metric))
+                cells.append(_cell(row, metric, "*" if apart else ""))
         for i, v in enumerate(vals):
             if v is not None and not _nan(v):
                 sums[i].append(v)
-        lines.append(f"| {cat} | " + " | ".join(_fmt(v) for v in vals) + " |")
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
     means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
     lines.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " |")
+    if marked:
+        lines.append(f"\n`*`: its 95 % interval and {detectors[0]}'s do not overlap.")
     random = sorted({r.get("detector") for r in rows if r.get("backbone_weights") == "random"})
     if random:
         lines.append(f"\nRandom-init backbones (no pretrained weights): {', '.join(random)};"
@@ -239,17 +272,22 @@ def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
                             and r.get("attack") == kind and (kind == "clean" or
                                                              _at(r, eps, threat))), {})
                 for kind in ("clean", "protocol", "worst_case")}
-        vals = [pick[k].get(m) for m, _ in METRIC_LABELS for k in ("clean", "protocol",
-                                                                   "worst_case")]
+        order = [(pick[k], m) for m, _ in METRIC_LABELS for k in ("clean", "protocol",
+                                                                  "worst_case")]
+        vals = [row.get(m) for row, m in order]
         for i, v in enumerate(vals):
             if v is not None and not _nan(v):
                 sums[i].append(v)
         flagged = [r for r in ds_rows if r["category"] == cat
                    and (_at(r, eps, threat) or r.get("attack") == "clean")]
-        lines.append(f"| {cat} | " + " | ".join(_fmt(v) for v in vals)
+        lines.append(f"| {cat} | " + " | ".join(_cell(row, m) for row, m in order)
                      + f" | {_flag_cell(flagged)} |")
     means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
     lines.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " | |")
+    if any(_interval(r, m) for r in at + ds_rows for m, _ in METRIC_LABELS):
+        seeds = max((r.get("n_seeds") or 1 for r in ds_rows), default=1)
+        lines.append(f"\n{UNCERTAINTY_NOTE}" if seeds == 1 else
+                     f"\n{SEEDS_NOTE.format(n=seeds)}")
     lines.append("")
     return lines
 
@@ -259,8 +297,14 @@ def rows_text(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         flags = f"  flags: {', '.join(r['flags'])}" if r.get("flags") else ""
+        metrics = "  ".join(f"{m} {_plain(r, m)}" for m, _ in METRIC_LABELS)
         lines.append(f"{r.get('threat') or 'linf':<6} {r.get('attack', ''):<16}"
-                     f" {r['setting']:<44} image_auroc "
-                     f"{r['image_auroc']:.4f}  pixel_auroc {r['pixel_auroc']:.4f}  aupro "
-                     f"{r['aupro']:.4f}  n={r.get('n_images')}{flags}")
+                     f" {r['setting']:<44} {metrics}  n={r.get('n_images')}{flags}")
     return "\n".join(lines)
+
+
+def _plain(row: dict[str, Any], metric: str) -> str:
+    """`0.8720 [0.8410, 0.9000]`: the console's form of a metric and its interval."""
+    ci = _interval(row, metric)
+    text = f"{row[metric]:.4f}"
+    return text if ci is None or _nan(row[metric]) else f"{text} [{ci[0]:.4f}, {ci[1]:.4f}]"

@@ -72,6 +72,8 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
                 "mask_resize", "split", "checkpoint_sha256", "pgray_version", "attack",
                 "flags", "flag_notes"} <= set(r)
         assert isinstance(r["flags"], list) and 0 <= r["image_auroc"] <= 1
+        # the bootstrap intervals survive Parquet
+        assert r["image_auroc_ci_low"] <= r["image_auroc"] <= r["image_auroc_ci_high"]
     protocol = [r for r in rows if r["attack"] == "protocol"]
     assert {r["eps"] for r in protocol} == {2.0, 8.0}
     assert all(r["alpha"] == pytest.approx(2.5 * r["eps"] / 2) for r in protocol)
@@ -83,7 +85,7 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     text = (out / "results.md").read_text()
     assert "| disc |" in text and "| **mean** |" in text
     assert "eps 8/255, protocol PGD-2; worst case = the robust number" in text
-    assert "AD worst" in text and "| flags |" in text
+    assert "AD worst" in text and "| flags |" in text and "Brackets: bootstrap 95 %" in text
     assert "### synthetic (L2 eps 1; worst case = the robust number)" in text
     assert (out / "auroc_vs_eps.png").stat().st_size > 0
 
@@ -96,7 +98,9 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert len(children) == 10
     assert {c.data.tags["category"] for c in children} == {"disc", "weave"}
     suite_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_eps8")
-    assert {"worst_case/image_auroc", "protocol/image_auroc"} <= set(suite_run.data.metrics)
+    assert {"worst_case/image_auroc", "protocol/image_auroc", "worst_case/image_auroc_ci_low",
+            "worst_case/aupro_ci_high"} <= set(suite_run.data.metrics)
+    assert not any("_ci_" in k for k in suite_run.data.params)
     assert suite_run.data.tags["threat"] == "linf"
     l2_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_l2_eps1")
     assert l2_run.data.tags["threat"] == "l2" and l2_run.data.params["worst_case.threat"] == "l2"

@@ -90,6 +90,14 @@ def test_worst_case_is_no_better_than_any_member_nor_clean(trained, test_split):
             for name, row in by.items():
                 assert worst[key] <= row[key] + 1e-12, (key, name)
         assert worst["pixel_auroc"] <= worst["pixel_auroc_pick"] + 1e-12
+        # bootstrap intervals (pgray.core.intervals) around every number; the localization
+        # worst case's is that of the lowest candidate per resample
+        for name, row in by.items():
+            for key in ("image_auroc", "pixel_auroc", "aupro"):
+                assert row[f"{key}_ci_low"] <= row[key] <= row[f"{key}_ci_high"], (key, name)
+        for key in ("pixel_auroc", "aupro"):
+            for name in ("protocol", "loc_mask"):
+                assert worst[f"{key}_ci_high"] <= by[name][f"{key}_ci_high"] + 1e-12
 
 
 def test_worst_case_picks_the_most_harmful_candidate_per_image(trained, test_split):

@@ -60,6 +60,7 @@ def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
     assert mine["pixel_auroc"] == pytest.approx(0.7) and mine["aupro"] != mine["aupro"]
     text = markdown_table([r | {"attack": a} for r in rows[:3] for a in ("worst_case",)])
     assert text.startswith("Mean over training seeds 0, 1, 2")
+    assert "the mean over 3 training seeds; brackets: its 95 % t-interval" in text
     line = next(x for x in text.splitlines() if x.startswith("| weave"))
     assert "70.0" in line
 
@@ -102,3 +103,32 @@ def test_each_threat_has_its_own_tables_even_at_the_same_eps():
     assert cells[0][:3] == ["90.0", "70.0", "50.0"] and cells[0][-1] == ""
     assert cells[1][:3] == ["90.0", "–", "30.0"] and cells[1][-1] == "zero_gradients"
     assert cells[2][:3] == ["90.0", "–", "60.0"]
+
+
+def test_cells_carry_intervals_and_marks_differences_beyond_them():
+    rows = _rows()
+    for r in rows:  # patchguard's clean AD 0.89 [0.86, 0.92]; stfpm's 0.90 [0.80, 0.95]
+        r |= {"image_auroc_ci_low": r["image_auroc"] - 0.03,
+              "image_auroc_ci_high": r["image_auroc"] + 0.03}
+        if r["detector"] == "stfpm":
+            r["image_auroc_ci_low"] = r["image_auroc"] - 0.1
+        if r["detector"] == "padim" and r["attack"] == "clean":  # 0.88 moved to 0.70
+            r |= {"image_auroc": 0.70, "image_auroc_ci_low": 0.65, "image_auroc_ci_high": 0.75}
+    text = markdown_table(rows)
+    weave8 = next(line for line in text.split("detectors compared")[2].splitlines()
+                  if line.startswith("| weave"))
+    cells = [c.strip() for c in weave8.split("|")[2:-1]]
+    assert cells[0] == "89.0 [86.0, 92.0]" and cells[2] == "80.0"  # AL: no interval given
+    assert cells[8] == "70.0* [65.0, 75.0]"  # padim: apart from patchguard's interval
+    assert cells[12] == "90.0 [80.0, 93.0]"  # stfpm: overlapping, no mark
+    assert "`*`: its 95 % interval and patchguard's do not overlap." in text
+
+
+def test_console_lines_show_intervals():
+    from pgray.tracking.tables import rows_text
+
+    row = {"attack": "clean", "setting": "clean", "image_auroc": 0.872,
+           "image_auroc_ci_low": 0.841, "image_auroc_ci_high": 0.9, "pixel_auroc": 0.5,
+           "aupro": float("nan"), "aupro_ci_low": float("nan"), "aupro_ci_high": float("nan"),
+           "n_images": 10}
+    assert "image_auroc 0.8720 [0.8410, 0.9000]  pixel_auroc 0.5000  aupro nan" in rows_text([row])
