@@ -45,6 +45,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--suite-restarts", type=int, default=1)
     p.add_argument("--square-queries", type=int, default=500)
     p.add_argument("--square-images", type=int, default=0, help="0: every test image")
+    p.add_argument("--l2-eps", type=float, nargs="*", default=[],
+                   help="L2 budgets (norm on [0, 1] pixels) for --threat-detectors")
+    p.add_argument("--patch-eps", type=float, nargs="*", default=[],
+                   help="patch budgets (fraction of the image) for --threat-detectors")
+    p.add_argument("--threat-detectors", nargs="+",
+                   default=["patchguard", "patchguard_clean", "padim"],
+                   help="the detectors the l2 and patch threats are run on (a second"
+                        " benchmark over the same folder: the linf jobs are not run again)")
     args, rest = p.parse_known_args()
     if args.baselines is None:
         from pgray.detectors.registry import all_specs
@@ -91,6 +99,24 @@ def benchmark_config(args, root: Path):
                       "detectors": detectors}]})
 
 
+def threat_config(args, root: Path):
+    """The comparison again for --threat-detectors only, with the l2 and patch budgets."""
+    import dataclasses
+
+    cfg = benchmark_config(args, root)
+    threats = ([{"threat": "l2", "eps": list(args.l2_eps)}] if args.l2_eps else []) + (
+        [{"threat": "patch", "eps": list(args.patch_eps)}] if args.patch_eps else [])
+    from pgray.config.base import from_dict
+    from pgray.config.experiment import ThreatConfig
+
+    entry = cfg.datasets[0]
+    entry = dataclasses.replace(
+        entry, patchguard="patchguard" in args.threat_detectors,
+        detectors=[d for d in entry.detectors if d.name in args.threat_detectors])
+    return dataclasses.replace(cfg, datasets=[entry], threats=[
+        from_dict(ThreatConfig, t, "threats") for t in threats])
+
+
 def summary(rows: list[dict]) -> str:
     """One line per detector and eps: clean, protocol and worst-case AD and AL, and flags."""
     lines = ["| detector | backbone | eps | AD clean | AD protocol | AD worst | AL clean |"
@@ -126,6 +152,10 @@ def main() -> int:
 
     result = run_benchmark(benchmark_config(args, root), args.keep / "benchmark",
                            progress=True, sequential=True)
+    threats = None
+    if args.l2_eps or args.patch_eps:
+        threats = run_benchmark(threat_config(args, root), args.keep / "benchmark",
+                                progress=True, sequential=True)
     wall = time.perf_counter() - started
     (args.keep / "benchmark" / "rows.json").write_text(
         json.dumps({"rows": result.rows, "train_s": train_s}, default=str, indent=1))
@@ -139,6 +169,13 @@ def main() -> int:
           f" {args.square_queries} queries\n")
     print(summary(result.rows))
     print(f"\n{result.table_text}")
+    if threats is not None:
+        print(f"\nThreats beyond linf ({', '.join(args.threat_detectors)}):\n")
+        print(threats.table_text)
+        (args.keep / "benchmark" / "rows.json").write_text(json.dumps(
+            {"rows": result.rows + [r for r in threats.rows if r.get("threat") in ("l2",
+                                                                                 "patch")],
+             "train_s": train_s}, default=str, indent=1))
     print(f"\nPatchGuard training {trained_s:.0f} s, fits + evaluation {wall - trained_s:.0f} s,"
           f" {wall:.0f} s in all; {result.trained} baselines fitted; tables in"
           f" {result.markdown}")
