@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ def _test_ray_token() -> None:
     """Every Ray the tests start (ray.init, cluster_utils, `ray start` subprocesses, which
     inherit this environment) runs with token authentication, on a token of this session."""
     folder = Path(tempfile.mkdtemp(prefix="pgray-ray-token-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # one per session, not left
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)

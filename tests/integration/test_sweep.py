@@ -322,6 +322,11 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     assert (out / "best" / "clean" / "synthetic" / "disc" / "checkpoint.pt").is_file()
     assert "patchguard_clean" in text
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
+    # a robustness card per model (the two seeds' and the twin's), listed in the summary
+    cards = [json.loads(Path(p).read_text()) for p in summary["benchmarks"][0]["cards"]]
+    assert sorted(c["detector"] for c in cards) == ["patchguard", "patchguard",
+                                                    "patchguard_clean"]
+    assert {c["threat"] for c in cards} == {"linf"}
 
 
 def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic_root):
