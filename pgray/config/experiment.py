@@ -31,6 +31,9 @@ class DataConfig:
     category: str = ""
     mask_resize: Literal["nearest", "lanczos_any"] = "nearest"
     visa_split: Literal["1cls", "reference"] = "1cls"
+    # Read items from the node's decode cache (pgray/data/cache.py) instead of decoding and
+    # resizing every source file at every epoch; the items are the same, bit for bit.
+    decode_cache: bool = True
     # Layout-specific options, e.g. the `folder` layout's normal_dir / abnormal_dir / mask_dir.
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -38,16 +38,16 @@ def build_datasets(cfg: ExperimentConfig, patch_size: int, rank: int = 0):
     on the same held-out images, whatever pseudo-anomalies it trains on.
     """
     from pgray.config import PseudoConfig
-    from pgray.data.dataset import ADDataset, discover_split
+    from pgray.data.dataset import ADDataset, decode_cache_dir, discover_split
     from pgray.pseudo.dataset import PseudoAnomalyDataset
     from pgray.pseudo.generator import PseudoAnomalyGenerator
 
     samples = discover_split(cfg.data, "train")
     # The split is fixed too: trials that differ in train.seed hold out the same images.
     train_samples, hold_samples = split_holdout(samples, cfg.train.holdout_fraction, PROXY_SEED)
-    size, rule = cfg.model.img_size, cfg.data.mask_resize
+    size, rule, cache = cfg.model.img_size, cfg.data.mask_resize, decode_cache_dir(cfg.data)
     train = PseudoAnomalyDataset(
-        ADDataset(train_samples, img_size=size, mask_resize=rule),
+        ADDataset(train_samples, img_size=size, mask_resize=rule, cache_dir=cache),
         PseudoAnomalyGenerator(cfg.pseudo, img_size=size, patch_size=patch_size),
         seed=cfg.train.seed, rank=rank,
     )
@@ -57,7 +57,8 @@ def build_datasets(cfg: ExperimentConfig, patch_size: int, rank: int = 0):
                                                  img_size=size, patch_size=patch_size)
         # Each held-out normal appears proxy_repeats times, each time with another anomaly.
         holdout = PseudoAnomalyDataset(
-            ADDataset(hold_samples * cfg.train.proxy_repeats, img_size=size, mask_resize=rule),
+            ADDataset(hold_samples * cfg.train.proxy_repeats, img_size=size, mask_resize=rule,
+                      cache_dir=cache),
             proxy_generator, seed=PROXY_SEED,
         )
     return train, holdout
@@ -76,22 +77,33 @@ def proxy_batches(holdout, batch_size: int) -> list[dict[str, torch.Tensor]]:
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfig, rank: int,
             world_size: int, device: torch.device):
-    from torch.utils.data import DataLoader, DistributedSampler
+    """The training loader, built once per run. Its workers persist across epochs (no
+    re-forking, and each keeps its memory-mapped decode cache open); a dataset with
+    `set_epoch` gets each index together with the epoch (EpochSampler), since persistent
+    workers keep the dataset object they started with."""
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     from pgray.core.device import on_device
+    from pgray.pseudo.dataset import EpochSampler
 
-    sampler = None
     if world_size > 1 and shuffle:
         sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed
         )
+    elif shuffle:
+        # Its own generator: the order does not depend on how many workers draw seeds.
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.train.seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    if hasattr(dataset, "set_epoch"):
+        sampler = EpochSampler(sampler)
+    workers = on_device(cfg.train.loader_workers, device, cpu=0, cuda=min(4, os.cpu_count() or 1))
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
-        num_workers=on_device(cfg.train.loader_workers, device, cpu=0,
-                              cuda=min(4, os.cpu_count() or 1)),
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
         drop_last=False,
         generator=torch.Generator().manual_seed(cfg.train.seed),

@@ -17,7 +17,8 @@ from pgray.data.imageio import (
     load_binary,
     load_rgb,
     resize_mask,
-    resize_rgb,
+    resize_rgb_u8,
+    to_unit,
 )
 from pgray.data.registry import get_layout
 from pgray.data.samples import Sample
@@ -37,10 +38,15 @@ class ADDataset(Dataset):
     {0,1} (a pixel is set where any full-resolution mask pixel it covers is: what the model's
     units are labelled from), label int64 scalar, foreground (1,H,W) float32 {0,1} (all ones
     without a mask file), image_path str, mask_path str ("" when none)).
+
+    With `cache_dir`, the items come from the node's decode cache (pgray/data/cache.py, built
+    here when missing or out of date): the same tensors, bit for bit, without decoding and
+    resizing the source files at every epoch.
     """
 
     def __init__(
-        self, samples: Sequence[Sample], img_size: int = 224, mask_resize: MaskResize = "nearest"
+        self, samples: Sequence[Sample], img_size: int = 224, mask_resize: MaskResize = "nearest",
+        cache_dir: Path | None = None,
     ):
         if img_size < 1:
             raise DatasetError(f"img_size must be >= 1, got {img_size}")
@@ -51,6 +57,11 @@ class ADDataset(Dataset):
         self.samples = list(samples)
         self.img_size = img_size
         self.mask_resize = mask_resize
+        self.cache = None
+        if cache_dir is not None and self.samples:
+            from pgray.data.cache import decoded_split
+
+            self.cache = decoded_split(self.samples, img_size, mask_resize, cache_dir)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,12 +72,16 @@ class ADDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        img = load_rgb(sample.image_path)
-        image = torch.from_numpy(resize_rgb(img, self.img_size)).permute(2, 0, 1).contiguous()
-        mask, cover = self._masks(sample, img.size)
-        foreground = self._foreground(sample)
+        if self.cache is None:
+            rgb, mask, cover, foreground = decode_sample(sample, self.img_size, self.mask_resize)
+        else:
+            from pgray.data.cache import COVER_BIT, FOREGROUND_BIT, MASK_BIT
+
+            rgb, flags = self.cache.row(index)
+            mask, cover, foreground = (flags & MASK_BIT > 0, flags & COVER_BIT > 0,
+                                       flags & FOREGROUND_BIT > 0)
         return {
-            "image": image,
+            "image": torch.from_numpy(to_unit(rgb)).permute(2, 0, 1).contiguous(),
             "mask": torch.from_numpy(mask.astype(np.float32))[None],
             "unit_mask": torch.from_numpy(cover.astype(np.float32))[None],
             "label": torch.tensor(sample.label, dtype=torch.int64),
@@ -75,27 +90,31 @@ class ADDataset(Dataset):
             "mask_path": str(sample.mask_path) if sample.mask_path else "",
         }
 
-    def _masks(self, sample: Sample, image_size: tuple[int, int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """The mask by the configured rule (what pixel metrics score), and its cover (what
-        unit labels come from)."""
-        if sample.mask_path is None:
-            empty = np.zeros((self.img_size, self.img_size), bool)
-            return empty, empty
+
+def decode_sample(sample: Sample, img_size: int, mask_resize: MaskResize = "nearest"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A sample's pixels at img_size from its files: rgb uint8 (S, S, 3) and the bool (S, S)
+    mask (by `mask_resize`: what pixel metrics score), its cover (what unit labels come from)
+    and the foreground (all set without a foreground file)."""
+    img = load_rgb(sample.image_path)
+    rgb = resize_rgb_u8(img, img_size)
+    if sample.mask_path is None:
+        mask = cover = np.zeros((img_size, img_size), bool)
+    else:
         raw = load_binary(sample.mask_path)
-        if (raw.shape[1], raw.shape[0]) != image_size:
+        if (raw.shape[1], raw.shape[0]) != img.size:
             raise DatasetError(
                 f"{sample.mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
-                f"{sample.image_path.name} is {image_size[0]}x{image_size[1]} (masks must match)"
+                f"{sample.image_path.name} is {img.size[0]}x{img.size[1]} (masks must match)"
             )
-        return (resize_mask(raw, self.img_size, self.mask_resize),
-                cover_mask(raw, self.img_size))
-
-    def _foreground(self, sample: Sample) -> np.ndarray:
-        if sample.foreground_path is None:
-            return np.ones((self.img_size, self.img_size), bool)
+        mask = resize_mask(raw, img_size, mask_resize)
+        cover = cover_mask(raw, img_size)
+    if sample.foreground_path is None:
+        foreground = np.ones((img_size, img_size), bool)
+    else:
         raw = load_binary(sample.foreground_path, FOREGROUND_THRESHOLD)
-        return resize_mask(raw, self.img_size, "nearest")
+        foreground = resize_mask(raw, img_size, "nearest")
+    return rgb, mask, cover, foreground
 
 
 def resolve_root(data_cfg: DataConfig) -> Path:
@@ -139,6 +158,14 @@ def discover_split(data_cfg: DataConfig, split: str) -> list[Sample]:
                            data_cfg.layout_options())
 
 
+def decode_cache_dir(data_cfg: DataConfig) -> Path | None:
+    """Where this node keeps decoded images (None when `data.decode_cache` is off)."""
+    from pgray.data.synthetic import default_cache_dir
+
+    return default_cache_dir() if data_cfg.decode_cache else None
+
+
 def load_split(data_cfg: DataConfig, split: str, img_size: int = 224) -> ADDataset:
     """The ADDataset of `split` for the configured dataset and category."""
-    return ADDataset(discover_split(data_cfg, split), img_size, data_cfg.mask_resize)
+    return ADDataset(discover_split(data_cfg, split), img_size, data_cfg.mask_resize,
+                     cache_dir=decode_cache_dir(data_cfg))

@@ -70,11 +70,17 @@ def load_binary(path: Path, threshold: int = 0) -> np.ndarray:
     return arr > threshold
 
 
-def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
-    """Lanczos resize to size x size; float32 (H, W, 3) in [0, 1]."""
+def resize_rgb_u8(img: Image.Image, size: int) -> np.ndarray:
+    """Lanczos resize to size x size; uint8 (H, W, 3): what the decode cache stores."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return np.asarray(img, dtype=np.uint8)
+
+
+def to_unit(rgb: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1] (the one conversion, so cached and decoded items
+    are bit-identical)."""
+    return rgb.astype(np.float32) / np.float32(255.0)
 
 
 def resize_mask(mask: np.ndarray, size: int, rule: MaskResize = "nearest") -> np.ndarray:

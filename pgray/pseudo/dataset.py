@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from pgray.pseudo.generator import PseudoAnomalyGenerator
 
@@ -27,9 +28,10 @@ class PseudoAnomalyDataset(Dataset):
     """dict(image, pseudo_image, pseudo_mask (1,H,W), pseudo_patch_labels (N,), index).
 
     Item i uses numpy.random.default_rng([seed, epoch, rank, i]): reproducible for a given
-    (seed, epoch, rank, index), whatever the worker count or order. Call set_epoch before
-    creating each epoch's DataLoader iterator (workers copy the dataset when they start, so
-    persistent workers would keep the old epoch).
+    (seed, epoch, rank, index), whatever the worker count or order. The epoch is `set_epoch`'s,
+    or the one an index arrives with: `dataset[(epoch, i)]`, what EpochSampler hands to
+    persistent DataLoader workers (they keep the dataset copy they started with, so a
+    set_epoch in the main process never reaches them).
 
     DataLoader workers need no set-up: torch already runs them on one thread. Do not call
     cv2.setNumThreads(n > 0) inside a forked worker: with opencv 5.0 it hangs the worker
@@ -57,10 +59,14 @@ class PseudoAnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, self.rank, index])
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        epoch = self.epoch if epoch is None else epoch
+        return np.random.default_rng([self.seed, epoch, self.rank, index])
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        epoch = None
+        if isinstance(index, tuple):
+            epoch, index = index
         item = self.base[self.indices[index]]
         label = item.get("label")
         if label is not None and int(label) != 0:
@@ -71,7 +77,7 @@ class PseudoAnomalyDataset(Dataset):
         foreground = item.get("foreground")
         if foreground is None:  # no mask: the whole image is foreground (textures)
             foreground = torch.ones(image.shape[1:], dtype=torch.bool)
-        pseudo, mask, labels = self.generator(image, foreground, self.rng(index))
+        pseudo, mask, labels = self.generator(image, foreground, self.rng(index, epoch))
         return {
             "image": image,
             "pseudo_image": pseudo,
@@ -79,3 +85,25 @@ class PseudoAnomalyDataset(Dataset):
             "pseudo_patch_labels": labels,
             "index": index,
         }
+
+
+class EpochSampler(Sampler):
+    """(epoch, index) pairs from an index sampler: the epoch travels with every index to the
+    DataLoader's workers, persistent ones included. set_epoch is forwarded (a
+    DistributedSampler reshuffles by it)."""
+
+    def __init__(self, indices: Sampler) -> None:
+        self.indices = indices
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.indices, "set_epoch"):
+            self.indices.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
