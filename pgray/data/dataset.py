@@ -59,9 +59,7 @@ class ADDataset(Dataset):
         self.mask_resize = mask_resize
         self.cache = None
         if cache_dir is not None and self.samples:
-            from pgray.data.cache import decoded_split
-
-            self.cache = decoded_split(self.samples, img_size, mask_resize, cache_dir)
+            self.cache = _open_cache(self.samples, img_size, mask_resize, Path(cache_dir))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -89,6 +87,22 @@ class ADDataset(Dataset):
             "image_path": str(sample.image_path),
             "mask_path": str(sample.mask_path) if sample.mask_path else "",
         }
+
+
+def _open_cache(samples: list[Sample], img_size: int, mask_resize: str, cache_dir: Path):
+    """The samples' decode-cache entry, or None (with a warning) where the cache folder cannot
+    be written: a read-only or full disk slows training down, it does not stop it."""
+    import warnings
+
+    from pgray.data.cache import decoded_split
+    from pgray.io import OutputError
+
+    try:
+        return decoded_split(samples, img_size, mask_resize, cache_dir)
+    except (OSError, OutputError) as err:
+        warnings.warn(f"decode cache under {cache_dir} not usable ({err}); decoding the"
+                      " source images at every epoch instead", stacklevel=3)
+        return None
 
 
 def decode_sample(sample: Sample, img_size: int, mask_resize: MaskResize = "nearest"

@@ -79,6 +79,16 @@ def test_a_changed_source_file_rebuilds_the_entry(synthetic_root, tmp_path):
     assert_same_items(ADDataset(samples, 32), again)
 
 
+def test_an_unwritable_cache_falls_back_to_decoding(synthetic_root, tmp_path):
+    samples = get_layout("synthetic").discover(synthetic_root, "weave", "train")[:2]
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="decode cache"):
+        fallback = ADDataset(samples, 32, cache_dir=blocker)
+    assert fallback.cache is None
+    assert torch.equal(fallback[0]["image"], ADDataset(samples, 32)[0]["image"])
+
+
 def test_training_loader_keeps_its_workers_and_each_epochs_anomalies(synthetic_root):
     from helpers import tiny_experiment
 
