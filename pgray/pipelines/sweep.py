@@ -62,6 +62,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         ensure_experiment,
         resolve_tracking_uri,
     )
+    from pgray.tracking.report import sweep_report_data, write_report
 
     started = time.perf_counter()
     space = req.space
@@ -126,6 +127,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     result.wall_s = time.perf_counter() - started
     write_summary(result)
     parent.log_artifact(out / "sweep_summary.json")
+    parent.log_artifact(write_report(sweep_report_data(space, result, out), out))
     parent.log_metrics({"wall_s": result.wall_s}, step=0)
     parent.set_tags({"pgray.state": "finished"})
     parent.finish()
