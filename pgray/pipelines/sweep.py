@@ -80,6 +80,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     say_progress(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
               f" of {space.epochs()} epoch(s); {joined}")
     from pgray.distributed.tune import SweepContext
+    from pgray.distributed.tune_console import tune_verbosity
     from pgray.pipelines.final_eval import FinalStage, benchmark_config
     from pgray.pipelines.train_eval import Evaluations, run_trainings
 
@@ -95,7 +96,8 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         final = FinalStage(req, space, ctx.targets, out, uri, parent.run_id,
                            Evaluations(actors, sequential=False, progress=req.progress))
     search = run_trainings(ctx, storage, resume=req.resume,
-                           verbose=(2 if req.verbose else 1) if req.progress else 0,
+                           verbose=tune_verbosity(req.progress, req.verbose),
+                           console=req.progress and not req.verbose,
                            on_trial=final.on_trial if final else (lambda t, ts: None),
                            evaluations=final.evaluations if final else None)
     trials = summarise(search.results, space)

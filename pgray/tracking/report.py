@@ -69,6 +69,7 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em;
       max-height: 30em; }
 figure { margin: 0.6em 0 1.2em; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; } dt { font-weight: bold; margin-top: 0.5em; }
+dd { overflow-wrap: anywhere; }
 .note { font-size: 0.85em; color: #555; } .flag { color: #a40; }
 """
 # Each image's decoded size written into the page (local, no network): what a browser test
