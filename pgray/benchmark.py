@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.trained} checkpoint(s) trained or fitted; {result.ran} jobs run,"
           f" {result.skipped} skipped (already done)")
     print(f"results: {result.parquet}\ntable:   {result.markdown}")
+    print(f"report:  {result.markdown.parent / 'report.html'} (one file; open it in a browser)")
     return 0
 
 

@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no Tune status tables or progress")
     p.add_argument("--verbose", action="store_true",
                    help="everything Ray says: Tune's full trial tables and every worker's log"
-                        " (default: pgray's progress, Tune's short status, no worker logs)")
+                        " (default: pgray's own lines, one per finished trial, and the"
+                        " warnings that matter)")
     from pgray.benchmark import add_plan_args
 
     add_plan_args(p)
@@ -67,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(result.table_text)
     print()
+    from pgray.tracking.report import REPORT_FILE, raised_flags
+
+    for name, meaning, where in raised_flags([r for b in result.benchmarks for r in b.rows]):
+        print(f"warning: flag {name} raised ({meaning}): {'; '.join(where[:3])}"
+              + (f" and {len(where) - 3} more" if len(where) > 3 else ""), file=sys.stderr)
     print(f"sweep finished in {result.wall_s:.0f} s; results in {result.out}")
+    print(f"report: {result.out / REPORT_FILE} (one file; open it in a browser)")
     for paths in result.best_configs.values():
         for path in paths:
             print(f"best config: {path}  (reuse: python -m pgray.train --config {path})")

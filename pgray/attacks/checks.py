@@ -6,16 +6,8 @@ Rows are plain dicts (`pgray.core.scoring` writes them): dataset, category, chec
 detector) identity, `threat`, `attack`, eps, steps, restarts and the metrics. Rows of different
 threats are never compared (their eps are in different units): the rising checks group by
 threat, and the large-budget check (linf) and the other suite-wide checks flag the rows of
-their own threat only; the clean row is every threat's reference. Flags:
-- `robust_above_clean`: an attack raised AUROC above the clean one.
-- `rises_with_eps`: a larger budget of the same attack gave a higher AUROC.
-- `more_steps_higher`: more steps or restarts of the same attack gave a higher AUROC.
-- `blackbox_stronger`: the black-box Square beat the white-box detection attacks on the same
-  images: the gradients mislead (gradient masking).
-- `weak_at_large_eps`: at eps 64/255 detection AUROC stayed above 0.05: the attack does not
-  converge, or gradients are masked.
-- `zero_gradients`: more than 1 % of the images had an all-zero input gradient: the attack did
-  nothing to them (features computed under torch.no_grad, a step function).
+their own threat only; the clean row is every threat's reference. The flags and what
+each means: `FLAG_MEANINGS`.
 """
 
 from __future__ import annotations
@@ -36,6 +28,20 @@ TOL_BLACKBOX = 0.01
 LARGE_EPS_AUROC = 0.05
 ZERO_GRAD_FRACTION = 0.01
 SCOPE = ("dataset", "category", "checkpoint_sha256", "detector")
+
+# What each flag means (the report and the docs show these words).
+FLAG_MEANINGS = {
+    "robust_above_clean": "an attack raised AUROC above the clean one.",
+    "rises_with_eps": "a larger budget of the same attack gave a higher AUROC.",
+    "more_steps_higher": "more steps or restarts of the same attack gave a higher AUROC.",
+    "blackbox_stronger": ("the black-box Square beat the white-box detection attacks on the"
+                          " same images: the gradients mislead (gradient masking)."),
+    "weak_at_large_eps": (f"at eps 64/255 detection AUROC stayed above {LARGE_EPS_AUROC}: the"
+                          " attack does not converge, or gradients are masked."),
+    "zero_gradients": (f"more than {100 * ZERO_GRAD_FRACTION:g} % of the images had an"
+                       " all-zero input gradient: the attack did nothing to them (features"
+                       " computed under torch.no_grad, a step function)."),
+}
 
 Row = dict[str, Any]
 

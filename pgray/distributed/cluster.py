@@ -52,17 +52,21 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 def connect(address: str | None = None, *, num_cpus: int | None = None,
             num_gpus: int | None = None, worker_logs: bool = True) -> str:
     """Join `address` (or RAY_ADDRESS, or the job's cluster under `ray job submit`), else start
-    a local Ray in this process. Returns a description of what was joined."""
+    a local Ray in this process. Returns a description of what was joined. Without
+    `worker_logs` Ray's own INFO lines are left out too (the caller says what was joined)."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return "existing Ray session"
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    level = logging.INFO if worker_logs else logging.WARNING
     if address:
         _probe(address)
         try:
-            ray.init(address=address, log_to_driver=worker_logs)
+            ray.init(address=address, log_to_driver=worker_logs, logging_level=level)
         except Exception as err:  # noqa: BLE001 - Ray raises several types for a bad address
             raise ClusterError(f"cannot connect to Ray at {address}: {err}") from None
         return f"Ray cluster at {address}"
@@ -75,7 +79,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=worker_logs)
+             dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=worker_logs,
+             logging_level=level)
     _restrict_default_token()
     return f"local Ray (in-process, dashboard http://127.0.0.1:{port})"
 

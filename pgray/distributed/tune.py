@@ -337,13 +337,15 @@ def _trainable(ctx: SweepContext):
 
 
 def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 1,
-               feed: Any = None) -> SearchRun:
+               feed: Any = None, console: bool = False) -> SearchRun:
     """Run (or, with resume, continue) the Tune experiment `storage/<sweep name>`. `feed`
     hears of every finished trial and is polled at every step of Tune's loop: how the
-    pipeline evaluates checkpoints while other trials still train."""
+    pipeline evaluates checkpoints while other trials still train. `console`: pgray's lines
+    per trial (tune_console), for a silent Tune."""
     import ray
     from ray import tune
 
+    from pgray.distributed.tune_console import ConsoleRelay, listen
     from pgray.tracking.mlflow_runs import flush_all
 
     name = ctx.space.name
@@ -358,7 +360,9 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
     concurrent = derive_max_concurrent(ctx.resources, ray.cluster_resources(), total)
-    callbacks = [TrialRunsCallback(path), FeedCallback(feed.key if feed else "")]
+    callbacks = [TrialRunsCallback(path), FeedCallback(feed.key if feed else ""),
+                 ConsoleRelay(path)]  # pickled with the experiment: a resumed one speaks too
+    listen(path, ctx.space, total, console)
     _CONTEXTS[path] = ctx
     if feed is not None:
         _FEEDS[feed.key] = feed
@@ -390,5 +394,6 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     finally:
         _FEEDS.pop(feed.key if feed else "", None)
         _CONTEXTS.pop(path, None)
+        listen(path, ctx.space, total, False)
     flush_all()  # the trials' runs, closed while the tracking store did not answer
     return SearchRun(results, path, concurrent, resumed=exists)

@@ -87,7 +87,19 @@ class BenchmarkRun:
         # benchmark loses nothing it finished.
         append_rows(self.out, result["rows"])
         _log_job(self.uri, self.parent.run_id, job, result)
+        self._keep_panels(job, result.get("panels") or {})
         self.ran += 1
+
+    def _keep_panels(self, job: BenchJob, panels: dict[str, bytes]) -> None:
+        """OUT/panels/<job>/panel_NN.png: what the report shows (MLflow has them too)."""
+        import re
+
+        from pgray.io import atomic_write
+        from pgray.tracking.report import PANELS_DIR
+
+        folder = self.out / PANELS_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "-", job.label())
+        for name, data in panels.items():
+            atomic_write(folder / Path(name).name, lambda f, d=data: f.write(d))
 
     def finalize(self) -> BenchmarkResult:
         from pgray.attacks.checks import reliability_flags
@@ -95,6 +107,7 @@ class BenchmarkRun:
         from pgray.tracking import cards as robustness
         from pgray.tracking import tables
         from pgray.tracking.mlflow_runs import flush_all
+        from pgray.tracking.report import benchmark_report_data, write_report
 
         flush_all()  # what the jobs' runs still hold
         keys = {j.key for j in self.jobs}
@@ -110,6 +123,8 @@ class BenchmarkRun:
             reported=robustness.paper_numbers(self.cfg.datasets)), self.out)
         for path in cards:
             self.parent.log_artifact(path, robustness.CARDS_DIR)
+        self.parent.log_artifact(write_report(benchmark_report_data(self.cfg, self.out, rows),
+                                              self.out))
         self.parent.finish()
         return BenchmarkResult(rows, self.out / tables.RESULTS_FILE, md, table,
                                skipped=len(keys) - self.ran, ran=self.ran,

@@ -109,6 +109,7 @@ class FinalStage:
         import dataclasses
 
         from pgray.distributed.tune import SweepContext
+        from pgray.distributed.tune_console import tune_verbosity
         from pgray.pipelines.benchmark_jobs import checkpoint_path
         from pgray.pipelines.train_eval import train_each_target
 
@@ -134,7 +135,8 @@ class FinalStage:
         say_progress(self.req, f"the best configs again with seeds {self.space.extra_seeds()}:"
                        f" {', '.join(sorted(seeded))}")
         train_each_target(retrain, storage, resume=self.req.resume,
-                          verbose=(2 if self.req.verbose else 1) if self.req.progress else 0,
+                          verbose=tune_verbosity(self.req.progress, self.req.verbose),
+                          console=self.req.progress and not self.req.verbose,
                           dest=lambda key: checkpoint_path(entry(key), seeded[key].category),
                           on_ready=queue, evaluations=self.evaluations)
 
@@ -157,6 +159,7 @@ class FinalStage:
         from pgray.config.benchmark import DetectorEntry
         from pgray.detectors.registry import CLEAN_TWIN
         from pgray.distributed.tune import SweepContext
+        from pgray.distributed.tune_console import tune_verbosity
         from pgray.pipelines.train_eval import train_each_target
 
         if not self.best:
@@ -182,7 +185,8 @@ class FinalStage:
 
         say_progress(self.req, f"clean-trained twins of the best trials: {', '.join(sorted(self.best))}")
         train_each_target(twins, storage, resume=self.req.resume,
-                          verbose=(2 if self.req.verbose else 1) if self.req.progress else 0,
+                          verbose=tune_verbosity(self.req.progress, self.req.verbose),
+                          console=self.req.progress and not self.req.verbose,
                           dest=lambda key: folder(key) / CHECKPOINT_FILE, on_ready=queue,
                           evaluations=self.evaluations)
 

@@ -62,6 +62,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         ensure_experiment,
         resolve_tracking_uri,
     )
+    from pgray.tracking.report import sweep_report_data, write_report
 
     started = time.perf_counter()
     space = req.space
@@ -79,6 +80,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     say_progress(req, f"sweep {space.name}: {len(targets)} target(s) x {space.budget.trials} trial(s)"
               f" of {space.epochs()} epoch(s); {joined}")
     from pgray.distributed.tune import SweepContext
+    from pgray.distributed.tune_console import tune_verbosity
     from pgray.pipelines.final_eval import FinalStage, benchmark_config
     from pgray.pipelines.train_eval import Evaluations, run_trainings
 
@@ -94,7 +96,8 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         final = FinalStage(req, space, ctx.targets, out, uri, parent.run_id,
                            Evaluations(actors, sequential=False, progress=req.progress))
     search = run_trainings(ctx, storage, resume=req.resume,
-                           verbose=(2 if req.verbose else 1) if req.progress else 0,
+                           verbose=tune_verbosity(req.progress, req.verbose),
+                           console=req.progress and not req.verbose,
                            on_trial=final.on_trial if final else (lambda t, ts: None),
                            evaluations=final.evaluations if final else None)
     trials = summarise(search.results, space)
@@ -126,6 +129,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
     result.wall_s = time.perf_counter() - started
     write_summary(result)
     parent.log_artifact(out / "sweep_summary.json")
+    parent.log_artifact(write_report(sweep_report_data(space, result, out), out))
     parent.log_metrics({"wall_s": result.wall_s}, step=0)
     parent.set_tags({"pgray.state": "finished"})
     parent.finish()

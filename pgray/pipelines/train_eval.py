@@ -204,7 +204,8 @@ class _Feed:
 
 
 def run_trainings(ctx, storage: str, *, resume: bool, verbose: int,
-                  on_trial: Callable[[Any, list], None], evaluations: Evaluations | None):
+                  on_trial: Callable[[Any, list], None], evaluations: Evaluations | None,
+                  console: bool = False):
     """The trainings of `ctx` (a SweepContext) as one Tune experiment; `on_trial(trial,
     trials)` hears of each that ends while the others go on. Returns the SearchRun."""
     from pgray.distributed.preflight import blame_storage
@@ -212,7 +213,8 @@ def run_trainings(ctx, storage: str, *, resume: bool, verbose: int,
 
     feed = _Feed(f"{ctx.space.name}@{storage}", on_trial, evaluations)
     try:
-        return run_search(ctx, storage, resume=resume, verbose=verbose, feed=feed)
+        return run_search(ctx, storage, resume=resume, verbose=verbose, feed=feed,
+                          console=console)
     except Exception as err:  # noqa: BLE001 - whatever Tune raised, a dead storage explains it
         blame_storage(storage, err)
         raise
@@ -220,7 +222,7 @@ def run_trainings(ctx, storage: str, *, resume: bool, verbose: int,
 
 def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
                       dest: Callable[[str], Path], on_ready: Callable[[str], None],
-                      evaluations: Evaluations | None) -> int:
+                      evaluations: Evaluations | None, console: bool = False) -> int:
     """One fixed trial per target of `ctx` (a SweepContext) as one Tune experiment. The moment
     a target's training ends, its checkpoint is fetched to `dest(key)` and `on_ready(key)`
     queues what follows (its evaluations), while the other trainings go on. Returns how many
@@ -244,7 +246,7 @@ def train_each_target(ctx, storage: str, *, resume: bool, verbose: int,
             handle(trial.config.get(TARGET_KEY), trial_checkpoint(trial))
 
     search = run_trainings(ctx, storage, resume=resume, verbose=verbose, on_trial=on_trial,
-                           evaluations=evaluations)
+                           evaluations=evaluations, console=console)
     errors = []
     for result in search.results:  # trials that ended before a resumed driver started
         key = (result.config or {}).get(TARGET_KEY)

@@ -90,3 +90,51 @@ def write_panels(outputs: dict[str, EvalOutputs], dataset, out_dir: Path, n: int
               title=f"{Path(dataset.samples[i].image_path).name} {settings[-1]}")
         paths.append(path)
     return paths
+
+
+def parallel_coordinates(path: Path, names: list[str], trials: list[list], scores: list,
+                         score_name: str) -> Path:
+    """One line per trial across its searched parameters and, last, its score; each axis
+    scaled to its own range (categorical values at evenly spaced places), the line coloured
+    by the score. Trials without a score are grey."""
+    plt, (fig, ax) = _figure(figsize=(max(4.0, 1.6 * (len(names) + 1)), 3.5))
+    axes = [*names, score_name]
+    columns = [[t[i] for t in trials] for i in range(len(names))] + [list(scores)]
+    scaled, ticks = zip(*(_axis_scale(col) for col in columns)) if trials else ((), ())
+    finite = [s for s in scores if _is_number(s)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    cmap = plt.get_cmap("viridis")
+    for j in range(len(trials)):
+        ys = [col[j] for col in scaled]
+        s = scores[j]
+        color = cmap((s - low) / (high - low or 1.0)) if _is_number(s) else "0.7"
+        ax.plot(range(len(axes)), ys, marker="o", color=color, alpha=0.85)
+    for i, labels in enumerate(ticks):
+        ax.axvline(i, color="0.6", lw=0.8)
+        for y, text in labels:
+            ax.text(i + 0.03, y, text, fontsize=7, va="center")
+    ax.set_xticks(range(len(axes)), axes, fontsize=8, rotation=15)
+    ax.set_yticks([])
+    ax.set_ylim(-0.08, 1.08)
+    ax.set_title(f"searched parameters against {score_name}", fontsize=10)
+    return _save(fig, plt, path)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _axis_scale(values: list) -> tuple[list[float], list[tuple[float, str]]]:
+    """Values placed on [0, 1] and the axis's labels: numbers by their range (min and max
+    labelled), anything else by its order of appearance."""
+    if all(_is_number(v) or v is None for v in values) and any(_is_number(v) for v in values):
+        nums = [float(v) for v in values if _is_number(v)]
+        lo, hi = min(nums), max(nums)
+        span = hi - lo or 1.0
+        placed = [(float(v) - lo) / span if _is_number(v) else float("nan") for v in values]
+        return placed, [(0.0, f"{lo:.4g}"), (1.0, f"{hi:.4g}")] if hi > lo else [(0.0,
+                                                                                   f"{lo:.4g}")]
+    levels = list(dict.fromkeys(str(v) for v in values))
+    step = 1.0 / max(len(levels) - 1, 1)
+    return ([levels.index(str(v)) * step for v in values],
+            [(i * step, text) for i, text in enumerate(levels)])

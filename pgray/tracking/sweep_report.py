@@ -68,17 +68,25 @@ def attack_text(space: SearchSpace) -> str:
     return text
 
 
-def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
+def trials_rows(space: SearchSpace, trials: list[TrialSummary]) -> tuple[list[str],
+                                                                        list[list[str]]]:
+    """The trials table as data: its heading and one row of cells per trial."""
     names = [o.metric for o in space.objectives]
     # the objectives are those of the evaluated epoch (the scored-at column), as ranked
     head = ["target", "trial", "state", "epochs", "scored at", *names, *space.search]
+    rows = [[t.target, t.trial_id, t.state, str(t.epochs), score_epoch_text(t),
+             *(_fmt(t.scores.get(n)) for n in names),
+             *(_fmt(t.params.get(k)) for k in space.search)] for t in trials]
+    return head, rows
+
+
+def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
+    return markdown(*trials_rows(space, trials))
+
+
+def markdown(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for t in trials:
-        cells = [t.target, t.trial_id, t.state, str(t.epochs), score_epoch_text(t),
-                 *(_fmt(t.scores.get(n)) for n in names),
-                 *(_fmt(t.params.get(k)) for k in space.search)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
 def results_text(space: SearchSpace, result: SweepResult) -> str:
@@ -103,14 +111,18 @@ def results_text(space: SearchSpace, result: SweepResult) -> str:
     return "\n".join(parts)
 
 
-def proxy_gap_table(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+PROXY_GAP_TITLE = ("Proxy vs test (image AUROC; proxy: held-out pseudo-anomalies, short"
+                   " attacks at the training eps; test: real defects, the suite's worst case at"
+                   " the largest eps)")
+
+
+def proxy_gap_rows(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]]
+                   ) -> tuple[list[str], list[list[str]]]:
     """The held-out proxy (pseudo-anomalies, short attacks at the training eps) beside the
     test split, for each evaluated trial: how far the sweep's objective is from the truth."""
-    lines = ["### Proxy vs test (image AUROC; proxy: held-out pseudo-anomalies, short attacks"
-             " at the training eps; test: real defects, the suite's worst case at the largest"
-             " eps)", "",
-             "| target | epoch | proxy clean | test clean | gap | proxy worst | test worst |"
-             " gap |", "|---|---|---|---|---|---|---|---|"]
+    head = ["target", "epoch", "proxy clean", "test clean", "gap", "proxy worst", "test worst",
+            "gap"]
+    out = []
     for key, proxy in sorted(proxies.items()):
         dataset, category = key.split("/", 1)
         # the evaluated trial's own rows (its seed, where the best config was retrained)
@@ -120,9 +132,13 @@ def proxy_gap_table(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any
         worst = max((r for r in mine if r.get("attack") == "worst_case"),
                     key=lambda r: r["eps"], default={}).get("image_auroc")
         pc, pw = proxy.get("proxy_clean_image_auroc"), proxy.get("proxy_worst_image_auroc")
-        lines.append(f"| {key} | {proxy.get('epoch')} | {_fmt(pc)} | {_fmt(clean)} | "
-                     f"{_gap(pc, clean)} | {_fmt(pw)} | {_fmt(worst)} | {_gap(pw, worst)} |")
-    return "\n".join(lines)
+        out.append([key, str(proxy.get("epoch")), _fmt(pc), _fmt(clean), _gap(pc, clean),
+                    _fmt(pw), _fmt(worst), _gap(pw, worst)])
+    return head, out
+
+
+def proxy_gap_table(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    return f"### {PROXY_GAP_TITLE}\n\n" + markdown(*proxy_gap_rows(proxies, rows))
 
 
 def _gap(proxy: Any, test: Any) -> str:

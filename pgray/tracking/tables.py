@@ -252,20 +252,13 @@ def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
     return lines
 
 
-def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
-               threat: str = "linf") -> list[str]:
-    """One budget of one threat; the protocol column is linf's (other threats leave it
-    empty: the paper's PGD is linf)."""
-    at = [r for r in ds_rows if _at(r, eps, threat)]
-    steps = max((r.get("steps") or 0 for r in at if r.get("attack") == "protocol"), default=0)
-    head = budget_label(threat, eps)
-    if eps is not None and threat == "linf":
-        head += f", protocol PGD-{steps}"
-    lines = [f"### {ds} ({head}; worst case = the robust number)\n"]
-    cols = [f"{lab} {kind}" for _, lab in METRIC_LABELS for kind in ("clean", "protocol",
-                                                                     "worst")]
-    lines.append("| category | " + " | ".join(cols) + " | flags |")
-    lines.append("|---" * (len(cols) + 2) + "|")
+def budget_table(ds_rows: list[dict[str, Any]], eps: float | None, threat: str = "linf"
+                 ) -> tuple[list[str], list[list[str]]]:
+    """One budget of one threat as data: the heading, then per category its clean, protocol
+    and worst-case AD, AL and AUPRO (with intervals) and its flags, then the mean row."""
+    cols = ["category", *(f"{lab} {kind}" for _, lab in METRIC_LABELS
+                          for kind in ("clean", "protocol", "worst")), "flags"]
+    body = []
     sums: dict[int, list[float]] = defaultdict(list)
     for cat in sorted({r["category"] for r in ds_rows}):
         pick = {kind: next((r for r in ds_rows if r["category"] == cat
@@ -280,10 +273,46 @@ def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
                 sums[i].append(v)
         flagged = [r for r in ds_rows if r["category"] == cat
                    and (_at(r, eps, threat) or r.get("attack") == "clean")]
-        lines.append(f"| {cat} | " + " | ".join(_cell(row, m) for row, m in order)
-                     + f" | {_flag_cell(flagged)} |")
-    means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
-    lines.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " | |")
+        body.append([cat, *(_cell(row, m) for row, m in order), _flag_cell(flagged)])
+    means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols) - 2)]
+    body.append(["mean", *(_fmt(v) for v in means), ""])
+    return cols, body
+
+
+def result_budgets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, float | None,
+                                                               list[dict[str, Any]]]]:
+    """The tables `markdown_table` shows per detector, as data: (dataset, detector, threat,
+    eps, that detector's rows of the dataset), rows of several seeds merged."""
+    out = []
+    by_ds: dict[str, list] = defaultdict(list)
+    for r in across_seeds(rows):
+        by_ds[r["dataset"]].append(r)
+    for ds, ds_rows in sorted(by_ds.items()):
+        budgets = sorted({(_threat(r), r["eps"]) for r in ds_rows
+                          if r.get("attack") == "worst_case"},
+                         key=lambda b: (THREAT_ORDER.get(b[0], 9), b[0], b[1]))
+        for det in _detector_order(ds_rows):
+            mine = [r for r in ds_rows if (r.get("detector") or "patchguard") == det]
+            out += [(ds, det, threat, eps, mine) for threat, eps in budgets or [("linf", None)]]
+    return out
+
+
+def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
+               threat: str = "linf") -> list[str]:
+    """One budget of one threat; the protocol column is linf's (other threats leave it
+    empty: the paper's PGD is linf)."""
+    at = [r for r in ds_rows if _at(r, eps, threat)]
+    steps = max((r.get("steps") or 0 for r in at if r.get("attack") == "protocol"), default=0)
+    head = budget_label(threat, eps)
+    if eps is not None and threat == "linf":
+        head += f", protocol PGD-{steps}"
+    lines = [f"### {ds} ({head}; worst case = the robust number)\n"]
+    cols, body = budget_table(ds_rows, eps, threat)
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|---" * len(cols) + "|")
+    for cells in body[:-1]:
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(body[-1][1:-1]) + " | |")
     if any(_interval(r, m) for r in at + ds_rows for m, _ in METRIC_LABELS):
         seeds = max((r.get("n_seeds") or 1 for r in ds_rows), default=1)
         lines.append(f"\n{UNCERTAINTY_NOTE}" if seeds == 1 else

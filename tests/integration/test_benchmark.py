@@ -106,7 +106,24 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert l2_run.data.tags["threat"] == "l2" and l2_run.data.params["worst_case.threat"] == "l2"
     assert {"worst_case/image_auroc", "pgd_det/image_auroc"} <= set(l2_run.data.metrics)
     parent_files = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"results.parquet", "results.md", "auroc_vs_eps.png", "cards"} <= parent_files
+    assert {"results.parquet", "results.md", "auroc_vs_eps.png", "cards",
+            "report.html"} <= parent_files
+
+    # the report: every section, the curve and one panel per category (n_panels 1, the
+    # strongest linf suite job's panels and the L2 one's), each image decoded by Chromium
+    from browser import Dom, render_dom
+
+    panels = sorted((out / "panels").glob("*/*.png"))
+    assert len(panels) == 2 * 3 and all(p.stat().st_size > 0 for p in panels)
+    dom = Dom(render_dom(out / "report.html"))
+    assert dom.sections == ["run", "results", "panels", "flags"]
+    assert len(dom.images) == 1 + len(panels)
+    assert all(img["src"].startswith("data:image/png;base64,") and img.get(
+        "data-natural-size", "0x0") != "0x0" for img in dom.images)
+    text = " ".join(dom.text)
+    weave_clean = next(r for r in rows if r["category"] == "weave" and r["attack"] == "clean")
+    assert f"{100 * weave_clean['image_auroc']:.1f} [" in text  # a cell with its interval
+    assert "synthetic, patchguard (L2 eps 1)" in text
 
     # one robustness card per category and threat (one detector), in OUT and in MLflow
     names = [f"patchguard__synthetic__{c}__{t}.json" for c in ("disc", "weave")

@@ -158,7 +158,7 @@ def _experiment_states(exp_dir: Path) -> dict[str, str]:
 
 def _sweep_cmd(config: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pgray.sweep", "--config", str(config), "--out", str(out),
-            "--quiet", *extra]
+            *extra]
 
 
 def _runs(uri: str) -> list:
@@ -184,7 +184,7 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     env.pop("RAY_ADDRESS", None)
     log = (tmp_path / "first.log").open("w")
     exp_dir = out / "ray" / "tiny"
-    proc = subprocess.Popen(_sweep_cmd(config, out), cwd=tmp_path, env=env, stdout=log,
+    proc = subprocess.Popen(_sweep_cmd(config, out, "--quiet"), cwd=tmp_path, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -207,6 +207,17 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
         resumed = subprocess.run(_sweep_cmd(config, out, "--resume"), cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        # the default console: pgray's line per trial that ends, none of Tune's tables
+        console = resumed.stdout + resumed.stderr
+        assert "Trial status:" not in console and "╭" not in console, console[-3000:]
+        # the two trials the first run left, then the clean twin and the other seed
+        ended = [line for line in console.splitlines() if line.startswith("trial ")]
+        searched = [line for line in ended if "(loss.attention_lambda=" in line]
+        assert [line.split()[1] for line in searched] == ["2/3", "3/3"], console
+        assert all(" synthetic/disc: " in line for line in searched), console
+        assert any("stopped early (ASHA) after 1 epoch(s)" in line for line in searched)
+        assert len(ended) == 4 and "synthetic/disc@seed1: completed" in console
+        assert "report: " in console and "report.html" in console
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -262,7 +273,7 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
             "loss.attention_lambda"]
     assert children[huge_id].data.tags["pgray.epochs_done"] == "1"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best", "results.md", "trials.md", "search_space.yaml"} <= artifacts
+    assert {"best", "results.md", "trials.md", "search_space.yaml", "report.html"} <= artifacts
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "best")] == [
         "best/synthetic-disc.yaml"]
     bench = [r for r in runs if r.data.tags.get("pgray.kind") == "benchmark"]
@@ -327,6 +338,13 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     assert sorted(c["detector"] for c in cards) == ["patchguard", "patchguard",
                                                     "patchguard_clean"]
     assert {c["threat"] for c in cards} == {"linf"}
+    # the report: every section, the trials' parallel coordinates and the curve as images
+    from browser import Dom
+
+    dom = Dom((out / "report.html").read_text())
+    assert dom.sections == ["run", "trials", "results", "panels", "flags", "proxy-gap"]
+    assert len(dom.images) >= 2 and (out / "trials_parallel.png").stat().st_size > 0
+    assert "patchguard_clean" in " ".join(dom.text)
 
 
 def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic_root):
