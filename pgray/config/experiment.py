@@ -129,7 +129,10 @@ class TrainConfig:
     loader_workers: int | None = None
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10
-    proxy_every: int = 1  # epochs between proxies (the first and the last epoch always have one)
+    # Epochs between proxies (the first and the last epoch always have one). None: the
+    # proxy takes about 10 % of the run (pgray.core.step.default_proxy_every: every 9
+    # epochs at the reference); a sweep with ASHA fixes it to a divisor of its grace period.
+    proxy_every: int | None = None
     # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images
     proxy_repeats: int = 4
     # The generator of the held-out proxy's anomalies, fixed for a whole study: null is the
@@ -157,6 +160,8 @@ class TrainConfig:
         check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)")
         check(self.proxy_steps >= 1, "proxy_steps", "must be >= 1")
         check(self.proxy_repeats >= 1, "proxy_repeats", "must be >= 1")
+        check(self.proxy_every is None or self.proxy_every >= 1, "proxy_every",
+              "must be >= 1 (or null: about 10 % of the run)")
         check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every",
               "must be >= 1 (or null: chosen for the device)")
         check(self.loader_workers is None or self.loader_workers >= 0, "loader_workers",
