@@ -56,3 +56,16 @@ def test_two_ranks_draw_apart_resume_their_own_streams_and_share_the_proxy(
     restore_state(read_checkpoint(tmp_path / "checkpoint.pt"), model, optimizer, scheduler,
                   seed=cfg.train.seed, rank=0, world_size=1)
     assert "holds random states of 2 rank(s), this run has 1" in capsys.readouterr().err
+
+
+def test_the_batch_is_global_and_split_and_small_gpu_shares_are_warned():
+    from pgray.core.training_data import batch_params, describe_batch
+
+    assert batch_params(16, 8) == {"global": 16, "per_worker": 2, "workers": 8,
+                                   "effective_global": 16}
+    assert batch_params(10, 4)["effective_global"] == 12  # 3 each: rounded up
+    lines = describe_batch(16, 8, "cuda")
+    assert lines[0] == "batch: global 16 = 2 per worker x 8 worker(s)"
+    assert lines[1].startswith("warning: 2 images per GPU (< 8)")
+    assert describe_batch(16, 8, "cpu") == lines[:1]  # the CPU has no idle tensor cores
+    assert len(describe_batch(64, 4, "cuda")) == 1
