@@ -93,7 +93,7 @@ class LossConfig:
         check(0 not in self.attention_layers, "attention_layers", "layers are 1-based")
 
 
-# Metrics the held-out proxy reports (pgray.core.scoring.proxy_metrics), all higher-is-better and
+# Metrics the held-out proxy reports (pgray.core.proxy.proxy_metrics), all higher-is-better and
 # never from the test split: what a run selects its best epoch by and a sweep optimises.
 # clean; robust: under the short protocol attack; detect: under a short detection attack (the
 # adaptive suite's det_topk); worst: per image, the worse of the two; proxy_score: the mean of

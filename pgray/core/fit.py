@@ -298,15 +298,15 @@ def _proxy_metrics(model, share, cfg: ExperimentConfig, ctx: FitContext,
     """The proxy metrics (on rank 0; None on the others). Across ranks, each scores its
     share and rank 0 computes the metrics on everyone's per-image outputs: the numbers of
     one process scoring every batch."""
-    from pgray.core import scoring
+    from pgray.core import proxy
     from pgray.core.ranks import distributed, gather_to_rank0
 
     if not distributed(ctx.world_size):
-        return scoring.proxy_metrics(model, [b for _, b in share], cfg, device=ctx.device,
-                                     precision=precision)
-    mine = scoring.proxy_outputs(model, share, cfg, device=ctx.device, precision=precision)
+        return proxy.proxy_metrics(model, [b for _, b in share], cfg, device=ctx.device,
+                                   precision=precision)
+    mine = proxy.proxy_outputs(model, share, cfg, device=ctx.device, precision=precision)
     gathered = gather_to_rank0(mine, ctx.world_size)
     if gathered is None:
         return None
-    return scoring.proxy_metrics_of({name: [pair for parts in gathered for pair in parts[name]]
-                                     for name in scoring.PROXY_PARTS})
+    return proxy.proxy_metrics_of({name: [pair for parts in gathered for pair in parts[name]]
+                                   for name in proxy.PROXY_PARTS})

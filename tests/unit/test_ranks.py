@@ -13,7 +13,7 @@ from rank_workers import two_rank_checks
 from pgray.core.checkpoint import read_checkpoint
 from pgray.core.fit import restore_state
 from pgray.core.model import PatchGuard
-from pgray.core.scoring import proxy_metrics
+from pgray.core.proxy import proxy_metrics
 from pgray.core.step import build_optimizer
 from pgray.core.training_data import build_datasets, proxy_batch_size, proxy_batches
 
