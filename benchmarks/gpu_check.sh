@@ -6,8 +6,10 @@
 #   3. precision     torch.compile (bf16), and bf16 vs fp32 attack strength (AUROC)
 #   4. method        ViT-S/14 at 224 on a generated category: PGD-10, clean and N-FGSM
 #                    training for a time budget each, all judged by the adaptive suite
-#   5. paths         every CUDA path once: Ray Train with one GPU worker (NCCL), evaluation
-#                    actors sharing a GPU, bf16 autocast in the attack and the step
+#   5. paths         the CUDA paths one GPU can show: Ray Train with one GPU worker (NCCL
+#                    group, but one worker runs no collective), an NCCL all_reduce and
+#                    gather_object at world size 1, evaluation actors sharing a GPU, bf16
+#                    autocast in the attack and the step (no DDP between GPUs: that needs 2+)
 # Tables go to OUT_DIR (*.txt, *.json, method.md, paths.json) and OUT_DIR/summary.md.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR (default ./gpu_results)] [--peak-tflops N] [--smoke]
@@ -26,7 +28,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --peak-tflops) PEAK="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) OUT="$1"; shift ;;
   esac
 done
@@ -56,10 +58,15 @@ else
   TRAIN=(--workers 4 8)
   PRECISION=(--quick --compile-modes default --compile-precisions bf16 --eps 4 8 --train-epochs 10)
   METHOD=(--budget-s 90 45 45)
-  LIMITS=(60 60 70 270 50)
+  LIMITS=(60 60 70 270 60)
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/device.txt" 2>&1
   echo "peak assumed: ${PEAK} TFLOP/s dense bf16 (pass --peak-tflops for another device)" \
     >> "$OUT/device.txt"
+  # TF32 for what runs in fp32, switched on where pgray picks a CUDA device
+  "$PYTHON" -c 'import torch; from pgray.core.device import pick_device; d = pick_device("cuda")
+print(f"after pick_device({d}): torch.backends.cuda.matmul.allow_tf32 =",
+      torch.backends.cuda.matmul.allow_tf32, "cudnn.allow_tf32 =", torch.backends.cudnn.allow_tf32)' \
+    >> "$OUT/device.txt" 2>&1
 fi
 
 # stage NAME LIMIT_S SCRIPT ARGS...: run one benchmark, its output to NAME.txt, rows to NAME.json.

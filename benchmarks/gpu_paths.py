@@ -1,6 +1,15 @@
-"""Every CUDA path of pgray, once: a Ray Train run with one GPU worker (NCCL), a benchmark whose
-evaluation actors share one GPU (0.5 each), and bf16 autocast in the attack and the training
-step. With --smoke the same paths run on the CPU (no GPU asked for; CPU autocast).
+"""The CUDA paths of pgray that one GPU can show, each once:
+
+- ray_train_one_gpu_worker: a Ray Train run with one GPU worker. Its process group is NCCL,
+  but with one worker DDP skips its broadcast and all-reduces: no collective runs here.
+- nccl_collectives_world_1: torch.distributed on NCCL (gloo with --smoke) at world size 1,
+  in this process: an all_reduce of a CUDA tensor and the gather_object the held-out proxy
+  and the per-rank RNG states use; and TF32 on after pick_device. A world of one sends no
+  bytes between GPUs: NCCL between GPUs needs a machine with several.
+- eval_actors_half_a_gpu: a benchmark whose evaluation actors share one GPU (0.5 each).
+- bf16_attack_and_step: bf16 autocast in the attack and the training step.
+
+With --smoke the same paths run on the CPU (no GPU asked for; gloo; CPU autocast).
 
     python benchmarks/gpu_paths.py --device cuda --out DIR
     python benchmarks/gpu_paths.py --smoke --out DIR
@@ -86,6 +95,31 @@ def actors_path(root: Path, work: Path, checkpoint: str, gpu: bool) -> dict:
                     f" of {'0.5 GPU' if gpu else '0 GPU'} each"}
 
 
+def collectives_path(work: Path, device) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from pgray.core.device import pick_device
+
+    gpu = device.type == "cuda"
+    picked = pick_device("cuda" if gpu else "cpu")
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
+    backend = "nccl" if gpu else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{work / 'process-group'}", rank=0,
+                            world_size=1, **({"device_id": picked} if gpu else {}))
+    try:
+        value = torch.arange(4, dtype=torch.float32, device=device)
+        dist.all_reduce(value)
+        gathered = [None]
+        dist.gather_object({"rank": 0, "scores": [0.25, 0.75]}, gathered, dst=0)
+    finally:
+        dist.destroy_process_group()
+    ok = (value.tolist() == [0.0, 1.0, 2.0, 3.0] and gathered[0]["scores"] == [0.25, 0.75]
+          and tf32 == gpu)
+    return {"ok": ok, "seen": f"{backend} all_reduce on {value.device} and gather_object at"
+            f" world size 1; TF32 matmul/cudnn after pick_device: {tf32}"}
+
+
 def bf16_path(root: Path, device) -> dict:
     import torch
 
@@ -149,6 +183,7 @@ def main(argv=None) -> int:
         if "checkpoint" in trained:
             run("eval_actors_half_a_gpu",
                 lambda: actors_path(root, work, trained["checkpoint"], gpu))
+        run("nccl_collectives_world_1", lambda: collectives_path(work, device))
         run("bf16_attack_and_step", lambda: bf16_path(root, device))
     return 0 if all(r["ok"] for r in records.values()) else 1
 

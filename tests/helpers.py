@@ -16,7 +16,9 @@ def tiny_experiment(root: Path, category: str = "disc", **overrides) -> Experime
         "data": {"dataset": "synthetic", "root": str(root), "category": category},
         "model": to_dict(tiny_model_config(img_size=32)),
         "loss": {"attention_layers": [1, 2], "attention_weights": [0.01, 0.05]},
+        # proxy_every 1: tests read the proxy at every epoch (the default spaces them out)
         "train": {"epochs": 2, "batch_size": 4, "holdout_fraction": 0.25, "proxy_steps": 2,
+                  "proxy_every": 1,
                   "attack": {"eps": 8.0, "steps": 2}, "max_steps_per_epoch": 2},
         "eval": {"eps": [8.0], "attack": {"steps": 3}, "batch_size": 8, "n_panels": 1},
     }

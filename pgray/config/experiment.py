@@ -96,7 +96,7 @@ class LossConfig:
         check(0 not in self.attention_layers, "attention_layers", "layers are 1-based")
 
 
-# Metrics the held-out proxy reports (pgray.core.scoring.proxy_metrics), all higher-is-better and
+# Metrics the held-out proxy reports (pgray.core.proxy.proxy_metrics), all higher-is-better and
 # never from the test split: what a run selects its best epoch by and a sweep optimises.
 # clean; robust: under the short protocol attack; detect: under a short detection attack (the
 # adaptive suite's det_topk); worst: per image, the worse of the two; proxy_score: the mean of
@@ -132,7 +132,10 @@ class TrainConfig:
     loader_workers: int | None = None
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10
-    proxy_every: int = 1  # epochs between proxies (the first and the last epoch always have one)
+    # Epochs between proxies (the first and the last epoch always have one). None: the
+    # proxy takes about 10 % of the run (pgray.core.step.default_proxy_every: every 9
+    # epochs at the reference); a sweep with ASHA fixes it to a divisor of its grace period.
+    proxy_every: int | None = None
     # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images
     proxy_repeats: int = 4
     # The generator of the held-out proxy's anomalies, fixed for a whole study: null is the
@@ -160,6 +163,8 @@ class TrainConfig:
         check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)")
         check(self.proxy_steps >= 1, "proxy_steps", "must be >= 1")
         check(self.proxy_repeats >= 1, "proxy_repeats", "must be >= 1")
+        check(self.proxy_every is None or self.proxy_every >= 1, "proxy_every",
+              "must be >= 1 (or null: about 10 % of the run)")
         check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every",
               "must be >= 1 (or null: chosen for the device)")
         check(self.loader_workers is None or self.loader_workers >= 0, "loader_workers",

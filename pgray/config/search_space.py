@@ -123,7 +123,23 @@ class SearchSpace:
         base = copy.deepcopy(self.fixed)
         if self.budget.epochs is not None:
             base = merge(base, {"train": {"epochs": self.budget.epochs}})
+        if self.scheduler.type != "none" and (base.get("train") or {}).get("proxy_every") is None:
+            # one value for every trial, on every ASHA rung (a trial's own cost estimate
+            # would put its proxies on other epochs than its rivals')
+            base = merge(base, {"train": {"proxy_every": self._rung_proxy_every(base)}})
         return base
+
+    def _rung_proxy_every(self, base: dict[str, Any]) -> int:
+        """The largest divisor of the grace period at most the cost-derived default (1 when
+        the reduction factor is not an integer: rungs then fall on arbitrary epochs)."""
+        from pgray.core.step import default_proxy_every
+
+        sched = self.scheduler
+        if not float(sched.reduction_factor).is_integer():
+            return 1
+        most = default_proxy_every(ExperimentConfig.from_dict(base))
+        return max(d for d in range(1, sched.grace_period + 1)
+                   if sched.grace_period % d == 0 and d <= most)
 
     # --- validation helpers --------------------------------------------------------------
     def _validate_fixed(self) -> None:

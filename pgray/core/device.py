@@ -24,14 +24,27 @@ def pick_device(requested: str | None = None, *,
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {requested!r}: torch sees no CUDA device here")
-        return device
-    if assigned_gpus is not None:
+    elif assigned_gpus is not None:
         # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so the first is cuda:0; a
         # logical GPU on a machine without CUDA (tests, CPU clusters) falls back to the CPU.
-        if len(assigned_gpus) > 0 and torch.cuda.is_available():
-            return torch.device("cuda", 0)
-        return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        gpu = len(assigned_gpus) > 0 and torch.cuda.is_available()
+        device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    enable_tf32(device)
+    return device
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """On CUDA, let fp32 matmuls and convolutions run on TF32 tensor cores (Ampere and
+    later: several times the fp32 rate, 10-bit mantissa products with fp32 accumulation);
+    whether attacks run in bf16 stays `pgray.attacks.precision`'s decision. Returns whether
+    it set anything: the CPU is left as it is."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
 
 
 def on_device(value, device: torch.device, *, cpu, cuda):

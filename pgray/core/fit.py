@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pgray.config import ExperimentConfig
+from pgray.core.ranks import gather_to_rank0, rng_state
 
 # save(path, more_extra) writes a full training checkpoint; None on epochs without one
 SaveFn = Callable[[Any, dict[str, Any]], Any]
@@ -41,34 +42,45 @@ class FitContext:
 def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     """Train for cfg.train.epochs (resuming from ctx.resume_state); returns the last metrics."""
     from pgray.core.checkpoint import save_checkpoint
-    from pgray.core.device import on_device, resolve_precision
+    from pgray.core.device import enable_tf32, on_device, resolve_precision
     from pgray.core.model import PatchGuard
-    from pgray.core.scoring import proxy_metrics
-    from pgray.core.step import build_optimizer, train_epoch
+    from pgray.core.ranks import seed_rank
+    from pgray.core.step import build_optimizer, default_proxy_every, train_epoch
     from pgray.core.training_data import (
         build_datasets,
+        describe_batch,
         make_loader,
         per_worker_batch,
-        proxy_batches,
     )
 
-    torch.manual_seed(cfg.train.seed)
+    seed_rank(cfg.train.seed, ctx.rank)
     device = ctx.device
+    enable_tf32(device)
     precision = resolve_precision(cfg.train.precision, device)
     model = PatchGuard(cfg.model).to(device)
     optimizer, scheduler = build_optimizer(model, cfg)
     start_epoch = 0
     if ctx.resume_state is not None:
-        start_epoch = restore_state(ctx.resume_state, model, optimizer, scheduler)
+        start_epoch = restore_state(ctx.resume_state, model, optimizer, scheduler,
+                                    seed=cfg.train.seed, rank=ctx.rank,
+                                    world_size=ctx.world_size)
     forward_model = ctx.prepare_model(model)
 
     train_ds, holdout_ds = build_datasets(cfg, model.patch_size, ctx.rank)
     batch = per_worker_batch(cfg.train.batch_size, ctx.world_size)
     train_loader = make_loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
                            world_size=ctx.world_size, device=device)
-    # Proxy batches are generated once per run, on the rank that scores them.
-    proxy = (proxy_batches(holdout_ds, on_device(cfg.eval.batch_size, device, cpu=32, cuda=256))
-             if holdout_ds is not None and ctx.rank == 0 else None)
+    # Proxy batches are generated once per run; each rank scores its share of them.
+    proxy = _proxy_share(holdout_ds, cfg, ctx)
+    proxy_every = cfg.train.proxy_every or default_proxy_every(
+        cfg, n_pairs=len(holdout_ds) if holdout_ds is not None else 0, n_train=len(train_ds))
+    if ctx.rank == 0:
+        for line in describe_batch(cfg.train.batch_size, ctx.world_size, device.type):
+            print(line, file=sys.stderr, flush=True)
+        if holdout_ds is not None:
+            print(f"proxy: every {proxy_every} epoch(s)"
+                  + ("" if cfg.train.proxy_every else " (about 10 % of the run; train.proxy_every)"),
+                  file=sys.stderr, flush=True)
 
     checkpoint_every = on_device(cfg.train.checkpoint_every, device, cpu=1, cuda=10)
     best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
@@ -98,9 +110,11 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         last = epoch + 1 == cfg.train.epochs
         # The first epoch always has a proxy: it starts the curve, and Tune fixes its table's
         # columns from the first result it sees.
-        due = epoch == 0 or last or (epoch + 1) % cfg.train.proxy_every == 0
-        if proxy is not None and due:
-            metrics |= proxy_metrics(model, proxy, cfg, device=device, precision=precision)
+        due = epoch == 0 or last or (epoch + 1) % proxy_every == 0
+        scored = (_proxy_metrics(model, proxy, cfg, ctx, precision)
+                  if proxy is not None and due else None)
+        if scored is not None:  # on rank 0: the other ranks' shares are gathered there
+            metrics |= scored
             collapsed = guard.check(epoch, metrics)
             if ctx.rank == 0 and collapsed:
                 print(f"warning: {guard.note}", file=sys.stderr, flush=True)
@@ -110,9 +124,13 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         save = last or (epoch + 1) % checkpoint_every == 0
         saver = None
         if save:
-            def saver(path, more=None, epoch=epoch):
-                extra = (training_state(optimizer, scheduler, epoch + 1) | best.extra()
-                         | guard.extra() | (more or {}))
+            # every rank's generators, taken where the next epoch starts (a collective:
+            # every rank saves at the same epochs)
+            rank_rng = gather_to_rank0(rng_state(), ctx.world_size)
+
+            def saver(path, more=None, epoch=epoch, rank_rng=rank_rng):
+                extra = (training_state(optimizer, scheduler, epoch + 1, rank_rng)
+                         | best.extra() | guard.extra() | (more or {}))
                 return save_checkpoint(path, model, cfg, extra=extra)
         ctx.report(epoch, metrics, saver)
     return metrics
@@ -226,26 +244,69 @@ def _progress(loader, epoch: int, cfg: ExperimentConfig, ctx: FitContext):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-def training_state(optimizer, scheduler, epochs_done: int) -> dict[str, Any]:
+def training_state(optimizer, scheduler, epochs_done: int,
+                   rank_rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a resume needs besides the weights. `rank_rng`: each rank's generators in rank
+    order (this process's alone when not given); torch_rng and cuda_rng keep rank 0's, as
+    checkpoints before per-rank states had them."""
+    from pgray.core.ranks import rng_state
+
+    rank_rng = rank_rng or [rng_state()]
     return {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epochs_done": epochs_done,
-        "torch_rng": torch.get_rng_state(),
-        # dropout after a resume on a GPU draws from the CUDA generators
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "rank_rng": rank_rng,
+        "torch_rng": rank_rng[0]["torch"],
+        "cuda_rng": rank_rng[0]["cuda"],
     }
 
 
-def restore_state(state: dict[str, Any], model, optimizer, scheduler) -> int:
-    """Load weights and optimiser state from a checkpoint dict; returns the next epoch."""
+def restore_state(state: dict[str, Any], model, optimizer, scheduler, *, seed: int = 0,
+                  rank: int = 0, world_size: int = 1) -> int:
+    """Load weights, optimiser state and this rank's generators from a checkpoint dict;
+    returns the next epoch."""
     from pgray.core.checkpoint import load_into
+    from pgray.core.ranks import restore_rank_rng
 
     extra = load_into(model, state)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
-    cuda = extra.get("cuda_rng") or []
-    if cuda and torch.cuda.is_initialized() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    restore_rank_rng(extra, seed=seed, rank=rank, world_size=world_size)
     return int(extra["epochs_done"])
+
+
+def _proxy_share(holdout_ds, cfg: ExperimentConfig, ctx: FitContext):
+    """This rank's (index, batch) share of the proxy set; ranks without a process group
+    (world_size > 1 in name only) leave it all to rank 0, as one process would."""
+    from pgray.core.device import on_device
+    from pgray.core.ranks import distributed
+    from pgray.core.training_data import proxy_batch_share, proxy_batch_size
+
+    shared = distributed(ctx.world_size)
+    if holdout_ds is None or (not shared and ctx.rank != 0):
+        return None
+    largest = on_device(cfg.eval.batch_size, ctx.device, cpu=32, cuda=256)
+    size = proxy_batch_size(len(holdout_ds), largest)
+    if shared:
+        return proxy_batch_share(holdout_ds, size, ctx.rank, ctx.world_size)
+    return proxy_batch_share(holdout_ds, size)
+
+
+def _proxy_metrics(model, share, cfg: ExperimentConfig, ctx: FitContext,
+                   precision: str) -> dict[str, float] | None:
+    """The proxy metrics (on rank 0; None on the others). Across ranks, each scores its
+    share and rank 0 computes the metrics on everyone's per-image outputs: the numbers of
+    one process scoring every batch."""
+    from pgray.core import proxy
+    from pgray.core.ranks import distributed, gather_to_rank0
+
+    if not distributed(ctx.world_size):
+        return proxy.proxy_metrics(model, [b for _, b in share], cfg, device=ctx.device,
+                                   precision=precision)
+    mine = proxy.proxy_outputs(model, share, cfg, device=ctx.device, precision=precision)
+    gathered = gather_to_rank0(mine, ctx.world_size)
+    if gathered is None:
+        return None
+    return proxy.proxy_metrics_of({name: [pair for parts in gathered for pair in parts[name]]
+                                   for name in proxy.PROXY_PARTS})

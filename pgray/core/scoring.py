@@ -1,5 +1,6 @@
-"""Scoring a detector on a split, clean, under one attack, or under the attack suite; and the
-held-out proxy. One attacked image serves both the detection and the localization metric.
+"""Scoring a detector on a split, clean, under one attack, or under the attack suite (the
+held-out proxy is pgray.core.proxy). One attacked image serves both the detection and the
+localization metric.
 
 Rows (one per setting) carry every parameter that defines their number (`describe`), the
 metrics, `threat` (linf, l2, patch; none for clean) and `attack`: `clean`, a suite member's name, `worst_case`, or `attack` for a
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from pgray.attacks.objectives import detector_outputs, unit_labels
-from pgray.config import AttackConfig, EvalConfig, ExperimentConfig
+from pgray.config import AttackConfig, EvalConfig
 
 Batch = dict[str, torch.Tensor]
 
@@ -193,41 +194,6 @@ def pseudo_eval_batches(loader: Iterable[Batch]) -> Iterable[Batch]:
             "mask": torch.cat([torch.zeros_like(pm), pm]),
             "label": torch.cat([torch.zeros(len(x)), torch.ones(len(xt))]).long(),
         }
-
-
-def proxy_members(cfg: ExperimentConfig, precision: str) -> list:
-    """The proxy's two short attacks: the protocol and the suite's detection attack."""
-    from pgray.attacks.suite import DETECTION, Member, members
-
-    short = dataclasses.replace(cfg.train.attack, steps=cfg.train.proxy_steps, alpha=None,
-                                precision=precision)
-    detect = next(m for m in members(cfg.eval.suite, short, short.eps) if m.name == "det_topk")
-    detect_cfg = dataclasses.replace(detect.cfg, steps=cfg.train.proxy_steps, restarts=1)
-    return [Member("robust", short, "both"), Member("detect", detect_cfg, DETECTION)]
-
-
-def proxy_metrics(
-    model: torch.nn.Module,
-    batches: list[Batch],
-    cfg: ExperimentConfig,
-    *,
-    device: torch.device,
-    precision: str = "fp32",
-) -> dict[str, float]:
-    """The held-out proxy: clean, short-protocol, short-detection and per-image worst-case
-    AUROCs on held-out normals and their pseudo-anomalies (`batches`, built once per run from
-    the study's fixed proxy generator). Never touches the test split."""
-    out: dict[str, float] = {}
-    clean = score_batches(model, batches, None, device=device)
-    members = proxy_members(cfg, precision)
-    suite = score_suite(model, batches, members, device=device, seed=cfg.train.seed)
-    robust, detect = (suite.members[m.key] for m in members)
-    for name, result in (("clean", clean), ("robust", robust), ("detect", detect),
-                         ("worst", suite.worst)):
-        for key, value in result.metrics().items():
-            out[f"proxy_{name}_{key}"] = value
-    out["proxy_score"] = 0.5 * (out["proxy_clean_image_auroc"] + out["proxy_worst_image_auroc"])
-    return out
 
 
 def describe_setting(attack_cfg: AttackConfig | None) -> dict[str, Any]:

@@ -109,6 +109,39 @@ def passes_per_image(cfg: ExperimentConfig) -> float:
     return float(step_passes_of(cfg).passes)
 
 
+# The most of a run's compute the held-out proxy takes when train.proxy_every is unset.
+PROXY_SHARE = 0.10
+
+
+def proxy_passes_per_pair(cfg: ExperimentConfig) -> float:
+    """Passes of one proxy over one held-out pair (a normal and its pseudo-anomaly): the
+    clean forward, then each of the two short attacks (proxy_steps) and its scoring forward.
+    Forward-only passes are counted as whole ones: the estimate errs towards fewer proxies."""
+    return 2.0 * (1 + 2 * (cfg.train.proxy_steps + 1))
+
+
+def default_proxy_every(cfg: ExperimentConfig, *, n_pairs: int | None = None,
+                        n_train: int | None = None) -> int:
+    """The epochs between proxies that keep them at about PROXY_SHARE of the run: one proxy
+    costs `ratio` epochs (its passes over the training epoch's), so every ratio / PROXY_SHARE
+    epochs. Without the set's sizes, they follow from train.holdout_fraction. At the
+    reference (PGD-10 training, 24 passes per image; proxy_steps 10, proxy_repeats 4,
+    holdout 0.1) a proxy costs 0.85 epochs: every 9 epochs."""
+    import math
+
+    train = cfg.train
+    if n_pairs is None or n_train is None:
+        n_train = 1_000_000
+        n_pairs = round(n_train * train.proxy_repeats * train.holdout_fraction
+                        / (1 - train.holdout_fraction))
+    epoch_images = n_train
+    if train.max_steps_per_epoch is not None:
+        epoch_images = min(n_train, train.max_steps_per_epoch * train.batch_size)
+    ratio = (n_pairs * proxy_passes_per_pair(cfg)
+             / max(1.0, epoch_images * step_passes_of(cfg).passes))
+    return int(min(train.epochs, max(1, math.ceil(ratio / PROXY_SHARE - 1e-9))))
+
+
 def train_step(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],

@@ -64,15 +64,37 @@ def build_datasets(cfg: ExperimentConfig, patch_size: int, rank: int = 0):
     return train, holdout
 
 
+# The proxy set is cut into at least this many batches (when it has the pairs), whatever the
+# world size: ranks score whole batches (each batch's attacks are seeded by its index), so up
+# to this many ranks share the proxy, and every world size scores it exactly alike.
+PROXY_SPLIT = 4
+
+
+def proxy_batch_size(n_pairs: int, largest: int) -> int:
+    """Held-out pairs per proxy batch: at most `largest` (the eval batch for the device)."""
+    return max(1, min(largest, -(-n_pairs // PROXY_SPLIT)))
+
+
 def proxy_batches(holdout, batch_size: int) -> list[dict[str, torch.Tensor]]:
     """The held-out proxy set as evaluation batches, generated once per run and reused at
     every proxy epoch (normals with empty masks, their pseudo-anomalies with theirs)."""
+    return [batch for _, batch in proxy_batch_share(holdout, batch_size)]
+
+
+def proxy_batch_share(holdout, batch_size: int, rank: int = 0,
+                      world_size: int = 1) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """This rank's share of the proxy batches, with each batch's index in the whole set (the
+    items of a batch depend only on their indices, so a share is generated alone)."""
     from torch.utils.data import DataLoader
 
+    from pgray.core.ranks import proxy_share
     from pgray.core.scoring import pseudo_eval_batches
 
-    loader = DataLoader(holdout, batch_size=batch_size, shuffle=False, num_workers=0)
-    return list(pseudo_eval_batches(loader))
+    n = len(holdout)
+    mine = proxy_share(-(-n // batch_size), rank, world_size)
+    sampler = [list(range(i * batch_size, min((i + 1) * batch_size, n))) for i in mine]
+    loader = DataLoader(holdout, batch_sampler=sampler, num_workers=0)
+    return list(zip(mine, pseudo_eval_batches(loader)))
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfig, rank: int,
@@ -111,4 +133,31 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfi
 
 
 def per_worker_batch(global_batch: int, world_size: int) -> int:
+    """train.batch_size is the global batch: each worker takes its share, rounded up."""
     return max(1, -(-global_batch // world_size))
+
+
+# A per-GPU batch below this leaves most of the device idle (a ViT-S step at a few images is
+# launch-bound): training then warns at its start.
+SMALL_GPU_BATCH = 8
+
+
+def batch_params(global_batch: int, workers: int) -> dict[str, int]:
+    """The batch as a run logs it: configured global, per worker, and the global one the
+    workers really step with (per worker x workers, above the configured one when it does
+    not divide)."""
+    each = per_worker_batch(global_batch, workers)
+    return {"global": global_batch, "per_worker": each, "workers": workers,
+            "effective_global": each * workers}
+
+
+def describe_batch(global_batch: int, workers: int, device_type: str) -> list[str]:
+    """The start-of-training batch line, and a warning when GPUs get too few images each."""
+    b = batch_params(global_batch, workers)
+    lines = [f"batch: global {b['global']} = {b['per_worker']} per worker x {workers}"
+             f" worker(s)" + ("" if b["effective_global"] == b["global"]
+                             else f" (effective global {b['effective_global']})")]
+    if device_type == "cuda" and b["per_worker"] < SMALL_GPU_BATCH:
+        lines.append(f"warning: {b['per_worker']} images per GPU (< {SMALL_GPU_BATCH}) leaves"
+                     " the GPU mostly idle: raise train.batch_size or use fewer workers")
+    return lines

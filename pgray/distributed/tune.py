@@ -83,6 +83,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One trial: fixed settings + sampled params -> a Ray Train run whose reports reach Tune."""
     from ray import tune
 
+    from pgray.core.training_data import batch_params
     from pgray.distributed.train import (
         TrainLaunch,
         fit_in_trial,
@@ -100,7 +101,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     params = ctx.target_params.get(config[TARGET_KEY], {}) | ctx.space.decode(config)
     experiment = ctx.space.trial_config(target, params)
     run = open_trial_run(ctx, trial_id, target)
-    run.log_params(experiment.to_dict())
+    run.log_params(experiment.to_dict() | {"batch": batch_params(
+        experiment.train.batch_size, ctx.resources.workers_per_trial)})
     run.set_tags({"pgray.searched": ", ".join(f"{k}={v}" for k, v in params.items())})
     res = ctx.resources
     launch = TrainLaunch(

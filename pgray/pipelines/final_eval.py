@@ -35,7 +35,10 @@ def retrain_space(space: SearchSpace, suffix: str, train: dict[str, Any]) -> Sea
     from pgray.config.search_space import space_from_dict
 
     data = to_dict(space)
-    data["fixed"].setdefault("train", {}).update(train)
+    fixed_train = data["fixed"].setdefault("train", {})
+    # the proxy epochs of the trials (a sweep with ASHA fixes them when unset)
+    fixed_train.setdefault("proxy_every", space.fixed_config().train.proxy_every)
+    fixed_train.update(train)
     return space_from_dict(data | {
         "name": f"{space.name}-{suffix}", "search": {}, "start_points": [], "seeds": [],
         "budget": data["budget"] | {"trials": 1}, "scheduler": {"type": "none"},

@@ -74,6 +74,13 @@ def validate_inputs(cfg: ExperimentConfig, seen: set[str] | None = None) -> None
         seen.add(model_key)
 
 
+def _batch_params(cfg: ExperimentConfig, req: TrainRequest) -> dict[str, int]:
+    """batch.global, batch.per_worker, ...: train.batch_size is the global batch."""
+    from pgray.core.training_data import batch_params
+
+    return batch_params(cfg.train.batch_size, req.workers if req.use_ray else 1)
+
+
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Ray workers start in other folders: make the dataset root (unless a URI) and the
     weights absolute."""
@@ -110,7 +117,7 @@ def train_category(req: TrainRequest) -> TrainResult:
                        parent_run_id=req.parent_run_id,
                        tags={"pgray.kind": "train", "dataset": cfg.data.dataset,
                              "category": cfg.data.category})
-    tracker.log_params(cfg.to_dict())
+    tracker.log_params(cfg.to_dict() | {"batch": _batch_params(cfg, req)})
     checkpoint = out / CHECKPOINT_FILE
     if req.use_ray:
         history = _train_on_ray(req, storage, uri, tracker.run_id, checkpoint)

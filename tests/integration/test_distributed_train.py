@@ -46,6 +46,15 @@ def test_two_workers_stay_in_sync_and_learn(ray_session, synthetic_root, tmp_pat
     assert _checksum(model) == pytest.approx(last["param_checksum"], rel=1e-9)
     assert extra["epochs_done"] == 2
     assert _loss_steps(mlflow_uri, result.mlflow_run_id) == [0, 1]
+    # each rank's own generators (seed + rank), gathered into rank 0's checkpoint
+    assert len(extra["rank_rng"]) == 2
+    assert not torch.equal(extra["rank_rng"][0]["torch"], extra["rank_rng"][1]["torch"])
+    # the proxy, scored by both ranks on a share each, reaches the history from rank 0
+    assert 0.0 <= last["proxy_score"] <= 1.0
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(mlflow_uri).get_run(result.mlflow_run_id).data.params
+    assert (params["batch.global"], params["batch.per_worker"]) == ("4", "2")
 
 
 @pytest.mark.parametrize("mode", ["exit"])  # a killed worker; "raise" takes the same path

@@ -56,7 +56,7 @@ def test_a_collapsing_run_is_reported_and_never_selected(synthetic_root, tmp_pat
     would take epoch 4; the guard reports epochs 3 and 4 and selection keeps epoch 2."""
     from mlflow.tracking import MlflowClient
 
-    import pgray.core.scoring as scoring
+    import pgray.core.proxy as proxy
     from pgray.pipelines.train import TrainRequest, train_category
 
     script = iter([(0.7, 0.6), (0.8, 0.7), (0.85, 0.3), (0.9, 0.25)])
@@ -66,7 +66,7 @@ def test_a_collapsing_run_is_reported_and_never_selected(synthetic_root, tmp_pat
         return {"proxy_clean_image_auroc": clean, "proxy_worst_image_auroc": worst,
                 "proxy_score": 0.5 * (clean + worst)}
 
-    monkeypatch.setattr(scoring, "proxy_metrics", scripted)
+    monkeypatch.setattr(proxy, "proxy_metrics", scripted)
     cfg = tiny_experiment(synthetic_root, train={
         "epochs": 4, "attack_method": "fgsm_rs", "select_metric": "proxy_clean_image_auroc"})
     result = train_category(TrainRequest(config=cfg, out=tmp_path / "co", name="co",

@@ -23,7 +23,8 @@ def test_gpu_check_smoke_runs_every_stage(tmp_path):
     summary = (tmp_path / "out" / "summary.md").read_text()
     for model in ("adversarial PGD-10", "clean-trained", "fast: nfgsm"):
         assert f"| {model} |" in summary
-    for path in ("ray_train_one_gpu_worker", "eval_actors_half_a_gpu", "bf16_attack_and_step"):
+    for path in ("ray_train_one_gpu_worker", "eval_actors_half_a_gpu",
+                 "nccl_collectives_world_1", "bf16_attack_and_step"):
         assert f"- {path}: ok" in summary
     for rows in ("attack_step.json", "train_step.json", "precision.json", "method.json",
                  "paths.json"):

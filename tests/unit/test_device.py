@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgray.core.device import pick_device, resolve_precision
+from pgray.core.device import enable_tf32, pick_device, resolve_precision
 from pgray.errors import ConfigError
 
 
@@ -23,3 +23,20 @@ def test_pick_device_follows_ray_not_cuda(monkeypatch):
 def test_auto_precision_is_fp32_on_the_cpu():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_tf32_is_switched_on_for_cuda_only():
+    """On the CPU the call changes nothing (benchmarks/gpu_check.sh reads the flag back on a
+    GPU)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        assert enable_tf32(torch.device("cpu")) is False
+        assert pick_device("cpu").type == "cpu"
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+        assert enable_tf32(torch.device("cuda", 0)) is True  # flags only: no CUDA needed
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

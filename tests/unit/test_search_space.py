@@ -130,6 +130,23 @@ def test_proxy_every_epochs_must_hold_every_asha_rung():
             space(every, grace, factor)
 
 
+def test_unset_proxy_every_becomes_a_divisor_of_the_asha_grace_period():
+    """Left unset, the proxy runs about every 9 epochs at the reference costs (holdout 0.25
+    here: about every 30); with ASHA every trial gets one value that every rung falls on."""
+    def space(grace: int, factor: float, proxy_steps: int = 10):
+        data = _with("fixed/train/proxy_steps", proxy_steps)
+        return space_from_dict(data | {
+            "budget": {"trials": 2, "epochs": 100},
+            "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": factor}})
+
+    assert space(10, 3).fixed_config().train.proxy_every == 10
+    # a one-step proxy costs 0.56 epochs: every 6 epochs, which divides a grace period of 12
+    assert space(12, 2, proxy_steps=1).fixed_config().train.proxy_every == 6
+    assert space(10, 1.5).fixed_config().train.proxy_every == 1
+    no_asha = space_from_dict(BASE | {"scheduler": {"type": "none"}})
+    assert no_asha.fixed_config().train.proxy_every is None  # each run decides for itself
+
+
 def test_datasets_and_categories_together_are_refused():
     data = copy.deepcopy(BASE) | {"categories": ["disc"],
                                   "datasets": [{"dataset": "synthetic", "root": "generated"}]}

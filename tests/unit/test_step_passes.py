@@ -70,3 +70,19 @@ def test_plan_costs_a_training_from_the_step_passes(tmp_path):
     assert step_image_steps(fast) == 2 + 4 * 1.5
     # 12 images, a quarter held out: 9 trained per epoch
     assert training_image_steps(fast, 12) == pytest.approx(3 * 9 * 8.0)
+
+
+def test_default_proxy_every_keeps_the_proxy_near_a_tenth_of_the_run():
+    from pgray.config import ExperimentConfig
+    from pgray.core.step import PROXY_SHARE, default_proxy_every, proxy_passes_per_pair
+
+    reference = ExperimentConfig()  # PGD-10, proxy_steps 10, 4 repeats, holdout 0.1
+    assert reference.train.proxy_every is None
+    # 100 train normals, 11 held out x 4: 44 x 46 passes against 100 x 24 a epoch = 0.84
+    assert proxy_passes_per_pair(reference) == 46.0
+    assert default_proxy_every(reference, n_pairs=44, n_train=100) == 9
+    assert default_proxy_every(reference) == 9  # from holdout_fraction alone
+    every = default_proxy_every(reference, n_pairs=44, n_train=100)
+    assert 44 * 46 / (100 * 24) / every <= PROXY_SHARE
+    clean = ExperimentConfig.from_dict({"train": {"adversarial": False, "epochs": 50}})
+    assert default_proxy_every(clean, n_pairs=44, n_train=100) == 50  # capped at the epochs

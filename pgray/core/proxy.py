@@ -1,0 +1,84 @@
+"""The held-out proxy (docs/method.md): clean, short-protocol, short-detection and per-image
+worst-case metrics on held-out normals and their pseudo-anomalies. Never touches the test
+split. Its batches may be scored in shares by several ranks (pgray.core.fit) and joined."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from pgray.config import ExperimentConfig
+from pgray.core.scoring import Batch, EvalOutputs, score_batches, score_suite
+
+PROXY_PARTS = ("clean", "robust", "detect", "worst")
+
+
+def proxy_metrics(
+    model: torch.nn.Module,
+    batches: list[Batch],
+    cfg: ExperimentConfig,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """The held-out proxy: clean, short-protocol, short-detection and per-image worst-case
+    AUROCs on held-out normals and their pseudo-anomalies (`batches`, built once per run from
+    the study's fixed proxy generator). Never touches the test split."""
+    return proxy_metrics_of(proxy_outputs(model, list(enumerate(batches)), cfg, device=device,
+                                          precision=precision))
+
+
+def proxy_outputs(
+    model: torch.nn.Module,
+    batches: list[tuple[int, Batch]],
+    cfg: ExperimentConfig,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, list[tuple[int, EvalOutputs]]]:
+    """Each proxy part's outputs per (index, batch) pair. Every batch's attacks are seeded
+    by its index in the whole proxy set, so ranks that each score a share of the batches
+    produce, together, exactly what one process scoring all of them does."""
+    members = proxy_members(cfg, precision)
+    out: dict[str, list[tuple[int, EvalOutputs]]] = {name: [] for name in PROXY_PARTS}
+    for index, batch in batches:
+        clean = score_batches(model, [batch], None, device=device)
+        suite = score_suite(model, [batch], members, device=device,
+                            seed=cfg.train.seed + index)
+        robust, detect = (suite.members[m.key] for m in members)
+        for name, result in zip(PROXY_PARTS, (clean, robust, detect, suite.worst)):
+            out[name].append((index, result))
+    return out
+
+
+def proxy_metrics_of(parts: dict[str, list[tuple[int, EvalOutputs]]]) -> dict[str, float]:
+    """The proxy metrics of every part's batches, joined in batch order (parts from several
+    ranks may be listed in any order)."""
+    out: dict[str, float] = {}
+    for name in PROXY_PARTS:
+        result = join_outputs([o for _, o in sorted(parts[name], key=lambda pair: pair[0])])
+        for key, value in result.metrics().items():
+            out[f"proxy_{name}_{key}"] = value
+    out["proxy_score"] = 0.5 * (out["proxy_clean_image_auroc"] + out["proxy_worst_image_auroc"])
+    return out
+
+
+def join_outputs(parts: list[EvalOutputs]) -> EvalOutputs:
+    """Several batches' outputs as one (kept images are not carried: the proxy keeps none)."""
+    return EvalOutputs(scores=np.concatenate([p.scores for p in parts]),
+                       labels=np.concatenate([p.labels for p in parts]),
+                       maps=np.concatenate([p.maps for p in parts]),
+                       masks=np.concatenate([p.masks for p in parts]))
+
+
+def proxy_members(cfg: ExperimentConfig, precision: str) -> list:
+    """The proxy's two short attacks: the protocol and the suite's detection attack."""
+    from pgray.attacks.suite import DETECTION, Member, members
+
+    short = dataclasses.replace(cfg.train.attack, steps=cfg.train.proxy_steps, alpha=None,
+                                precision=precision)
+    detect = next(m for m in members(cfg.eval.suite, short, short.eps) if m.name == "det_topk")
+    detect_cfg = dataclasses.replace(detect.cfg, steps=cfg.train.proxy_steps, restarts=1)
+    return [Member("robust", short, "both"), Member("detect", detect_cfg, DETECTION)]
