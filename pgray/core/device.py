@@ -38,13 +38,29 @@ def pick_device(requested: str | None = None, *,
 def enable_tf32(device: torch.device) -> bool:
     """On CUDA, let fp32 matmuls and convolutions run on TF32 tensor cores (Ampere and
     later: several times the fp32 rate, 10-bit mantissa products with fp32 accumulation);
-    whether attacks run in bf16 stays `pgray.attacks.precision`'s decision. Returns whether
+    evaluation attacks in fp32 turn it off while they run (`strict_fp32`). Returns whether
     it set anything: the CPU is left as it is."""
     if device.type != "cuda":
         return False
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+@contextlib.contextmanager
+def strict_fp32(device: torch.device, precision: str = "fp32"):
+    """Evaluation attacks in fp32 are fp32 throughout: TF32 off on CUDA while they run (their
+    gradients stay full precision unless bf16 was validated on the model:
+    `pgray.attacks.precision`); training keeps TF32. A no-op elsewhere or under bf16."""
+    if device.type != "cuda" or precision != "fp32":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def on_device(value, device: torch.device, *, cpu, cuda):

@@ -100,7 +100,7 @@ def score_batches(
 ) -> EvalOutputs:
     """Score every batch clean (attack_cfg None) or under one attack."""
     from pgray.attacks.pgd import attack
-    from pgray.core.device import autocast
+    from pgray.core.device import autocast, resolve_precision, strict_fp32
 
     model.eval()
     collected, offset = _Collector(), 0
@@ -109,8 +109,9 @@ def score_batches(
         if attack_cfg is not None and attack_cfg.eps > 0:
             # the reference's unit labels (resized mask); the direction from the image label
             labels = unit_labels(model, batch["mask"].to(device))
-            x = attack(model, x, labels, attack_cfg, seed=seed + i,
-                       image_labels=batch["label"].to(device))
+            with strict_fp32(device, resolve_precision(attack_cfg.precision, device)):
+                x = attack(model, x, labels, attack_cfg, seed=seed + i,
+                           image_labels=batch["label"].to(device))
         with torch.no_grad(), autocast(device, attack_cfg.precision if attack_cfg else "fp32"):
             scores, units = detector_outputs(model, x)
         collected.add(model, scores, units, batch)
@@ -146,6 +147,10 @@ def score_suite(
     """Run the suite's members on every batch and collect each one and the per-image worst
     case (`pgray.attacks.suite`). `subset`: dataset indices of the black-box members."""
     from pgray.attacks.suite import Truth, attack_batch, worst_images
+    from pgray.core.device import resolve_precision, strict_fp32
+
+    precision = resolve_precision(suite_members[0].cfg.precision, device) if suite_members \
+        else "fp32"
 
     model.eval()
     per_member = {m.key: _Collector() for m in suite_members}
@@ -161,8 +166,9 @@ def score_suite(
                       reference_units=unit_labels(model, mask))
         lost += int(truth.lost().sum())
         in_subset = torch.tensor([offset + j in subset for j in range(n)], device=device)
-        result = attack_batch(model, x, truth, suite_members, in_subset=in_subset,
-                              seed=seed + i)
+        with strict_fp32(device, precision):
+            result = attack_batch(model, x, truth, suite_members, in_subset=in_subset,
+                                  seed=seed + i)
         for member, cand in zip(suite_members, result.candidates):
             present = cand.present if member.subset else None
             per_member[member.key].add(model, cand.scores, cand.units, batch, present)

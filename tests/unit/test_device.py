@@ -40,3 +40,25 @@ def test_tf32_is_switched_on_for_cuda_only():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_evaluation_attacks_in_fp32_turn_tf32_off_and_back():
+    """Training may run on TF32; an fp32 evaluation attack runs without it, and the flags
+    come back afterwards (the flags can be set without a GPU)."""
+    import torch
+
+    from pgray.core.device import strict_fp32
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        with strict_fp32(torch.device("cuda"), "fp32"):
+            assert [f.allow_tf32 for f in flags] == [False, False]
+        assert [f.allow_tf32 for f in flags] == [True, True]
+        with strict_fp32(torch.device("cuda"), "bf16"), strict_fp32(torch.device("cpu")):
+            assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, value in zip(flags, saved):
+            f.allow_tf32 = value
