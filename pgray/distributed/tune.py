@@ -303,9 +303,8 @@ class SearchRun:
 
 
 def check_state_api(space: SearchSpace) -> None:
-    """ASHA stops a trial by ending its actor; Ray Train then frees the trial's workers
-    through the State API, which the dashboard serves. Without it every stopped trial keeps
-    its CPUs and later trials wait forever: refuse to start instead."""
+    """ASHA stops a trial by ending its actor; Ray Train frees its workers through the State
+    API (the dashboard's); without it stopped trials keep their CPUs forever: refuse."""
     import ray
     from ray.util.state import list_nodes
 
@@ -319,9 +318,8 @@ def check_state_api(space: SearchSpace) -> None:
     if not ours:
         raise ClusterError(
             "this Ray cluster has no dashboard/State API, which Ray Train needs to free the"
-            " workers of trials that ASHA stops; start Ray with its dashboard (ray start"
-            " --head, or let `python -m pgray.sweep` start a local Ray) or set"
-            " scheduler.type: none"
+            " workers of trials that ASHA stops; start Ray with its dashboard (ray start --head,"
+            " or let `python -m pgray.sweep` start a local Ray) or set scheduler.type: none"
         )
 
 
