@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VITS_GFLOP_PER_IMAGE_STEP = 24.3  # FlopCounterMode, forward + input gradient, frozen weights
+from pgray.pipelines.plan_speed import VITS_GFLOP_PER_IMAGE_STEP  # noqa: F401 (benchmarks use it)
+
 # MVTec AD's 3,629 train and 1,725 test images over 15 categories: the assumption when a
 # category's data is not on this machine (the plan says so).
 ASSUMED_TRAIN, ASSUMED_TEST = 242, 115
@@ -341,6 +342,16 @@ def _worker_gpus(res, cluster: Cluster) -> float:
 def benchmark_plan(cfg, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str | None = None,
                    gpu_utilization: float | None = None) -> str:
     """The plan of `python -m pgray.benchmark --config FILE`."""
+    from pgray.config import ExperimentConfig
+
+    pieces, concurrent, actors = benchmark_pieces(cfg, cluster)
+    speed = make_speed(cluster, ExperimentConfig.from_dict(cfg.train).model, gpu=gpu,
+                       gpu_profile=gpu_profile, gpu_utilization=gpu_utilization)
+    return render(f"benchmark {cfg.name}", pieces, cluster, speed, concurrent, actors)
+
+
+def benchmark_pieces(cfg, cluster: Cluster) -> tuple[list[Piece], int, int]:
+    """A benchmark's pieces, how many trainings run at once, and how many actors."""
     import dataclasses
 
     from pgray.config import ExperimentConfig, merge
@@ -348,7 +359,6 @@ def benchmark_plan(cfg, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str
     from pgray.distributed.tune import derive_max_concurrent
     from pgray.pipelines.benchmark_jobs import checkpoint_path
 
-    base = ExperimentConfig.from_dict(cfg.train)
     gpus = _worker_gpus(cfg.train_resources, cluster)
     on_gpu = cluster.gpus > 0
     per_trial = summarize_resources(cfg.train_resources, gpus)
@@ -370,14 +380,20 @@ def benchmark_plan(cfg, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str
     res = dataclasses.replace(cfg.train_resources, gpus_per_worker=gpus)
     concurrent = derive_max_concurrent(res, cluster.resources(), max(n_train, 1))
     actors = pool_size(cfg.actors.count, cfg.actors.cpus, cfg.actors.gpus, cluster.resources())
-    speed = make_speed(cluster, base.model, gpu=gpu, gpu_profile=gpu_profile,
-                       gpu_utilization=gpu_utilization)
-    return render(f"benchmark {cfg.name}", pieces, cluster, speed, concurrent, actors)
+    return pieces, concurrent, actors
 
 
 def sweep_plan(space, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str | None = None,
                gpu_utilization: float | None = None) -> str:
-    """The plan of `python -m pgray.sweep --config FILE`: every trial at its full budget (ASHA
+    """The plan of `python -m pgray.sweep --config FILE` (`sweep_pieces`)."""
+    pieces, concurrent, actors = sweep_pieces(space, cluster)
+    speed = make_speed(cluster, space.fixed_config().model, gpu=gpu, gpu_profile=gpu_profile,
+                       gpu_utilization=gpu_utilization)
+    return render(f"sweep {space.name}", pieces, cluster, speed, concurrent, actors)
+
+
+def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
+    """The pieces of `python -m pgray.sweep --config FILE`: every trial at its full budget (ASHA
     can only shorten them); then per target of the final evaluation the clean twin
     (final_eval.clean_baseline) and the best config again with each other seed (`seeds`);
     the evaluation of the best `top_n`, the twin and the seeds."""
@@ -432,6 +448,4 @@ def sweep_plan(space, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str |
     bench = benchmark_config(space, targets, PLAN_FOLDER, 1, gpus)
     actors = pool_size(bench.actors.count, bench.actors.cpus, bench.actors.gpus,
                        cluster.resources())
-    speed = make_speed(cluster, space.fixed_config().model, gpu=gpu, gpu_profile=gpu_profile,
-                       gpu_utilization=gpu_utilization)
-    return render(f"sweep {space.name}", pieces, cluster, speed, concurrent, actors)
+    return pieces, concurrent, actors
