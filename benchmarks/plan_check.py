@@ -23,7 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import _timing  # noqa: F401 (makes pgray importable)
 import yaml
+
+from pgray.pipelines.plan_speed import calibration_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.30  # |measured / predicted - 1| the plan aims within
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="train this many epochs instead")
     p.add_argument("--suite-steps", type=int, help="the adaptive suite's steps instead")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--log", type=Path, help="write the benchmark's own output here")
     args = p.parse_args(argv)
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         config = isolated_config(args.config, folder, args.epochs, args.suite_steps)
         base = [sys.executable, "-m", "pgray.benchmark", "--config", str(config)]
+        # the plan calibrates the CPU afresh, just before the run it predicts
+        calibration_file().unlink(missing_ok=True)
         load_before = os.getloadavg()
         plan_s, plan = run(base + ["--plan"], env)
         if plan.returncode != 0:
@@ -86,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(plan.stdout)
         predicted = predicted_seconds(plan.stdout)
         cmd = base + ["--out", str(folder / "out"), "--mlflow-uri",
-                      f"sqlite:///{folder / 'mlflow.db'}", "--quiet"]
+                      f"sqlite:///{folder / 'mlflow.db'}"]
         measured, done = run(cmd + (["--sequential"] if args.sequential else []), env)
         load_after = os.getloadavg()
+        if args.log:
+            args.log.write_text(done.stdout + "\n" + done.stderr)
         if done.returncode != 0:
             print(done.stdout[-4000:], done.stderr[-4000:], sep="\n")
             return done.returncode

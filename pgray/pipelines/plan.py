@@ -39,7 +39,8 @@ class FixedCosts:
     (benchmarks/README.md, "Plan check"): assumed, not measured per plan."""
 
     start_s: float = 20.0  # imports, the local Ray instance, MLflow's tables, Tune's set-up
-    training_s: float = 10.0  # one training's process, model, data and checkpoints
+    training_s: float = 10.0  # one training's process, model and data
+    epoch_s: float = 0.7  # one epoch's report to Tune and checkpoint (every epoch on a CPU)
     job_s: float = 2.0  # one evaluation job's model load, data, metrics, panels, MLflow
     finish_s: float = 5.0  # tables, plots, the report, Ray's shutdown
 
@@ -170,6 +171,7 @@ class Piece:
     note: str = ""
     batch: int = 16  # images per forward: the utilisation depends on it
     precision: str = "fp32"  # the PEAK_TFLOPS column on a GPU (plan_speed.gpu_precision)
+    epochs: int = 0  # a training's: each costs FixedCosts.epoch_s beside its image-steps
 
 
 def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float],
@@ -183,7 +185,8 @@ def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float]
     precision = gpu_precision(exp_cfg.train.precision, training=True) if on_gpu else "fp32"
     return Piece("training", what, training_image_steps(exp_cfg, n_train) + proxies,
                  per_trial["CPU"], per_trial["GPU"], "; ".join(n for n in (said, note) if n),
-                 per_worker_batch(exp_cfg.train.batch_size, workers), precision)
+                 per_worker_batch(exp_cfg.train.batch_size, workers), precision,
+                 exp_cfg.train.epochs)
 
 
 @dataclass
@@ -213,7 +216,7 @@ def estimate(pieces: list[Piece], cluster: Cluster, speed, concurrent_trainings:
     held = sum(device_seconds(p, speed) * (p.gpus if gpu else max(p.cpus, 1.0))
                for p in pieces)
     at_once = max(concurrent_trainings, 1)
-    train_s = sum(device_seconds(p, speed) + fixed.training_s
+    train_s = sum(device_seconds(p, speed) + fixed.training_s + fixed.epoch_s * p.epochs
                   for p in trainings[::at_once])  # the longest of each wave
     eval_s = (sum(device_seconds(p, speed) for p in evals) + fixed.job_s * len(evals)) / max(
         concurrent_actors, 1)
@@ -255,8 +258,8 @@ def render(title: str, pieces: list[Piece], cluster: Cluster, speed,
               "", f"(trainings in waves of {concurrent_trainings}, then the evaluation jobs on"
               f" {concurrent_actors} actors; {_duration(est.overlapped_s)} if the evaluations"
               " ran entirely beside the trainings. Fixed costs included, assumed, not measured:"
-              f" {f.start_s:g} s to start, {f.training_s:g} s per training, {f.job_s:g} s per"
-              f" job, {f.finish_s:g} s to finish)"]
+              f" {f.start_s:g} s to start, {f.training_s:g} s per training and {f.epoch_s:g} s per"
+              f" epoch, {f.job_s:g} s per job, {f.finish_s:g} s to finish)"]
     return "\n".join(lines)
 
 

@@ -128,13 +128,15 @@ def test_wall_time_adds_waves_evaluations_and_fixed_costs():
 
     speed = GpuSpeed(gflop_per_step=1.0, fixed=1e-3)  # 989 image-steps/s in bf16
     rate = speed.rate(16, "bf16")
-    pieces = [Piece("training", f"t{i}", rate * 100, 1, 1, precision="bf16") for i in range(3)]
+    pieces = [Piece("training", f"t{i}", rate * 100, 1, 1, precision="bf16", epochs=5)
+              for i in range(3)]
     pieces += [Piece("evaluation", f"e{i}", rate * 10, 1, 1, precision="bf16")
                for i in range(4)]
-    fixed = FixedCosts(start_s=1, training_s=2, job_s=3, finish_s=4)
+    fixed = FixedCosts(start_s=1, training_s=2, epoch_s=0.2, job_s=3, finish_s=4)
     est = estimate(pieces, GPU_CLUSTER, speed, concurrent_trainings=2, concurrent_actors=2,
                    fixed=fixed)
-    # 2 waves of (100 + 2) s, then 4 jobs of (10 + 3) s on 2 actors, plus start and finish
-    assert est.wall_s == pytest.approx(1 + 2 * 102 + 4 * 13 / 2 + 4)
+    # 2 waves of (100 + 2 + 5 epochs x 0.2) s, then 4 jobs of (10 + 3) s on 2 actors, plus
+    # start and finish
+    assert est.wall_s == pytest.approx(1 + 2 * 103 + 4 * 13 / 2 + 4)
     assert est.device_h == pytest.approx((300 + 40) / 3600)
-    assert est.overlapped_s == pytest.approx(1 + 204 + 4)
+    assert est.overlapped_s == pytest.approx(1 + 206 + 4)
