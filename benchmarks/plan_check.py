@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=ROOT / "benchmarks" / "demo.yaml")
     p.add_argument("--sequential", action="store_true",
-                   help="run the benchmark in one process, without Ray")
+                   help="run the benchmark in one process, without Ray (the plan still assumes"
+                        " Ray's concurrency and start-up: expect a larger gap)")
     p.add_argument("--epochs", type=int, help="train this many epochs instead")
     p.add_argument("--suite-steps", type=int, help="the adaptive suite's steps instead")
     p.add_argument("--json", type=Path, help="also write the figures here")
