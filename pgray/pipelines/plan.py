@@ -40,7 +40,11 @@ class FixedCosts:
 
     start_s: float = 20.0  # imports, the local Ray instance, MLflow's tables, Tune's set-up
     training_s: float = 10.0  # one training's process, model and data
-    epoch_s: float = 0.7  # one epoch's report to Tune and checkpoint (every epoch on a CPU)
+    # one epoch's report to Tune, and one checkpoint (every epoch on a CPU, every 10th on
+    # CUDA: core.fit): together 0.7 s per epoch on the CPU. A ViT-S checkpoint (hundreds of MB,
+    # fsync'd) likely costs more than the demo's tiny one.
+    epoch_s: float = 0.2
+    checkpoint_s: float = 0.5
     job_s: float = 2.0  # one evaluation job's model load, data, metrics, panels, MLflow
     finish_s: float = 5.0  # tables, plots, the report, Ray's shutdown
 
@@ -172,6 +176,7 @@ class Piece:
     batch: int = 16  # images per forward: the utilisation depends on it
     precision: str = "fp32"  # the PEAK_TFLOPS column on a GPU (plan_speed.gpu_precision)
     epochs: int = 0  # a training's: each costs FixedCosts.epoch_s beside its image-steps
+    checkpoints: int = 0  # a training's: each costs FixedCosts.checkpoint_s
 
 
 def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float],
@@ -183,10 +188,15 @@ def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float]
     proxies = proxy_image_steps(exp_cfg, n_train)
     said = f"{proxy_epochs(exp_cfg, n_train)} proxies ({proxies:,.0f} image-steps)"
     precision = gpu_precision(exp_cfg.train.precision, training=True) if on_gpu else "fp32"
+    epochs = exp_cfg.train.epochs
+    # core.fit: train.checkpoint_every, else every epoch on a CPU and every 10th on CUDA;
+    # the last epoch always
+    every = exp_cfg.train.checkpoint_every or (10 if on_gpu else 1)
+    checkpoints = sum((e + 1) % every == 0 or e + 1 == epochs for e in range(epochs))
     return Piece("training", what, training_image_steps(exp_cfg, n_train) + proxies,
                  per_trial["CPU"], per_trial["GPU"], "; ".join(n for n in (said, note) if n),
-                 per_worker_batch(exp_cfg.train.batch_size, workers), precision,
-                 exp_cfg.train.epochs)
+                 per_worker_batch(exp_cfg.train.batch_size, workers), precision, epochs,
+                 checkpoints)
 
 
 @dataclass
@@ -217,6 +227,7 @@ def estimate(pieces: list[Piece], cluster: Cluster, speed, concurrent_trainings:
                for p in pieces)
     at_once = max(concurrent_trainings, 1)
     train_s = sum(device_seconds(p, speed) + fixed.training_s + fixed.epoch_s * p.epochs
+                  + fixed.checkpoint_s * p.checkpoints
                   for p in trainings[::at_once])  # the longest of each wave
     eval_s = (sum(device_seconds(p, speed) for p in evals) + fixed.job_s * len(evals)) / max(
         concurrent_actors, 1)
@@ -258,8 +269,9 @@ def render(title: str, pieces: list[Piece], cluster: Cluster, speed,
               "", f"(trainings in waves of {concurrent_trainings}, then the evaluation jobs on"
               f" {concurrent_actors} actors; {_duration(est.overlapped_s)} if the evaluations"
               " ran entirely beside the trainings. Fixed costs included, assumed, not measured:"
-              f" {f.start_s:g} s to start, {f.training_s:g} s per training and {f.epoch_s:g} s per"
-              f" epoch, {f.job_s:g} s per job, {f.finish_s:g} s to finish)"]
+              f" {f.start_s:g} s to start, {f.training_s:g} s per training, {f.epoch_s:g} s per"
+              f" epoch, {f.checkpoint_s:g} s per checkpoint, {f.job_s:g} s per job,"
+              f" {f.finish_s:g} s to finish)"]
     return "\n".join(lines)
 
 

@@ -55,6 +55,9 @@ def test_proxy_is_counted_at_its_epochs(tmp_path):
     steps_only = 10 * 12 * step_image_steps(cfg)
     assert piece.image_steps == pytest.approx(steps_only + 4 * 8 * per_pair)
     assert piece.note.startswith("4 proxies")
+    assert (piece.epochs, piece.checkpoints) == (10, 10)  # every epoch on a CPU
+    on_gpu = training_piece("t", cfg, 16, PER_TRIAL, 1, "", on_gpu=True)
+    assert on_gpu.checkpoints == 1  # every 10th on CUDA (the 10th is the last)
     none = tiny_experiment(tmp_path, train={"holdout_fraction": 0.0, "select_metric": None})
     assert proxy_image_steps(none, 16) == 0
 
@@ -128,15 +131,16 @@ def test_wall_time_adds_waves_evaluations_and_fixed_costs():
 
     speed = GpuSpeed(gflop_per_step=1.0, fixed=1e-3)  # 989 image-steps/s in bf16
     rate = speed.rate(16, "bf16")
-    pieces = [Piece("training", f"t{i}", rate * 100, 1, 1, precision="bf16", epochs=5)
-              for i in range(3)]
+    pieces = [Piece("training", f"t{i}", rate * 100, 1, 1, precision="bf16", epochs=5,
+                    checkpoints=2) for i in range(3)]
     pieces += [Piece("evaluation", f"e{i}", rate * 10, 1, 1, precision="bf16")
                for i in range(4)]
-    fixed = FixedCosts(start_s=1, training_s=2, epoch_s=0.2, job_s=3, finish_s=4)
+    fixed = FixedCosts(start_s=1, training_s=2, epoch_s=0.2, checkpoint_s=0.5, job_s=3,
+                       finish_s=4)
     est = estimate(pieces, GPU_CLUSTER, speed, concurrent_trainings=2, concurrent_actors=2,
                    fixed=fixed)
-    # 2 waves of (100 + 2 + 5 epochs x 0.2) s, then 4 jobs of (10 + 3) s on 2 actors, plus
-    # start and finish
-    assert est.wall_s == pytest.approx(1 + 2 * 103 + 4 * 13 / 2 + 4)
+    # 2 waves of (100 + 2 + 5 epochs x 0.2 + 2 checkpoints x 0.5) s, then 4 jobs of
+    # (10 + 3) s on 2 actors, plus start and finish
+    assert est.wall_s == pytest.approx(1 + 2 * 104 + 4 * 13 / 2 + 4)
     assert est.device_h == pytest.approx((300 + 40) / 3600)
-    assert est.overlapped_s == pytest.approx(1 + 206 + 4)
+    assert est.overlapped_s == pytest.approx(1 + 208 + 4)
