@@ -144,3 +144,18 @@ def test_wall_time_adds_waves_evaluations_and_fixed_costs():
     assert est.wall_s == pytest.approx(1 + 2 * 104 + 4 * 13 / 2 + 4)
     assert est.device_h == pytest.approx((300 + 40) / 3600)
     assert est.overlapped_s == pytest.approx(1 + 208 + 4)
+
+
+def test_cpu_rate_is_measured_once_then_cached(tmp_path, monkeypatch):
+    import tempfile
+
+    from pgray.config import tiny_model_config
+    from pgray.pipelines.plan_speed import CpuSpeed, calibration_file, cpu_rate
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cfg = tiny_model_config(img_size=32)
+    rate, cached = cpu_rate(cfg, 16, budget_s=0.05)
+    assert rate > 0 and not cached and calibration_file().is_file()
+    assert cpu_rate(cfg, 8, budget_s=0.05) == (rate, True)  # batch 16 was timed at 8
+    said = CpuSpeed(cfg).describe(16)
+    assert "measured on this machine (timed at batch 8, cached)" in said
