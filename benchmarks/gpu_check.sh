@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared run for a machine with a GPU, within 9 minutes of one H200 in all:
+# The one prepared run for a machine with a GPU, within 9.5 minutes of one H200 in all:
 #   1. attack_step   PGD image-steps/s, ViT-S/14 at 224 and a tiny ViT, fp32 and bf16, fraction
 #                    of the bf16 peak
 #   2. train_step    one training step vs the floor of its passes; does a DataLoader keep up
@@ -10,6 +10,10 @@
 #                    group, but one worker runs no collective), an NCCL all_reduce and
 #                    gather_object at world size 1, evaluation actors sharing a GPU, bf16
 #                    autocast in the attack and the step (no DDP between GPUs: that needs 2+)
+#   6. gpu_utilisation  PGD image-steps/s and fraction of peak per batch size (8-256) and
+#                    precision (bf16, tf32, fp32), ViT-S/14 at 224: OUT_DIR/gpu_utilisation.json,
+#                    which `--plan` reads (copy it to benchmarks/gpu_utilisation.json, or pass
+#                    --gpu-profile FILE) instead of its assumed utilisation table
 # Tables go to OUT_DIR (*.txt, *.json, method.md, paths.json) and OUT_DIR/summary.md.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR (default ./gpu_results)] [--peak-tflops N] [--smoke]
@@ -48,7 +52,7 @@ if [[ $SMOKE == 1 ]]; then
   TRAIN=()
   PRECISION=(--cpu-check --skip speed --train-epochs 2 --eps 8 --auroc-steps 2)
   METHOD=(--smoke)
-  LIMITS=(60 90 90 60 120)
+  LIMITS=(60 90 90 60 120 60)
   echo "smoke run on the CPU (tiny models): checks the script, measures nothing" > "$OUT/device.txt"
 else
   "$PYTHON" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null \
@@ -58,7 +62,7 @@ else
   TRAIN=(--workers 4 8)
   PRECISION=(--quick --compile-modes default --compile-precisions bf16 --eps 4 8 --train-epochs 10)
   METHOD=(--budget-s 90 45 45)
-  LIMITS=(60 60 70 270 60)
+  LIMITS=(60 60 70 270 60 45)
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/device.txt" 2>&1
   echo "peak assumed: ${PEAK} TFLOP/s dense bf16 (pass --peak-tflops for another device)" \
     >> "$OUT/device.txt"
@@ -88,6 +92,7 @@ stage train_step "${LIMITS[1]}" train_step.py "${TRAIN[@]}"
 stage precision "${LIMITS[2]}" precision.py "${PRECISION[@]}"
 stage method "${LIMITS[3]}" gpu_method.py --out "$OUT" "${METHOD[@]}"
 stage paths "${LIMITS[4]}" gpu_paths.py --out "$OUT"
+stage gpu_utilisation "${LIMITS[5]}" gpu_utilisation.py
 
 {
   echo "# GPU check ($SECONDS s in all)"
@@ -96,6 +101,11 @@ stage paths "${LIMITS[4]}" gpu_paths.py --out "$OUT"
   if [[ $SMOKE == 0 ]]; then
     echo; echo "## PGD throughput"; echo
     "$PYTHON" benchmarks/attack_step.py --summarize "$OUT" --peak-tflops "$PEAK" 2>&1
+  fi
+  if [[ -f "$OUT/gpu_utilisation.json" ]]; then
+    echo; echo "## Utilisation per batch size (for --plan)"; echo
+    echo '```'; grep -v '^==' "$OUT/gpu_utilisation.txt"; echo '```'
+    echo; echo "--plan reads it from benchmarks/gpu_utilisation.json (copy it there) or --gpu-profile."
   fi
   if [[ -f "$OUT/method.md" ]]; then echo; sed 's/^# /## /' "$OUT/method.md"; fi
   if [[ -f "$OUT/paths.json" ]]; then

@@ -18,10 +18,14 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus", type=float, help="plan for a cluster with this many GPUs (default:"
                    " the connected cluster, else this machine)")
     g.add_argument("--cpus", type=float, help="its CPUs (default 16 per GPU)")
-    g.add_argument("--gpu-tflops", type=float, default=989.0,
-                   help="dense bf16 TFLOP/s per GPU for the estimate (default 989: H100/H200)")
-    g.add_argument("--gpu-utilization", type=float, default=0.4,
-                   help="fraction of that peak assumed (default 0.4)")
+    g.add_argument("--gpu", choices=["h100", "h200"], default="h100",
+                   help="the GPU whose datasheet peaks (bf16, TF32, fp32) the estimate uses")
+    g.add_argument("--gpu-profile", metavar="FILE",
+                   help="measured utilisation per batch size (gpu_utilisation.json, written by"
+                        " benchmarks/gpu_check.sh; default benchmarks/gpu_utilisation.json if"
+                        " present, else an assumed table, labelled so)")
+    g.add_argument("--gpu-utilization", type=float, default=None,
+                   help="one fraction of the peak for every batch size, instead of the table")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from pgray.pipelines.plan import benchmark_plan, describe_cluster
 
         cluster = describe_cluster(args.gpus, args.cpus, args.address)
-        print(benchmark_plan(cfg, cluster, gpu_tflops=args.gpu_tflops,
+        print(benchmark_plan(cfg, cluster, gpu=args.gpu, gpu_profile=args.gpu_profile,
                              gpu_utilization=args.gpu_utilization))
         return 0
     out = Path(args.out) if args.out else Path("runs/benchmark") / cfg.name

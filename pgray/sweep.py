@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         from pgray.pipelines.plan import describe_cluster, sweep_plan
 
         cluster = describe_cluster(args.gpus, args.cpus, args.address)
-        print(sweep_plan(space, cluster, gpu_tflops=args.gpu_tflops,
+        print(sweep_plan(space, cluster, gpu=args.gpu, gpu_profile=args.gpu_profile,
                          gpu_utilization=args.gpu_utilization))
         return 0
     out = Path(args.out) if args.out else Path("runs") / "sweep" / space.name

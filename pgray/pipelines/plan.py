@@ -1,34 +1,55 @@
 """`--plan`: what a benchmark or a sweep would run, what each piece asks of the cluster, how
-many run at once, and an estimate of GPU-hours and wall time, without running anything.
+many run at once, and an estimate of device-hours and wall time, without running anything.
 
 Costs are counted in image-steps (one forward and one backward pass to the input of one
 image, weights frozen): a PGD step is one. A training step's passes per normal image come from
-`pgray.core.step.step_passes` (24 at PGD-10: 2 x 10 attack passes, 4 update passes); an update
-pass also computes the weights' gradient and costs 1.5 image-steps, a forward-only pass 0.5,
-so a PGD-10 training step costs 26 image-steps per normal image. They become seconds
-through a throughput per device, scaled by the model's FLOPs per image-step (counted here on
-the config's model) against the model the throughput was measured on:
-- CPU: measured by benchmarks/attack_step.py on one core of a 2-core Xeon (2026-11-29):
-  ViT-S/14 at 224, fp32, 3.05 image-steps/s per core;
-- GPU: not measured yet (no GPU run so far): arithmetic from 24.3 GFLOP per ViT-S/14
-  image-step at `gpu_tflops` (default 989, H100/H200 dense bf16) x `gpu_utilization` (default
-  0.4). The plan prints which figures it used.
+`pgray.core.step.step_passes` (24 at PGD-10: 2 x 10 attack passes, 4 update passes; 6 at
+N-FGSM); an update pass also computes the weights' gradient and costs 1.5 image-steps, a
+forward-only pass 0.5, so a PGD-10 training step costs 26 image-steps per normal image. A
+training also runs the held-out proxy at its proxy epochs (`proxy_image_steps`). A sweep's
+plan adds the final evaluation's clean twins (final_eval.clean_baseline) and the best
+configs trained again with the other seeds (`seeds`), each with its evaluation jobs.
+
+Image-steps become seconds through `pgray.pipelines.plan_speed`: on a GPU, the peak of the
+precision that runs x the utilisation at the piece's batch size (measured by gpu_check.sh,
+else assumed and labelled so); on the CPU, a rate measured on this machine just before.
+The wall time adds the fixed costs of a run (FIXED_COSTS: starting Ray, each training's
+process, each job, the report), read off a demo run on a 2-core machine.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VITS_GFLOP_PER_IMAGE_STEP = 24.3  # FlopCounterMode, forward + input gradient, frozen weights
-CPU_IMAGE_STEPS_PER_CORE = 3.05  # ViT-S/14 at 224, fp32, one thread (benchmarks/README.md)
+from pgray.pipelines.plan_speed import VITS_GFLOP_PER_IMAGE_STEP  # noqa: F401 (benchmarks use it)
+
 # MVTec AD's 3,629 train and 1,725 test images over 15 categories: the assumption when a
 # category's data is not on this machine (the plan says so).
 ASSUMED_TRAIN, ASSUMED_TEST = 242, 115
 PLAN_FOLDER = Path("runs/plan")  # stands in for checkpoint folders nothing writes
+
+
+@dataclass(frozen=True)
+class FixedCosts:
+    """Seconds that do not scale with image-steps, read off the log of
+    `python -m pgray.benchmark --config benchmarks/demo.yaml` on a 2-core machine
+    (benchmarks/README.md, "Plan check"): assumed, not measured per plan."""
+
+    start_s: float = 20.0  # imports, the local Ray instance, MLflow's tables, Tune's set-up
+    training_s: float = 10.0  # one training's process, model and data
+    # one epoch's report to Tune, and one checkpoint (every epoch on a CPU, every 10th on
+    # CUDA: core.fit): together 0.7 s per epoch on the CPU. A ViT-S checkpoint (hundreds of MB,
+    # fsync'd) likely costs more than the demo's tiny one.
+    epoch_s: float = 0.2
+    checkpoint_s: float = 0.5
+    job_s: float = 2.0  # one evaluation job's model load, data, metrics, panels, MLflow
+    finish_s: float = 5.0  # tables, plots, the report, Ray's shutdown
+
+
+FIXED_COSTS = FixedCosts()
 
 
 @dataclass
@@ -58,25 +79,14 @@ def describe_cluster(gpus: float | None, cpus: float | None, address: str | None
     return Cluster(float(os.cpu_count() or 1), float(torch.cuda.device_count()), "this machine")
 
 
-@dataclass
-class Throughput:
-    image_steps_per_s: float  # per GPU, or per CPU core
-    device: str
-    source: str
+def make_speed(cluster: Cluster, model_cfg, *, gpu: str, gpu_profile: str | None,
+               gpu_utilization: float | None):
+    """The rates the plan uses: the GPU's (cluster with GPUs), else this machine's CPU's."""
+    from pgray.pipelines.plan_speed import CpuSpeed, gpu_speed
 
-
-def throughput(cluster: Cluster, gflop_per_step: float, gpu_tflops: float,
-               gpu_utilization: float) -> Throughput:
-    scale = VITS_GFLOP_PER_IMAGE_STEP / max(gflop_per_step, 1e-9)
     if cluster.gpus > 0:
-        rate = gpu_tflops * 1e3 * gpu_utilization / max(gflop_per_step, 1e-9)
-        return Throughput(rate, "GPU", f"arithmetic, not measured: {gpu_tflops:g} TFLOP/s x"
-                          f" {gpu_utilization:g} utilization / {gflop_per_step:.2f} GFLOP per"
-                          " image-step")
-    return Throughput(CPU_IMAGE_STEPS_PER_CORE * scale, "CPU core",
-                      f"measured on one CPU core for ViT-S/14 at 224 ({CPU_IMAGE_STEPS_PER_CORE}"
-                      f" image-steps/s), scaled by FLOPs ({gflop_per_step:.2f} GFLOP per"
-                      " image-step here)")
+        return gpu_speed(gflop_per_image_step(model_cfg), gpu, gpu_profile, gpu_utilization)
+    return CpuSpeed(model_cfg)
 
 
 def gflop_per_image_step(model_cfg) -> float:
@@ -109,12 +119,50 @@ def step_image_steps(exp_cfg) -> float:
     return p.attack + FORWARD_PASS_COST * p.judge + UPDATE_PASS_COST * p.update
 
 
-def training_image_steps(exp_cfg, n_train: int) -> float:
-    """Image-steps of one whole training (all epochs, held-out images excluded)."""
-    kept = n_train * (1 - exp_cfg.train.holdout_fraction)
+def held_out(exp_cfg, n_train: int) -> int:
+    """Normal train images kept out for the proxy (as core.training_data.split_holdout)."""
+    fraction = exp_cfg.train.holdout_fraction
+    return 0 if fraction <= 0 else min(n_train, max(2, round(n_train * fraction)))
+
+
+def epoch_images(exp_cfg, n_train: int) -> int:
+    """Normal images one epoch trains on (the held-out ones excluded)."""
+    kept = n_train - held_out(exp_cfg, n_train)
     if exp_cfg.train.max_steps_per_epoch is not None:
         kept = min(kept, exp_cfg.train.max_steps_per_epoch * exp_cfg.train.batch_size)
-    return exp_cfg.train.epochs * kept * step_image_steps(exp_cfg)
+    return kept
+
+
+def training_image_steps(exp_cfg, n_train: int) -> float:
+    """Image-steps of one whole training's steps (all epochs, the proxy not included)."""
+    return exp_cfg.train.epochs * epoch_images(exp_cfg, n_train) * step_image_steps(exp_cfg)
+
+
+def proxy_epochs(exp_cfg, n_train: int) -> int:
+    """How many epochs run the held-out proxy (as core.fit: the first, the last, and every
+    proxy_every-th, which defaults to about 10 % of the run)."""
+    from pgray.core.step import default_proxy_every
+
+    n_pairs = held_out(exp_cfg, n_train) * exp_cfg.train.proxy_repeats
+    if n_pairs == 0:
+        return 0
+    every = exp_cfg.train.proxy_every or default_proxy_every(
+        exp_cfg, n_pairs=n_pairs, n_train=n_train - held_out(exp_cfg, n_train))
+    epochs = exp_cfg.train.epochs
+    return sum(e == 0 or e + 1 == epochs or (e + 1) % every == 0 for e in range(epochs))
+
+
+def proxy_image_steps_per_pair(exp_cfg) -> float:
+    """One proxy over one held-out pair (a normal and its pseudo-anomaly): each image's clean
+    forward, then the two short attacks (proxy_steps each) and their scoring forwards."""
+    steps = exp_cfg.train.proxy_steps
+    return 2 * (FORWARD_PASS_COST + 2 * (steps + FORWARD_PASS_COST))
+
+
+def proxy_image_steps(exp_cfg, n_train: int) -> float:
+    """Image-steps of every proxy of one training."""
+    n_pairs = held_out(exp_cfg, n_train) * exp_cfg.train.proxy_repeats
+    return proxy_epochs(exp_cfg, n_train) * n_pairs * proxy_image_steps_per_pair(exp_cfg)
 
 
 @dataclass
@@ -125,43 +173,112 @@ class Piece:
     cpus: float
     gpus: float
     note: str = ""
+    batch: int = 16  # images per forward: the utilisation depends on it
+    precision: str = "fp32"  # the PEAK_TFLOPS column on a GPU (plan_speed.gpu_precision)
+    epochs: int = 0  # a training's: each costs FixedCosts.epoch_s beside its image-steps
+    checkpoints: int = 0  # a training's: each costs FixedCosts.checkpoint_s
 
 
-def render(title: str, pieces: list[Piece], cluster: Cluster, rate: Throughput,
+def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float],
+                   workers: int, note: str, on_gpu: bool) -> Piece:
+    """One training: its steps and its proxies, at the per-worker batch and its precision."""
+    from pgray.core.training_data import per_worker_batch
+    from pgray.pipelines.plan_speed import gpu_precision
+
+    proxies = proxy_image_steps(exp_cfg, n_train)
+    said = f"{proxy_epochs(exp_cfg, n_train)} proxies ({proxies:,.0f} image-steps)"
+    precision = gpu_precision(exp_cfg.train.precision, training=True) if on_gpu else "fp32"
+    epochs = exp_cfg.train.epochs
+    # core.fit: train.checkpoint_every, else every epoch on a CPU and every 10th on CUDA;
+    # the last epoch always
+    every = exp_cfg.train.checkpoint_every or (10 if on_gpu else 1)
+    checkpoints = sum((e + 1) % every == 0 or e + 1 == epochs for e in range(epochs))
+    return Piece("training", what, training_image_steps(exp_cfg, n_train) + proxies,
+                 per_trial["CPU"], per_trial["GPU"], "; ".join(n for n in (said, note) if n),
+                 per_worker_batch(exp_cfg.train.batch_size, workers), precision, epochs,
+                 checkpoints)
+
+
+@dataclass
+class Estimate:
+    """Device-hours and wall time of a plan's pieces."""
+
+    device_h: float
+    wall_s: float
+    overlapped_s: float  # if every evaluation ran beside the trainings
+
+
+def device_seconds(p: Piece, speed) -> float:
+    """Seconds of the resource that bounds the piece (its GPUs, else its CPU threads)."""
+    units = p.gpus if speed.device == "GPU" else max(p.cpus, 1.0)
+    return p.image_steps / (speed.rate(p.batch, p.precision) * max(units, 1e-9))
+
+
+def estimate(pieces: list[Piece], cluster: Cluster, speed, concurrent_trainings: int,
+             concurrent_actors: int, fixed: FixedCosts = FIXED_COSTS) -> Estimate:
+    """Trainings in waves of `concurrent_trainings` (each wave as long as its longest), then
+    the evaluation jobs spread over the actors; plus the fixed costs. `overlapped_s` is the
+    floor where the evaluations run entirely beside the trainings."""
+    trainings = sorted((p for p in pieces if p.kind == "training"),
+                       key=lambda p: -device_seconds(p, speed))
+    evals = [p for p in pieces if p.kind == "evaluation"]
+    gpu = speed.device == "GPU"
+    held = sum(device_seconds(p, speed) * (p.gpus if gpu else max(p.cpus, 1.0))
+               for p in pieces)
+    at_once = max(concurrent_trainings, 1)
+    train_s = sum(device_seconds(p, speed) + fixed.training_s + fixed.epoch_s * p.epochs
+                  + fixed.checkpoint_s * p.checkpoints
+                  for p in trainings[::at_once])  # the longest of each wave
+    eval_s = (sum(device_seconds(p, speed) for p in evals) + fixed.job_s * len(evals)) / max(
+        concurrent_actors, 1)
+    capacity = cluster.gpus if gpu else cluster.cpus
+    ends = fixed.start_s + fixed.finish_s
+    return Estimate(held / 3600, ends + train_s + eval_s,
+                    ends + max(train_s, eval_s, held / max(capacity, 1e-9)))
+
+
+def render(title: str, pieces: list[Piece], cluster: Cluster, speed,
            concurrent_trainings: int, concurrent_actors: int) -> str:
-    """The plan as text: the pieces, their resources, how many at once, GPU-hours, wall."""
+    """The plan as text: the rates used, the pieces, their resources, how many at once,
+    device-hours and wall time."""
     trainings = [p for p in pieces if p.kind == "training"]
     evals = [p for p in pieces if p.kind == "evaluation"]
-
-    def device_s(p: Piece) -> float:  # seconds of the resource that bounds it
-        units = p.gpus if rate.device == "GPU" else max(p.cpus, 1.0)
-        return p.image_steps / (rate.image_steps_per_s * max(units, 1e-9))
-
+    unit = "GPU" if speed.device == "GPU" else "CPU"
     lines = [f"# Plan: {title}", "",
-             f"cluster: {cluster.source}: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs",
-             f"throughput: {rate.image_steps_per_s:,.1f} image-steps/s per {rate.device}"
-             f" ({rate.source})", ""]
-    lines += [f"## {len(trainings)} trainings ({concurrent_trainings} at once)", "",
-              "| training | image-steps | CPUs | GPUs | hours each | note |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p.what} | {p.image_steps:,.0f} | {p.cpus:g} | {p.gpus:g} |"
-              f" {device_s(p) / 3600:.2f} | {p.note} |" for p in trainings]
+             f"cluster: {cluster.source}: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", "",
+             "throughput:"]
+    lines += [f"- {speed.describe(b, prec)}"
+              for b, prec in sorted({(p.batch, p.precision) for p in pieces})]
+    lines += ["", f"## {len(trainings)} trainings ({concurrent_trainings} at once)", "",
+              "| training | image-steps | batch | precision | CPUs | GPUs | hours each | note |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {p.what} | {p.image_steps:,.0f} | {p.batch} | {p.precision} | {p.cpus:g} |"
+              f" {p.gpus:g} | {device_seconds(p, speed) / 3600:.3f} | {p.note} |"
+              for p in trainings]
     lines += ["", f"## {len(evals)} evaluation jobs (up to {concurrent_actors} actors at once,"
               " created as checkpoints appear)", "",
-              "| job | image-steps | CPUs | GPUs | hours each |", "|---|---|---|---|---|"]
-    lines += [f"| {p.what} | {p.image_steps:,.0f} | {p.cpus:g} | {p.gpus:g} |"
-              f" {device_s(p) / 3600:.3f} |" for p in evals]
-    unit = "GPU" if rate.device == "GPU" else "CPU"
-    held = {p.what: device_s(p) * (p.gpus if unit == "GPU" else max(p.cpus, 1.0))
-            for p in pieces}
-    total_h = sum(held.values()) / 3600
+              "| job | image-steps | batch | precision | CPUs | GPUs | hours each |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p.what} | {p.image_steps:,.0f} | {p.batch} | {p.precision} | {p.cpus:g} |"
+              f" {p.gpus:g} | {device_seconds(p, speed) / 3600:.4f} |" for p in evals]
+    est = estimate(pieces, cluster, speed, concurrent_trainings, concurrent_actors)
+    f = FIXED_COSTS
     capacity = cluster.gpus if unit == "GPU" else cluster.cpus
-    waves = math.ceil(len(trainings) / max(concurrent_trainings, 1)) if trainings else 0
-    longest = max((device_s(p) for p in trainings), default=0.0)
-    wall_h = max(total_h / max(capacity, 1e-9), waves * longest / 3600)
-    lines += ["", f"## Estimate: {total_h:,.1f} {unit}-hours in all; wall time about"
-              f" {wall_h:,.1f} h on {capacity:g} {unit}s (the larger of {unit}-hours / {unit}s"
-              f" and {waves} wave(s) of the longest training)"]
+    lines += ["", f"## Estimate: {est.device_h:,.2f} {unit}-hours in all; wall time about"
+              f" {_duration(est.wall_s)} on {capacity:g} {unit}s",
+              "", f"(trainings in waves of {concurrent_trainings}, then the evaluation jobs on"
+              f" {concurrent_actors} actors; {_duration(est.overlapped_s)} if the evaluations"
+              " ran entirely beside the trainings. Fixed costs included, assumed, not measured:"
+              f" {f.start_s:g} s to start, {f.training_s:g} s per training, {f.epoch_s:g} s per"
+              f" epoch, {f.checkpoint_s:g} s per checkpoint, {f.job_s:g} s per job,"
+              f" {f.finish_s:g} s to finish)"]
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 600:
+        return f"{seconds:,.0f} s"
+    return f"{seconds / 3600:,.2f} h"
 
 
 def summarize_resources(res, gpus: float) -> dict[str, float]:
@@ -213,9 +330,10 @@ def _root(entry) -> str:
         return entry.root
 
 
-def _eval_pieces(cfg, target: str, n_test: int, gpus: float) -> list[Piece]:
+def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> list[Piece]:
     from pgray.config.base import to_dict
     from pgray.pipelines.benchmark_jobs import CHECK, SUITE, BenchJob, job_grid
+    from pgray.pipelines.plan_speed import gpu_precision
 
     pieces = []
     for kind, eps, attacks, threat in job_grid(cfg):
@@ -224,8 +342,9 @@ def _eval_pieces(cfg, target: str, n_test: int, gpus: float) -> list[Piece]:
                        suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
                        mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=0,
                        n_test=n_test, threat=threat if kind == SUITE else "linf")
+        precision = gpu_precision(cfg.attack.precision, training=False) if on_gpu else "fp32"
         pieces.append(Piece("evaluation", f"{target} {job.setting}", job.cost, cfg.actors.cpus,
-                            gpus))
+                            gpus, batch=cfg.batch_size, precision=precision))
     return pieces
 
 
@@ -235,9 +354,19 @@ def _worker_gpus(res, cluster: Cluster) -> float:
     return float(res.gpus_per_worker)
 
 
-def benchmark_plan(cfg, cluster: Cluster, *, gpu_tflops: float = 989.0,
-                   gpu_utilization: float = 0.4) -> str:
+def benchmark_plan(cfg, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str | None = None,
+                   gpu_utilization: float | None = None) -> str:
     """The plan of `python -m pgray.benchmark --config FILE`."""
+    from pgray.config import ExperimentConfig
+
+    pieces, concurrent, actors = benchmark_pieces(cfg, cluster)
+    speed = make_speed(cluster, ExperimentConfig.from_dict(cfg.train).model, gpu=gpu,
+                       gpu_profile=gpu_profile, gpu_utilization=gpu_utilization)
+    return render(f"benchmark {cfg.name}", pieces, cluster, speed, concurrent, actors)
+
+
+def benchmark_pieces(cfg, cluster: Cluster) -> tuple[list[Piece], int, int]:
+    """A benchmark's pieces, how many trainings run at once, and how many actors."""
     import dataclasses
 
     from pgray.config import ExperimentConfig, merge
@@ -245,9 +374,10 @@ def benchmark_plan(cfg, cluster: Cluster, *, gpu_tflops: float = 989.0,
     from pgray.distributed.tune import derive_max_concurrent
     from pgray.pipelines.benchmark_jobs import checkpoint_path
 
-    base = ExperimentConfig.from_dict(cfg.train)
     gpus = _worker_gpus(cfg.train_resources, cluster)
+    on_gpu = cluster.gpus > 0
     per_trial = summarize_resources(cfg.train_resources, gpus)
+    workers = cfg.train_resources.workers_per_trial
     pieces = []
     for entry, category in _targets(cfg.entries()):
         key = f"{entry.dataset}/{category}" + ("" if entry.seed is None else f"@seed{entry.seed}")
@@ -259,30 +389,41 @@ def benchmark_plan(cfg, cluster: Cluster, *, gpu_tflops: float = 989.0,
                 note = "no checkpoint and train_missing is off: would stop here"
             exp = ExperimentConfig.from_dict(merge(cfg.train, {"data": {
                 "dataset": entry.dataset, "category": category}}))
-            pieces.append(Piece("training", key, training_image_steps(exp, n_train),
-                                per_trial["CPU"], per_trial["GPU"], note))
-        pieces += _eval_pieces(cfg, key, n_test, cfg.actors.gpus)
+            pieces.append(training_piece(key, exp, n_train, per_trial, workers, note, on_gpu))
+        pieces += _eval_pieces(cfg, key, n_test, cfg.actors.gpus, on_gpu)
     n_train = sum(p.kind == "training" for p in pieces)
     res = dataclasses.replace(cfg.train_resources, gpus_per_worker=gpus)
     concurrent = derive_max_concurrent(res, cluster.resources(), max(n_train, 1))
     actors = pool_size(cfg.actors.count, cfg.actors.cpus, cfg.actors.gpus, cluster.resources())
-    rate = throughput(cluster, gflop_per_image_step(base.model), gpu_tflops, gpu_utilization)
-    return render(f"benchmark {cfg.name}", pieces, cluster, rate, concurrent, actors)
+    return pieces, concurrent, actors
 
 
-def sweep_plan(space, cluster: Cluster, *, gpu_tflops: float = 989.0,
-               gpu_utilization: float = 0.4) -> str:
-    """The plan of `python -m pgray.sweep --config FILE`: every trial at its full budget (ASHA
-    can only shorten them), then the final evaluation of the best `top_n` per target."""
+def sweep_plan(space, cluster: Cluster, *, gpu: str = "h100", gpu_profile: str | None = None,
+               gpu_utilization: float | None = None) -> str:
+    """The plan of `python -m pgray.sweep --config FILE` (`sweep_pieces`)."""
+    pieces, concurrent, actors = sweep_pieces(space, cluster)
+    speed = make_speed(cluster, space.fixed_config().model, gpu=gpu, gpu_profile=gpu_profile,
+                       gpu_utilization=gpu_utilization)
+    return render(f"sweep {space.name}", pieces, cluster, speed, concurrent, actors)
+
+
+def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
+    """The pieces of `python -m pgray.sweep --config FILE`: every trial at its full budget (ASHA
+    can only shorten them); then per target of the final evaluation the clean twin
+    (final_eval.clean_baseline) and the best config again with each other seed (`seeds`);
+    the evaluation of the best `top_n`, the twin and the seeds."""
     import dataclasses
 
     from pgray.config.search_sections import Target
     from pgray.distributed.actors import pool_size
     from pgray.distributed.tune import derive_max_concurrent
-    from pgray.pipelines.final_eval import benchmark_config
+    from pgray.pipelines.final_eval import benchmark_config, clean_twin_space, seeds_space
 
     gpus = _worker_gpus(space.resources, cluster)
+    on_gpu = cluster.gpus > 0
     per_trial = summarize_resources(space.resources, gpus)
+    workers = space.resources.workers_per_trial
+    fe, wanted = space.final_eval, space.final_eval.categories
     pieces, targets = [], []
     for entry, category in _targets(space.target_entries()):
         target = Target(entry.dataset, _root(entry), category,
@@ -293,20 +434,33 @@ def sweep_plan(space, cluster: Cluster, *, gpu_tflops: float = 989.0,
         note = "" if counted else f"no data here: {n_train} train / {n_test} test assumed"
         exp = space.trial_config(target, {})
         for i in range(space.budget.trials):
-            pieces.append(Piece("training", f"{target.key} trial {i + 1}",
-                                training_image_steps(exp, n_train), per_trial["CPU"],
-                                per_trial["GPU"], note))
-        if space.final_eval.enabled:
-            bench = benchmark_config(space, [target], PLAN_FOLDER, 1, gpus)
-            for rank in range(1, space.final_eval.top_n + 1):
-                pieces += [dataclasses.replace(p, what=f"top{rank} {p.what}")
-                           for p in _eval_pieces(bench, target.key, n_test, bench.actors.gpus)]
+            pieces.append(training_piece(f"{target.key} trial {i + 1}", exp, n_train,
+                                         per_trial, workers, note, on_gpu))
+        if not fe.enabled or (wanted and target.key not in wanted
+                              and category not in wanted):
+            continue
+        bench = benchmark_config(space, [target], PLAN_FOLDER, 1, gpus)
+
+        def evals(label: str, bench=bench, n_test=n_test, key=target.key) -> list[Piece]:
+            return [dataclasses.replace(p, what=f"{label} {p.what}")
+                    for p in _eval_pieces(bench, key, n_test, bench.actors.gpus, on_gpu)]
+
+        for rank in range(1, fe.top_n + 1):
+            pieces += evals(f"top{rank}")
+        if fe.clean_baseline:
+            twin = clean_twin_space(space).trial_config(target, {})
+            pieces.append(training_piece(f"{target.key} clean twin", twin, n_train, per_trial,
+                                         workers, note, on_gpu))
+            pieces += evals("clean twin")
+        for seed in space.extra_seeds():
+            again = seeds_space(space).trial_config(dataclasses.replace(target, seed=seed), {})
+            pieces.append(training_piece(f"{target.key} seed {seed}", again, n_train,
+                                         per_trial, workers, note, on_gpu))
+            pieces += evals(f"seed {seed}")
     res = dataclasses.replace(space.resources, gpus_per_worker=gpus)
     n = sum(p.kind == "training" for p in pieces)
     concurrent = derive_max_concurrent(res, cluster.resources(), max(n, 1))
     bench = benchmark_config(space, targets, PLAN_FOLDER, 1, gpus)
     actors = pool_size(bench.actors.count, bench.actors.cpus, bench.actors.gpus,
                        cluster.resources())
-    rate = throughput(cluster, gflop_per_image_step(space.fixed_config().model), gpu_tflops,
-                      gpu_utilization)
-    return render(f"sweep {space.name}", pieces, cluster, rate, concurrent, actors)
+    return pieces, concurrent, actors
