@@ -19,7 +19,8 @@ def render_dom(path: Path) -> str:
     """The DOM after the page's load event, as headless Chromium renders it."""
     exe = browser()
     if exe is None:
-        pytest.skip("no Chromium (clusters/local/install.sh installs it)")
+        pytest.fail("no Chromium on PATH: run `make setup` (clusters/local/install.sh"
+                    " installs Debian's chromium); the report test needs a real browser")
     done = subprocess.run(
         [exe, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
          "--user-data-dir=" + str(path.parent / "chromium-profile"),
