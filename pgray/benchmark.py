@@ -51,7 +51,10 @@ def parser() -> argparse.ArgumentParser:
     add_plan_args(p)
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else"
                    " sqlite:///./mlflow.db)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--verbose", action="store_true",
+                   help="everything Ray says: Tune's trial tables for the trainings and every"
+                        " worker's log (default: pgray's own lines)")
     return p
 
 
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs/benchmark") / cfg.name
     result = run_benchmark(cfg, out, mlflow_uri=args.mlflow_uri, force=args.force,
                            progress=not args.quiet, sequential=args.sequential,
-                           address=args.address, resume=args.resume, storage=args.storage)
+                           address=args.address, resume=args.resume, storage=args.storage,
+                           verbose=args.verbose)
     print(result.table_text)
     print(f"{result.trained} checkpoint(s) trained or fitted; {result.ran} jobs run,"
           f" {result.skipped} skipped (already done)")

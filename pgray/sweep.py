@@ -65,19 +65,24 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_uri=args.mlflow_uri, final_eval=not args.no_final_eval,
         progress=not args.quiet, verbose=args.verbose,
     ))
+    from pgray.tracking.sweep_report import results_text
+
     print()
-    print(result.table_text)
+    # the console leaves out what results.md and the report hold besides (--verbose: all)
+    print(results_text(space, result, brief=not args.verbose))
     print()
     from pgray.tracking.report import REPORT_FILE, raised_flags
 
     for name, meaning, where in raised_flags([r for b in result.benchmarks for r in b.rows]):
         print(f"warning: flag {name} raised ({meaning}): {'; '.join(where[:3])}"
               + (f" and {len(where) - 3} more" if len(where) > 3 else ""), file=sys.stderr)
-    print(f"sweep finished in {result.wall_s:.0f} s; results in {result.out}")
+    print(f"sweep finished in {result.wall_s:.0f} s; results in {result.out} (every table:"
+          " results.md)")
     print(f"report: {result.out / REPORT_FILE} (one file; open it in a browser)")
-    for paths in result.best_configs.values():
-        for path in paths:
-            print(f"best config: {path}  (reuse: python -m pgray.train --config {path})")
+    configs = [path for paths in result.best_configs.values() for path in paths]
+    if configs:
+        print(f"best configs: {', '.join(p.name for p in configs)} in {configs[0].parent}"
+              f" (reuse: python -m pgray.train --config {configs[0]})")
     print(f"Tune experiment: {result.experiment_path} (continue with --resume)")
     print(f"MLflow: sweep run {result.parent_run_id}; {result.mlflow_hint}")
     return 0

@@ -160,6 +160,10 @@ class Resources:
     trial_cpus: float = 0.25
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs fit
     max_failures: int = 1  # failures a trial survives (lost worker or node): resumed from checkpoint
+    # A one-worker trial trains in the trial's own process. false: through a Ray Train run,
+    # as a trial of several workers does (a controller and a worker actor to start per
+    # trial: seconds each; benchmarks/trial_overhead.py compares the two).
+    one_worker_in_trial: bool = True
 
     def validate(self) -> None:
         check(self.workers_per_trial >= 1, "workers_per_trial", "must be >= 1")
@@ -170,11 +174,15 @@ class Resources:
               "must be >= 1 (or null: derived from the cluster)")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
+    @property
+    def trains_in_trial(self) -> bool:
+        return self.workers_per_trial == 1 and self.one_worker_in_trial
+
     def per_trial(self) -> dict[str, float]:
         """What one running trial holds (call it on resolved resources: gpus_per_worker
         set): a one-worker trial trains in its own process; a trial of several holds its own
         CPU share plus its Train workers."""
-        own = 0.0 if self.workers_per_trial == 1 else self.trial_cpus
+        own = 0.0 if self.trains_in_trial else self.trial_cpus
         return {"CPU": own + self.workers_per_trial * self.cpus_per_worker,
                 "GPU": self.workers_per_trial * (self.gpus_per_worker or 0.0)}
 

@@ -45,7 +45,7 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     from pgray.core.device import enable_tf32, on_device, resolve_precision
     from pgray.core.model import PatchGuard
     from pgray.core.ranks import seed_rank
-    from pgray.core.step import build_optimizer, default_proxy_every, train_epoch
+    from pgray.core.step import build_optimizer, default_proxy_every, proxy_due, train_epoch
     from pgray.core.training_data import (
         build_datasets,
         describe_batch,
@@ -78,16 +78,17 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         for line in describe_batch(cfg.train.batch_size, ctx.world_size, device.type):
             print(line, file=sys.stderr, flush=True)
         if holdout_ds is not None:
-            print(f"proxy: every {proxy_every} epoch(s)"
-                  + ("" if cfg.train.proxy_every else " (about 10 % of the run; train.proxy_every)"),
-                  file=sys.stderr, flush=True)
+            why = "" if cfg.train.proxy_every else " (about 10 % of training; train.proxy_every)"
+            also = ", the first and last too" if proxy_every > 1 else ""
+            print(f"proxy: every {proxy_every} epoch(s){also}{why}", file=sys.stderr,
+                  flush=True)
 
     checkpoint_every = on_device(cfg.train.checkpoint_every, device, cpu=1, cuda=10)
     best = SelectedWeights.resume(cfg.train.select_metric, ctx.resume_state)
     guard = CollapseGuard.resume(cfg.train.collapse_drop, ctx.resume_state)
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        started = time.perf_counter()
+        started, began_at = time.perf_counter(), time.time()
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
@@ -104,17 +105,18 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
         # where this run (re)started: 0, or the epoch of the checkpoint it resumed from
         metrics["resumed_from_epoch"] = float(start_epoch)
         metrics["epoch_time_s"] = time.perf_counter() - started
+        metrics["epoch_began_at"] = began_at  # wall clock: trial_times' start-up
         # normal images per second over all workers (each step also trains their pseudo-anomalies)
         metrics["images_per_s"] = (metrics["steps"] * batch * ctx.world_size
                                    / max(metrics["epoch_time_s"], 1e-9))
         last = epoch + 1 == cfg.train.epochs
-        # The first epoch always has a proxy: it starts the curve, and Tune fixes its table's
-        # columns from the first result it sees.
-        due = epoch == 0 or last or (epoch + 1) % proxy_every == 0
+        due = proxy_due(epoch, cfg.train.epochs, proxy_every)
+        proxy_started = time.perf_counter()
         scored = (_proxy_metrics(model, proxy, cfg, ctx, precision)
                   if proxy is not None and due else None)
         if scored is not None:  # on rank 0: the other ranks' shares are gathered there
             metrics |= scored
+            metrics["proxy_time_s"] = time.perf_counter() - proxy_started
             collapsed = guard.check(epoch, metrics)
             if ctx.rank == 0 and collapsed:
                 print(f"warning: {guard.note}", file=sys.stderr, flush=True)

@@ -120,15 +120,25 @@ def proxy_passes_per_pair(cfg: ExperimentConfig) -> float:
     return 2.0 * (1 + 2 * (cfg.train.proxy_steps + 1))
 
 
+def proxy_due(epoch: int, epochs: int, every: int) -> bool:
+    """Whether 0-based `epoch` runs the held-out proxy: the first (it starts the curve, and
+    Tune fixes its table's columns from the first result it sees), the last, and every
+    `every`-th."""
+    return epoch == 0 or epoch + 1 == epochs or (epoch + 1) % every == 0
+
+
+def proxies_run(epochs: int, every: int) -> int:
+    return sum(proxy_due(e, epochs, every) for e in range(epochs))
+
+
 def default_proxy_every(cfg: ExperimentConfig, *, n_pairs: int | None = None,
                         n_train: int | None = None) -> int:
-    """The epochs between proxies that keep them at about PROXY_SHARE of the run: one proxy
-    costs `ratio` epochs (its passes over the training epoch's), so every ratio / PROXY_SHARE
-    epochs. Without the set's sizes, they follow from train.holdout_fraction. At the
-    reference (PGD-10 training, 24 passes per image; proxy_steps 10, proxy_repeats 4,
-    holdout 0.1) a proxy costs 0.85 epochs: every 9 epochs."""
-    import math
-
+    """The smallest interval whose proxies (the first and last epochs' included) cost at most
+    PROXY_SHARE of the training epochs' time. One proxy costs `ratio` epochs: its passes over
+    a training epoch's. Without the set's sizes, they follow from train.holdout_fraction. At
+    the reference (PGD-10 training, 24 passes per image; proxy_steps 10, proxy_repeats 4,
+    holdout 0.1) a proxy costs 0.85 epochs: over 100 epochs, every 10 (11 proxies). A run too
+    short for that gets the first and last alone."""
     train = cfg.train
     if n_pairs is None or n_train is None:
         n_train = 1_000_000
@@ -139,7 +149,10 @@ def default_proxy_every(cfg: ExperimentConfig, *, n_pairs: int | None = None,
         epoch_images = min(n_train, train.max_steps_per_epoch * train.batch_size)
     ratio = (n_pairs * proxy_passes_per_pair(cfg)
              / max(1.0, epoch_images * step_passes_of(cfg).passes))
-    return int(min(train.epochs, max(1, math.ceil(ratio / PROXY_SHARE - 1e-9))))
+    epochs = train.epochs
+    return next((every for every in range(1, epochs + 1)
+                 if proxies_run(epochs, every) * ratio <= PROXY_SHARE * epochs + 1e-9),
+                max(1, epochs))
 
 
 def train_step(

@@ -63,6 +63,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     level = logging.INFO if worker_logs else logging.WARNING
+    if not worker_logs:  # Ray 2.60 says at WARNING that its default token auth is on
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
     if address:
         _probe(address)
         try:

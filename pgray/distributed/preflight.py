@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from pgray.errors import DatasetError, StorageError, first_line
+from pgray.errors import ClusterError, DatasetError, StorageError, first_line
 
 PROBE_TIMEOUT_S = 120.0
 
@@ -160,3 +160,24 @@ def _credentials_hint(storage: str) -> str:
         return "; every node needs Google Cloud credentials (GOOGLE_APPLICATION_CREDENTIALS)"
     return ""
 
+
+def check_state_api(scheduler: str, trains_in_trial: bool) -> None:
+    """ASHA stops a trial by ending its actor; the Ray Train run of a trial of several workers
+    frees them through the State API (the dashboard's); without it stopped trials keep their
+    CPUs forever: refuse. A one-worker trial trains in its own process and needs none."""
+    import ray
+    from ray.util.state import list_nodes
+
+    if scheduler != "asha" or trains_in_trial:
+        return
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        ours = any(n.node_id == node for n in list_nodes(limit=1000, timeout=10))
+    except Exception:  # noqa: BLE001 - any State API failure means the same thing here
+        ours = False
+    if not ours:
+        raise ClusterError(
+            "this Ray cluster has no dashboard/State API, which Ray Train needs to free the"
+            " workers of trials that ASHA stops; start Ray with its dashboard (ray start --head,"
+            " or let `python -m pgray.sweep` start a local Ray) or set scheduler.type: none"
+        )

@@ -8,6 +8,7 @@ about the method lives in `pgray.core.fit.fit`.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ class TrainLaunch:
     step_hook: Callable[[int, int, int], None] | None = None
     # reported first (NaN where an epoch has none), so Tune's trial table shows these
     lead_metrics: tuple[str, ...] = ()
+    # wall clock when the Tune trial's function began (reported: trial_times' start-up)
+    trial_began_at: float | None = None
 
 
 def _load_resume_state(checkpoint) -> dict[str, Any] | None:
@@ -102,12 +105,16 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
     def report_epoch(epoch: int, metrics: dict[str, float], save) -> None:
         metrics = metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
                              "worker_cuda": float(device.type == "cuda")}
+        if loop_config.get("trial_began_at") is not None:
+            metrics["trial_began_at"] = loop_config["trial_began_at"]
         history.append((epoch, metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if save is not None and rank == 0:
+                started = time.perf_counter()
                 save(Path(tmp) / CHECKPOINT_FILE, {"history": history})
                 checkpoint = checkpoint_cls.from_directory(tmp)
+                metrics = metrics | {"checkpoint_time_s": time.perf_counter() - started}
             # Lead metrics sit in every result (NaN where not measured, e.g. between proxy
             # epochs): Tune picks its table's columns from whatever result it sees first.
             lead = {k: float("nan") for k in loop_config.get("lead_metrics", ())}
@@ -179,6 +186,7 @@ def loop_config(experiment: dict[str, Any], launch: TrainLaunch) -> dict[str, An
         "progress": launch.progress,
         "lead_metrics": list(launch.lead_metrics),
         "step_hook": launch.step_hook,
+        "trial_began_at": launch.trial_began_at,
     }
 
 

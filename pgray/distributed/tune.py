@@ -3,11 +3,10 @@
 One Tune experiment covers every target (dataset, category) of a search space. Each target has
 its own Optuna study and its own ASHA brackets (proxy AUROCs of different categories are not
 comparable), multiplexed by `PerTargetSearch` and `PerTargetScheduler`, so trials of all
-targets share the cluster. A trial is a Tune function trainable that builds its experiment and
-runs the Ray Train launcher inside itself (Train V2: never a Trainer inside a Tuner); a
-callback forwards rank 0's per-epoch report to Tune, with the checkpoint's full URI.
+targets share the cluster. A trial is a Tune function trainable: one worker trains in the
+trial's own process; several run a Ray Train launch inside it (Train V2: never a Trainer
+inside a Tuner), whose rank 0 reports each epoch to Tune with the checkpoint's full URI.
 """
-
 from __future__ import annotations
 
 import math
@@ -80,7 +79,9 @@ def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
-    """One trial: fixed settings + sampled params -> a Ray Train run whose reports reach Tune."""
+    """One trial: fixed settings + sampled params -> a training whose reports reach Tune."""
+    import time
+
     from ray import tune
 
     from pgray.core.training_data import batch_params
@@ -92,7 +93,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         run_training,
     )
 
-    trial_id = tune.get_context().get_trial_id()
+    began, trial_id = time.time(), tune.get_context().get_trial_id()
     if config[TARGET_KEY] not in ctx.targets:
         # a restored trial whose target needs no training any more (its checkpoint was
         # fetched before the last driver stopped): nothing to do
@@ -114,10 +115,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         gpus_per_worker=res.gpus_per_worker, max_failures=0,
         mlflow_uri=ctx.mlflow_uri, mlflow_run=trial_run(ctx, trial_id, target),
         progress=ctx.progress,
-        lead_metrics=table_metrics(ctx.space),
+        lead_metrics=table_metrics(ctx.space), trial_began_at=began,
     )
     try:
-        if res.workers_per_trial == 1:
+        if res.trains_in_trial:
             fit_in_trial(loop_config(experiment.to_dict(), launch))
             return
         result = run_training(experiment.to_dict(), launch, [report_to_tune()])
@@ -300,27 +301,7 @@ class SearchRun:
     experiment_path: str
     max_concurrent: int
     resumed: bool
-
-
-def check_state_api(space: SearchSpace) -> None:
-    """ASHA stops a trial by ending its actor; Ray Train frees its workers through the State
-    API (the dashboard's); without it stopped trials keep their CPUs forever: refuse."""
-    import ray
-    from ray.util.state import list_nodes
-
-    if space.scheduler.type != "asha":
-        return
-    node = ray.get_runtime_context().get_node_id()
-    try:
-        ours = any(n.node_id == node for n in list_nodes(limit=1000, timeout=10))
-    except Exception:  # noqa: BLE001 - any State API failure means the same thing here
-        ours = False
-    if not ours:
-        raise ClusterError(
-            "this Ray cluster has no dashboard/State API, which Ray Train needs to free the"
-            " workers of trials that ASHA stops; start Ray with its dashboard (ray start --head,"
-            " or let `python -m pgray.sweep` start a local Ray) or set scheduler.type: none"
-        )
+    times: dict[str, dict[str, float]] = field(default_factory=dict)  # trial_times.breakdown
 
 
 def _trainable(ctx: SweepContext):
@@ -329,7 +310,7 @@ def _trainable(ctx: SweepContext):
     from ray import tune
 
     res = ctx.resources
-    if res.workers_per_trial == 1:
+    if res.trains_in_trial:
         need = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker or 0.0}
     else:
         need = {"cpu": res.trial_cpus}
@@ -345,6 +326,8 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     import ray
     from ray import tune
 
+    from pgray.distributed.preflight import check_state_api
+    from pgray.distributed.trial_times import TrialTimes, collected
     from pgray.distributed.tune_console import ConsoleRelay, listen
     from pgray.tracking.mlflow_runs import flush_all
 
@@ -356,12 +339,12 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
             f"a sweep named {name!r} already exists at {path}; pass --resume to continue it,"
             " or choose another --out / --storage / name"
         )
-    check_state_api(ctx.space)
+    check_state_api(ctx.space.scheduler.type, ctx.resources.trains_in_trial)
     targets = list(ctx.targets)
     total = ctx.space.budget.trials * len(targets)
     concurrent = derive_max_concurrent(ctx.resources, ray.cluster_resources(), total)
     callbacks = [TrialRunsCallback(path), FeedCallback(feed.key if feed else ""),
-                 ConsoleRelay(path)]  # pickled with the experiment: a resumed one speaks too
+                 ConsoleRelay(path), TrialTimes(path)]  # pickled with the experiment
     listen(path, ctx.space, total, console)
     _CONTEXTS[path] = ctx
     if feed is not None:
@@ -379,6 +362,8 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
                 search_alg=build_searcher(ctx.space, targets),
                 scheduler=scheduler, num_samples=total, max_concurrent_trials=concurrent,
                 time_budget_s=ctx.space.budget.time_budget_s,
+                # a trial after the first on a worker skips the process start and the imports
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                                       # a one-worker trial's checkpoints: the newest two
@@ -396,4 +381,4 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
         _CONTEXTS.pop(path, None)
         listen(path, ctx.space, total, False)
     flush_all()  # the trials' runs, closed while the tracking store did not answer
-    return SearchRun(results, path, concurrent, resumed=exists)
+    return SearchRun(results, path, concurrent, resumed=exists, times=collected(path))

@@ -48,13 +48,15 @@ class BenchmarkRun:
     skips, and the tables it leaves."""
 
     def __init__(self, cfg: BenchmarkConfig, out: Path, *, mlflow_uri: str | None,
-                 parent_run_id: str | None, force: bool, progress: bool) -> None:
+                 parent_run_id: str | None, force: bool, progress: bool,
+                 verbose: bool = False) -> None:
         from pgray.io import ensure_dir
         from pgray.tracking.mlflow_runs import open_run, retry
         from pgray.tracking.mlflow_store import resolve_tracking_uri
         from pgray.tracking.tables import read_rows
 
         self.cfg, self.out, self.progress = cfg, ensure_dir(out), progress
+        self.verbose = verbose  # Ray's and Tune's own output too
         self.uri = resolve_tracking_uri(mlflow_uri)  # checked by the caller, at its start
         # opened mid-sweep too (the final evaluation): an outage is waited out here
         self.parent = retry(lambda: open_run(
@@ -74,7 +76,7 @@ class BenchmarkRun:
         jobs = jobs_for(self.cfg, entry, category, detector)
         self.jobs += jobs
         todo = [j for j in jobs if j.key not in self.done]
-        if self.progress:
+        if self.progress and (self.verbose or len(todo) < len(jobs)):
             print(f"{entry.dataset}/{category} {jobs[0].detector}: {len(jobs)} evaluation jobs"
                   f" on {Path(jobs[0].checkpoint).name}, {len(jobs) - len(todo)} already done",
                   flush=True)
@@ -143,6 +145,7 @@ def run_benchmark(
     address: str | None = None,
     resume: bool = False,
     storage: str | None = None,
+    verbose: bool = False,
 ) -> BenchmarkResult:
     from pgray.distributed.cluster import resolve_storage
     from pgray.pipelines.benchmark_jobs import detectors_of
@@ -162,9 +165,9 @@ def run_benchmark(
     uri = resolve_tracking_uri(mlflow_uri)
     check_tracking_uri(uri)
     if to_train or not sequential:  # every check passes before the benchmark's run opens
-        _connect(address, uri, store, [entry_root(e) for e in entries])
+        _connect(address, uri, store, [entry_root(e) for e in entries], verbose)
     run = BenchmarkRun(cfg, out, mlflow_uri=uri, parent_run_id=parent_run_id,
-                       force=force, progress=progress)
+                       force=force, progress=progress, verbose=verbose)
     evaluations = Evaluations(cfg.actors, sequential=sequential, progress=progress)
     for target in targets:
         if target not in missing:
@@ -230,12 +233,13 @@ def get_spec(name: str):
     return get(name)
 
 
-def _connect(address: str | None, uri: str, storage: str | None, roots: list[str]) -> None:
+def _connect(address: str | None, uri: str, storage: str | None, roots: list[str],
+             verbose: bool = True) -> None:
     """Join Ray; refuse a tracking store, a storage or a dataset root some node cannot use."""
     from pgray.distributed.cluster import check_tracking_reachable, connect
     from pgray.distributed.preflight import check_nodes
 
-    connect(address)
+    connect(address, worker_logs=verbose)
     check_tracking_reachable(uri)
     check_nodes(storage, [r for r in roots if r])
 
@@ -275,6 +279,7 @@ def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, space, missing, evalu
     from pgray.config.search_sections import target_key
     from pgray.distributed.cluster import resolve_worker_gpus
     from pgray.distributed.tune import SweepContext
+    from pgray.distributed.tune_console import tune_verbosity
     from pgray.pipelines.train_eval import resolve_targets, train_each_target
 
     where = {target_key(e.dataset, c, e.seed): (e, c) for e, c in missing}
@@ -286,7 +291,8 @@ def train_missing(cfg: BenchmarkConfig, run: BenchmarkRun, space, missing, evalu
                        train_storage=f"{storage.rstrip('/')}/{space.name}-runs",
                        resources=res)
     return train_each_target(
-        ctx, storage, resume=resume, verbose=1 if run.progress else 0,
+        ctx, storage, resume=resume, verbose=tune_verbosity(run.progress, run.verbose),
+        console=run.progress and not run.verbose,
         dest=lambda key: checkpoint_path(*where[key]),
         on_ready=lambda key: evaluations.add(run.jobs_of(*where[key]), run.on_result),
         evaluations=evaluations)

@@ -56,15 +56,14 @@ def training_image_steps(exp_cfg, n_train: int) -> float:
 def proxy_epochs(exp_cfg, n_train: int) -> int:
     """How many epochs run the held-out proxy (as core.fit: the first, the last, and every
     proxy_every-th, which defaults to about 10 % of the run)."""
-    from pgray.core.step import default_proxy_every
+    from pgray.core.step import default_proxy_every, proxies_run
 
     n_pairs = held_out(exp_cfg, n_train) * exp_cfg.train.proxy_repeats
     if n_pairs == 0:
         return 0
     every = exp_cfg.train.proxy_every or default_proxy_every(
         exp_cfg, n_pairs=n_pairs, n_train=n_train - held_out(exp_cfg, n_train))
-    epochs = exp_cfg.train.epochs
-    return sum(e == 0 or e + 1 == epochs or (e + 1) % every == 0 for e in range(epochs))
+    return proxies_run(exp_cfg.train.epochs, every)
 
 
 def proxy_image_steps_per_pair(exp_cfg) -> float:

@@ -3,6 +3,7 @@ trial(s) of each. `python -m pgray.sweep` parses its flags and calls `run_sweep`
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,14 @@ def run_sweep(req: SweepRequest) -> SweepResult:
                            evaluations=final.evaluations if final else None)
     trials = summarise(search.results, space)
     _require_some_success(trials, search.experiment_path)
+    for trial in trials:
+        trial.times = search.times.get(trial.trial_id)
+    if search.resumed:
+        _close_lost_trials(parent, space, trials)
+    if search.times:
+        from pgray.distributed.trial_times import time_shares_line
+
+        say_progress(req, time_shares_line(search.times))
     best = select_best(trials, space)
     configs = write_best_configs(space, best, {t.key: t for t in targets}, out)
     _log_search(parent, space, trials, best, configs, out)
@@ -188,6 +197,19 @@ def _open_parent(space: SearchSpace, uri: str, out: Path):
     write_text(copy, yaml.safe_dump(spec, sort_keys=False))
     parent.log_artifact(copy)
     return parent
+
+
+def _close_lost_trials(parent, space: SearchSpace, trials: list[TrialSummary]) -> None:
+    from pgray.tracking.mlflow_runs import close_lost_runs
+
+    lost = close_lost_runs(parent.uri, parent.experiment_id,
+                           {"mlflow.parentRunId": parent.run_id, "pgray.kind": "trial",
+                            "pgray.sweep": space.name},
+                           {t.trial_id for t in trials}, "pgray.trial_id")
+    if lost:
+        print(f"note: {len(lost)} trial run(s) in MLflow were started by the interrupted"
+              " driver after Tune last saved the experiment; ended as KILLED, tagged lost",
+              file=sys.stderr, flush=True)
 
 
 def _require_some_success(trials: list[TrialSummary], path: str) -> None:

@@ -26,6 +26,9 @@ class TrialSummary:
     scores: dict[str, float] = field(default_factory=dict)
     score_epoch: int | None = None
     score_source: str = "last"  # "selected" (best.pt) | "last" (checkpoint.pt)
+    # where its wall time went (distributed.trial_times.breakdown); None for a trial this
+    # driver did not see from launch to end
+    times: dict[str, float] | None = None
 
 
 def evaluated_scores(metrics: dict[str, Any], space: SearchSpace

@@ -19,6 +19,10 @@ DEFAULT_EXPERIMENT = "pgray"
 
 def resolve_tracking_uri(cli_value: str | None = None) -> str:
     """--mlflow-uri, then MLFLOW_TRACKING_URI, then an SQLite file in the working directory."""
+    import logging
+
+    # MLflow announces at INFO each time it creates or upgrades a store's tables
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"

@@ -12,7 +12,11 @@ class JobProgress:
     (evaluations of checkpoints that are still training): `expect` adds them, and the rate
     counts only the time some job was waiting or running, never the wait for a checkpoint."""
 
-    def __init__(self, jobs: list[Any], enabled: bool = True):
+    def __init__(self, jobs: list[Any], enabled: bool = True, every_s: float = 30.0):
+        # Off a terminal (a log, `ray job logs`) a line at most every `every_s` and when the
+        # known jobs are all done; on a terminal one line that updates in place.
+        self.every_s = every_s
+        self._said_at: float | None = None  # busy seconds at the last line
         self.total_cost = 0.0
         self.total = 0
         self.done = 0
@@ -42,5 +46,15 @@ class JobProgress:
             return
         left = busy * (self.total_cost - self.done_cost) / max(self.done_cost, 1e-9)
         now = ", ".join(j.label() for j in running.values()) or "-"
-        print(f"[{self.done}/{self.total}] done {job.label()} | running: {now} | "
-              f"busy {busy:.0f}s, left ~{left:.0f}s", file=sys.stderr, flush=True)
+        line = (f"[{self.done}/{self.total}] done {job.label()} | running: {now} | "
+                f"busy {busy:.0f}s, left ~{left:.0f}s")
+        finished = self.done == self.total
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K" + line + ("\n" if finished else ""))
+            sys.stderr.flush()
+            return
+        # counted in busy time: the wait for a checkpoint still training says nothing new
+        since = busy - (self._said_at or 0.0)
+        if finished or since >= self.every_s:
+            self._said_at = busy
+            print(line, file=sys.stderr, flush=True)

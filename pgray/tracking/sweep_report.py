@@ -68,20 +68,23 @@ def attack_text(space: SearchSpace) -> str:
     return text
 
 
-def trials_rows(space: SearchSpace, trials: list[TrialSummary]) -> tuple[list[str],
-                                                                        list[list[str]]]:
-    """The trials table as data: its heading and one row of cells per trial."""
+def trials_rows(space: SearchSpace, trials: list[TrialSummary], best: set[str] = frozenset()
+                ) -> tuple[list[str], list[list[str]]]:
+    """The trials table as data: its heading and one row of cells per trial (the state of
+    those in `best` says so)."""
     names = [o.metric for o in space.objectives]
     # the objectives are those of the evaluated epoch (the scored-at column), as ranked
     head = ["target", "trial", "state", "epochs", "scored at", *names, *space.search]
-    rows = [[t.target, t.trial_id, t.state, str(t.epochs), score_epoch_text(t),
+    rows = [[t.target, t.trial_id, t.state + (", best" if t.trial_id in best else ""),
+             str(t.epochs), score_epoch_text(t),
              *(_fmt(t.scores.get(n)) for n in names),
              *(_fmt(t.params.get(k)) for k in space.search)] for t in trials]
     return head, rows
 
 
-def trials_table(space: SearchSpace, trials: list[TrialSummary]) -> str:
-    return markdown(*trials_rows(space, trials))
+def trials_table(space: SearchSpace, trials: list[TrialSummary],
+                 best: set[str] = frozenset()) -> str:
+    return markdown(*trials_rows(space, trials, best))
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -89,12 +92,17 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
-def results_text(space: SearchSpace, result: SweepResult) -> str:
+def results_text(space: SearchSpace, result: SweepResult, brief: bool = False) -> str:
+    """The sweep's results as Markdown (results.md). `brief`, for the console: only the
+    searched detector's own tables beside the comparison, no MLflow links."""
     stopped = sum(t.state == "stopped_early" for t in result.trials)
+    best = {t.trial_id for ranked in result.best.values() for t in ranked}
     parts = [f"## Sweep {space.name}: {len(result.trials)} trials ({stopped} stopped early"
              f" by ASHA), up to {result.max_concurrent} at once", "",
-             trials_table(space, result.trials), "", "## Best per category", ""]
-    for key, ranked in result.best.items():
+             trials_table(space, result.trials, best if brief else frozenset())]
+    if not brief:
+        parts += ["", "## Best per category", ""]
+    for key, ranked in result.best.items() if not brief else ():
         for rank, t in enumerate(ranked, start=1):
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(fixed)"
             parts.append(f"- {key} top{rank}: trial {t.trial_id}, {_objective_text(space, t)};"
@@ -102,10 +110,13 @@ def results_text(space: SearchSpace, result: SweepResult) -> str:
         if not ranked:
             parts.append(f"- {key}: no trial finished with a checkpoint")
     for bench in result.benchmarks:
-        parts += ["", f"## Final evaluation: {attack_text(space)}", "", bench.table_text]
+        from pgray.tracking.tables import markdown_table
+
+        text = markdown_table(bench.rows, detailed=1) if brief else bench.table_text
+        parts += ["", f"## Final evaluation: {attack_text(space)}", "", text.rstrip("\n")]
         if bench.proxies:
             parts += ["", proxy_gap_table(bench.proxies, bench.rows)]
-    if result.compare_links:
+    if result.compare_links and not brief:
         parts += ["", "## Compare the trials in MLflow", ""]
         parts += [f"- {key}: {link}" for key, link in sorted(result.compare_links.items())]
     return "\n".join(parts)

@@ -143,12 +143,13 @@ def _seed_interval(metric: str, values: list) -> dict[str, float]:
     return {metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half}
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], detailed: int | None = None) -> str:
     """Per dataset, detector and eps: each category's clean, paper-protocol and worst-case
     (adaptive suite) AD (image AUROC), AL (pixel AUROC) and AUPRO, a mean row, and the
     reliability flags of the category's rows at that eps. The worst case is the robust number.
-    With several detectors on a dataset, a comparison table per eps comes first. Rows of
-    several training seeds show their mean and its interval across seeds."""
+    With several detectors on a dataset, a comparison table per eps comes first (and only
+    the first `detailed` detectors get their own tables; None: all). Rows of several
+    training seeds show their mean and its interval across seeds."""
     seeded = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     rows = across_seeds(rows)
     out = [f"Mean over training seeds {', '.join(map(str, seeded))}; intervals are 95 % across"
@@ -164,7 +165,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if len(detectors) > 1:
             for threat, eps in budgets or [("linf", None)]:
                 out += comparison_table(ds, ds_rows, detectors, eps, threat)
-        for det in detectors:
+        for det in detectors[:detailed]:
             mine = [r for r in ds_rows if (r.get("detector") or "patchguard") == det]
             title = ds if len(detectors) == 1 else f"{ds}, {det}"
             for threat, eps in budgets or [("linf", None)]:

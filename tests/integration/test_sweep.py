@@ -257,6 +257,12 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
     children = {r.data.tags["pgray.trial_id"]: r for r in runs
                 if r.data.tags.get("pgray.kind") == "trial"
                 and r.data.tags["pgray.sweep"] == "tiny"}
+    # a trial the killed driver started after Tune last saved the experiment is not in the
+    # resumed one: its run is ended, never left RUNNING
+    lost = {tid: r for tid, r in children.items() if tid not in trials}
+    assert all(r.info.status == "KILLED" and r.data.tags["pgray.trial_state"] == "lost"
+               for r in lost.values()), lost
+    children = {tid: r for tid, r in children.items() if tid in trials}
     assert set(children) == set(trials)
     client = MlflowClient(uri)
     for tid, run in children.items():

@@ -20,7 +20,7 @@ class Job:
 def test_time_left_counts_only_the_stretches_with_work(monkeypatch, capsys):
     clock = [100.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
-    bar = progress.JobProgress([], enabled=True)
+    bar = progress.JobProgress([], enabled=True, every_s=0.0)
     clock[0] += 250.0  # training: no job known yet
     a, b = Job("a"), Job("b")
     bar.expect([a, b])
@@ -36,3 +36,18 @@ def test_time_left_counts_only_the_stretches_with_work(monkeypatch, capsys):
     bar.update(c, {})
     assert bar.busy_s() == 40.0
     assert "[3/3] done c | running: - | busy 40s, left ~0s" in capsys.readouterr().err
+
+
+def test_off_a_terminal_a_line_comes_every_so_often_and_when_all_known_jobs_are_done(
+        monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    jobs = [Job(str(i)) for i in range(6)]
+    bar = progress.JobProgress(jobs, enabled=True, every_s=30.0)
+    said = []
+    for job, after in zip(jobs, (5, 5, 25, 10, 15, 5)):  # done at 5, 10, 35, 45, 60, 65 s
+        clock[0] += after
+        bar.update(job, {})
+        said += [line for line in capsys.readouterr().err.splitlines() if line]
+    # nothing before 30 s of work; then at 35 s, not again until 65 s, where all are done
+    assert [line.split(" done")[0] for line in said] == ["[3/6]", "[6/6]"]

@@ -74,7 +74,12 @@ def test_plan_costs_a_training_from_the_step_passes(tmp_path):
 
 def test_default_proxy_every_keeps_the_proxy_near_a_tenth_of_the_run():
     from pgray.config import ExperimentConfig
-    from pgray.core.step import PROXY_SHARE, default_proxy_every, proxy_passes_per_pair
+    from pgray.core.step import (
+        PROXY_SHARE,
+        default_proxy_every,
+        proxies_run,
+        proxy_passes_per_pair,
+    )
 
     reference = ExperimentConfig()  # PGD-10, proxy_steps 10, 4 repeats, holdout 0.1
     assert reference.train.proxy_every is None
@@ -84,5 +89,14 @@ def test_default_proxy_every_keeps_the_proxy_near_a_tenth_of_the_run():
     assert default_proxy_every(reference) == 9  # from holdout_fraction alone
     every = default_proxy_every(reference, n_pairs=44, n_train=100)
     assert 44 * 46 / (100 * 24) / every <= PROXY_SHARE
+    # the first and last epochs' proxies count: over 100 epochs every 9 would run 13 (11.0
+    # epochs of proxy), every 10 runs 11 (9.3 epochs)
+    hundred = ExperimentConfig.from_dict({"train": {"epochs": 100}})
+    assert proxies_run(100, 9) == 13 and proxies_run(100, 10) == 11
+    assert default_proxy_every(hundred, n_pairs=44, n_train=100) == 10
+    # too short for any proxy between the first and the last
+    short = ExperimentConfig.from_dict({"train": {"epochs": 24}})
+    assert default_proxy_every(short, n_pairs=44, n_train=100) == 24
+    assert proxies_run(24, 24) == 2
     clean = ExperimentConfig.from_dict({"train": {"adversarial": False, "epochs": 50}})
     assert default_proxy_every(clean, n_pairs=44, n_train=100) == 50  # capped at the epochs
