@@ -362,8 +362,10 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
                 search_alg=build_searcher(ctx.space, targets),
                 scheduler=scheduler, num_samples=total, max_concurrent_trials=concurrent,
                 time_budget_s=ctx.space.budget.time_budget_s,
-                # a trial after the first on a worker skips the process start and the imports
-                reuse_actors=True,
+                # A trial after the first on a worker skips the process start and imports.
+                # Only where the trial trains itself: one that waits on a Train run cannot
+                # be reset in Tune's 2 s, and Ray 2.60 then leaves the trial hanging.
+                reuse_actors=ctx.resources.trains_in_trial,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                                       # a one-worker trial's checkpoints: the newest two

@@ -19,7 +19,7 @@ PANELS_DIR = "panels"  # the benchmark's panel PNGs, one folder per job (Benchma
 MAX_PANELS = 24  # a page a person scrolls, not every panel of a large grid
 # Section ids a test (or a person's link) can find; the sweep-only ones are left out of a
 # benchmark's page.
-SECTIONS = ("run", "trials", "results", "panels", "flags", "proxy-gap")
+SECTIONS = ("results", "trials", "proxy-gap", "flags", "panels", "run")
 
 
 @dataclass
@@ -140,22 +140,25 @@ def _flags_section(data: ReportData) -> str:
 
 
 def render_report(data: ReportData) -> str:
-    """The whole page: what was run, the trials (a sweep), the results, panels, flags and the
-    proxy-to-test gap (a sweep)."""
-    sections = [_run_section(data)]
+    """The whole page, what a reader looks for first on top: the results, the trials and the
+    proxy-to-test gap (a sweep), the flags, the panels, then what was run in full."""
+    sections = [_results_section(data)]
     if data.sweep:
         sections.append(_trials_section(data))
-    sections.append(_results_section(data))
-    panels = "".join(_img(p) for p in data.panels) or "<p>No panels were written.</p>"
-    sections.append(_section("panels", "Attacked images and their anomaly maps", panels))
-    sections.append(_flags_section(data))
-    if data.sweep:
         body = _table(data.proxy_gap) if data.proxy_gap else "<p>No trial was evaluated.</p>"
         sections.append(_section("proxy-gap", "The proxy against the test split", body))
+    sections.append(_flags_section(data))
+    panels = "".join(_img(p) for p in data.panels) or "<p>No panels were written.</p>"
+    sections.append(_section("panels", "Attacked images and their anomaly maps", panels))
+    sections.append(_run_section(data))
+    hardware = ", ".join(f"{k} {v}" for k, v in data.hardware.items())
+    summary = (f'<p class="note">eps {", ".join(f"{e:g}" for e in data.eps)}/255;'
+               f" {_e(data.suite)}; {_e(hardware)}. The worst case of the suite is the robust"
+               " number.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(data.title)}</title><style>{CSS}</style>"
             f"<script>{SIZES_SCRIPT}</script></head>"
-            f"<body><h1>{_e(data.title)}</h1>{''.join(sections)}</body></html>\n")
+            f"<body><h1>{_e(data.title)}</h1>{summary}{''.join(sections)}</body></html>\n")
 
 
 def write_report(data: ReportData, out: Path) -> Path:
@@ -251,7 +254,8 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
 
     rows = [r for b in result.benchmarks for r in b.rows]
     folders = [Path(b.parquet).parent for b in result.benchmarks]
-    head, trial_cells = trials_rows(space, result.trials)
+    head, trial_cells = trials_rows(space, result.trials, {
+        t.trial_id for ranked in result.best.values() for t in ranked})
     proxies = {k: v for b in result.benchmarks for k, v in b.proxies.items()}
     config = out / "search_space.yaml"
     return ReportData(

@@ -116,7 +116,7 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     panels = sorted((out / "panels").glob("*/*.png"))
     assert len(panels) == 2 * 3 and all(p.stat().st_size > 0 for p in panels)
     dom = Dom(render_dom(out / "report.html"))
-    assert dom.sections == ["run", "results", "panels", "flags"]
+    assert dom.sections == ["results", "flags", "panels", "run"]
     assert len(dom.images) == 1 + len(panels)
     assert all(img["src"].startswith("data:image/png;base64,") and img.get(
         "data-natural-size", "0x0") != "0x0" for img in dom.images)

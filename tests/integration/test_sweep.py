@@ -348,7 +348,7 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     from browser import Dom
 
     dom = Dom((out / "report.html").read_text())
-    assert dom.sections == ["run", "trials", "results", "panels", "flags", "proxy-gap"]
+    assert dom.sections == ["results", "trials", "proxy-gap", "flags", "panels", "run"]
     assert len(dom.images) >= 2 and (out / "trials_parallel.png").stat().st_size > 0
     assert "patchguard_clean" in " ".join(dom.text)
 

@@ -79,7 +79,7 @@ def test_report_html_is_escaped_and_complete():
 def test_a_benchmark_report_has_no_sweep_sections():
     data = hand_report(hand_rows(), tiny_png())
     data.sweep = False
-    assert Dom(render_report(data)).sections == ["run", "results", "panels", "flags"]
+    assert Dom(render_report(data)).sections == ["results", "flags", "panels", "run"]
 
 
 def test_report_renders_in_chromium_with_every_image_decoded(tmp_path):
@@ -101,6 +101,7 @@ def test_report_renders_in_chromium_with_every_image_decoded(tmp_path):
     assert len(dom.images) == 4
     assert all(img["src"].startswith("data:image/png;base64,") for img in dom.images)
     sizes = [img.get("data-natural-size") for img in dom.images]
-    assert sizes[0] != "6x4" and min(map(int, sizes[0].split("x"))) > 100  # the plot
-    assert sizes[1:] == ["6x4"] * 3
+    # in page order: the curve (results), the parallel coordinates (trials), two panels
+    assert sizes[1] != "6x4" and min(map(int, sizes[1].split("x"))) > 100  # the plot
+    assert sizes[:1] + sizes[2:] == ["6x4"] * 3
     assert "Sweep <script>alert(1)</script>" in " ".join(dom.text)  # shown, as text
