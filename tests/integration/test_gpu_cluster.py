@@ -143,7 +143,9 @@ def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = synthetic_root
     train = tiny_experiment(root).to_dict()
-    train["train"] |= {"epochs": 2, "select_metric": "proxy_score"}
+    # long enough that a training in a reused trial process (no start-up: about 0.7 s an
+    # epoch here) outlasts an evaluation actor's start (about 3.5 s)
+    train["train"] |= {"epochs": 8, "select_metric": "proxy_score"}
     cfg = from_dict(BenchmarkConfig, {
         "name": "gpus", "eps": [8.0], "steps": [2], "suite": "protocol", "n_panels": 0,
         "batch_size": 8, "train_missing": True, "seeds": [0, 1],
