@@ -16,7 +16,7 @@ class JobProgress:
         # Off a terminal (a log, `ray job logs`) a line at most every `every_s` and when the
         # known jobs are all done; on a terminal one line that updates in place.
         self.every_s = every_s
-        self._said_at: float | None = None  # busy seconds at the last line
+        self._said_at = 0.0  # busy seconds at the last line
         self.total_cost = 0.0
         self.total = 0
         self.done = 0
@@ -54,7 +54,7 @@ class JobProgress:
             sys.stderr.flush()
             return
         # counted in busy time: the wait for a checkpoint still training says nothing new
-        since = busy - (self._said_at or 0.0)
+        since = busy - self._said_at
         if finished or since >= self.every_s:
             self._said_at = busy
             print(line, file=sys.stderr, flush=True)
