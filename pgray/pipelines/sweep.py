@@ -208,8 +208,8 @@ def _close_lost_trials(parent, space: SearchSpace, trials: list[TrialSummary]) -
                            {t.trial_id for t in trials}, "pgray.trial_id")
     if lost:
         print(f"note: {len(lost)} trial run(s) in MLflow were started by the interrupted"
-              " driver after Tune last saved the experiment; ended as KILLED, tagged lost",
-              file=sys.stderr, flush=True)
+              " driver after Tune last saved the experiment: tagged lost (ended as KILLED"
+              " where still running)", file=sys.stderr, flush=True)
 
 
 def _require_some_success(trials: list[TrialSummary], path: str) -> None:

@@ -300,18 +300,19 @@ def _metric_items(metrics: dict[str, float], step: int) -> list:
 
 def close_lost_runs(uri: str, experiment_id: str, tags: dict[str, str], known: set[str],
                     id_tag: str) -> list[str]:
-    """End as KILLED the runs carrying `tags` still RUNNING whose `id_tag` is not in `known`:
-    runs a killed driver opened for work its restored state never recorded (a trial started
-    just before the kill, after Tune last saved the experiment). Returns their ids."""
+    """Tag `pgray.trial_state: lost` the runs carrying `tags` whose `id_tag` is not in `known`,
+    and end those still RUNNING as KILLED: runs a killed driver opened for work its restored
+    state never recorded (a trial started, or even finished, after Tune last saved the
+    experiment). Returns their ids."""
     def lost() -> list:
         client = client_for(uri)
         where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         runs = client.search_runs([experiment_id], filter_string=where, max_results=1000)
-        gone = [r for r in runs if r.info.status == "RUNNING"
-                and r.data.tags.get(id_tag) not in known]
+        gone = [r for r in runs if r.data.tags.get(id_tag) not in known]
         for run in gone:
             client.set_tag(run.info.run_id, "pgray.trial_state", "lost")
-            client.set_terminated(run.info.run_id, "KILLED")
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
         return [r.info.run_id for r in gone]
 
     return retry(lost, "closing runs of work a restored run lost") or []
