@@ -290,12 +290,17 @@ def find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[str]:
     return [r.info.run_id for r in runs]
 
 
+# Wall-clock stamps a training reports for its timing (distributed.trial_times): not metrics
+WALL_CLOCK_KEYS = frozenset({"epoch_began_at", "trial_began_at"})
+
+
 def _metric_items(metrics: dict[str, float], step: int) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, step) for k, v in metrics.items()
-            if isinstance(v, int | float) and v == v]  # drop NaN: undefined metrics
+            if isinstance(v, int | float) and v == v  # drop NaN: undefined metrics
+            and k not in WALL_CLOCK_KEYS]
 
 
 def close_lost_runs(uri: str, experiment_id: str, tags: dict[str, str], known: set[str],

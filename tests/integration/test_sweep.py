@@ -271,6 +271,7 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
         assert run.data.tags["pgray.trial_state"] == trials[tid]["state"]
+        assert "epoch_began_at" not in run.data.metrics  # a timing stamp, not a metric
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
         # each epoch once; a stopped trial's worker may finish the epoch it was in when
         # Tune stopped it, so MLflow can hold one epoch more than Tune saw
