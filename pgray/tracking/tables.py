@@ -11,7 +11,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pgray.core.intervals import across_seeds as seed_summary
 from pgray.io import atomic_write, ensure_dir
+from pgray.tracking.cards import OPERATING_POINTS
 
 RESULTS_FILE = "results.parquet"
 
@@ -93,8 +95,10 @@ def _cell(row: dict[str, Any], metric: str, mark: str = "") -> str:
 METRIC_LABELS = (("image_auroc", "AD"), ("pixel_auroc", "AL"), ("aupro", "AUPRO"))
 UNCERTAINTY_NOTE = ("Brackets: bootstrap 95 % intervals (test images resampled within each"
                     " label, 1,000 times; docs/method.md, \"Uncertainty\").")
-SEEDS_NOTE = ("Numbers: the mean over {n} training seeds; brackets: its 95 % t-interval across"
-              " seeds (each seed's own bootstrap interval is in results.parquet).")
+SEEDS_NOTE = ("Numbers: the mean over {n} training seeds; brackets: its 95 % interval over both"
+              " the test images and the seeds (the seeds' bootstrap half-widths and the"
+              " t-interval across seeds in quadrature, clipped; docs/method.md,"
+              " \"Uncertainty\"; each seed's own row is in results.parquet).")
 
 
 def _flag_cell(rows: list[dict[str, Any]]) -> str:
@@ -102,14 +106,19 @@ def _flag_cell(rows: list[dict[str, Any]]) -> str:
     return ", ".join(names)
 
 
-SEED_GROUP = ("dataset", "category", "detector", "attack", "setting", "eps", "threat")
+SEED_GROUP = ("dataset", "category", "detector", "attack", "setting", "eps", "threat", "suite")
+# averaged over seeds (with an interval where the rows carry one); other columns are seed 0's
+SEED_AVERAGED = tuple(m for m, _ in METRIC_LABELS) + OPERATING_POINTS
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of the same setting from checkpoints trained with different seeds, as one row:
-    each metric the mean over seeds, `<metric>_ci_low/_ci_high` its 95 % t-interval across
-    seeds (training randomness, which is wider than one model's test-set interval),
-    `n_seeds`, and the union of the flags. Rows without a seed pass unchanged."""
+    each metric the mean over the seeds that have it, `<metric>_ci_low/_ci_high` its 95 %
+    interval over both the test images and the seeds (`pgray.core.intervals.across_seeds`:
+    every seed is scored on the same split, so the seeds' spread alone would understate it),
+    clipped to [0, 1]; `seeds` and `n_seeds`: the seeds with a finite image AUROC (a failed
+    seed is not counted), `seeds_without_value` the others; the union of the flags. Rows
+    without a seed pass unchanged."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     out = []
     for r in rows:
@@ -118,29 +127,31 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             groups[tuple(r.get(k) for k in SEED_GROUP)].append(r)
     for members in groups.values():
-        merged = dict(members[0]) | {"seed": None, "seeds": sorted(r["seed"] for r in members),
-                                     "n_seeds": len(members)}
-        for metric, _ in METRIC_LABELS:
-            merged |= _seed_interval(metric, [r.get(metric) for r in members])
+        counted = sorted(r["seed"] for r in members if not _missing(r.get("image_auroc")))
+        merged = dict(members[0]) | {
+            "seed": None, "seeds": counted, "n_seeds": len(counted),
+            "seeds_without_value": sorted(r["seed"] for r in members
+                                          if _missing(r.get("image_auroc")))}
+        for metric in SEED_AVERAGED:
+            if any(metric in r for r in members):
+                merged |= _seed_interval(metric, members)
         merged["flags"] = sorted({f for r in members for f in (r.get("flags") or [])})
         out.append(merged)
     return out
 
 
-def _seed_interval(metric: str, values: list) -> dict[str, float]:
-    """The mean of `values` (NaNs left out) and its 95 % t-interval."""
-    from scipy import stats
+def _missing(value: Any) -> bool:
+    return value is None or _nan(value)
 
-    kept = [float(v) for v in values if v is not None and not _nan(v)]
-    nan = float("nan")
-    if not kept:
-        return {metric: nan, f"{metric}_ci_low": nan, f"{metric}_ci_high": nan}
-    mean = sum(kept) / len(kept)
-    if len(kept) < 2:
-        return {metric: mean, f"{metric}_ci_low": nan, f"{metric}_ci_high": nan}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
-    half = float(stats.t.ppf(0.975, len(kept) - 1)) * sd / math.sqrt(len(kept))
-    return {metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half}
+
+def _seed_interval(metric: str, members: list[dict[str, Any]]) -> dict[str, float]:
+    """The metric's mean over the seeds' rows and its interval (NaN where no seed carries a
+    test-set interval: the seeds' spread alone would claim too much)."""
+    summary = seed_summary([r.get(metric) for r in members],
+                           [r.get(f"{metric}_ci_low") for r in members],
+                           [r.get(f"{metric}_ci_high") for r in members])
+    return {metric: summary.mean, f"{metric}_ci_low": summary.low,
+            f"{metric}_ci_high": summary.high}
 
 
 def markdown_table(rows: list[dict[str, Any]], detailed: int | None = None) -> str:

@@ -46,13 +46,16 @@ def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
             "attack": "worst_case", "setting": "worst_case_eps8", "eps": 8.0,
             "pixel_auroc": 0.7, "aupro": float("nan")}
     values = {0: 0.60, 1: 0.70, 2: 0.80}
-    rows = [base | {"seed": s, "image_auroc": v, "flags": ["f"] if s == 2 else []}
+    rows = [base | {"seed": s, "image_auroc": v, "flags": ["f"] if s == 2 else [],
+                    "image_auroc_ci_low": v - 0.05, "image_auroc_ci_high": v + 0.05}
             for s, v in values.items()]
     rows.append(base | {"detector": "padim", "seed": None, "image_auroc": 0.5})
     merged = {r["detector"]: r for r in across_seeds(rows)}
     assert len(merged) == 2 and merged["padim"]["image_auroc"] == 0.5  # unseeded: unchanged
     mine = merged["patchguard"]
-    half = stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5  # sd 0.1 over 3 seeds
+    # the seeds' test-set half-width (0.05) and the t half-width over 3 seeds (sd 0.1) in
+    # quadrature
+    half = (0.05 ** 2 + (stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5) ** 2) ** 0.5
     assert mine["image_auroc"] == pytest.approx(0.7)
     assert (mine["image_auroc_ci_low"], mine["image_auroc_ci_high"]) == pytest.approx(
         (0.7 - half, 0.7 + half))
@@ -60,7 +63,8 @@ def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
     assert mine["pixel_auroc"] == pytest.approx(0.7) and mine["aupro"] != mine["aupro"]
     text = markdown_table([r | {"attack": a} for r in rows[:3] for a in ("worst_case",)])
     assert text.startswith("Mean over training seeds 0, 1, 2")
-    assert "the mean over 3 training seeds; brackets: its 95 % t-interval" in text
+    assert ("the mean over 3 training seeds; brackets: its 95 % interval over both the test"
+            " images and the seeds") in text
     line = next(x for x in text.splitlines() if x.startswith("| weave"))
     assert "70.0" in line
 
