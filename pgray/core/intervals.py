@@ -325,9 +325,8 @@ def intervals_apart(row_a: dict[str, Any], row_b: dict[str, Any], metric: str) -
 
 @dataclasses.dataclass(frozen=True)
 class SeedSummary:
-    """One metric of a model trained with several seeds and scored on one test split: the
-    mean over the seeds that have a value, its 95 % interval (NaN where it cannot account for
-    the test images) and how many seeds count."""
+    """A metric over training seeds scored on one test split: the mean over the seeds that
+    have a value, its 95 % interval (`across_seeds`) and how many seeds count."""
 
     mean: float
     low: float
@@ -336,8 +335,7 @@ class SeedSummary:
 
 
 def _finite(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and bool(np.isfinite(value)))
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def across_seeds(values: list, lows: list | None = None, highs: list | None = None, *,
@@ -359,22 +357,17 @@ def across_seeds(values: list, lows: list | None = None, highs: list | None = No
       seeds err alike.
     - the seeds: the t half-width of the mean over n seeds, t(n - 1) x sd / sqrt(n) (none
       with one seed: one training run says nothing about another's spread).
-    Three seeds at 0.870, 0.872 and 0.871, each +-0.07 on the test set, give about +-0.07
-    (the test set dominates; a t-interval over the seeds alone claimed +-0.0025). Without
-    a test-set interval for any seed the interval is NaN: the seeds' spread alone would
-    claim a precision the split does not have."""
-    lows = lows if lows is not None else [None] * len(values)
-    highs = highs if highs is not None else [None] * len(values)
-    replicates = replicates if replicates is not None else [None] * len(values)
+    Three seeds at 0.870, 0.872 and 0.871, each +-0.07 on the test set, give about +-0.07 (a
+    t-interval over the seeds alone claimed +-0.0025). No seed with a test-set interval: NaN,
+    as the seeds' spread alone would claim a precision the split does not have."""
     kept = [i for i, v in enumerate(values) if _finite(v)]
     nan = float("nan")
     if not kept:
         return SeedSummary(nan, nan, nan, 0)
     points = np.array([float(values[i]) for i in kept])
     mean = float(points.mean())
-    below, above = _test_half_widths(points, [lows[i] for i in kept],
-                                     [highs[i] for i in kept], [replicates[i] for i in kept],
-                                     level)
+    below, above = _test_half_widths(points, *([(given or [None] * len(values))[i] for i in kept]
+                                               for given in (lows, highs, replicates)), level)
     seeds = _seed_half_width(points, level)
     low = mean - float(np.hypot(below, seeds))
     high = mean + float(np.hypot(above, seeds))
