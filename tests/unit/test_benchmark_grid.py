@@ -47,11 +47,49 @@ def test_a_grid_with_several_threats_has_a_suite_job_per_budget_of_each():
     assert linf[0].name == "protocol" and {m.cfg.threat for m in linf} == {"linf"}
 
 
-def test_a_linf_job_keeps_the_key_it_had_before_threats():
-    """Keys decide what a resumed benchmark skips: the threat fields at their defaults leave
-    them unchanged (the value below is the key this job had before threats existed)."""
-    job = _job(SUITE, 8.0, [AttackConfig(steps=1000, eps=8.0)], "linf")
-    assert job.key == "f07dfe2b27f677aa" and job.setting == "adaptive_suite_eps8"
+def test_a_job_key_holds_the_eval_version_and_the_data():
+    """Keys decide what a re-run skips: a row of older evaluation code, of another test split
+    or of another dataset root answers another job."""
+    import dataclasses
+
+    from pgray.core.eval_version import EVAL_VERSION
+
+    job = dataclasses.replace(_job(SUITE, 8.0, [AttackConfig(steps=1000, eps=8.0)], "linf"),
+                              data_fingerprint="f00d")
+    assert job.eval_version == EVAL_VERSION >= 2
+    others = [dataclasses.replace(job, **change) for change in (
+        {"eval_version": 1}, {"data_fingerprint": "beef"}, {"root": "/elsewhere"},
+        {"seed": 3}, {"threat": "l2"})]
+    assert len({job.key, *(o.key for o in others)}) == 1 + len(others)
+    # what does not change a row's number does not change its key
+    same = dataclasses.replace(job, batch_size=64, n_panels=3, git_commit="a" * 40)
+    assert same.key == job.key
+
+
+def test_entries_that_share_a_checkpoint_but_not_their_data_are_separate_jobs(tmp_path):
+    """Two entries of one dataset, category and checkpoint on two roots (two copies of the
+    data, one of them changed) used to collapse into one job: one copy went unevaluated."""
+    import torch
+
+    from pgray.config import ExperimentConfig, tiny_model_config
+    from pgray.core.checkpoint import save_checkpoint
+    from pgray.core.model import PatchGuard
+    from pgray.data.synthetic import generate
+    from pgray.pipelines.benchmark_jobs import expand_jobs
+
+    config = ExperimentConfig(model=tiny_model_config(depth=2))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", PatchGuard(config.model), config)
+    roots = [generate(tmp_path / name, seed=0, size=16, n_train=2, n_test=2 + extra,
+                      categories=("disc",)) for name, extra in (("a", 0), ("b", 1))]
+    cfg = from_dict(BenchmarkConfig, {"eps": [8.0], "steps": [2], "suite": "protocol",
+                                      "datasets": [{"dataset": "synthetic", "root": str(r),
+                                                    "categories": ["disc"],
+                                                    "checkpoint": str(ckpt)} for r in roots]})
+    jobs = expand_jobs(cfg)
+    assert len(jobs) == 4  # clean and the suite at eps 8, per root
+    assert len({j.key for j in jobs}) == 4
+    assert len({j.data_fingerprint for j in jobs}) == 2
 
 
 @pytest.mark.parametrize("threats, key", [
