@@ -79,10 +79,11 @@ def budget_heading(rows: Sequence[Row], threat: str, detectors: Sequence[str]
         return "", ""
     if len(set(budgets.values())) == 1 and len(budgets) == len(detectors):
         return f"; {next(iter(budgets.values()))}", ""
-    why = ("the same L2 eps spreads over more pixels at a larger input" if threat == "l2"
-           else "the patch side is rounded to whole pixels at each input size")
+    what, why = (("budget per pixel", "the same L2 eps spreads over more pixels at a larger"
+                  " input") if threat == "l2" else
+                 ("patch area", "the patch side is rounded to whole pixels at each input size"))
     each = "; ".join(f"{d}: {budgets.get(d, 'unknown')}" for d in detectors)
-    return ("; not the same budget per pixel for every detector",
+    return (f"; not the same {what} for every detector",
             f"Not one budget: {why}. Per detector: {each}.")
 
 

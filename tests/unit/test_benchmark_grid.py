@@ -66,30 +66,94 @@ def test_a_job_key_holds_the_eval_version_and_the_data():
     assert same.key == job.key
 
 
-def test_entries_that_share_a_checkpoint_but_not_their_data_are_separate_jobs(tmp_path):
-    """Two entries of one dataset, category and checkpoint on two roots (two copies of the
-    data, one of them changed) used to collapse into one job: one copy went unevaluated."""
+def _checkpoint_and_roots(tmp_path, sizes=(0,)) -> tuple:
+    """A tiny PatchGuard file and one generated dataset root per entry of `sizes` (extra
+    test images: another split)."""
     import torch
 
     from pgray.config import ExperimentConfig, tiny_model_config
     from pgray.core.checkpoint import save_checkpoint
     from pgray.core.model import PatchGuard
     from pgray.data.synthetic import generate
-    from pgray.pipelines.benchmark_jobs import expand_jobs
 
     config = ExperimentConfig(model=tiny_model_config(depth=2))
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "checkpoint.pt", PatchGuard(config.model), config)
-    roots = [generate(tmp_path / name, seed=0, size=16, n_train=2, n_test=2 + extra,
-                      categories=("disc",)) for name, extra in (("a", 0), ("b", 1))]
-    cfg = from_dict(BenchmarkConfig, {"eps": [8.0], "steps": [2], "suite": "protocol",
-                                      "datasets": [{"dataset": "synthetic", "root": str(r),
-                                                    "categories": ["disc"],
-                                                    "checkpoint": str(ckpt)} for r in roots]})
-    jobs = expand_jobs(cfg)
+    roots = [generate(tmp_path / f"data{i}", seed=0, size=16, n_train=2, n_test=2 + extra,
+                      categories=("disc",)) for i, extra in enumerate(sizes)]
+    return ckpt, roots
+
+
+def _bench(ckpt, roots) -> BenchmarkConfig:
+    return from_dict(BenchmarkConfig, {
+        "name": "t", "eps": [8.0], "steps": [2], "suite": "protocol",
+        "datasets": [{"dataset": "synthetic", "root": str(r), "categories": ["disc"],
+                      "checkpoint": str(ckpt)} for r in roots]})
+
+
+def test_entries_that_share_a_checkpoint_but_not_their_data_are_separate_jobs(tmp_path):
+    """Two entries of one dataset, category and checkpoint on two roots (two copies of the
+    data, one of them changed) used to collapse into one job: one copy went unevaluated."""
+    from pgray.pipelines.benchmark_jobs import expand_jobs
+
+    jobs = expand_jobs(_bench(*_checkpoint_and_roots(tmp_path, (0, 1))))
     assert len(jobs) == 4  # clean and the suite at eps 8, per root
     assert len({j.key for j in jobs}) == 4
     assert len({j.data_fingerprint for j in jobs}) == 2
+
+
+def _row(job, attack: str = "clean", **extra) -> dict:
+    return {"job_key": job.key, "row_key": f"{job.key}:{attack}", "attack": attack,
+            "setting": attack, "dataset": job.dataset, "category": job.category,
+            "detector": job.detector, "threat": "none", "eps": job.eps, "steps": 0,
+            "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.5, "flags": [],
+            "flag_notes": []} | extra
+
+
+def test_rows_of_older_code_or_other_data_are_recomputed_not_reused(tmp_path, mlflow_uri):
+    """An OUT folder filled by an older evaluation version, or on a test split that has
+    changed since, is evaluated again on a re-run without --force."""
+    import dataclasses
+
+    from pgray.pipelines.benchmark import BenchmarkRun
+    from pgray.pipelines.benchmark_jobs import jobs_for
+    from pgray.tracking.tables import append_rows
+
+    ckpt, roots = _checkpoint_and_roots(tmp_path)
+    cfg, out = _bench(ckpt, roots), tmp_path / "out"
+    entry = cfg.entries()[0]
+    clean, suite = jobs_for(cfg, entry, "disc")
+    # the suite job's rows from an older version and from an earlier test split; the clean
+    # job's row from this version on this split
+    append_rows(out, [_row(dataclasses.replace(suite, eval_version=1), "worst_case"),
+                      _row(dataclasses.replace(suite, data_fingerprint="0123456789abcdef"),
+                           "protocol"), _row(clean)])
+    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=None, force=False,
+                       progress=False)
+    assert [j.key for j in run.jobs_of(entry, "disc")] == [suite.key]
+
+
+def test_a_failed_run_leaves_results_marked_incomplete_and_no_cards(tmp_path, mlflow_uri):
+    """A job failed: results.md and report.html say first that they are incomplete, no card
+    is written and an earlier run's cards are gone; the finished rows stay for the re-run."""
+    from pgray.pipelines.benchmark import BenchmarkRun
+    from pgray.tracking.tables import append_rows, read_rows
+
+    ckpt, roots = _checkpoint_and_roots(tmp_path)
+    cfg, out = _bench(ckpt, roots), tmp_path / "out"
+    (out / "cards").mkdir(parents=True)
+    (out / "cards" / "patchguard__synthetic__disc__linf.json").write_text("{}")
+    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=None, force=False,
+                       progress=False)
+    clean, suite = run.jobs_of(cfg.entries()[0], "disc")
+    append_rows(out, [_row(clean)])
+    result = run.finalize([(suite, "RuntimeError: boom")])
+    text = (out / "results.md").read_text()
+    assert text.startswith("# Benchmark t\n\n**Incomplete: 1 of 2 evaluation jobs failed"
+                           " (synthetic/disc protocol_suite_eps8: RuntimeError: boom)")
+    assert "Incomplete: 1 of 2" in (out / "report.html").read_text()
+    assert result.incomplete and result.cards == [] and not list((out / "cards").iterdir())
+    assert [r["attack"] for r in read_rows(out)] == ["clean"]
 
 
 @pytest.mark.parametrize("threats, key", [
