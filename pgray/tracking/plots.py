@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pgray.tracking.tables import merge_seeds
 
 if TYPE_CHECKING:
     from pgray.core.scoring import EvalOutputs
@@ -82,10 +85,6 @@ def curve_series(rows: list[dict]) -> dict[str, dict[str, tuple[list[float], lis
     """Per threat, image AUROC against eps: one series per category, detector and kind (the
     suite's worst case, the robust number, and the strongest protocol run), so no line joins
     two models; rows of several training seeds as their mean."""
-    from collections import defaultdict
-
-    from pgray.tracking.tables import merge_seeds
-
     points: dict[tuple[str, str, float], dict] = {}
     for r in merge_seeds(rows):
         value = r.get("image_auroc")

@@ -20,12 +20,16 @@ from pgray.tracking.table_columns import (
     OPERATING_POINTS,
     budget_heading,
     complete_means,
+    is_missing,
     markdown_rows,
     model_budgets,
     operating_points,
 )
-from pgray.tracking.table_columns import is_missing as _nan
 from pgray.tracking.table_columns import percent as _fmt
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
 
 
 def _interval(row: dict[str, Any], metric: str) -> tuple[float, float] | None:
@@ -139,7 +143,7 @@ def merge_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, members in groups.items():
         means[key] = {}
         for column in OPERATING_POINTS:
-            kept = [float(r[column]) for r in members if not _nan(r.get(column))]
+            kept = [float(r[column]) for r in members if not is_missing(r.get(column))]
             if any(column in r for r in members):
                 means[key][column] = sum(kept) / len(kept) if kept else None
     return across_seeds([r if r.get("seed") is None else
