@@ -182,10 +182,12 @@ def hardware() -> dict[str, str]:
     import torch
 
     import pgray
+    from pgray.core.eval_version import EVAL_VERSION, git_commit
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"CPUs": str(os.cpu_count()), "GPUs": ", ".join(gpus) or "none",
-            "torch": torch.__version__, "pgray": pgray.__version__}
+            "torch": torch.__version__, "pgray": pgray.__version__,
+            "evaluation version": str(EVAL_VERSION), "commit": git_commit() or "unknown"}
 
 
 def result_tables(rows: list[dict[str, Any]], prefix: str = "") -> list[Table]:
