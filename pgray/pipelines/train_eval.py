@@ -116,6 +116,7 @@ class Evaluations:
         self._blobs: dict[str, Any] = {}  # checkpoint sha256 -> object ref of its bytes
         self._waiting_on: dict[str, int] = {}  # checkpoint sha256 -> jobs not yet delivered
         self._pool = None if sequential else self._make_pool()
+        self._failed: list[tuple[Any, str]] = []  # jobs that failed in this process
 
     def _make_pool(self):
         import functools
@@ -179,13 +180,23 @@ class Evaluations:
                 if not self._pool.busy:
                     time.sleep(WAIT_S)
             return
+        import warnings
+
+        from pgray.errors import first_line
         from pgray.pipelines.benchmark_jobs import JobEvaluator
         from pgray.tracking.progress import JobProgress
 
         evaluator = JobEvaluator(threads=self._actors.threads)
         tracker = JobProgress(self._pending, self._progress)
         for job in sorted(self._pending, key=lambda j: -j.cost):
-            self._deliver(job, evaluator.run(job))
+            try:
+                result = evaluator.run(job)
+            except Exception as err:  # noqa: BLE001 - as on actors: reported, the rest go on
+                self._failed.append((job, first_line(err)))
+                warnings.warn(f"evaluation {job.label()} failed: {first_line(err)}",
+                              stacklevel=2)
+            else:
+                self._deliver(job, result)
             tracker.update(job, {})
         self._pending = []
 
@@ -196,7 +207,7 @@ class Evaluations:
     @property
     def failures(self) -> list[tuple[Any, str]]:
         """(job, why) of every job that failed in its own code so far."""
-        return [] if self._pool is None else list(self._pool.failures)
+        return self._failed + ([] if self._pool is None else list(self._pool.failures))
 
     def check_failures(self) -> None:
         """After the results that did land are written: one error naming every job that

@@ -3,12 +3,14 @@ stay what they were for linf jobs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pgray.config import AttackConfig, SuiteConfig
 from pgray.config.base import from_dict, to_dict
 from pgray.config.benchmark import BenchmarkConfig
-from pgray.errors import ConfigError
+from pgray.errors import ConfigError, PgrayError
 from pgray.pipelines.benchmark_jobs import CHECK, SUITE, BenchJob, job_grid
 
 ENTRY = [{"dataset": "synthetic"}]
@@ -50,8 +52,6 @@ def test_a_grid_with_several_threats_has_a_suite_job_per_budget_of_each():
 def test_a_job_key_holds_the_eval_version_and_the_data():
     """Keys decide what a re-run skips: a row of older evaluation code, of another test split
     or of another dataset root answers another job."""
-    import dataclasses
-
     from pgray.core.eval_version import EVAL_VERSION
 
     job = dataclasses.replace(_job(SUITE, 8.0, [AttackConfig(steps=1000, eps=8.0)], "linf"),
@@ -113,8 +113,6 @@ def _row(job, attack: str = "clean", **extra) -> dict:
 def test_rows_of_older_code_or_other_data_are_recomputed_not_reused(tmp_path, mlflow_uri):
     """An OUT folder filled by an older evaluation version, or on a test split that has
     changed since, is evaluated again on a re-run without --force."""
-    import dataclasses
-
     from pgray.pipelines.benchmark import BenchmarkRun
     from pgray.pipelines.benchmark_jobs import jobs_for
     from pgray.tracking.tables import append_rows
@@ -171,3 +169,27 @@ def test_an_extra_attack_of_a_threat_without_budgets_is_refused():
     with pytest.raises(ConfigError, match=r"extra_attacks\[0\]\.threat: patch has no budgets"):
         from_dict(BenchmarkConfig, {"datasets": ENTRY, "extra_attacks": [
             {"threat": "patch", "eps": 0.02}]})
+
+
+def test_a_job_failing_in_this_process_is_reported_and_the_others_go_on(tmp_path):
+    """Sequential evaluations fail as the actors do: the failed job is named, the others'
+    results land (before, the first error ended the run before results were written)."""
+    from pgray.config.benchmark import ActorConfig
+    from pgray.pipelines.benchmark_jobs import jobs_for
+    from pgray.pipelines.train_eval import Evaluations
+
+    ckpt, roots = _checkpoint_and_roots(tmp_path)
+    cfg = _bench(ckpt, roots)
+    clean, suite = jobs_for(cfg, cfg.entries()[0], "disc")
+    broken = dataclasses.replace(suite, checkpoint=str(tmp_path / "gone.pt"),
+                                 checkpoint_sha256="0" * 16)
+    landed = []
+    evaluations = Evaluations(ActorConfig(), sequential=True, progress=False)
+    evaluations.add([clean, broken], lambda job, result: landed.append(job.key))
+    with pytest.warns(UserWarning, match="failed"):
+        evaluations.finish()
+    assert landed == [clean.key]
+    assert [(job.key, why.split(":")[0]) for job, why in evaluations.failures] == [
+        (broken.key, "CheckpointError")]
+    with pytest.raises(PgrayError, match="1 evaluation job"):
+        evaluations.check_failures()
