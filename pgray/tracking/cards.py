@@ -306,18 +306,3 @@ def write_cards(cards: list[dict[str, Any]], out: Path) -> list[Path]:
     names = Counter(card_filename(c) for c in cards)
     return [write_json(Path(out) / CARDS_DIR / card_filename(c, names[card_filename(c)] > 1), c)
             for c in cards]
-
-
-def git_commit() -> str | None:
-    """The commit of the pgray checkout this code runs from; None outside a git checkout
-    (an installed wheel) or without git."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = proc.stdout.strip()
-    return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
+from pgray.core.eval_version import git_commit
 from pgray.data.samples import Sample, split_fingerprint
-from pgray.tracking.cards import SCHEMA, SCHEMA_VERSION, build_cards, git_commit, write_cards
+from pgray.tracking.cards import SCHEMA, SCHEMA_VERSION, build_cards, write_cards
 
 NAN = float("nan")
 MODEL = {"dataset": "synthetic", "category": "weave", "checkpoint_sha256": "abcdef0123456789",
