@@ -64,19 +64,23 @@ class TwoClassView(nn.Module):
         self.precision = precision
         self.margin_offset = margin_offset
         self._objective = make_objective(labels.float(), objective, image_labels=image_labels)
-        if margin_offset is None:
-            with torch.enable_grad():
-                x = x0.detach().clone().requires_grad_(True)
-                clean = self.objective(x)
-                scale = input_gradient(clean, x).flatten(1).norm(dim=1).double()
-        else:
-            with torch.no_grad():
-                clean = self.objective(x0)
-            spread = clean.double().std(unbiased=False) if clean.numel() > 1 else None
-            scale = torch.full_like(clean, 0.0 if spread is None else float(spread),
-                                    dtype=torch.float64)
+        clean, scale = (self._gradient_calibration(x0) if margin_offset is None
+                        else self._spread_calibration(x0))
         self.origin = clean.detach().double()
         self.scale = positive_scale(scale)
+
+    def _gradient_calibration(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean objective and the norm of its input gradient, per image."""
+        with torch.enable_grad():
+            x = x0.detach().clone().requires_grad_(True)
+            clean = self.objective(x)
+            return clean, input_gradient(clean, x).flatten(1).norm(dim=1).double()
+
+    def _spread_calibration(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean objective, and its spread over the batch as every image's scale."""
+        with torch.no_grad():
+            clean = self.objective(x0)
+        return clean, clean.double().std(unbiased=False).expand(clean.shape[0])
 
     def objective(self, x: torch.Tensor) -> torch.Tensor:
         """The attack objective itself (B,), float32."""
