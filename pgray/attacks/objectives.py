@@ -12,9 +12,11 @@ its anomaly map flattened. Ground-truth masks become unit labels (B, U) in {0, 1
   one is given: an anomalous image whose mask holds no anomalous unit (no mask at all, or a
   thin defect lost in a resize) is still pushed down, never up.
 - surrogate lse: the same signed direction, but through a smooth maximum of the units
-  (temperature * logsumexp(units / temperature)). The top-k mean passes gradient to k units
-  only; the smooth maximum passes it to all of them. Iterates are still judged by the true
-  image score.
+  (t * logsumexp(units / t)). The top-k mean passes gradient to k units only; the smooth
+  maximum passes it to all of them. Iterates are still judged by the true image score. The
+  temperature t is per image, `temperature` times the spread of that image's units at the
+  clean image (`unit_spread`): a detector whose scores are multiplied by a constant and
+  shifted gets the same smooth maximum, multiplied and shifted alike, so the same steps.
 """
 
 from __future__ import annotations
@@ -115,10 +117,30 @@ def _check_shapes(units: torch.Tensor, labels: torch.Tensor) -> None:
                          f" {tuple(units.shape)}")
 
 
+def unit_spread(units: torch.Tensor) -> torch.Tensor:
+    """Per image, the standard deviation of its units (B,): the unit in which the smooth
+    maximum's temperature is measured. An image whose units are all equal (or not finite)
+    takes the mean spread of the others, and 1 where no image has any, so the temperature
+    stays positive and scales with the detector wherever the detector shows a scale."""
+    return positive_scale(units.detach().float().std(dim=1, unbiased=False))
+
+
+def positive_scale(values: torch.Tensor) -> torch.Tensor:
+    """Per-image scales (B,) made usable: where a value is not positive and finite (a flat
+    image, a detector without gradients) the mean of the usable ones stands in, 1 where there
+    is none. A scale read off the detector itself moves with the detector's own scale."""
+    usable = torch.isfinite(values) & (values > 0)
+    fallback = values[usable].mean() if bool(usable.any()) else values.new_tensor(1.0)
+    return torch.where(usable, values, fallback)
+
+
 def make_objective(labels: torch.Tensor, kind: str, *, surrogate: str = "none",
-                   temperature: float = 1.0, image_labels: torch.Tensor | None = None
-                   ) -> Objective:
-    """The objective as a closure over constants computed once (weights or signs)."""
+                   temperature: float = 1.0, image_labels: torch.Tensor | None = None,
+                   spread: torch.Tensor | None = None) -> Objective:
+    """The objective as a closure over constants computed once (weights or signs).
+
+    `spread` (B,): the lse surrogate's per-image unit of temperature (`unit_spread` of the
+    clean units); None measures the temperature in the units' own scale (not scale-free)."""
     if kind == "mask":
         weights = mask_weights(labels)
 
@@ -131,8 +153,12 @@ def make_objective(labels: torch.Tensor, kind: str, *, surrogate: str = "none",
         raise ConfigError(f"objective: {kind!r} is not one of {list(KINDS)}")
     signs = image_signs(labels, image_labels)
     if surrogate == "lse":
+        per_image = temperature * (torch.ones_like(signs) if spread is None
+                                   else spread.to(signs.device).float())
+        column = per_image.unsqueeze(1)
+
         def smooth_max(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-            return temperature * torch.logsumexp(units / temperature, dim=1) * signs
+            return per_image * torch.logsumexp(units / column, dim=1) * signs
 
         return smooth_max
 

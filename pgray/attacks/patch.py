@@ -21,8 +21,18 @@ from pgray.config import AttackConfig
 
 
 def patch_side(eps: float, height: int, width: int) -> int:
-    """Side in pixels of the square whose area is closest to eps * height * width."""
-    return max(1, min(height, width, round(math.sqrt(eps * height * width))))
+    """Side in pixels of the square whose area is closest to eps * height * width (a whole
+    square side; ties go to the smaller square). Rounding the side itself is not the same: at
+    32 px, eps 0.02 asks for 20.5 pixels, side 5 covers 25 and side 4 covers 16, nearer."""
+    target = eps * height * width
+    below = max(1, min(height, width, math.floor(math.sqrt(target))))
+    above = min(height, width, below + 1)
+    return above if abs(above * above - target) < abs(below * below - target) else below
+
+
+def patch_area(eps: float, height: int, width: int) -> float:
+    """The fraction of a height x width image the patch of budget eps really covers."""
+    return patch_side(eps, height, width) ** 2 / (height * width)
 
 
 def patch_corners(n_images: int, n_positions: int, side: int, height: int, width: int,

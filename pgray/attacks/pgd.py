@@ -21,7 +21,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from pgray.attacks.objectives import Objective, detector_outputs, make_objective
+from pgray.attacks.objectives import (
+    Objective,
+    detector_outputs,
+    make_objective,
+    unit_spread,
+)
 from pgray.config import AttackConfig
 from pgray.core.device import autocast
 
@@ -104,14 +109,32 @@ def _random_start(
 
 class _Objectives:
     """What a trajectory steps along (`step`) and what it keeps its best iterate by (`judge`):
-    the same function unless a surrogate stands in for the image score."""
+    the same function unless a surrogate stands in for the image score.
+
+    Every step is a sign step, so its size never depends on the objective's scale; the lse
+    surrogate's temperature is measured in the spread of each image's clean units, so its
+    direction does not either (`pgray.attacks.objectives.unit_spread`)."""
 
     def __init__(self, labels: torch.Tensor, cfg: AttackConfig,
-                 image_labels: torch.Tensor | None = None) -> None:
+                 image_labels: torch.Tensor | None = None,
+                 spread: torch.Tensor | None = None) -> None:
         self.judge = make_objective(labels, cfg.objective, image_labels=image_labels)
         self.step = self.judge if cfg.surrogate == "none" else make_objective(
             labels, cfg.objective, surrogate=cfg.surrogate, temperature=cfg.temperature,
-            image_labels=image_labels)
+            image_labels=image_labels, spread=spread)
+
+    @classmethod
+    def at_clean(cls, model: nn.Module, x0: torch.Tensor, labels: torch.Tensor,
+                 cfg: AttackConfig, image_labels: torch.Tensor | None = None
+                 ) -> _Objectives:
+        """The objectives of an attack from `x0`: a surrogate measures its temperature there
+        (one forward pass, only when there is a surrogate)."""
+        spread = None
+        if cfg.surrogate != "none":
+            with torch.no_grad():
+                _, units = outputs_fp32(model, x0, autocast(x0.device, cfg.precision))
+            spread = unit_spread(units)
+        return cls(labels, cfg, image_labels, spread)
 
     def both(self, scores: torch.Tensor, units: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,5 +267,6 @@ def attack(
     if cfg.threat == "patch":
         from pgray.attacks.patch import patch_pgd as run
     with frozen(model), eval_mode(model), torch.enable_grad():
-        adv = run(model, x0, _Objectives(labels, cfg, image_labels), cfg, seed, on_step)
+        objectives = _Objectives.at_clean(model, x0, labels, cfg, image_labels)
+        adv = run(model, x0, objectives, cfg, seed, on_step)
     return adv.to(images.device)

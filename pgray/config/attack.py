@@ -45,7 +45,7 @@ class AttackConfig:
     # lse: step along a smooth maximum of the units instead of the top-k mean (image_score
     # only); iterates are still judged by the image score itself
     surrogate: Literal["none", "lse"] = "none"
-    temperature: float = 1.0  # of the lse surrogate, in logit units
+    temperature: float = 1.0  # of the lse surrogate, in units of each image's clean unit spread
     start_scale: float = 1.0  # a random start is uniform in +-start_scale * eps
     project: bool = True  # False: no projection onto the eps-ball, [0, 1] only (N-FGSM)
     method: Literal["pgd", "apgd", "square"] = "pgd"
