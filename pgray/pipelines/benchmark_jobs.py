@@ -63,7 +63,7 @@ class BenchJob:
             return AttackConfig(**self.attacks[0]).setting_name()
         name = self.suite["name"] if self.suite else "suite"
         if self.kind == CHECK:
-            return f"{name}_check"
+            return f"{name}_check" + ("" if self.threat == "linf" else f"_{self.threat}")
         where = "" if self.threat == "linf" else f"{self.threat}_"
         return f"{name}_suite_{where}eps{self.eps:g}"
 
@@ -90,7 +90,8 @@ class BenchJob:
         from pgray.attacks.suite import large_eps_check, members
 
         if self.kind == CHECK:
-            return [large_eps_check(self.suite_config(), self.attack_configs()[0])]
+            return [large_eps_check(self.suite_config(), self.attack_configs()[0],
+                                    self.threat)]
         protocol, *variants = self.attack_configs()
         return members(self.suite_config(), protocol, self.eps, tuple(variants),
                        threat=self.threat)
@@ -118,7 +119,8 @@ class BenchJob:
 
 # Config keys added with the threat models, and their defaults: left out of a job's key where
 # they hold the default, so a linf job keeps the key (and the results) it had before them.
-_NEW_DEFAULTS = {"threat": "linf", "positions": 4, "patch_positions": 4}
+_NEW_DEFAULTS = {"threat": "linf", "positions": 4, "patch_positions": 4,
+                 "check_l2_per_pixel": 0.25, "check_patch_eps": 0.5}
 
 
 def _stable(config: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
     """(kind, eps, attacks, threat) of each job per checkpoint: clean; the suite at each linf
     eps, then at each budget of every other threat (its members only: the protocol runs are
     passed for their precision); each extra attack at each budget of its threat; the
-    large-budget check of the adaptive suite (linf)."""
+    large-budget check of the adaptive suite, per threat."""
     grid: list[GridCell] = [(CLEAN, 0.0, [], "linf")]
     for eps in cfg.eps:
         if eps > 0:
@@ -179,7 +181,10 @@ def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
             grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))],
                          extra.threat))
     if cfg.suite.name == "adaptive":
-        grid.append((CHECK, cfg.suite.check_eps, [cfg.attack], "linf"))
+        from pgray.attacks.suite import check_budget
+
+        for threat in ("linf", *(t.threat for t in cfg.threats)):
+            grid.append((CHECK, check_budget(cfg.suite, threat), [cfg.attack], threat))
     return grid
 
 
@@ -230,7 +235,7 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
         seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
-        threat=threat if kind == SUITE else "linf",
+        threat=threat if kind in (SUITE, CHECK) else "linf",
     ) for kind, eps, attacks, threat in job_grid(cfg)]
 
 
