@@ -1,3 +1,3 @@
 """pgray: PatchGuard adversarially robust anomaly detection, trained and benchmarked on Ray."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

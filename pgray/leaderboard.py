@@ -14,11 +14,14 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m pgray.leaderboard",
         description="Merge the robustness cards found under each folder (OUT/cards/*.json of"
         " python -m pgray.benchmark, the sweep's final evaluation and python -m"
-        " pgray.evaluate; any *.json with the card schema) into one table: one line per card"
-        " and budget, grouped by dataset, category, threat and budget, the best worst-case AD"
-        " (image AUROC under the adaptive suite) first, with 95 %% intervals where measured and"
-        " unreliable cards marked with their flags. Exit 2 when a folder does not exist or"
-        " holds no card.",
+        " pgray.evaluate; any *.json with the card schema) into one table, like with like:"
+        " lines are ranked within a dataset, category, threat, budget, suite and precision"
+        " (a --suite protocol card is labelled protocol and never ranked as a worst case),"
+        " reliable lines first, unreliable ones after them with their flags; one line per"
+        " model over its training seeds, the mean with a 95 % interval over both the test"
+        " images and the seeds and the seed count; the worst case's TPR at 1 % and 5 % FPR"
+        " and its AD with only normal or only anomalous images attacked beside AD, AL and"
+        " AUPRO. Exit 2 when a folder does not exist or holds no card.",
         epilog="example: python -m pgray.leaderboard runs/benchmark/paper runs/sweeps/demo"
         " --out runs/leaderboard   (writes runs/leaderboard.md and runs/leaderboard.html)",
     )

@@ -1,4 +1,5 @@
-"""Bootstrap 95 % intervals for image AUROC, pixel AUROC and AUPRO, and paired differences
+"""Bootstrap 95 % intervals for image AUROC, pixel AUROC and AUPRO, paired differences, and
+the interval of a mean over training seeds (`across_seeds`: test images and seeds together)
 (docs/method.md, "Uncertainty").
 
 Test images are resampled with replacement within each image label (normals from normals,
@@ -320,3 +321,80 @@ def intervals_apart(row_a: dict[str, Any], row_b: dict[str, Any], metric: str) -
     if any(v is None or v != v for v in (la, ha, lb, hb)):
         return False
     return bool(la > hb or lb > ha)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedSummary:
+    """A metric over training seeds scored on one test split: the mean over the seeds that
+    have a value, its 95 % interval (`across_seeds`) and how many seeds count."""
+
+    mean: float
+    low: float
+    high: float
+    n_seeds: int
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def across_seeds(values: list, lows: list | None = None, highs: list | None = None, *,
+                 replicates: list | None = None, level: float = LEVEL) -> SeedSummary:
+    """The mean of a metric over training seeds and an interval that accounts for both the
+    test images and the seeds, clipped to [0, 1]. Seeds without a finite value are dropped and
+    not counted; `lows`, `highs` (each seed's test-set bootstrap interval) and `replicates`
+    (each seed's bootstrap replicates, or None) are aligned with `values`.
+
+    Two independent sources of error, so their variances add (the half-widths combine in
+    quadrature), on each side of the mean separately (bootstrap intervals are asymmetric near
+    1):
+    - the test images: every seed is scored on the same split, so the seeds' test-set errors
+      move together and averaging the seeds does not shrink them. With replicates of every
+      seed (drawn, as `bootstrap` draws them, from the same resamples), the mean's own
+      bootstrap is exact: average the seeds resample by resample. From intervals alone, the
+      mean of the seeds' half-widths: the half-width of an average of positively correlated
+      errors is at most the average half-width, so this errs wide, and is exact when the
+      seeds err alike.
+    - the seeds: the t half-width of the mean over n seeds, t(n - 1) x sd / sqrt(n) (none
+      with one seed: one training run says nothing about another's spread).
+    Three seeds at 0.870, 0.872 and 0.871, each +-0.07 on the test set, give about +-0.07 (a
+    t-interval over the seeds alone claimed +-0.0025). No seed with a test-set interval: NaN,
+    as the seeds' spread alone would claim a precision the split does not have."""
+    kept = [i for i, v in enumerate(values) if _finite(v)]
+    nan = float("nan")
+    if not kept:
+        return SeedSummary(nan, nan, nan, 0)
+    points = np.array([float(values[i]) for i in kept])
+    mean = float(points.mean())
+    below, above = _test_half_widths(points, *([(given or [None] * len(values))[i] for i in kept]
+                                               for given in (lows, highs, replicates)), level)
+    seeds = _seed_half_width(points, level)
+    low = mean - float(np.hypot(below, seeds))
+    high = mean + float(np.hypot(above, seeds))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return SeedSummary(mean, nan, nan, len(kept))
+    return SeedSummary(mean, max(0.0, low), min(1.0, high), len(kept))
+
+
+def _test_half_widths(points: np.ndarray, lows: list, highs: list, replicates: list,
+                      level: float) -> tuple[float, float]:
+    """The test-set half-widths of the seeds' mean below and above it (NaN: unknown)."""
+    if all(r is not None for r in replicates) and len({np.shape(r) for r in replicates}) == 1:
+        low, high = percentile_interval(np.mean(np.vstack(replicates), axis=0), level)
+        mean = float(points.mean())
+        return mean - low, high - mean
+    pairs = [(p - lo, hi - p) for p, lo, hi in zip(points, lows, highs)
+             if _finite(lo) and _finite(hi)]
+    if not pairs:
+        return float("nan"), float("nan")
+    below, above = np.clip(np.array(pairs), 0.0, None).mean(axis=0)
+    return float(below), float(above)
+
+
+def _seed_half_width(points: np.ndarray, level: float) -> float:
+    if points.size < 2:
+        return 0.0
+    from scipy import stats
+
+    t = float(stats.t.ppf((1 + level) / 2, points.size - 1))
+    return t * float(points.std(ddof=1)) / float(np.sqrt(points.size))

@@ -41,6 +41,7 @@ class BenchmarkResult:
     trained: int = 0  # checkpoints this run trained
     cards: list[Path] = field(default_factory=list)  # OUT/cards/*.json (pgray.tracking.cards)
     peak_actors: int = 0
+    incomplete: str = ""  # why the tables are not the whole benchmark (failed jobs); "": whole
 
 
 class BenchmarkRun:
@@ -53,7 +54,7 @@ class BenchmarkRun:
         from pgray.io import ensure_dir
         from pgray.tracking.mlflow_runs import open_run, retry
         from pgray.tracking.mlflow_store import resolve_tracking_uri
-        from pgray.tracking.tables import read_rows
+        from pgray.tracking.row_store import read_rows
 
         self.cfg, self.out, self.progress = cfg, ensure_dir(out), progress
         self.verbose = verbose  # Ray's and Tune's own output too
@@ -83,7 +84,7 @@ class BenchmarkRun:
         return todo
 
     def on_result(self, job: BenchJob, result: dict[str, Any]) -> None:
-        from pgray.tracking.tables import append_rows
+        from pgray.tracking.row_store import append_rows
 
         # Each finished job is in the table before the next one is awaited: an interrupted
         # benchmark loses nothing it finished.
@@ -103,12 +104,19 @@ class BenchmarkRun:
         for name, data in panels.items():
             atomic_write(folder / Path(name).name, lambda f, d=data: f.write(d))
 
-    def finalize(self) -> BenchmarkResult:
+    def finalize(self, failed: list[tuple[BenchJob, str]] = ()) -> BenchmarkResult:
+        """The tables, figures, cards and report of this run's jobs. Where some of its jobs
+        `failed`, results.md and report.html say first that they are incomplete and no card
+        is written (the leaderboard ranks cards; those of an earlier run are removed, since
+        they no longer match the tables); the finished rows stay in results.parquet for the
+        re-run. The caller raises on the failures after this."""
         from pgray.attacks.checks import reliability_flags
+        from pgray.core.eval_version import git_commit
         from pgray.io import write_text
         from pgray.tracking import cards as robustness
         from pgray.tracking import tables
         from pgray.tracking.mlflow_runs import flush_all
+        from pgray.tracking.plots import robustness_curves
         from pgray.tracking.report import benchmark_report_data, write_report
 
         flush_all()  # what the jobs' runs still hold
@@ -116,21 +124,30 @@ class BenchmarkRun:
         rows = reliability_flags([r for r in tables.read_rows(self.out) if r["job_key"] in keys])
         tables.append_rows(self.out, rows)
         _tag_flags(self.uri, self.parent, rows)
+        incomplete = tables.incomplete_note(
+            [f"{job.label()}: {why}" for job, why in failed if job.key in keys], len(keys))
         table = tables.markdown_table(rows)
-        md = write_text(self.out / "results.md", f"# Benchmark {self.cfg.name}\n\n{table}\n")
-        for path in [self.out / tables.RESULTS_FILE, md, *_plots(rows, self.out)]:
+        md = write_text(self.out / "results.md", f"# Benchmark {self.cfg.name}\n\n"
+                        + (f"**{incomplete}**\n\n" if incomplete else "") + f"{table}\n")
+        for path in [self.out / tables.RESULTS_FILE, md, *robustness_curves(rows, self.out)]:
             self.parent.log_artifact(path)
-        cards = robustness.write_cards(robustness.build_cards(
-            rows, git_commit=robustness.git_commit(),
+        cards = [] if incomplete else robustness.write_cards(robustness.build_cards(
+            rows, git_commit=git_commit(),
             reported=robustness.paper_numbers(self.cfg.datasets)), self.out)
+        if incomplete:
+            for stale in sorted((self.out / robustness.CARDS_DIR).glob("*.json")):
+                stale.unlink()
+            self.parent.set_tags({"pgray.state": "incomplete"})
         for path in cards:
             self.parent.log_artifact(path, robustness.CARDS_DIR)
-        self.parent.log_artifact(write_report(benchmark_report_data(self.cfg, self.out, rows),
-                                              self.out))
+        report = benchmark_report_data(self.cfg, self.out, rows)
+        report.incomplete = incomplete
+        self.parent.log_artifact(write_report(report, self.out))
         self.parent.finish()
         return BenchmarkResult(rows, self.out / tables.RESULTS_FILE, md, table,
                                skipped=len(keys) - self.ran, ran=self.ran,
-                               mlflow_run_id=self.parent.run_id, cards=cards)
+                               mlflow_run_id=self.parent.run_id, cards=cards,
+                               incomplete=incomplete)
 
 
 def run_benchmark(
@@ -180,7 +197,7 @@ def run_benchmark(
         trained = train_missing(cfg, run, space, to_train, evaluations, storage=store,
                                 resume=resume)
     evaluations.finish()  # and the fits: one wait for everything still to come
-    result = run.finalize()
+    result = run.finalize(evaluations.failures)  # marked incomplete where jobs failed
     result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
     evaluations.check_failures()
     return result
@@ -351,26 +368,3 @@ def _budget(row: dict[str, Any]) -> str:
     threat = row.get("threat") or "linf"
     return (f"eps{row['eps']:g}" if threat in ("linf", "none")
             else f"{threat}_eps{row['eps']:g}")
-
-
-def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Image AUROC against linf eps per category: the suite's worst case (the robust number)
-    and the strongest protocol run (dashed). Other threats' eps are in other units: not here."""
-    from pgray.tracking.plots import robustness_curve
-
-    points: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        if r.get("attack") not in ("worst_case", "protocol") or (
-                r.get("threat") or "linf") != "linf":
-            continue
-        key = (f"{r['dataset']}/{r['category']} {r['attack']}", r["eps"])
-        if key not in points or (r.get("steps") or 0) > (points[key].get("steps") or 0):
-            points[key] = r
-    series: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    for (name, eps), r in sorted(points.items()):
-        series[name][0].append(eps)
-        series[name][1].append(r["image_auroc"])
-    if not series:
-        return []
-    return [robustness_curve(out / "auroc_vs_eps.png", dict(series), "eps (1/255)",
-                             "image AUROC under attack", "worst case of the suite vs protocol")]

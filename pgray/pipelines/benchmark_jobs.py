@@ -19,7 +19,8 @@ import pgray
 from pgray.config import AttackConfig, DataConfig, SuiteConfig
 from pgray.config.base import from_dict, to_dict
 from pgray.config.benchmark import BenchmarkConfig
-from pgray.errors import CheckpointError
+from pgray.core.eval_version import EVAL_VERSION, git_commit
+from pgray.errors import CheckpointError, PgrayError
 from pgray.io import file_sha256
 
 CLEAN, SUITE, ATTACK, CHECK = "clean", "suite", "attack", "check"
@@ -52,8 +53,11 @@ class BenchJob:
     # a reference state dict's architecture (ModelConfig keys); empty: the reference's own
     reference_model: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     # the test split's file list and sizes (`pgray.data.samples.split_fingerprint`)
-    data_fingerprint: str | None = field(default=None, hash=False, compare=False)
+    data_fingerprint: str | None = None
     threat: str = "linf"  # of a suite job: whose members run, eps in its unit
+    eval_version: int = EVAL_VERSION  # the driver's: an actor of another version refuses it
+    # the commit of the driver's code (a node without the checkout cannot tell its own)
+    git_commit: str | None = field(default=None, hash=False, compare=False)
 
     @property
     def setting(self) -> str:
@@ -69,14 +73,17 @@ class BenchJob:
 
     @property
     def key(self) -> str:
-        parts = [self.dataset, self.category, self.checkpoint_sha256, self.kind,
-                 [_stable(a) for a in self.attacks],
-                 None if self.suite is None else _stable(self.suite),
-                 self.eps, self.mask_resize, self.options, self.detector, self.reference_model]
-        if self.threat != "linf":
-            parts.append(self.threat)
-        if self.seed is not None:
-            parts.append(self.seed)
+        """What decides whether a finished row answers this job: the evaluation version (rows
+        of older code are recomputed), the data (root and the test split's fingerprint: the
+        same checkpoint on two roots is two jobs), the checkpoint, the detector and
+        everything the job runs."""
+        parts = {"eval_version": self.eval_version, "dataset": self.dataset, "root": self.root,
+                 "data_fingerprint": self.data_fingerprint, "category": self.category,
+                 "checkpoint_sha256": self.checkpoint_sha256, "kind": self.kind,
+                 "attacks": list(self.attacks), "suite": self.suite, "eps": self.eps,
+                 "threat": self.threat, "mask_resize": self.mask_resize,
+                 "options": self.options, "detector": self.detector,
+                 "reference_model": self.reference_model, "seed": self.seed}
         blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -115,17 +122,6 @@ class BenchJob:
         who = "" if self.detector == "patchguard" else f" {self.detector}"
         seed = "" if self.seed is None else f" seed {self.seed}"
         return f"{self.dataset}/{self.category}{who}{seed} {self.setting}"
-
-
-# Config keys added with the threat models, and their defaults: left out of a job's key where
-# they hold the default, so a linf job keeps the key (and the results) it had before them.
-_NEW_DEFAULTS = {"threat": "linf", "positions": 4, "patch_positions": 4,
-                 "check_l2_per_pixel": 0.25, "check_patch_eps": 0.5}
-
-
-def _stable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items()
-            if not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
 
 
 def entry_root(entry) -> str:
@@ -235,7 +231,7 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
         seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
-        threat=threat if kind in (SUITE, CHECK) else "linf",
+        threat=threat if kind in (SUITE, CHECK) else "linf", git_commit=git_commit(),
     ) for kind, eps, attacks, threat in job_grid(cfg)]
 
 
@@ -317,6 +313,10 @@ class JobEvaluator:
         one whose disk holds `job.checkpoint`."""
         from pgray.core.scoring import evaluate_model, evaluate_suite, panel_indices
 
+        if job.eval_version != EVAL_VERSION:
+            raise PgrayError(f"{job.label()}: the driver runs evaluation version"
+                             f" {job.eval_version}, this node {self.node} version {EVAL_VERSION}:"
+                             " install the same pgray on every node")
         started = time.perf_counter()
         loaded = self._model(job, checkpoint_bytes)
         model = loaded.model
@@ -361,7 +361,8 @@ class JobEvaluator:
             "dataset": job.dataset, "category": job.category, "checkpoint": job.checkpoint,
             "checkpoint_file": Path(job.checkpoint).name, "checkpoint_epoch": job.checkpoint_epoch,
             "checkpoint_sha256": job.checkpoint_sha256, "mask_resize": job.mask_resize,
-            "data_fingerprint": job.data_fingerprint,
+            "data_fingerprint": job.data_fingerprint, "data_root": job.root,
+            "eval_version": EVAL_VERSION, "git_commit": job.git_commit,
             "split": job.options.get("visa_split", "1cls") if job.dataset == "visa"
             else "official",
             "pgray_version": pgray.__version__, "node": self.node,

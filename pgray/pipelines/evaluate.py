@@ -24,6 +24,7 @@ def evaluate_checkpoint(
     from pgray.config import DataConfig
     from pgray.config.base import from_dict, to_dict
     from pgray.core.device import pick_device
+    from pgray.core.eval_version import EVAL_VERSION, git_commit
     from pgray.core.robustness import evaluate_robustness
     from pgray.core.scoring import panel_indices
     from pgray.data.dataset import load_split, resolve_root
@@ -31,7 +32,7 @@ def evaluate_checkpoint(
     from pgray.detectors.loading import load_detector
     from pgray.errors import ConfigError
     from pgray.io import ensure_dir, file_sha256, write_json
-    from pgray.tracking.cards import build_cards, git_commit, write_cards
+    from pgray.tracking.cards import build_cards, write_cards
     from pgray.tracking.plots import write_panels
 
     device = device or pick_device()
@@ -50,7 +51,8 @@ def evaluate_checkpoint(
                 "detector": loaded.detector, "backbone_weights": loaded.backbone,
                 "data_fingerprint": split_fingerprint(dataset.samples, resolve_root(data_cfg)),
                 "split": _split(data_cfg), "mask_resize": data_cfg.mask_resize,
-                "pgray_version": pgray.__version__} | loaded.describe()
+                "pgray_version": pgray.__version__, "eval_version": EVAL_VERSION,
+                "git_commit": git_commit()} | loaded.describe()
     rows, outputs = evaluate_robustness(
         model, dataset, eval_cfg, device=device, identity=identity, progress=progress,
         keep=panel_indices(dataset, eval_cfg.n_panels),
@@ -67,6 +69,8 @@ def evaluate_checkpoint(
         "split": _split(data_cfg),
         "mask_resize": data_cfg.mask_resize,
         "pgray_version": pgray.__version__,
+        "eval_version": EVAL_VERSION,
+        "git_commit": git_commit(),
         "results": rows,
         "panels": [str(p) for p in panels],
     }

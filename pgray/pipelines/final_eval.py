@@ -196,8 +196,8 @@ class FinalStage:
     def finish(self) -> list:
         self.evaluations.finish()
         results = []
-        for rank in sorted(self.runs):
-            result = self.runs[rank].finalize()
+        for rank in sorted(self.runs):  # marked incomplete where jobs failed; raised below
+            result = self.runs[rank].finalize(self.evaluations.failures)
             result.proxies = self.proxies[rank]
             results.append(result)
         self.evaluations.check_failures()

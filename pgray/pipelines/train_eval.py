@@ -41,14 +41,33 @@ class Evaluated:
 
 
 def evaluated_checkpoint(template: Path) -> Evaluated:
-    """`best.pt` beside the checkpoint when selection wrote one, else the checkpoint itself."""
+    """`best.pt` beside the checkpoint when it holds this checkpoint's selection, else the
+    checkpoint itself. A best.pt is this run's only if the checkpoint records a selection
+    and both name the same metric, value and epoch: one left by an earlier run in the same
+    folder (a run that selected nothing writes none) is never evaluated for a newer one."""
     from pgray.core.checkpoint import read_checkpoint
+    from pgray.errors import CheckpointError
 
+    extra = read_checkpoint(template).get("extra") or {}
     best = template.with_name(SELECTED_FILE)
-    path = best if best.is_file() else template
-    extra = read_checkpoint(path).get("extra") or {}
-    epoch = (extra.get("selected") or {}).get("epoch") or extra.get("epochs_done")
-    return Evaluated(path, path.name, None if epoch is None else int(epoch))
+    selected = _selection(extra)
+    if selected is None or not best.is_file():
+        epoch = extra.get("epochs_done")
+        return Evaluated(template, template.name, None if epoch is None else int(epoch))
+    found = _selection(read_checkpoint(best).get("extra") or {})
+    if found != selected:
+        raise CheckpointError(
+            f"{best} is not the selection of {template} (it holds {found}, the checkpoint"
+            f" selected {selected}): it was left by another run; remove it, or write this"
+            " run's again with pgray.core.checkpoint.write_selected")
+    return Evaluated(best, best.name, int(selected[2]))
+
+
+def _selection(extra: dict[str, Any]) -> tuple | None:
+    """(metric, value, epoch) of the selection a checkpoint's `extra` records, or None."""
+    selected = extra.get("selected")
+    return None if not selected else tuple(selected.get(k) for k in ("metric", "value",
+                                                                     "epoch"))
 
 
 def fetch_trial_checkpoint(source: str, dest: Path) -> Path:
@@ -61,6 +80,8 @@ def fetch_trial_checkpoint(source: str, dest: Path) -> Path:
 
     fetch_train_checkpoint(source, dest)
     selected = write_selected(dest, dest.with_name(SELECTED_FILE))
+    if selected is None:  # an earlier run's best.pt in this folder is not this run's
+        dest.with_name(SELECTED_FILE).unlink(missing_ok=True)
     extra = read_checkpoint(dest)["extra"]
     epoch = (extra.get("selected") or {}).get("epoch") if selected else extra.get("epochs_done")
     metrics = next((m for e, m in extra.get("history", []) if e + 1 == epoch), {})
@@ -95,6 +116,7 @@ class Evaluations:
         self._blobs: dict[str, Any] = {}  # checkpoint sha256 -> object ref of its bytes
         self._waiting_on: dict[str, int] = {}  # checkpoint sha256 -> jobs not yet delivered
         self._pool = None if sequential else self._make_pool()
+        self._failed: list[tuple[Any, str]] = []  # jobs that failed in this process
 
     def _make_pool(self):
         import functools
@@ -158,13 +180,23 @@ class Evaluations:
                 if not self._pool.busy:
                     time.sleep(WAIT_S)
             return
+        import warnings
+
+        from pgray.errors import first_line
         from pgray.pipelines.benchmark_jobs import JobEvaluator
         from pgray.tracking.progress import JobProgress
 
         evaluator = JobEvaluator(threads=self._actors.threads)
         tracker = JobProgress(self._pending, self._progress)
         for job in sorted(self._pending, key=lambda j: -j.cost):
-            self._deliver(job, evaluator.run(job))
+            try:
+                result = evaluator.run(job)
+            except Exception as err:  # noqa: BLE001 - as on actors: reported, the rest go on
+                self._failed.append((job, first_line(err)))
+                warnings.warn(f"evaluation {job.label()} failed: {first_line(err)}",
+                              stacklevel=2)
+            else:
+                self._deliver(job, result)
             tracker.update(job, {})
         self._pending = []
 
@@ -172,12 +204,17 @@ class Evaluations:
     def peak_actors(self) -> int:
         return 0 if self._pool is None else self._pool.peak_actors
 
+    @property
+    def failures(self) -> list[tuple[Any, str]]:
+        """(job, why) of every job that failed in its own code so far."""
+        return self._failed + ([] if self._pool is None else list(self._pool.failures))
+
     def check_failures(self) -> None:
         """After the results that did land are written: one error naming every job that
         failed in its own code (a re-run skips the finished jobs and tries these again)."""
         from pgray.errors import PgrayError
 
-        failed = [] if self._pool is None else self._pool.failures
+        failed = self.failures
         if failed:
             raise PgrayError(f"{len(failed)} evaluation job(s) failed: " + "; ".join(
                 f"{job.label()}: {why}" for job, why in failed)[:2000]

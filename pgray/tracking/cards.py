@@ -3,7 +3,12 @@ RobustBench's model_info files. A card says what the model is (backbone and its 
 weights, how it was trained), what it was tested on (dataset, category, split fingerprint),
 under which threat and budgets, and what came out: clean, protocol and worst-case AD (image
 AUROC), AL (pixel AUROC) and AUPRO with their bootstrap intervals where rows carry them, the
-forward passes the suite spent, and the reliability flags (a flagged card is `unreliable`).
+operating points (TPR at 1 % and 5 % FPR; the worst case split into attacks on normal and on
+anomalous images only), the forward passes the suite spent, and the reliability flags (a
+flagged card is `unreliable`). Per budget it says what made the number, so that only like
+numbers are compared: the suite (`name`, and its `members` with their steps, restarts and
+queries), the precision the attacks ran in and why, the real budget at the model's input size
+(`patch_area`, `l2_per_pixel`) and the commit the rows were computed with.
 
 `build_cards(rows)` is a pure function of the result rows (`pgray.tracking.tables`); the
 benchmark, the sweep's final evaluation (through the benchmark's `finalize`) and
@@ -13,6 +18,7 @@ benchmark, the sweep's final evaluation (through the benchmark's `finalize`) and
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -21,15 +27,25 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "pgray.robustness_card"
-SCHEMA_VERSION = 1
+# 2: per budget `suite`, `precision`, `precision_reason`, `git_commit`, `eval_version`, the real
+# budget and the operating points; `worst_case` lost `steps` and `restarts` (the most over the
+# members, which described no attack); the card's `git_commit` is the rows' commit, the
+# writer's is `written_by_commit`
+SCHEMA_VERSION = 2
 CARDS_DIR = "cards"
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
+TPRS = ("tpr_at_fpr1", "tpr_at_fpr5")
+ATTACK_SIDES = ("image_auroc_attack_normal", "image_auroc_attack_anomalous")
+OPERATING_POINTS = TPRS + ATTACK_SIDES
 DEFAULT_THREAT = "linf"  # rows written before the `threat` column attacked in L-inf
 CLEAN_THREAT = "none"
 EPS_UNITS = {"linf": "1/255 of the [0, 1] pixel range",
              "l2": "L2 norm of the perturbation on [0, 1] pixels",
              "patch": "patch area as a fraction of the image"}
 PROTOCOL, WORST, CLEAN = "protocol", "worst_case", "clean"
+ADAPTIVE, UNKNOWN = "adaptive", "unknown"
+MEMBER_FIELDS = ("name", "method", "library", "objective", "steps", "restarts", "queries")
+NOT_SUITE = (CLEAN, "attack")  # single attacks outside a suite; checks start with "check"
 
 Row = Mapping[str, Any]
 
@@ -49,11 +65,12 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _metrics(row: Row | None) -> dict[str, dict[str, float | None]] | None:
+def _metrics(row: Row | None, names: tuple[str, ...] = METRICS
+             ) -> dict[str, dict[str, float | None]] | None:
     if row is None:
         return None
     return {m: {"value": _number(row.get(m)), "ci_low": _number(row.get(f"{m}_ci_low")),
-                "ci_high": _number(row.get(f"{m}_ci_high"))} for m in METRICS}
+                "ci_high": _number(row.get(f"{m}_ci_high"))} for m in names}
 
 
 def _int(value: Any) -> int | None:
@@ -61,14 +78,14 @@ def _int(value: Any) -> int | None:
     return None if number is None else int(number)
 
 
+def _known(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _first(rows: list[Row], key: str) -> Any:
     """The first non-null value of a column over the rows (model and data columns are the
     same on every row of a card)."""
-    for r in rows:
-        value = r.get(key)
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return value
-    return None
+    return next((r.get(key) for r in rows if _known(r.get(key))), None)
 
 
 def _strongest_protocol(rows: list[Row]) -> Row | None:
@@ -78,18 +95,73 @@ def _strongest_protocol(rows: list[Row]) -> Row | None:
                default=None)
 
 
+def _member(entry: Any) -> dict[str, Any]:
+    entry = entry if isinstance(entry, Mapping) else {}
+    return {k: (_int(entry.get(k)) if k in ("steps", "restarts", "queries") else entry.get(k))
+            for k in MEMBER_FIELDS}
+
+
+def _members_of(value: Any) -> list[dict[str, Any]] | None:
+    """The `suite_members` column (a JSON list, or the list itself) in the card's form; None
+    where it is absent or unreadable."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return [_member(m) for m in value] if isinstance(value, list) else None
+
+
+def suite_block(worst: Row | None, rows: list[Row]) -> dict[str, Any]:
+    """The suite that made a budget's numbers: the worst-case row's `suite` and
+    `suite_members`. Rows written before those columns: `protocol` when the budget holds the
+    protocol alone (no other member's row, no black-box query), its members read from the
+    protocol rows; otherwise `unknown` (never presumed adaptive)."""
+    if worst is not None and worst.get("suite"):
+        return {"name": str(worst["suite"]), "members": _members_of(worst.get("suite_members")),
+                "inferred": False}
+    others = {r.get("attack") for r in rows} - {PROTOCOL, WORST}
+    if not others and not (worst is not None and (worst.get("queries") or 0) > 0) and any(
+            r.get("attack") == PROTOCOL for r in rows):
+        members = [_member(dict(r) | {"name": PROTOCOL, "queries": 0}) for r in rows
+                   if r.get("attack") == PROTOCOL]
+        return {"name": PROTOCOL, "members": members, "inferred": True}
+    return {"name": UNKNOWN, "members": None, "inferred": True}
+
+
+def _common(values: Iterable[Any]) -> Any:
+    """The one value all give (None when they disagree or give none)."""
+    distinct = {json.dumps(v, sort_keys=True) for v in values if v is not None}
+    return json.loads(distinct.pop()) if len(distinct) == 1 else None
+
+
+def _shared(rows: list[Row], key: str) -> Any:
+    """The value every row gives for `key`; None when one lacks it or they disagree."""
+    values = [r.get(key) for r in rows]
+    return None if not values or not all(_known(v) for v in values) else _common(values)
+
+
 def _budget(eps: float, rows: list[Row]) -> dict[str, Any]:
+    """One budget: `rows` are every suite row of the card at this eps (members too)."""
     protocol = _strongest_protocol(rows)
     worst = next((r for r in rows if r.get("attack") == WORST), None)
+    made_by = worst or protocol or {}
     passes = None
     if worst is not None and worst.get("image_steps") is not None:
         passes = int(worst.get("image_steps") or 0) + int(worst.get("queries") or 0)
     return {
         "eps": eps,
-        "protocol": None if protocol is None else _metrics(protocol) | {
+        "patch_area": _number(_first(rows, "patch_area")),
+        "l2_per_pixel": _number(_first(rows, "l2_per_pixel")),
+        "input_size": _int(_first(rows, "input_size")),
+        "suite": suite_block(worst, rows),
+        "precision": made_by.get("precision"),
+        "precision_reason": made_by.get("precision_reason"),
+        "git_commit": made_by.get("git_commit"),
+        "eval_version": _int(made_by.get("eval_version")),
+        "protocol": None if protocol is None else _metrics(protocol, METRICS + TPRS) | {
             "steps": _int(protocol.get("steps")), "restarts": _int(protocol.get("restarts"))},
-        "worst_case": None if worst is None else _metrics(worst) | {
-            "steps": _int(worst.get("steps")), "restarts": _int(worst.get("restarts"))},
+        "worst_case": _metrics(worst, METRICS + OPERATING_POINTS),
         "forward_passes": passes,
         "flags": sorted({f for r in rows for f in r.get("flags") or []}),
     }
@@ -99,21 +171,30 @@ def card_name(detector: str, dataset: str, category: str, threat: str) -> str:
     return f"{detector}/{dataset}/{category}/{threat}"
 
 
+def _suite_row(row: Row) -> bool:
+    """A row of a suite run: a member's or the worst case (not clean, not a single attack,
+    not a check)."""
+    attack = str(row.get("attack") or "")
+    return attack not in NOT_SUITE and not attack.startswith("check")
+
+
 def _card(key: tuple, rows: list[Row], clean: Row | None, *, git_commit: str | None,
           reported: Mapping[str, Any] | None) -> dict[str, Any]:
     detector, dataset, category, threat, _ = key
     everything = [*([clean] if clean else []), *rows]  # the clean row counts every image
     by_eps: dict[float, list[Row]] = defaultdict(list)
     for r in rows:
-        if r.get("attack") in (PROTOCOL, WORST) and _number(r.get("eps")) is not None:
+        if _suite_row(r) and _number(r.get("eps")) is not None:
             by_eps[float(r["eps"])].append(r)
-    budgets = [_budget(eps, by_eps[eps]) for eps in sorted(by_eps)]
+    budgets = [_budget(eps, by_eps[eps]) for eps in sorted(by_eps)
+               if any(r.get("attack") in (PROTOCOL, WORST) for r in by_eps[eps])]
     spent = [b["forward_passes"] for b in budgets if b["forward_passes"] is not None]
     flags = sorted({f for r in everything for f in r.get("flags") or []})
     notes = sorted({f"{r.get('attack')} eps {r.get('eps'):g}: {n}"
                     if _number(r.get("eps")) is not None else f"{r.get('attack')}: {n}"
                     for r in everything for n in r.get("flag_notes") or []})
     seed = _first(everything, "seed")
+    commits = {r.get("git_commit") for r in everything}
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "name": card_name(detector, dataset, category, threat),
@@ -143,15 +224,23 @@ def _card(key: tuple, rows: list[Row], clean: Row | None, *, git_commit: str | N
         "threat": threat,
         "eps_unit": EPS_UNITS.get(threat),
         "budgets": [b["eps"] for b in budgets],
-        "clean": _metrics(clean),
+        "clean": _metrics(clean, METRICS + TPRS),
         "robust": budgets,
+        # the one suite and precision of every budget (null where budgets differ: read theirs)
+        "suite": _common(b["suite"] for b in budgets),
+        "precision": _common(b["precision"] for b in budgets),
         "forward_passes": sum(spent) if spent else None,
         "flags": flags,
         "flag_notes": notes,
         "unreliable": bool(flags),
         "reported": dict(reported) if reported else None,
         "pgray_version": _first(everything, "pgray_version"),
-        "git_commit": git_commit,
+        # the rows' commit where they all give one; each commit met, unknown (rows written
+        # before rows carried it) as null
+        "git_commit": _shared(everything, "git_commit"),
+        "git_commits": sorted(commits, key=lambda c: (c is None, c or "")),
+        "eval_version": _int(_shared(everything, "eval_version")),
+        "written_by_commit": git_commit,
     }
 
 
@@ -159,6 +248,8 @@ def build_cards(rows: Iterable[Row], *, git_commit: str | None = None,
                 reported: Mapping[tuple[str, str], Mapping[str, Any]] | None = None
                 ) -> list[dict[str, Any]]:
     """One card per (detector, dataset, category, threat) of the rows, sorted by name.
+    `git_commit`: the commit of the process writing the cards (`written_by_commit`; the rows
+    say what they were computed with).
     A model's clean row goes into each of its threat cards; rows of other single attacks
     (`attack`) and the large-budget check contribute only their flags. `reported`: the paper's
     numbers per (dataset, category), put on L-inf cards of PatchGuard. Two checkpoints of one
@@ -215,18 +306,3 @@ def write_cards(cards: list[dict[str, Any]], out: Path) -> list[Path]:
     names = Counter(card_filename(c) for c in cards)
     return [write_json(Path(out) / CARDS_DIR / card_filename(c, names[card_filename(c)] > 1), c)
             for c in cards]
-
-
-def git_commit() -> str | None:
-    """The commit of the pgray checkout this code runs from; None outside a git checkout
-    (an installed wheel) or without git."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = proc.stdout.strip()
-    return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None

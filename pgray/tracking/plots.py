@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pgray.tracking.tables import across_seeds
 
 if TYPE_CHECKING:
     from pgray.core.scoring import EvalOutputs
@@ -69,6 +72,42 @@ def robustness_curve(path: Path, series: dict[str, tuple[list[float], list[float
     if series:
         ax.legend(fontsize=7)
     return _save(fig, plt, path)
+
+
+# One figure per threat: each threat's eps is in its own unit.
+CURVE_FILES = {"linf": "auroc_vs_eps.png", "l2": "auroc_vs_eps_l2.png",
+               "patch": "auroc_vs_eps_patch.png"}
+CURVE_UNITS = {"linf": "eps (1/255)", "l2": "L2 eps (norm on [0, 1] pixels)",
+               "patch": "patch area (fraction of the image)"}
+
+
+def curve_series(rows: list[dict]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Per threat, image AUROC against eps: one series per category, detector and kind (the
+    suite's worst case, the robust number, and the strongest protocol run), so no line joins
+    two models; rows of several training seeds as their mean."""
+    points: dict[tuple[str, str, float], dict] = {}
+    for r in across_seeds(rows):
+        value = r.get("image_auroc")
+        if r.get("attack") not in ("worst_case", "protocol") or not _is_number(value):
+            continue
+        name = f"{r['dataset']}/{r['category']} {r.get('detector') or 'patchguard'} {r['attack']}"
+        key = (r.get("threat") or "linf", name, float(r["eps"]))
+        if key not in points or (r.get("steps") or 0) > (points[key].get("steps") or 0):
+            points[key] = r
+    series: dict[str, dict[str, tuple[list, list]]] = defaultdict(dict)
+    for (threat, name, eps), r in sorted(points.items()):
+        xs, ys = series[threat].setdefault(name, ([], []))
+        xs.append(eps)
+        ys.append(r["image_auroc"])
+    return dict(series)
+
+
+def robustness_curves(rows: list[dict], out: Path) -> list[Path]:
+    """OUT/auroc_vs_eps.png (linf) and one more figure per other threat with rows."""
+    return [robustness_curve(Path(out) / CURVE_FILES.get(threat, f"auroc_vs_eps_{threat}.png"),
+                             named, CURVE_UNITS.get(threat, "eps"), "image AUROC under attack",
+                             f"{threat}: worst case of the suite vs protocol")
+            for threat, named in curve_series(rows).items()]
 
 
 def write_panels(outputs: dict[str, EvalOutputs], dataset, out_dir: Path, n: int) -> list[Path]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pgray.config.benchmark import BenchmarkConfig
 
 REPORT_FILE = "report.html"
+CURVES = "auroc_vs_eps*.png"  # one per threat (pgray.tracking.plots.robustness_curves)
 PANELS_DIR = "panels"  # the benchmark's panel PNGs, one folder per job (BenchmarkRun)
 MAX_PANELS = 24  # a page a person scrolls, not every panel of a large grid
 # Section ids a test (or a person's link) can find; the sweep-only ones are left out of a
@@ -54,6 +55,8 @@ class ReportData:
     trials_plot: Image | None = None
     proxy_gap: Table | None = None
     links: dict[str, str] = field(default_factory=dict)  # label -> where (path or URL)
+    # what the page says first when jobs failed (pgray.tracking.tables.incomplete_note)
+    incomplete: str = ""
 
 
 # --- HTML ---------------------------------------------------------------------------------
@@ -71,6 +74,7 @@ figure { margin: 0.6em 0 1.2em; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; } dt { font-weight: bold; margin-top: 0.5em; }
 dd { overflow-wrap: anywhere; }
 .note { font-size: 0.85em; color: #555; } .flag { color: #a40; }
+.incomplete { border: 2px solid #a40; padding: 0.5em 0.8em; color: #a40; }
 """
 # Each image's decoded size written into the page (local, no network): what a browser test
 # reads back to know every image decoded.
@@ -95,7 +99,7 @@ def _img(image: Image) -> str:
 def _table(table: Table) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in table.head)
     body = "".join(
-        f'<tr{" class=mean" if cells and cells[0] == "mean" else ""}>'
+        f'<tr{" class=mean" if cells and cells[0].startswith("mean") else ""}>'
         + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>" for cells in table.rows)
     note = f'<p class="note">{_e(table.note)}</p>' if table.note else ""
     return (f"<h3>{_e(table.title)}</h3><table><thead><tr>{head}</tr></thead>"
@@ -152,7 +156,11 @@ def render_report(data: ReportData) -> str:
     sections.append(_section("panels", "Attacked images and their anomaly maps", panels))
     sections.append(_run_section(data))
     hardware = ", ".join(f"{k} {v}" for k, v in data.hardware.items())
-    summary = (f'<p class="note">eps {", ".join(f"{e:g}" for e in data.eps)}/255;'
+    if data.incomplete:
+        summary = f'<p class="incomplete" id="incomplete">{_e(data.incomplete)}</p>'
+    else:
+        summary = ""
+    summary += (f'<p class="note">eps {", ".join(f"{e:g}" for e in data.eps)}/255;'
                f" {_e(data.suite)}; {_e(hardware)}. The worst case of the suite is the robust"
                " number.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -174,23 +182,32 @@ def hardware() -> dict[str, str]:
     import torch
 
     import pgray
+    from pgray.core.eval_version import EVAL_VERSION, git_commit
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"CPUs": str(os.cpu_count()), "GPUs": ", ".join(gpus) or "none",
-            "torch": torch.__version__, "pgray": pgray.__version__}
+            "torch": torch.__version__, "pgray": pgray.__version__,
+            "evaluation version": str(EVAL_VERSION), "commit": git_commit() or "unknown"}
 
 
-def result_tables(rows: list[dict[str, Any]]) -> list[Table]:
-    """results.md's per-budget tables as data (pgray.tracking.tables), intervals in cells."""
+def result_tables(rows: list[dict[str, Any]], prefix: str = "") -> list[Table]:
+    """results.md's per-budget tables as data (pgray.tracking.tables), intervals in cells,
+    each followed by its operating points where the rows carry them; `prefix` names the
+    benchmark the rows come from where a page shows several."""
     from pgray.tracking import tables
+    from pgray.tracking.table_columns import OPERATING_NOTE
 
     out = []
     for ds, det, threat, eps, mine in tables.result_budgets(rows):
         head, body = tables.budget_table(mine, eps, threat)
         seeds = max((r.get("n_seeds") or 1 for r in mine), default=1)
         note = tables.UNCERTAINTY_NOTE if seeds == 1 else tables.SEEDS_NOTE.format(n=seeds)
-        out.append(Table(f"{ds}, {det} ({tables.budget_label(threat, eps)})", head, body,
-                         note))
+        title = f"{prefix}{ds}, {det} ({tables.budget_title(mine, eps, threat)})"
+        out.append(Table(title, head, body, note))
+        points = tables.operating_table(mine, eps, threat)
+        if points is not None:
+            out.append(Table(f"{prefix}{ds}, {det} ({tables.budget_label(threat, eps)}):"
+                             " operating points", *points, OPERATING_NOTE))
     return out
 
 
@@ -232,7 +249,7 @@ def benchmark_report_data(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, 
         config_text=yaml.safe_dump(to_dict(cfg), sort_keys=False),
         eps=list(cfg.eps), suite=suite_text, threats=threat_texts(cfg.threats),
         hardware=hardware(), results=result_tables(rows),
-        curves=folder_images(out, "auroc_vs_eps.png"),
+        curves=folder_images(out, CURVES),
         panels=folder_images(out, f"{PANELS_DIR}/*/*.png"), flags=raised_flags(rows),
         links={"results": str(out)})
 
@@ -246,6 +263,7 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
     """The sweep's page: its search space, trials, and the final evaluation's benchmarks
     (rows, curves and panels of each)."""
     from pgray.tracking.sweep_report import (
+        PROXY_GAP_HEAD,
         PROXY_GAP_TITLE,
         attack_text,
         proxy_gap_rows,
@@ -256,22 +274,28 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
     folders = [Path(b.parquet).parent for b in result.benchmarks]
     head, trial_cells = trials_rows(space, result.trials, {
         t.trial_id for ranked in result.best.values() for t in ranked})
-    proxies = {k: v for b in result.benchmarks for k, v in b.proxies.items()}
+    # each benchmark (top1, top2, ...) on its own: one's seeds never merge with another's rows
+    many = len(result.benchmarks) > 1
+    results = [t for b, f in zip(result.benchmarks, folders)
+               for t in result_tables(b.rows, f"{f.name}: " if many else "")]
+    gaps = [cells for b, f in zip(result.benchmarks, folders) if b.proxies
+            for cells in proxy_gap_rows(b.proxies, b.rows, f.name if many else "")[1]]
     config = out / "search_space.yaml"
     return ReportData(
         title=f"Sweep {space.name}", config_name=config.name,
         config_text=config.read_text() if config.is_file() else "",
         eps=list(space.final_eval.eps), suite=attack_text(space),
         threats=threat_texts(space.fixed_config().eval.threats), hardware=hardware(),
-        results=result_tables(rows),
-        curves=[i for f in folders for i in folder_images(f, "auroc_vs_eps.png")],
+        results=results,
+        curves=[i for f in folders for i in folder_images(f, CURVES)],
         panels=[i for f in folders for i in folder_images(f, f"{PANELS_DIR}/*/*.png")][
             :MAX_PANELS],
         flags=raised_flags(rows), sweep=True,
         trials=Table(f"{len(result.trials)} trials", head, trial_cells),
         trials_plot=trials_plot(space, result.trials, out),
-        proxy_gap=Table(PROXY_GAP_TITLE, *proxy_gap_rows(proxies, rows)) if proxies else None,
-        links={"results": str(out)} | dict(sorted(result.compare_links.items())))
+        proxy_gap=Table(PROXY_GAP_TITLE, PROXY_GAP_HEAD, gaps) if gaps else None,
+        links={"results": str(out)} | dict(sorted(result.compare_links.items())),
+        incomplete=" ".join(b.incomplete for b in result.benchmarks if b.incomplete))
 
 
 def trials_plot(space, trials, out: Path) -> Image | None:

@@ -113,6 +113,8 @@ def results_text(space: SearchSpace, result: SweepResult, brief: bool = False) -
         from pgray.tracking.tables import markdown_table
 
         text = markdown_table(bench.rows, detailed=1) if brief else bench.table_text
+        if bench.incomplete:
+            text = f"**{bench.incomplete}**\n\n{text}"
         parts += ["", f"## Final evaluation: {attack_text(space)}", "", text.rstrip("\n")]
         if bench.proxies:
             parts += ["", proxy_gap_table(bench.proxies, bench.rows)]
@@ -123,29 +125,36 @@ def results_text(space: SearchSpace, result: SweepResult, brief: bool = False) -
 
 
 PROXY_GAP_TITLE = ("Proxy vs test (image AUROC; proxy: held-out pseudo-anomalies, short"
-                   " attacks at the training eps; test: real defects, the suite's worst case at"
-                   " the largest eps)")
+                   " linf attacks at the training eps; test: real defects, the suite's linf"
+                   " worst case at the largest eps)")
+PROXY_GAP_HEAD = ["target", "epoch", "proxy clean", "test clean", "gap", "proxy worst",
+                  "test worst", "gap"]
+PROXY_THREAT = "linf"  # training attacks are linf (pgray.config.experiment), so is the proxy
 
 
-def proxy_gap_rows(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]]
-                   ) -> tuple[list[str], list[list[str]]]:
+def proxy_gap_rows(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+                   rank: str = "") -> tuple[list[str], list[list[str]]]:
     """The held-out proxy (pseudo-anomalies, short attacks at the training eps) beside the
-    test split, for each evaluated trial: how far the sweep's objective is from the truth."""
-    head = ["target", "epoch", "proxy clean", "test clean", "gap", "proxy worst", "test worst",
-            "gap"]
+    test split, for each evaluated trial: how far the sweep's objective is from the truth.
+    The test side is the trial's own model (not its clean twin, nor a baseline) under the
+    proxy's threat; `rank` (top1, top2, ...) labels the trial where a page shows several."""
+    from pgray.detectors.registry import PATCHGUARD
+
     out = []
     for key, proxy in sorted(proxies.items()):
         dataset, category = key.split("/", 1)
         # the evaluated trial's own rows (its seed, where the best config was retrained)
         mine = [r for r in rows if r["dataset"] == dataset and r["category"] == category
-                and r.get("seed") == proxy.get("seed")]
+                and r.get("seed") == proxy.get("seed")
+                and (r.get("detector") or PATCHGUARD) == PATCHGUARD]
         clean = next((r["image_auroc"] for r in mine if r.get("attack") == "clean"), None)
-        worst = max((r for r in mine if r.get("attack") == "worst_case"),
+        worst = max((r for r in mine if r.get("attack") == "worst_case"
+                     and (r.get("threat") or PROXY_THREAT) == PROXY_THREAT),
                     key=lambda r: r["eps"], default={}).get("image_auroc")
         pc, pw = proxy.get("proxy_clean_image_auroc"), proxy.get("proxy_worst_image_auroc")
-        out.append([key, str(proxy.get("epoch")), _fmt(pc), _fmt(clean), _gap(pc, clean),
-                    _fmt(pw), _fmt(worst), _gap(pw, worst)])
-    return head, out
+        out.append([f"{key} {rank}".rstrip(), str(proxy.get("epoch")), _fmt(pc), _fmt(clean),
+                    _gap(pc, clean), _fmt(pw), _fmt(worst), _gap(pw, worst)])
+    return PROXY_GAP_HEAD, out
 
 
 def proxy_gap_table(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> str:

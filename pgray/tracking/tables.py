@@ -1,77 +1,36 @@
-"""Result tables: one Parquet file per results folder, appended under a file lock, written
-atomically; the Markdown results table and console lines computed from the rows."""
+"""Result tables: the Markdown results table and console lines computed from the rows (the
+rows themselves live in one Parquet file per results folder: pgray.tracking.row_store)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-from pgray.io import atomic_write, ensure_dir
+from pgray.core.intervals import across_seeds as seed_summary
+from pgray.tracking.cards import OPERATING_POINTS
 
-RESULTS_FILE = "results.parquet"
-
-
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Exclusive lock on a results folder: concurrent benchmarks append one at a time."""
-    ensure_dir(folder)
-    with open(folder / ".results.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_rows(folder: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    path = Path(folder) / RESULTS_FILE
-    if not path.exists():
-        return []
-    return pq.read_table(path).to_pylist()
-
-
-def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns: dict[str, list] = {}
-    keys = sorted({k for r in rows for k in r})
-    for k in keys:
-        columns[k] = [r.get(k) for r in rows]
-    table = pa.table(columns)
-    return atomic_write(Path(folder) / RESULTS_FILE, lambda f: pq.write_table(table, f))
-
-
-def append_rows(folder: Path, new_rows: Iterable[dict[str, Any]]) -> int:
-    """Add rows, replacing any with the same `row_key`; returns the table's row count."""
-    folder = Path(folder)
-    with locked(folder):
-        rows = {row_key(r): r for r in read_rows(folder)}
-        for r in new_rows:
-            rows[row_key(r)] = r
-        ordered = list(rows.values())
-        _write_rows(folder, ordered)
-        return len(ordered)
-
-
-def row_key(row: dict[str, Any]) -> str:
-    """A row's identity in the table: its job, and within a suite job its attack."""
-    return row.get("row_key") or row["job_key"]
+# the results folder's rows, read and appended (kept importable from here)
+from pgray.tracking.row_store import (  # noqa: F401
+    RESULTS_FILE,
+    append_rows,
+    locked,
+    read_rows,
+    row_key,
+)
+from pgray.tracking.table_columns import (
+    OPERATING_NOTE,
+    budget_heading,
+    complete_means,
+    markdown_rows,
+    model_budgets,
+    operating_points,
+)
+from pgray.tracking.table_columns import percent as _fmt
 
 
 def _nan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
-
-
-def _fmt(x) -> str:
-    return "–" if x is None or _nan(x) else f"{100 * x:.1f}"
 
 
 def _interval(row: dict[str, Any], metric: str) -> tuple[float, float] | None:
@@ -93,8 +52,10 @@ def _cell(row: dict[str, Any], metric: str, mark: str = "") -> str:
 METRIC_LABELS = (("image_auroc", "AD"), ("pixel_auroc", "AL"), ("aupro", "AUPRO"))
 UNCERTAINTY_NOTE = ("Brackets: bootstrap 95 % intervals (test images resampled within each"
                     " label, 1,000 times; docs/method.md, \"Uncertainty\").")
-SEEDS_NOTE = ("Numbers: the mean over {n} training seeds; brackets: its 95 % t-interval across"
-              " seeds (each seed's own bootstrap interval is in results.parquet).")
+SEEDS_NOTE = ("Numbers: the mean over {n} training seeds; brackets: its 95 % interval over both"
+              " the test images and the seeds (the seeds' bootstrap half-widths and the"
+              " t-interval across seeds in quadrature, clipped; docs/method.md,"
+              " \"Uncertainty\"; each seed's own row is in results.parquet).")
 
 
 def _flag_cell(rows: list[dict[str, Any]]) -> str:
@@ -102,14 +63,19 @@ def _flag_cell(rows: list[dict[str, Any]]) -> str:
     return ", ".join(names)
 
 
-SEED_GROUP = ("dataset", "category", "detector", "attack", "setting", "eps", "threat")
+SEED_GROUP = ("dataset", "category", "detector", "attack", "setting", "eps", "threat", "suite")
+# averaged over seeds (with an interval where the rows carry one); other columns are seed 0's
+SEED_AVERAGED = tuple(m for m, _ in METRIC_LABELS) + OPERATING_POINTS
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of the same setting from checkpoints trained with different seeds, as one row:
-    each metric the mean over seeds, `<metric>_ci_low/_ci_high` its 95 % t-interval across
-    seeds (training randomness, which is wider than one model's test-set interval),
-    `n_seeds`, and the union of the flags. Rows without a seed pass unchanged."""
+    each metric the mean over the seeds that have it, `<metric>_ci_low/_ci_high` its 95 %
+    interval over both the test images and the seeds (`pgray.core.intervals.across_seeds`:
+    every seed is scored on the same split, so the seeds' spread alone would understate it),
+    clipped to [0, 1]; `seeds` and `n_seeds`: the seeds with a finite image AUROC (a failed
+    seed is not counted), `seeds_without_value` the others; the union of the flags. Rows
+    without a seed pass unchanged."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     out = []
     for r in rows:
@@ -118,29 +84,31 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             groups[tuple(r.get(k) for k in SEED_GROUP)].append(r)
     for members in groups.values():
-        merged = dict(members[0]) | {"seed": None, "seeds": sorted(r["seed"] for r in members),
-                                     "n_seeds": len(members)}
-        for metric, _ in METRIC_LABELS:
-            merged |= _seed_interval(metric, [r.get(metric) for r in members])
+        counted = sorted(r["seed"] for r in members if not _missing(r.get("image_auroc")))
+        merged = dict(members[0]) | {
+            "seed": None, "seeds": counted, "n_seeds": len(counted),
+            "seeds_without_value": sorted(r["seed"] for r in members
+                                          if _missing(r.get("image_auroc")))}
+        for metric in SEED_AVERAGED:
+            if any(metric in r for r in members):
+                merged |= _seed_interval(metric, members)
         merged["flags"] = sorted({f for r in members for f in (r.get("flags") or [])})
         out.append(merged)
     return out
 
 
-def _seed_interval(metric: str, values: list) -> dict[str, float]:
-    """The mean of `values` (NaNs left out) and its 95 % t-interval."""
-    from scipy import stats
+def _missing(value: Any) -> bool:
+    return value is None or _nan(value)
 
-    kept = [float(v) for v in values if v is not None and not _nan(v)]
-    nan = float("nan")
-    if not kept:
-        return {metric: nan, f"{metric}_ci_low": nan, f"{metric}_ci_high": nan}
-    mean = sum(kept) / len(kept)
-    if len(kept) < 2:
-        return {metric: mean, f"{metric}_ci_low": nan, f"{metric}_ci_high": nan}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
-    half = float(stats.t.ppf(0.975, len(kept) - 1)) * sd / math.sqrt(len(kept))
-    return {metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half}
+
+def _seed_interval(metric: str, members: list[dict[str, Any]]) -> dict[str, float]:
+    """The metric's mean over the seeds' rows and its interval (NaN where no seed carries a
+    test-set interval: the seeds' spread alone would claim too much)."""
+    summary = seed_summary([r.get(metric) for r in members],
+                           [r.get(f"{metric}_ci_low") for r in members],
+                           [r.get(f"{metric}_ci_high") for r in members])
+    return {metric: summary.mean, f"{metric}_ci_low": summary.low,
+            f"{metric}_ci_high": summary.high}
 
 
 def markdown_table(rows: list[dict[str, Any]], detailed: int | None = None) -> str:
@@ -170,6 +138,7 @@ def markdown_table(rows: list[dict[str, Any]], detailed: int | None = None) -> s
             title = ds if len(detectors) == 1 else f"{ds}, {det}"
             for threat, eps in budgets or [("linf", None)]:
                 out += _eps_table(title, mine, eps, threat)
+                out += _operating_table(title, mine, eps, threat)
     return "\n".join(out)
 
 
@@ -214,12 +183,14 @@ def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
     scores, so no paired bootstrap here: a conservative mark)."""
     from pgray.core.intervals import intervals_apart
 
-    head = budget_label(threat, eps)
+    extra, budget_note = budget_heading([r for r in rows if _at(r, eps, threat)], threat,
+                                        detectors)
+    head = budget_label(threat, eps) + extra
     lines = [f"### {ds}: detectors compared ({head}; worst case of the adaptive suite)\n"]
     cols = [f"{d} {m} {k}" for d in detectors for m in ("AD", "AL") for k in ("clean", "worst")]
     lines.append("| category | " + " | ".join(cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
-    sums: dict[int, list[float]] = defaultdict(list)
+    per_category = []
     marked = False
     for cat in sorted({r["category"] for r in rows}):
         vals, cells, first = [], [], None
@@ -237,12 +208,12 @@ def comparison_table(ds: str, rows: list[dict[str, Any]], detectors: list[str],
                 marked |= apart
                 vals.append(row.get(metric))
                 cells.append(_cell(row, metric, "*" if apart else ""))
-        for i, v in enumerate(vals):
-            if v is not None and not _nan(v):
-                sums[i].append(v)
+        per_category.append((cat, vals))
         lines.append(f"| {cat} | " + " | ".join(cells) + " |")
-    means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols))]
-    lines.append("| **mean** | " + " | ".join(_fmt(v) for v in means) + " |")
+    label, means = complete_means(per_category)
+    lines.append(f"| **{label}** | " + " | ".join(_fmt(v) for v in means) + " |")
+    if budget_note:
+        lines.append(f"\n{budget_note}")
     if marked:
         lines.append(f"\n`*`: its 95 % interval and {detectors[0]}'s do not overlap.")
     random = sorted({r.get("detector") for r in rows if r.get("backbone_weights") == "random"})
@@ -259,8 +230,7 @@ def budget_table(ds_rows: list[dict[str, Any]], eps: float | None, threat: str =
     and worst-case AD, AL and AUPRO (with intervals) and its flags, then the mean row."""
     cols = ["category", *(f"{lab} {kind}" for _, lab in METRIC_LABELS
                           for kind in ("clean", "protocol", "worst")), "flags"]
-    body = []
-    sums: dict[int, list[float]] = defaultdict(list)
+    body, per_category = [], []
     for cat in sorted({r["category"] for r in ds_rows}):
         pick = {kind: next((r for r in ds_rows if r["category"] == cat
                             and r.get("attack") == kind and (kind == "clean" or
@@ -268,16 +238,36 @@ def budget_table(ds_rows: list[dict[str, Any]], eps: float | None, threat: str =
                 for kind in ("clean", "protocol", "worst_case")}
         order = [(pick[k], m) for m, _ in METRIC_LABELS for k in ("clean", "protocol",
                                                                   "worst_case")]
-        vals = [row.get(m) for row, m in order]
-        for i, v in enumerate(vals):
-            if v is not None and not _nan(v):
-                sums[i].append(v)
+        per_category.append((cat, [row.get(m) for row, m in order]))
         flagged = [r for r in ds_rows if r["category"] == cat
                    and (_at(r, eps, threat) or r.get("attack") == "clean")]
         body.append([cat, *(_cell(row, m) for row, m in order), _flag_cell(flagged)])
-    means = [sum(sums[i]) / len(sums[i]) if sums[i] else None for i in range(len(cols) - 2)]
-    body.append(["mean", *(_fmt(v) for v in means), ""])
+    label, means = complete_means(per_category)
+    body.append([label, *(_fmt(v) for v in means), ""])
     return cols, body
+
+
+def _picks(ds_rows: list[dict[str, Any]], eps: float | None, threat: str
+           ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Per category: its clean row and its worst-case row at the budget ({} where absent)."""
+    return [(cat, next((r for r in ds_rows if r["category"] == cat
+                        and r.get("attack") == "clean"), {}),
+             next((r for r in ds_rows if r["category"] == cat
+                   and r.get("attack") == "worst_case" and _at(r, eps, threat)), {}))
+            for cat in sorted({r["category"] for r in ds_rows})]
+
+
+def operating_table(ds_rows: list[dict[str, Any]], eps: float | None, threat: str = "linf"
+                    ) -> tuple[list[str], list[list[str]]] | None:
+    """One budget's operating points as data (pgray.tracking.table_columns); None when no
+    row has them."""
+    return operating_points(_picks(ds_rows, eps, threat)) if eps is not None else None
+
+
+def budget_title(ds_rows: list[dict[str, Any]], eps: float | None, threat: str) -> str:
+    """A budget in its threat's unit and, for one detector's rows, as its input saw it."""
+    seen = set(model_budgets([r for r in ds_rows if _at(r, eps, threat)], threat).values())
+    return budget_label(threat, eps) + "".join(f"; {text}" for text in sorted(seen))
 
 
 def result_budgets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, float | None,
@@ -304,22 +294,37 @@ def _eps_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
     empty: the paper's PGD is linf)."""
     at = [r for r in ds_rows if _at(r, eps, threat)]
     steps = max((r.get("steps") or 0 for r in at if r.get("attack") == "protocol"), default=0)
-    head = budget_label(threat, eps)
+    head = budget_title(ds_rows, eps, threat)
     if eps is not None and threat == "linf":
         head += f", protocol PGD-{steps}"
     lines = [f"### {ds} ({head}; worst case = the robust number)\n"]
-    cols, body = budget_table(ds_rows, eps, threat)
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|---" * len(cols) + "|")
-    for cells in body[:-1]:
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| **mean** | " + " | ".join(body[-1][1:-1]) + " | |")
+    lines += markdown_rows(*budget_table(ds_rows, eps, threat))
     if any(_interval(r, m) for r in at + ds_rows for m, _ in METRIC_LABELS):
         seeds = max((r.get("n_seeds") or 1 for r in ds_rows), default=1)
         lines.append(f"\n{UNCERTAINTY_NOTE}" if seeds == 1 else
                      f"\n{SEEDS_NOTE.format(n=seeds)}")
     lines.append("")
     return lines
+
+
+def _operating_table(ds: str, ds_rows: list[dict[str, Any]], eps: float | None,
+                     threat: str) -> list[str]:
+    table = operating_table(ds_rows, eps, threat)
+    if table is None:
+        return []
+    return [f"#### {ds} ({budget_label(threat, eps)}): operating points\n",
+            *markdown_rows(*table), "", OPERATING_NOTE, ""]
+
+
+def incomplete_note(failed: list[str], total: int) -> str:
+    """What a results page says first when some of its jobs failed (`failed`: one line per
+    failed job, its label and why): the tables hold the finished jobs only."""
+    if not failed:
+        return ""
+    shown = "; ".join(failed[:10]) + ("; ..." if len(failed) > 10 else "")
+    return (f"Incomplete: {len(failed)} of {total} evaluation jobs failed ({shown}). The"
+            " tables hold the finished jobs only and no robustness card was written; run"
+            " again to retry the failed jobs (the finished ones are kept).")
 
 
 def rows_text(rows: list[dict[str, Any]]) -> str:

@@ -12,6 +12,7 @@ from helpers import tiny_experiment
 
 from pgray.config.base import from_dict
 from pgray.config.benchmark import BenchmarkConfig, DetectorEntry
+from pgray.core.eval_version import EVAL_VERSION, git_commit
 from pgray.pipelines.benchmark import run_benchmark
 from pgray.tracking.tables import read_rows
 
@@ -70,7 +71,8 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     for r in rows:
         assert {"threat", "eps", "steps", "alpha", "restarts", "objective", "library", "precision",
                 "mask_resize", "split", "checkpoint_sha256", "pgray_version", "attack",
-                "flags", "flag_notes"} <= set(r)
+                "flags", "flag_notes", "eval_version", "git_commit", "data_root"} <= set(r)
+        assert r["eval_version"] == EVAL_VERSION and r["git_commit"] == git_commit()
         assert isinstance(r["flags"], list) and 0 <= r["image_auroc"] <= 1
         # the bootstrap intervals survive Parquet
         assert r["image_auroc_ci_low"] <= r["image_auroc"] <= r["image_auroc_ci_high"]
@@ -88,6 +90,7 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert "AD worst" in text and "| flags |" in text and "Brackets: bootstrap 95 %" in text
     assert "### synthetic (L2 eps 1; worst case = the robust number)" in text
     assert (out / "auroc_vs_eps.png").stat().st_size > 0
+    assert (out / "auroc_vs_eps_l2.png").stat().st_size > 0  # each threat in its own unit
 
     from mlflow.tracking import MlflowClient
 
@@ -109,15 +112,16 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert {"results.parquet", "results.md", "auroc_vs_eps.png", "cards",
             "report.html"} <= parent_files
 
-    # the report: every section, the curve and one panel per category (n_panels 1, the
-    # strongest linf suite job's panels and the L2 one's), each image decoded by Chromium
+    # the report: every section, the curves (linf, L2) and one panel per category
+    # (n_panels 1, the strongest linf suite job's panels and the L2 one's), each image
+    # decoded by Chromium
     from browser import Dom, render_dom
 
     panels = sorted((out / "panels").glob("*/*.png"))
     assert len(panels) == 2 * 3 and all(p.stat().st_size > 0 for p in panels)
     dom = Dom(render_dom(out / "report.html"))
     assert dom.sections == ["results", "flags", "panels", "run"]
-    assert len(dom.images) == 1 + len(panels)
+    assert len(dom.images) == 2 + len(panels)
     assert all(img["src"].startswith("data:image/png;base64,") and img.get(
         "data-natural-size", "0x0") != "0x0" for img in dom.images)
     text = " ".join(dom.text)

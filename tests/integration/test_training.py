@@ -105,8 +105,12 @@ def test_train_and_evaluate_cli(synthetic_root, tmp_path, mlflow_uri, capsys):
                "square_det", "worst_case"]
     assert [r["attack"] for r in metrics["results"]] == (
         ["clean"] + members + members + ["check_large_eps"])
+    from pgray.core.eval_version import EVAL_VERSION, git_commit
+
     for row in metrics["results"]:
         assert 0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["aupro"] <= 1.0
+        # what made the row: the evaluation version and this checkout's commit
+        assert row["eval_version"] == EVAL_VERSION and row["git_commit"] == git_commit()
         assert isinstance(row["flags"], list) and len(row["flag_notes"]) == len(row["flags"])
     protocol = next(r for r in metrics["results"] if r["attack"] == "protocol" and r["eps"] == 8)
     assert protocol["setting"] == "pgd_eps8_steps3"

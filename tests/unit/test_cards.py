@@ -1,24 +1,16 @@
-"""Robustness cards from hand-written rows, written atomically, and the leaderboard over them."""
+"""Robustness cards from hand-written rows, written atomically (the leaderboard over them:
+test_leaderboard.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from pgray.core.eval_version import git_commit
 from pgray.data.samples import Sample, split_fingerprint
-from pgray.tracking.cards import SCHEMA, SCHEMA_VERSION, build_cards, git_commit, write_cards
-from pgray.tracking.leaderboard import (
-    LeaderboardError,
-    find_cards,
-    html_page,
-    markdown,
-    write_leaderboard,
-)
+from pgray.tracking.cards import SCHEMA, SCHEMA_VERSION, build_cards, write_cards
 
 NAN = float("nan")
 MODEL = {"dataset": "synthetic", "category": "weave", "checkpoint_sha256": "abcdef0123456789",
@@ -72,12 +64,102 @@ def test_card_fields_intervals_and_threat_default():
     assert at8["protocol"]["image_auroc"]["value"] == 0.6  # the strongest protocol run
     assert at8["protocol"]["steps"] == 100
     assert at8["worst_case"]["image_auroc"]["value"] == pytest.approx(0.32)
+    assert "steps" not in at8["worst_case"]  # the suite block says what ran
     assert at8["worst_case"]["pixel_auroc"] == {"value": 0.5, "ci_low": None, "ci_high": None}
     assert at8["forward_passes"] == 8400 and card["forward_passes"] == 16800
     assert card["flags"] == [] and card["unreliable"] is False
-    assert card["reported"] is None and card["git_commit"] == "c" * 40
+    assert card["reported"] is None and card["written_by_commit"] == "c" * 40
+    assert card["git_commit"] is None  # the rows did not say which commit made them
     assert card["pgray_version"] == "0.1.0"
     json.dumps(card, allow_nan=False)  # strict JSON: no NaN anywhere
+
+
+MEMBERS = [{"name": "protocol", "method": "pgd", "library": "pgray", "objective": "mask",
+            "steps": 1000, "restarts": 1, "queries": 0},
+           {"name": "det_topk", "method": "pgd", "library": "pgray", "objective": "image_score",
+            "steps": 100, "restarts": 2, "queries": 0},
+           {"name": "square_det", "method": "square", "library": "torchattacks",
+            "objective": "image_score", "steps": 0, "restarts": 1, "queries": 1000}]
+REASON = "bf16 probe gap 0.004 <= 0.01 (linf eps 8, pgd)"
+
+
+def _contract_rows(commit: str = "a" * 40) -> list[dict]:
+    """Rows with the columns issue 28 added: suite, members, precision and why, commit,
+    evaluation version, real budgets, operating points."""
+    rows = []
+    for r in _rows():
+        r = r | {"git_commit": commit, "eval_version": 3}
+        if r["attack"] == "clean":
+            r |= {"tpr_at_fpr1": 0.5, "tpr_at_fpr5": 0.7}
+        elif r["attack"] == "worst_case":
+            r |= {"suite": "adaptive", "suite_members": json.dumps(MEMBERS),
+                  "precision": "bf16", "precision_reason": REASON, "input_size": 224,
+                  "tpr_at_fpr1": 0.01, "tpr_at_fpr5": 0.04,
+                  "image_auroc_attack_normal": 0.6, "image_auroc_attack_anomalous": 0.5,
+                  "image_auroc_attack_normal_ci_low": 0.55}
+        rows.append(r)
+    patch = [r | {"threat": "patch", "eps": 0.02, "patch_area": 0.0204} for r in rows
+             if r["attack"] == "worst_case" and r["eps"] == 8.0]
+    l2 = [r | {"threat": "l2", "eps": 1.0, "l2_per_pixel": 1 / (3 * 224 * 224) ** 0.5}
+          for r in rows if r["attack"] == "worst_case" and r["eps"] == 8.0]
+    return rows + patch + l2
+
+
+def test_card_says_which_suite_precision_commit_and_real_budget_made_it():
+    cards = {c["threat"]: c for c in build_cards(_contract_rows(), git_commit="c" * 40)}
+    card = cards["linf"]
+    at8 = card["robust"][1]
+    assert at8["suite"] == {"name": "adaptive", "inferred": False, "members": MEMBERS}
+    assert card["suite"] == at8["suite"]  # every budget ran the same suite
+    assert "steps" not in at8["worst_case"] and "restarts" not in at8["worst_case"]
+    assert (at8["precision"], at8["precision_reason"]) == ("bf16", REASON)
+    assert card["precision"] == "bf16"
+    # the rows' commit, not the writer's; the writer's kept apart
+    assert card["git_commit"] == at8["git_commit"] == "a" * 40
+    assert card["written_by_commit"] == "c" * 40 and card["eval_version"] == 3
+    assert at8["input_size"] == 224 and at8["patch_area"] is None
+    assert cards["patch"]["robust"][0]["patch_area"] == 0.0204
+    assert cards["l2"]["robust"][0]["l2_per_pixel"] == pytest.approx(0.002577, abs=1e-6)
+    # operating points: clean and worst case, the worst case split by the side attacked
+    assert card["clean"]["tpr_at_fpr1"] == {"value": 0.5, "ci_low": None, "ci_high": None}
+    assert card["clean"]["tpr_at_fpr5"]["value"] == 0.7
+    worst = at8["worst_case"]
+    assert (worst["tpr_at_fpr1"]["value"], worst["tpr_at_fpr5"]["value"]) == (0.01, 0.04)
+    assert worst["image_auroc_attack_normal"] == {"value": 0.6, "ci_low": 0.55,
+                                                  "ci_high": None}
+    assert worst["image_auroc_attack_anomalous"]["value"] == 0.5
+    json.dumps(card, allow_nan=False)
+
+
+def test_rows_of_two_commits_give_no_single_commit():
+    rows = _contract_rows()
+    rows[0] = rows[0] | {"git_commit": "b" * 40}  # the clean row came from another commit
+    (card, *_) = build_cards(rows)
+    assert card["git_commit"] is None and card["git_commits"] == ["a" * 40, "b" * 40]
+    (old,) = build_cards(_rows())
+    assert old["git_commit"] is None and old["git_commits"] == [None]
+
+
+def test_rows_without_suite_columns_say_protocol_only_when_nothing_else_ran():
+    """`--suite protocol` rows (clean, the protocol, a worst case of it alone) written before
+    rows named their suite read as the protocol; an adaptive run's (other members, black-box
+    queries) as unknown, never as the protocol and never presumed adaptive."""
+    base = MODEL | {"detector": "patchguard"}
+    protocol = [base | {"attack": "clean", "image_auroc": 0.95},
+                base | {"attack": "protocol", "eps": 8.0, "steps": 1000, "restarts": 1,
+                        "image_auroc": 0.139},
+                base | {"attack": "worst_case", "eps": 8.0, "steps": 1000, "restarts": 1,
+                        "image_auroc": 0.139, "image_steps": 240, "queries": 0}]
+    (card,) = build_cards(protocol)
+    suite = card["robust"][0]["suite"]
+    assert suite["name"] == "protocol" and suite["inferred"] is True
+    assert [(m["name"], m["steps"], m["restarts"], m["queries"]) for m in suite["members"]] == [
+        ("protocol", 1000, 1, 0)]
+    adaptive = protocol + [base | {"attack": "det_topk", "eps": 8.0, "steps": 100,
+                                   "image_auroc": 0.05}]
+    assert build_cards(adaptive)[0]["robust"][0]["suite"]["name"] == "unknown"
+    queried = protocol[:2] + [protocol[2] | {"queries": 400}]  # Square ran: not the protocol
+    assert build_cards(queried)[0]["robust"][0]["suite"]["name"] == "unknown"
 
 
 def test_flag_makes_card_unreliable_and_threats_split():
@@ -106,6 +188,7 @@ def test_reported_numbers_and_missing_columns():
     assert card["training"]["method"] is None and card["data"]["fingerprint"] is None
     assert card["robust"][0]["protocol"] is None and card["forward_passes"] is None
     assert card["git_commit"] is None and card["flags"] == []
+    assert card["robust"][0]["suite"] == {"name": "unknown", "members": None, "inferred": True}
     # another detector on the same category gets no paper number
     (other,) = build_cards([r | {"detector": "padim"} for r in bare],
                            reported={("d", "c"): {"image_auroc": 0.85}})
@@ -144,60 +227,6 @@ def test_split_fingerprint_is_relative_and_sees_changes(tmp_path):
     assert fingerprint("a", label=0) != a
     (tmp_path / "b/test/x.png").write_bytes(b"123456")
     assert fingerprint("b") != a
-
-
-def _board_cards() -> list[dict]:
-    return build_cards(_rows("patchguard", worst=0.4) + _rows("padim", worst=0.6)
-                       + _rows("stfpm", worst=0.5, flags=["blackbox_stronger"]))
-
-
-def test_leaderboard_orders_by_worst_ad_and_marks_flags():
-    text = markdown(_board_cards())
-    table = [ln for ln in text.splitlines() if ln.startswith("| synthetic")]
-    assert len(table) == 6  # 3 cards x 2 budgets
-    at8 = [[c.strip() for c in ln.split("|")[1:-1]] for ln in table if "| 8 |" in ln]
-    assert [row[5].split(" ")[0] for row in at8] == ["padim", "stfpm", "patchguard"]
-    assert [row[4] for row in at8] == ["1", "2", "3"]
-    assert at8[0][9] == "52.0" and at8[0][7] == "95.0 [90.0, 99.0]"
-    assert at8[1][-1] == "**UNRELIABLE: blackbox_stronger**" and at8[0][-1] == "ok"
-    assert at8[0][13] == "8,400"  # forward passes of that budget
-    budgets = [ln.split("|")[4].strip() for ln in table]
-    assert budgets == ["2"] * 3 + ["8"] * 3
-
-
-def test_leaderboard_html_escapes_and_marks(tmp_path):
-    cards = _board_cards()
-    cards[0]["detector"] = "<script>alert(1)</script>"
-    page = html_page(cards)
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "http" not in page and "<link" not in page  # self-contained
-    assert page.count('<tr class="unreliable">') == 2
-    assert '<td class="flag">UNRELIABLE: blackbox_stronger</td>' in page
-    md = markdown(cards)
-    assert "<script>" not in md
-    md_path, html_path = write_leaderboard(cards, tmp_path / "board.md")
-    assert md_path.name == "board.md" and html_path.name == "board.html"
-    assert html_path.read_text() == page
-
-
-def test_leaderboard_errors_and_command(tmp_path):
-    write_cards(_board_cards(), tmp_path / "run")
-    (tmp_path / "run" / "metrics.json").write_text('{"results": []}')  # not a card: skipped
-    (tmp_path / "empty").mkdir()
-    assert len(find_cards([tmp_path / "run"])) == 3
-    with pytest.raises(LeaderboardError, match="no such folder"):
-        find_cards([tmp_path / "run", tmp_path / "missing"])
-    with pytest.raises(LeaderboardError, match="no robustness card"):
-        find_cards([tmp_path / "empty"])
-    cmd = [sys.executable, "-m", "pgray.leaderboard"]
-    proc = subprocess.run([*cmd, str(tmp_path / "empty")], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[2])
-    assert proc.returncode == 2 and "no robustness card" in proc.stderr
-    proc = subprocess.run([*cmd, str(tmp_path / "run"), "--out", str(tmp_path / "lb")],
-                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "lb.md").read_text() == markdown(find_cards([tmp_path / "run"]))
-    assert (tmp_path / "lb.html").is_file()
 
 
 def test_model_columns_say_how_each_kind_was_trained():

@@ -210,3 +210,53 @@ def test_reference_state_dict_mismatch_lists_keys():
     deeper = build(experiment(depth=3))
     with pytest.raises(CheckpointError, match=r"missing .*backbone\.blocks\.2"):
         load_reference_state_dict(deeper, as_reference(build(config).state_dict()))
+
+
+def _training_file(path, model, config, epochs_done, selected=None):
+    """A training checkpoint as a run leaves it: its epochs and, where it selected, the
+    selected epoch's weights."""
+    extra = {"epochs_done": epochs_done}
+    if selected is not None:
+        metric, value, epoch = selected
+        extra["selected"] = {"metric": metric, "value": value, "epoch": epoch,
+                             "state_dict": model.state_dict()}
+    return save_checkpoint(path, model, config, extra)
+
+
+def test_a_best_pt_left_by_an_earlier_run_is_never_evaluated(tmp_path):
+    from pgray.core.checkpoint import write_selected
+    from pgray.pipelines.train_eval import evaluated_checkpoint
+
+    config = experiment()
+    model = build(config)
+    ckpt, best = tmp_path / "checkpoint.pt", tmp_path / "best.pt"
+    # run 1 selects epoch 2 of 3: its best.pt is evaluated, and says so
+    _training_file(ckpt, model, config, 3, ("proxy_worst_image_auroc", 0.7, 2))
+    write_selected(ckpt, best)
+    first = evaluated_checkpoint(ckpt)
+    assert (first.path, first.file, first.epoch) == (best, "best.pt", 2)
+    # run 2 in the same folder selects nothing: its own last epoch, not run 1's best.pt
+    _training_file(ckpt, model, config, 4)
+    second = evaluated_checkpoint(ckpt)
+    assert (second.path, second.file, second.epoch) == (ckpt, "checkpoint.pt", 4)
+    # run 3 selects epoch 4, but best.pt is still run 1's: refused, not evaluated
+    _training_file(ckpt, model, config, 5, ("proxy_worst_image_auroc", 0.8, 4))
+    with pytest.raises(CheckpointError, match="is not the selection of"):
+        evaluated_checkpoint(ckpt)
+
+
+def test_fetching_a_run_that_selected_nothing_removes_an_earlier_best_pt(tmp_path):
+    from pgray.pipelines.train_eval import evaluated_checkpoint, fetch_trial_checkpoint
+
+    config = experiment()
+    model = build(config)
+    dest = tmp_path / "out" / "checkpoint.pt"
+    earlier, later = tmp_path / "trial1", tmp_path / "trial2"  # Train checkpoint folders
+    _training_file(earlier / "checkpoint.pt", model, config, 3,
+                   ("proxy_worst_image_auroc", 0.7, 2))
+    _training_file(later / "checkpoint.pt", model, config, 2)
+    fetch_trial_checkpoint(str(earlier), dest)  # a trial that selected, fetched here first
+    assert dest.with_name("best.pt").is_file()
+    fetch_trial_checkpoint(str(later), dest)
+    assert not dest.with_name("best.pt").exists()
+    assert evaluated_checkpoint(dest).epoch == 2

@@ -151,3 +151,119 @@ def test_paired_rows_reads_the_replicates_kept_by_scoring():
     ref = iv.paired_difference(good, poor, "aupro")
     assert d == ref and d.significant
     assert iv.paired_rows(rows[0], good, rows[0], good, "aupro").significant is False
+
+
+# Across seeds: every seed is scored on the same test split (issue 28, item 6)
+
+def _seed_rows(values, half=0.07, detector="patchguard", **extra) -> list[dict]:
+    """One worst-case row per seed, each with a test-set interval of +-`half` (None: none)."""
+    nan = float("nan")
+    return [{"dataset": "synthetic", "category": "weave", "detector": detector,
+             "attack": "worst_case", "setting": "worst_case_eps8", "eps": 8.0, "seed": seed,
+             "image_auroc": v, "pixel_auroc": 0.7, "aupro": nan, "flags": [],
+             "image_auroc_ci_low": nan if half is None else v - half,
+             "image_auroc_ci_high": nan if half is None else v + half} | extra
+            for seed, v in enumerate(values)]
+
+
+def test_seed_interval_is_at_least_the_test_set_interval():
+    # the issue's numbers: three seeds 0.870/0.872/0.871, one model's test interval +-0.07;
+    # a t-interval over the seeds alone claimed +-0.0025
+    s = iv.across_seeds([0.870, 0.872, 0.871], [0.80, 0.802, 0.801], [0.94, 0.942, 0.941])
+    assert s.n_seeds == 3 and s.mean == pytest.approx(0.871)
+    seeds_only = 4.302653 * 0.001 / 3 ** 0.5  # t(0.975, 2) x sd / sqrt(3)
+    half = (0.07 ** 2 + seeds_only ** 2) ** 0.5
+    assert (s.low, s.high) == pytest.approx((0.871 - half, 0.871 + half))
+    assert s.high - s.mean >= 0.07 and s.mean - s.low >= 0.07
+    # asymmetric test intervals stay asymmetric, one side each
+    s = iv.across_seeds([0.97, 0.97], [0.90, 0.90], [0.99, 0.99])
+    assert (s.low, s.high) == pytest.approx((0.90, 0.99))
+
+
+def test_seed_interval_is_clipped_and_drops_nan_seeds():
+    # two seeds 0.80/0.90 (each +-0.05 on the test set): t(1) makes it wide, but an AUROC
+    # stays in [0, 1] (the old interval was [21.5, 148.5] %)
+    s = iv.across_seeds([0.80, 0.90], [0.75, 0.85], [0.85, 0.95])
+    assert s.mean == pytest.approx(0.85) and s.high == 1.0 and 0.0 <= s.low < 0.3
+    s = iv.across_seeds([0.80, float("nan"), None, 0.90], [0.75, 0.1, 0.1, 0.85],
+                        [0.85, 0.2, 0.2, 0.95])
+    assert s.n_seeds == 2 and s.mean == pytest.approx(0.85)
+    assert iv.across_seeds([float("nan")]).n_seeds == 0
+    # one seed: its own test-set interval; no test-set interval at all: none
+    assert iv.across_seeds([0.8], [0.7], [0.85]) == iv.SeedSummary(0.8, 0.7, 0.85, 1)
+    unknown = iv.across_seeds([0.870, 0.872, 0.871])
+    assert unknown.mean == pytest.approx(0.871) and unknown.low != unknown.low
+
+
+def test_seed_interval_from_replicates_is_the_bootstrap_of_the_mean():
+    """Seeds scored on the same images, resampled alike: their mean's bootstrap is at most
+    as wide as the mean of their intervals (the bound used without replicates)."""
+    outs = [split(60, separation=s, seed=k) for k, s in ((3, 0.8), (4, 1.2))]
+    outs = [EvalOutputs(o.scores, outs[0].labels, o.maps, o.masks) for o in outs]
+    points = [image_auroc(o.scores, o.labels) for o in outs]
+    reps = [iv.bootstrap(o, {"image_auroc": p}, n_resamples=400)["image_auroc"]
+            for o, p in zip(outs, points)]
+    lows, highs = zip(*(iv.percentile_interval(r) for r in reps))
+    paired = iv.across_seeds(points, lows, highs, replicates=reps)
+    bound = iv.across_seeds(points, lows, highs)
+    seeds = 12.7062 * abs(points[0] - points[1]) / 2  # t(0.975, 1) x sd / sqrt(2)
+    mean_low, mean_high = iv.percentile_interval(np.mean(reps, axis=0))
+    mean = float(np.mean(points))
+    assert paired.low == pytest.approx(max(0.0, mean - np.hypot(mean - mean_low, seeds)))
+    assert paired.high == pytest.approx(min(1.0, mean + np.hypot(mean_high - mean, seeds)))
+    assert bound.low <= paired.low + 1e-9 and paired.high <= bound.high + 1e-9
+    # identical seeds: the replicates' interval is each seed's own
+    same = iv.across_seeds(points[:1] * 2, lows[:1] * 2, highs[:1] * 2,
+                           replicates=reps[:1] * 2)
+    assert (same.low, same.high) == pytest.approx((lows[0], highs[0]))
+
+
+def test_tables_merge_seeds_with_test_and_seed_variation():
+    from pgray.tracking.tables import across_seeds
+
+    (merged,) = across_seeds(_seed_rows([0.870, 0.872, 0.871]))
+    assert merged["image_auroc"] == pytest.approx(0.871)
+    assert merged["image_auroc_ci_high"] - merged["image_auroc"] >= 0.07
+    assert merged["image_auroc"] - merged["image_auroc_ci_low"] >= 0.07
+
+
+def test_tables_seed_interval_is_clipped():
+    from pgray.tracking.tables import across_seeds
+
+    (wide,) = across_seeds(_seed_rows([0.80, 0.90], half=0.05))
+    assert 0.0 <= wide["image_auroc_ci_low"] and wide["image_auroc_ci_high"] == 1.0
+
+
+def test_tables_do_not_count_a_failed_seed():
+    from pgray.tracking.tables import across_seeds
+
+    (failed,) = across_seeds(_seed_rows([0.80, float("nan"), 0.90], half=0.05))
+    assert failed["n_seeds"] == 2 and failed["seeds"] == [0, 2]
+    assert failed["seeds_without_value"] == [1]
+    assert failed["image_auroc"] == pytest.approx(0.85)
+
+
+def test_tables_average_operating_points_over_seeds():
+    from pgray.tracking.tables import across_seeds
+
+    (points,) = across_seeds([r | {"tpr_at_fpr1": t} for r, t in
+                              zip(_seed_rows([0.8, 0.9]), (0.2, 0.4))])
+    assert points["tpr_at_fpr1"] == pytest.approx(0.3)  # not seed 0's 0.2
+
+
+def test_comparison_stars_only_intervals_over_test_images_and_seeds():
+    """Two detectors 1 point apart on every seed, each seed +-7 on the test set: no star (a
+    t-interval over the seeds alone called it significant); 30 points apart: a star."""
+    from pgray.tracking.tables import across_seeds, comparison_table
+
+    def table(gap: float) -> str:
+        rows = []
+        for det, base in (("patchguard", 0.870), ("padim", 0.870 + gap)):
+            worst = _seed_rows([base, base + 0.002, base + 0.001], detector=det)
+            rows += worst + [r | {"attack": "clean", "setting": "clean", "eps": 0.0}
+                             for r in worst]
+        return "\n".join(comparison_table("synthetic", across_seeds(rows),
+                                          ["patchguard", "padim"], 8.0))
+
+    assert "*" not in table(0.01).replace("**mean**", "")
+    assert "* [" in table(-0.3)

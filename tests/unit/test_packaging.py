@@ -87,3 +87,10 @@ def test_plain_install_finds_the_builtin_search_spaces(tmp_path):
     lines = proc.stdout.split()
     assert lines[0].startswith(str(site)), lines[0]  # the installed copy, not the checkout
     assert lines[1:] == ["demo", "attention", "pseudo", "paper"]
+
+
+def test_the_package_version_is_the_projects():
+    import pgray
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert pgray.__version__ == project["version"]

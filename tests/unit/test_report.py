@@ -105,3 +105,128 @@ def test_report_renders_in_chromium_with_every_image_decoded(tmp_path):
     assert sizes[1] != "6x4" and min(map(int, sizes[1].split("x"))) > 100  # the plot
     assert sizes[:1] + sizes[2:] == ["6x4"] * 3
     assert "Sweep <script>alert(1)</script>" in " ".join(dom.text)  # shown, as text
+
+
+def _model_rows(clean: float, worst: float, **extra) -> list[dict]:
+    base = {"dataset": "synthetic", "category": "disc", "detector": "patchguard",
+            "pixel_auroc": 0.8, "aupro": 0.5, "flags": [], "flag_notes": []} | extra
+    return [base | {"attack": "clean", "setting": "clean", "threat": "none", "eps": 0.0,
+                    "image_auroc": clean},
+            base | {"attack": "worst_case", "setting": "worst_case", "threat": "linf",
+                    "eps": 8.0, "image_auroc": worst}]
+
+
+def _sweep_report(tmp_path, benchmarks: dict[str, tuple[list, dict]]):
+    """The sweep's page over hand-made final benchmarks (rank -> rows, proxies)."""
+    from pgray.config.search_space import load_search_space, resolve_space_path
+    from pgray.pipelines.benchmark import BenchmarkResult
+    from pgray.pipelines.sweep import SweepResult
+    from pgray.tracking.report import sweep_report_data
+
+    results = []
+    for rank, (rows, proxies) in benchmarks.items():
+        folder = tmp_path / "final" / rank
+        folder.mkdir(parents=True)
+        results.append(BenchmarkResult(rows, folder / "results.parquet", folder / "results.md",
+                                       "", 0, len(rows), proxies=proxies))
+    result = SweepResult(out=tmp_path, parent_run_id="p", experiment_path="e", trials=[],
+                         best={}, best_configs={}, benchmarks=results)
+    return sweep_report_data(load_search_space(resolve_space_path("demo")), result, tmp_path)
+
+
+def _disc_cells(table: Table) -> list[str]:
+    return next(cells for cells in table.rows if cells[0] == "disc")
+
+
+def test_a_sweep_report_shows_each_ranks_own_numbers(tmp_path):
+    """Seeds on, top_n 2: top1's rows are two seeds (mean clean 0.8, worst 0.5), top2's one
+    unseeded model (clean 0.95, worst 0.1). The page showed top2's number under "the mean
+    over 2 training seeds"; each rank now has its own tables, as results.md has."""
+    top1 = [r for seed, (c, w) in ((0, (0.7, 0.4)), (1, (0.9, 0.6)))
+            for r in _model_rows(c, w, seed=seed)]
+    top2 = _model_rows(0.95, 0.1)
+    proxy = {"epoch": 3, "proxy_clean_image_auroc": 0.9, "proxy_worst_image_auroc": 0.5}
+    data = _sweep_report(tmp_path, {"top1": (top1, {"synthetic/disc": proxy | {"seed": 0}}),
+                                    "top2": (top2, {"synthetic/disc": proxy | {"seed": None}})})
+    seeded = [t for t in data.results if "mean over 2 training seeds" in t.note]
+    assert len(seeded) == 1
+    cells = _disc_cells(seeded[0])  # the seeds' mean, not top2's model
+    # no seed row carries a test-set interval here, so the mean has none either
+    assert cells[1] == "80.0" and cells[3] == "50.0"
+    assert [t.title for t in data.results] == ["top1: synthetic, patchguard (eps 8/255)",
+                                               "top2: synthetic, patchguard (eps 8/255)"]
+    second = _disc_cells(data.results[1])
+    assert second[1] == "95.0" and second[3] == "10.0"
+    assert "mean over" not in data.results[1].note
+    # the proxy gap: each rank against its own rows (top1: seed 0's, top2: its model's)
+    assert [cells[:4] for cells in data.proxy_gap.rows] == [
+        ["synthetic/disc top1", "3", "0.9000", "0.7000"],
+        ["synthetic/disc top2", "3", "0.9000", "0.9500"]]
+
+
+def test_the_proxy_gap_is_the_trials_own_model_under_the_proxys_threat():
+    """The clean twin's rows come first (unseeded, as the trial's), and an L2 budget has the
+    largest eps: neither may stand for the trial's test numbers."""
+    from pgray.tracking.sweep_report import proxy_gap_rows
+
+    twin = _model_rows(0.99, 0.01, detector="patchguard_clean")
+    l2 = [r | {"threat": "l2", "eps": 16.0, "image_auroc": 0.02}
+          for r in _model_rows(0.9, 0.9) if r["attack"] == "worst_case"]
+    rows = twin + l2 + _model_rows(0.8, 0.3)
+    proxy = {"epoch": 3, "proxy_clean_image_auroc": 0.9, "proxy_worst_image_auroc": 0.5}
+    head, cells = proxy_gap_rows({"synthetic/disc": proxy}, rows)
+    assert cells == [["synthetic/disc", "3", "0.9000", "0.8000", "+0.100", "0.5000",
+                      "0.3000", "+0.200"]]
+
+
+def test_an_incomplete_run_says_so_before_its_results():
+    from pgray.tracking.tables import incomplete_note
+
+    note = incomplete_note(["synthetic/weave adaptive_suite_eps8: RuntimeError: boom"], 6)
+    assert note.startswith("Incomplete: 1 of 6 evaluation jobs failed (synthetic/weave")
+    data = hand_report(hand_rows(), tiny_png())
+    data.incomplete = note
+    page = render_report(data)
+    assert page.index('id="incomplete"') < page.index('<section id="results"')
+    assert "no robustness card was written" in " ".join(Dom(page).text)
+    assert 'id="incomplete"' not in render_report(hand_report(hand_rows(), tiny_png()))
+
+
+def test_the_report_shows_operating_points_and_an_incomplete_mean():
+    rows = _model_rows(0.9, 0.4) + [r | {"category": "weave"} for r in _model_rows(0.5, 0.4)
+                                    if r["attack"] == "clean"]
+    rows[0] |= {"tpr_at_fpr1": 0.5, "tpr_at_fpr5": 0.7}
+    rows[1] |= {"tpr_at_fpr1": 0.1, "tpr_at_fpr5": 0.2, "image_auroc_attack_normal": 0.6,
+                "image_auroc_attack_anomalous": 0.55}
+    tables = result_tables(rows)
+    assert [t.title for t in tables] == ["synthetic, patchguard (eps 8/255)",
+                                         "synthetic, patchguard (eps 8/255): operating points"]
+    assert tables[0].rows[-1][:4] == ["mean of 1/2 (left out: weave)", "90.0", "–", "40.0"]
+    assert _disc_cells(tables[1]) == ["disc", "50.0", "10.0", "70.0", "20.0", "60.0", "55.0"]
+    page = render_report(ReportData(
+        title="b", config_name="c", config_text="", eps=[8.0], suite="adaptive",
+        threats=["linf"], hardware={}, results=tables, curves=[], panels=[], flags=[]))
+    assert page.count("<tr class=mean>") == 2  # both mean rows marked, labels and all
+
+
+def test_curves_keep_detectors_and_threats_apart(tmp_path):
+    """PatchGuard, its clean twin and PaDiM on one category at the same eps are three lines,
+    not one; an L2 budget is a figure of its own (its eps is in another unit)."""
+    from pgray.tracking.plots import curve_series, robustness_curves
+
+    rows = [r | {"eps": eps, "image_auroc": value}
+            for det, value in (("patchguard", 0.6), ("patchguard_clean", 0.1),
+                               ("padim", 0.3))
+            for eps in (2.0, 8.0)
+            for r in _model_rows(0.9, 0.0, detector=det) if r["attack"] == "worst_case"]
+    rows += [r | {"threat": "l2", "eps": 1.0, "image_auroc": 0.2}
+             for r in _model_rows(0.9, 0.0) if r["attack"] == "worst_case"]
+    series = curve_series(rows)
+    assert sorted(series) == ["l2", "linf"]
+    assert series["linf"] == {
+        "synthetic/disc padim worst_case": ([2.0, 8.0], [0.3, 0.3]),
+        "synthetic/disc patchguard worst_case": ([2.0, 8.0], [0.6, 0.6]),
+        "synthetic/disc patchguard_clean worst_case": ([2.0, 8.0], [0.1, 0.1])}
+    assert series["l2"] == {"synthetic/disc patchguard worst_case": ([1.0], [0.2])}
+    paths = robustness_curves(rows, tmp_path)
+    assert sorted(p.name for p in paths) == ["auroc_vs_eps.png", "auroc_vs_eps_l2.png"]

@@ -46,13 +46,16 @@ def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
             "attack": "worst_case", "setting": "worst_case_eps8", "eps": 8.0,
             "pixel_auroc": 0.7, "aupro": float("nan")}
     values = {0: 0.60, 1: 0.70, 2: 0.80}
-    rows = [base | {"seed": s, "image_auroc": v, "flags": ["f"] if s == 2 else []}
+    rows = [base | {"seed": s, "image_auroc": v, "flags": ["f"] if s == 2 else [],
+                    "image_auroc_ci_low": v - 0.05, "image_auroc_ci_high": v + 0.05}
             for s, v in values.items()]
     rows.append(base | {"detector": "padim", "seed": None, "image_auroc": 0.5})
     merged = {r["detector"]: r for r in across_seeds(rows)}
     assert len(merged) == 2 and merged["padim"]["image_auroc"] == 0.5  # unseeded: unchanged
     mine = merged["patchguard"]
-    half = stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5  # sd 0.1 over 3 seeds
+    # the seeds' test-set half-width (0.05) and the t half-width over 3 seeds (sd 0.1) in
+    # quadrature
+    half = (0.05 ** 2 + (stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5) ** 2) ** 0.5
     assert mine["image_auroc"] == pytest.approx(0.7)
     assert (mine["image_auroc_ci_low"], mine["image_auroc_ci_high"]) == pytest.approx(
         (0.7 - half, 0.7 + half))
@@ -60,7 +63,8 @@ def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
     assert mine["pixel_auroc"] == pytest.approx(0.7) and mine["aupro"] != mine["aupro"]
     text = markdown_table([r | {"attack": a} for r in rows[:3] for a in ("worst_case",)])
     assert text.startswith("Mean over training seeds 0, 1, 2")
-    assert "the mean over 3 training seeds; brackets: its 95 % t-interval" in text
+    assert ("the mean over 3 training seeds; brackets: its 95 % interval over both the test"
+            " images and the seeds") in text
     line = next(x for x in text.splitlines() if x.startswith("| weave"))
     assert "70.0" in line
 
@@ -132,3 +136,113 @@ def test_console_lines_show_intervals():
            "aupro": float("nan"), "aupro_ci_low": float("nan"), "aupro_ci_high": float("nan"),
            "n_images": 10}
     assert "image_auroc 0.8720 [0.8410, 0.9000]  pixel_auroc 0.5000  aupro nan" in rows_text([row])
+
+
+def _category(cat: str, detector: str = "patchguard", worst: bool = True, **extra) -> list:
+    base = {"dataset": "synthetic", "category": cat, "detector": detector, "pixel_auroc": 0.8,
+            "aupro": 0.5, "flags": []} | extra
+    rows = [base | {"attack": "clean", "threat": "none", "eps": 0.0, "image_auroc": 0.9}]
+    if worst:
+        rows += [base | {"attack": "protocol", "threat": "linf", "eps": 8.0, "steps": 10,
+                         "image_auroc": 0.6},
+                 base | {"attack": "worst_case", "threat": "linf", "eps": 8.0,
+                         "image_auroc": 0.4}]
+    return rows
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.split("|")[2:-1]]
+
+
+def test_a_mean_row_averages_the_same_categories_in_every_column():
+    """weave's suite job failed: it has a clean row and no worst case. Its clean 50.0 must
+    not pull the clean mean down while the worst-case mean is disc's alone."""
+    from pgray.tracking.tables import budget_table
+
+    rows = _category("disc") + [r | {"image_auroc": 0.5} for r in _category("weave",
+                                                                            worst=False)]
+    cols, body = budget_table(rows, 8.0, "linf")
+    label, *means = body[-1][:-1]
+    assert label == "mean of 1/2 (left out: weave)"
+    assert means[:3] == ["90.0", "60.0", "40.0"]  # disc's clean, protocol, worst
+    text = markdown_table(rows)
+    mean = next(line for line in text.splitlines() if line.startswith("| **mean"))
+    assert mean.startswith("| **mean of 1/2 (left out: weave)** | 90.0 | 60.0 | 40.0 |")
+    # complete categories: the plain mean
+    both = _category("disc") + _category("weave")
+    assert budget_table(both, 8.0, "linf")[1][-1][:4] == ["mean", "90.0", "60.0", "40.0"]
+
+
+def test_a_comparison_mean_averages_the_same_categories_for_every_detector():
+    rows = (_category("disc") + _category("weave")
+            + _category("disc", "padim") + [r | {"image_auroc": 0.5}
+                                            for r in _category("weave", "padim", worst=False)])
+    text = markdown_table(rows)
+    compared = text.split("detectors compared")[1]
+    mean = next(line for line in compared.splitlines() if line.startswith("| **mean"))
+    cells = _cells(mean)
+    assert mean.startswith("| **mean of 1/2 (left out: weave)** |")
+    # patchguard AD clean/worst, AL clean/worst, then padim's: disc's alone in every column
+    assert cells == ["90.0", "40.0", "80.0", "80.0", "90.0", "40.0", "80.0", "80.0"]
+
+
+def _l2(detector: str, size: int, eps: float = 1.0) -> list:
+    per_pixel = eps / (3 * size * size) ** 0.5
+    base = {"dataset": "synthetic", "category": "disc", "detector": detector,
+            "pixel_auroc": 0.8, "aupro": 0.5, "flags": [], "input_size": size}
+    return [base | {"attack": "clean", "threat": "none", "eps": 0.0, "image_auroc": 0.9},
+            base | {"attack": "worst_case", "threat": "l2", "eps": eps, "image_auroc": 0.4,
+                    "l2_per_pixel": per_pixel},
+            base | {"attack": "worst_case", "threat": "patch", "eps": 0.02, "image_auroc": 0.5,
+                    "patch_area": round((0.02 * size * size) ** 0.5) ** 2 / size ** 2}]
+
+
+def test_a_comparison_says_when_one_eps_is_not_one_budget_per_pixel():
+    """PatchGuard at 224 px and PaDiM at 256 px under L2 eps 1: PaDiM's per-pixel change is
+    12.5 % smaller; the table says so instead of showing one budget."""
+    text = markdown_table(_l2("patchguard", 224) + _l2("padim", 256))
+    heads = [line for line in text.splitlines() if "detectors compared" in line]
+    assert heads[0] == ("### synthetic: detectors compared (L2 eps 1; not the same budget per"
+                        " pixel for every detector; worst case of the adaptive suite)")
+    assert ("Not one budget: the same L2 eps spreads over more pixels at a larger input. Per"
+            " detector: patchguard: 0.657/255 RMS per pixel value at 224 px; padim: 0.575/255"
+            " RMS per pixel value at 256 px.") in text
+    # the patch: its real area at each input size (the side is rounded to whole pixels)
+    assert ("detectors compared (patch 2 % of the image; not the same patch area for every"
+            " detector;") in text
+    assert ("Per detector: patchguard: real area 2.04 % at 224 px; padim: real area 1.98 % at"
+            " 256 px.") in text
+    # one detector's own tables say its budget as its input saw it
+    assert "### synthetic, padim (L2 eps 1; 0.575/255 RMS per pixel value at 256 px;" in text
+    same = markdown_table(_l2("patchguard", 224) + _l2("patchguard_clean", 224))
+    assert ("detectors compared (L2 eps 1; 0.657/255 RMS per pixel value at 224 px; worst"
+            in same) and "Not one budget" not in same.split("patch 2 %")[0]
+
+
+def test_operating_points_are_shown_clean_and_worst_and_missing_ones_tolerated():
+    rows = _category("disc") + _category("weave")
+    assert "operating points" not in markdown_table(rows)  # rows from before the columns
+    for r in rows:
+        if r["category"] == "disc":
+            r |= {"tpr_at_fpr1": 0.5 if r["attack"] == "clean" else 0.1,
+                  "tpr_at_fpr5": 0.7 if r["attack"] == "clean" else 0.2}
+        if r["category"] == "disc" and r["attack"] == "worst_case":
+            r |= {"image_auroc_attack_normal": 0.6, "image_auroc_attack_anomalous": 0.55}
+    text = markdown_table(rows)
+    table = text.split("#### synthetic (eps 8/255): operating points")[1]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert _cells(lines[0]) == ["TPR@1%FPR clean", "TPR@1%FPR worst", "TPR@5%FPR clean",
+                                "TPR@5%FPR worst", "AD worst, normal attacked",
+                                "AD worst, anomalous attacked"]
+    assert _cells(lines[1]) == ["50.0", "10.0", "70.0", "20.0", "60.0", "55.0"]
+    assert _cells(lines[2]) == ["–"] * 6  # weave's rows lack the columns
+    assert lines[3].startswith("| **mean of 1/2 (left out: weave)** | 50.0 | 10.0 |")
+
+
+def test_operating_points_of_several_seeds_are_their_mean():
+    rows = [r | {"seed": s, "tpr_at_fpr1": v, "setting": r["attack"]}
+            for s, v in ((0, 0.2), (1, 0.4)) for r in _category("disc")]
+    text = markdown_table(rows)
+    table = text.split("operating points")[1]
+    disc = next(line for line in table.splitlines() if line.startswith("| disc"))
+    assert _cells(disc)[:2] == ["30.0", "30.0"]

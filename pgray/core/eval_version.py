@@ -1,0 +1,95 @@
+"""What made a result row: pgray's evaluation version, and the commit of the code.
+
+A row's number means "this detector, on this test split, under this threat and budget, scored
+by this suite". The meaning rests on the code in `DEFINING_SOURCES`: the attacks and their
+objectives, the suite's members and its worst case, the reliability checks, how a precision
+is chosen, how scores become AUROCs, intervals and operating points, and the configs that say
+what a suite is. The model and the data are not on the list: a row names its checkpoint by
+digest and its test split by fingerprint, and the benchmark's job key holds both.
+
+`HISTORY` records (version, digest of those sources), oldest first; the last entry is the
+current one. tests/unit/test_eval_version.py recomputes the digest and fails when the sources
+changed without a new entry. A change that alters what a row means (a stronger attack, another
+metric convention, a new flag) adds `(EVAL_VERSION + 1, digest)`: every cached row of an older
+version is then recomputed on the next benchmark run. A change that leaves every row as it was
+(a comment, a rename) may add `(EVAL_VERSION, digest)` instead. Print the digest with
+`python -m pgray.core.eval_version`.
+
+Rows written before versions existed carry no `eval_version`: version 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import subprocess
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# Relative to the package; a pattern takes every file it matches (a new attack module too).
+DEFINING_SOURCES = (
+    "attacks/*.py",  # members, objectives, worst case, checks, precision, patch placement
+    "core/scoring.py",  # how attacked scores become rows
+    "core/row_columns.py",  # precision decisions, budgets per pixel, operating points, sides
+    "core/metrics.py",  # AUROC, AUPRO, operating points
+    "core/intervals.py",  # the bootstrap intervals in every row
+    "core/robustness.py",  # what python -m pgray.evaluate runs, and in which order
+    "config/attack.py",  # the suite's and the attacks' defaults and budgets
+)
+
+HISTORY: tuple[tuple[int, str], ...] = (
+    # 1: rows before the version existed (no eval_version column)
+    (2, "e7d28224fb6aa1183fb42e35745df150a63f65e928d85aa5d24b5dc01831c3fb"),
+    # 3: masking checks per threat (Square L2, the random patch search, a large-budget check
+    # per threat, flagged_at_other_threat), bf16 per threat/eps/family scored in fp32, random
+    # subsets, operating points and the attacked sides in suite rows
+    (3, "9a8cd89ce8be13f29a810ca6d7640d2b83999cfb029d2e8a6daa97304be52183"),
+)
+EVAL_VERSION = HISTORY[-1][0]
+
+
+def defining_files(package: Path = PACKAGE) -> list[Path]:
+    """The files of `DEFINING_SOURCES`, in a fixed order."""
+    files = {p for pattern in DEFINING_SOURCES for p in package.glob(pattern) if p.is_file()}
+    return sorted(files, key=lambda p: p.relative_to(package).as_posix())
+
+
+def source_digest(package: Path = PACKAGE) -> str:
+    """sha256 over each defining file's path and text (line endings made \\n, so a checkout
+    on Windows hashes the same)."""
+    digest = hashlib.sha256()
+    for path in defining_files(package):
+        text = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + text + b"\0")
+    return digest.hexdigest()
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the pgray checkout this code runs from (asked of git once per process);
+    None for an installed copy or without git. A checkout whose top folder does not hold this
+    package (pgray installed inside another repository) has no commit of pgray's."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD", "--show-toplevel"], cwd=PACKAGE,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = proc.stdout.split("\n")
+    if proc.returncode != 0 or len(lines) < 2 or not re.fullmatch(r"[0-9a-f]{40}", lines[0]):
+        return None
+    return lines[0] if Path(lines[1]).resolve() == PACKAGE.parent else None
+
+
+def main() -> int:
+    digest = source_digest()
+    print(digest)
+    if digest != HISTORY[-1][1]:
+        print(f"sources changed since version {EVAL_VERSION}: add ({EVAL_VERSION + 1},"
+              f' "{digest}") to HISTORY in {Path(__file__).relative_to(PACKAGE.parent)}'
+              f" (or ({EVAL_VERSION}, ...) if no row's meaning changed)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
