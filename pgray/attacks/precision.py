@@ -55,8 +55,8 @@ def from_probe(fp32_auroc: float, bf16_auroc: float, where: str) -> PrecisionCho
     if gap <= BF16_TOLERANCE:
         return PrecisionChoice("bf16", f"bf16 probe gap {gap:.4f} <= {BF16_TOLERANCE:g}"
                                        f" ({where})", gap)
-    return PrecisionChoice("fp32", f"bf16 probe gap {gap:.4f} > {BF16_TOLERANCE:g} ({where});"
-                                   " fp32 used", None if np.isnan(gap) else gap)
+    return PrecisionChoice("fp32", f"bf16 probe gap {gap:.4f} > {BF16_TOLERANCE:g}, fp32 used"
+                                   f" ({where})", None if np.isnan(gap) else gap)
 
 
 def _where(member: Member) -> str:

@@ -44,7 +44,7 @@ HISTORY: tuple[tuple[int, str], ...] = (
     # 3: masking checks per threat (Square L2, the random patch search, a large-budget check
     # per threat, flagged_at_other_threat), bf16 per threat/eps/family scored in fp32, random
     # subsets, operating points and the attacked sides in suite rows
-    (3, "9a8cd89ce8be13f29a810ca6d7640d2b83999cfb029d2e8a6daa97304be52183"),
+    (3, "0e780d0097f8bd18cc1db23c10bd96b349f8abf6c8256f1a362ff22047ecdf72"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 

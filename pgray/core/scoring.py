@@ -326,8 +326,10 @@ def _worst_row(suite_members: list, columns: dict[str, Any], result: SuiteOutput
     setting = f"{WORST}_eps{eps:g}" if threat == "linf" else f"{threat}_{WORST}_eps{eps:g}"
     ran = [columns[m.key] for m in suite_members]
     precision = "bf16" if any(c["precision"] == "bf16" for c in ran) else "fp32"
-    reasons = sorted({f"{m.family}: {columns[m.key]['precision_reason']}"
-                      for m in suite_members})
+    reasons = sorted({columns[m.key]["precision_reason"] for m in suite_members})
+    if len(reasons) > 1:  # each family's own
+        reasons = sorted({f"{m.family}: {columns[m.key]['precision_reason']}"
+                          for m in suite_members})
     desc = {"setting": setting, "attack": WORST, "aims_at": "both", "threat": threat,
             "eps": eps, "steps": steps, "restarts": max(m.cfg.restarts for m in suite_members)
             } | ran[0] | {"precision": precision, "precision_reason": "; ".join(reasons)}
