@@ -44,7 +44,7 @@ HISTORY: tuple[tuple[int, str], ...] = (
     # 3: masking checks per threat (Square L2, the random patch search, a large-budget check
     # per threat, flagged_at_other_threat), bf16 per threat/eps/family scored in fp32, random
     # subsets, operating points and the attacked sides in suite rows
-    (3, "0e780d0097f8bd18cc1db23c10bd96b349f8abf6c8256f1a362ff22047ecdf72"),
+    (3, "334cab9653d49d358a017f23df42042883e25c22b9123aeed40bb5820c7f2e8c"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 
