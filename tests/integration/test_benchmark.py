@@ -88,7 +88,9 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert "| disc |" in text and "| **mean** |" in text
     assert "eps 8/255, protocol PGD-2; worst case = the robust number" in text
     assert "AD worst" in text and "| flags |" in text and "Brackets: bootstrap 95 %" in text
-    assert "### synthetic (L2 eps 1; worst case = the robust number)" in text
+    # rows say what the L2 budget was per pixel at the model's 32 px (pgray.core.row_columns)
+    assert ("### synthetic (L2 eps 1; 4.6/255 RMS per pixel value at 32 px; worst case = the"
+            " robust number)") in text
     assert (out / "auroc_vs_eps.png").stat().st_size > 0
     assert (out / "auroc_vs_eps_l2.png").stat().st_size > 0  # each threat in its own unit
 
