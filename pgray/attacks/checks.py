@@ -5,9 +5,11 @@ and every row it concerns carries the flag with the numbers that raised it.
 Rows are plain dicts (`pgray.core.scoring` writes them): dataset, category, checkpoint (or
 detector) identity, `threat`, `attack`, eps, steps, restarts and the metrics. Rows of different
 threats are never compared (their eps are in different units): the rising checks group by
-threat, and the large-budget check (linf) and the other suite-wide checks flag the rows of
-their own threat only; the clean row is every threat's reference. The flags and what
-each means: `FLAG_MEANINGS`.
+threat, and each threat's large-budget check and black-box member flag the rows of their own
+threat; the clean row is every threat's reference. A model is one model whatever the threat,
+though: once any check trips at one threat, every robust row of its other threats carries
+`flagged_at_other_threat`, its note naming the threat and the flags raised there, so no card
+of a flagged model reads clean. The flags and what each means: `FLAG_MEANINGS`.
 """
 
 from __future__ import annotations
@@ -28,19 +30,27 @@ TOL_BLACKBOX = 0.01
 LARGE_EPS_AUROC = 0.05
 ZERO_GRAD_FRACTION = 0.01
 SCOPE = ("dataset", "category", "checkpoint_sha256", "detector")
+OTHER_THREAT = "flagged_at_other_threat"
 
 # What each flag means (the report and the docs show these words).
 FLAG_MEANINGS = {
     "robust_above_clean": "an attack raised AUROC above the clean one.",
     "rises_with_eps": "a larger budget of the same attack gave a higher AUROC.",
     "more_steps_higher": "more steps or restarts of the same attack gave a higher AUROC.",
-    "blackbox_stronger": ("the black-box Square beat the white-box detection attacks on the"
-                          " same images: the gradients mislead (gradient masking)."),
-    "weak_at_large_eps": (f"at eps 64/255 detection AUROC stayed above {LARGE_EPS_AUROC}: the"
-                          " attack does not converge, or gradients are masked."),
+    "blackbox_stronger": ("the black-box member of the threat (Square for linf and l2, the"
+                          " random patch search for patch) beat the white-box detection"
+                          " attacks on the same images: the gradients mislead (gradient"
+                          " masking)."),
+    "weak_at_large_eps": ("at the threat's large budget (linf eps 64/255, l2 an RMS change of"
+                          " 0.25 per pixel value, patch half the image: suite.check_*)"
+                          f" detection AUROC stayed above {LARGE_EPS_AUROC}: the attack does"
+                          " not converge, or gradients are masked."),
     "zero_gradients": (f"more than {100 * ZERO_GRAD_FRACTION:g} % of the images had an"
                        " all-zero input gradient: the attack did nothing to them (features"
                        " computed under torch.no_grad, a step function)."),
+    OTHER_THREAT: ("a check tripped on the same model under another threat (the note names"
+                   " the threat and its flags): the attacks here follow the same gradients,"
+                   " so these numbers are suspect too."),
 }
 
 Row = dict[str, Any]
@@ -126,7 +136,8 @@ def _scope_flags(rows: list[Row], flags: _Flags) -> None:
             auroc = _num(r.get("image_auroc"))
             if auroc is not None and auroc > LARGE_EPS_AUROC:
                 name, note, eps = "weak_at_large_eps", (
-                    f"image_auroc {auroc:.4f} > {LARGE_EPS_AUROC} at eps {r['eps']:g}"), None
+                    f"image_auroc {auroc:.4f} > {LARGE_EPS_AUROC} at {_threat(r)} eps"
+                    f" {r['eps']:g}"), None
         elif _on_subset(r):
             box, white = _num(r.get("image_auroc")), _num(r.get("whitebox_image_auroc"))
             if box is not None and white is not None and box < white - TOL_BLACKBOX:
@@ -145,6 +156,22 @@ def _scope_flags(rows: list[Row], flags: _Flags) -> None:
                 flags.add(i, name, note)
 
 
+def _other_threats(rows: list[Row], flags: _Flags) -> None:
+    """Every robust row (and check) of a model carries the flags of its other threats."""
+    raised: dict[tuple, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for r, found in zip(rows, flags.found):
+        if r.get("attack") != "clean":
+            raised[_scope(r)][_threat(r)].update(found)
+    for i, r in enumerate(rows):
+        if r.get("attack") == "clean":
+            continue
+        others = {t: names for t, names in raised[_scope(r)].items()
+                  if t != _threat(r) and names}
+        if others:
+            flags.add(i, OTHER_THREAT, "; ".join(f"{t}: {', '.join(sorted(names))}"
+                                                 for t, names in sorted(others.items())))
+
+
 def reliability_flags(rows: list[Row]) -> list[Row]:
     """The rows with `flags` (names) and `flag_notes` ("name: the numbers") filled in."""
     flags = _Flags(len(rows))
@@ -152,6 +179,7 @@ def reliability_flags(rows: list[Row]) -> list[Row]:
     _rising(rows, flags, "eps", ("steps", "restarts"), "rises_with_eps")
     _rising(rows, flags, "work", ("eps",), "more_steps_higher")
     _scope_flags(rows, flags)
+    _other_threats(rows, flags)  # last: it reads what the others found
     return [r | {"flags": sorted(found), "flag_notes": [f"{k}: {v}" for k, v in
                                                         sorted(found.items())]}
             for r, found in zip(rows, flags.found)]

@@ -262,6 +262,11 @@ def attack(
 
         return torchattacks_attack(model, images, labels, cfg, seed=seed,
                                    image_labels=image_labels)
+    if cfg.method == "random":  # the patch threat's black-box search: no gradient, no steps
+        from pgray.attacks.patch_search import patch_random_search
+
+        return patch_random_search(model, images, labels, cfg, seed=seed,
+                                   image_labels=image_labels)
     _, x0, labels = prepare_inputs(model, images, labels)
     run = _pgd
     if cfg.threat == "patch":

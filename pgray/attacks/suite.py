@@ -29,16 +29,26 @@ Suite `protocol` runs the protocol alone (the paper's number, and nothing a skep
 
 Threats beyond linf (`members(..., threat=...)`) have members of their own, at budgets in
 their own unit, and their own worst case over those members and the clean image: l2
-(`pgd_det`, `pgd_loc`: torchattacks' PGDL2; `apgd_det`, `apgd_loc`: APGD with norm L2) and
-patch (`patch_det`, `patch_loc`: `pgray.attacks.patch`). The protocol is linf only.
+(`pgd_det`, `pgd_loc`: torchattacks' PGDL2; `apgd_det`, `apgd_loc`: APGD with norm L2;
+`square_det`: Square with norm L2) and patch (`patch_det`, `patch_loc`:
+`pgray.attacks.patch`; `patch_random_det`: the random search of
+`pgray.attacks.patch_search`). The protocol is linf only. Every threat has a black-box member
+(on the subset) and a large-budget check (`large_eps_check`): the two masking checks of
+`pgray.attacks.checks` run on each threat's rows.
+
+Subsets (the black-box members', the bf16 probe's) are seeded, random and class-balanced
+(`balanced_subset`): never the first images of each class in file order, whose order can
+follow a defect type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,11 +60,14 @@ from pgray.attacks.objectives import (
 )
 from pgray.attacks.pgd import attack, eval_mode, frozen, input_gradient
 from pgray.config import AttackConfig, SuiteConfig
+from pgray.core.device import resolve_precision, strict_fp32
 from pgray.errors import ConfigError
 
 DETECTION, LOCALIZATION, BOTH = "detection", "localization", "both"
 WORST = "worst_case"
 CHECK = "check_large_eps"
+BLACK_BOX = ("square", "random")  # methods that ask the detector for scores only
+SUBSET_SEED = 0  # of every subset the suite draws
 
 
 @dataclass(frozen=True)
@@ -63,15 +76,42 @@ class Member:
     cfg: AttackConfig
     aims_at: str  # detection | localization | both
     subset: bool = False  # runs on the black-box subset only
+    # l2 only: the radius is this RMS change per pixel value times sqrt(3 H W) at the input
+    # size (`at_input`); until then cfg.eps holds this value, not a radius
+    l2_per_pixel: float | None = None
 
     @property
     def key(self) -> str:
         """Unique within a suite run (protocol variants share the name `protocol`)."""
         return f"{self.name}:{self.cfg.setting_name()}"
 
+    @property
+    def family(self) -> str:
+        """Members whose attacks share an implementation (the unit bf16 is decided for)."""
+        return f"{self.cfg.method} ({self.cfg.library})"
+
+    @property
+    def black_box(self) -> bool:
+        return self.cfg.method in BLACK_BOX
+
+    def at_input(self, height: int, width: int) -> Member:
+        """This member with its budget in its threat's unit at an input of height x width."""
+        if self.l2_per_pixel is None:
+            return self
+        radius = self.l2_per_pixel * math.sqrt(3 * height * width)
+        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, eps=radius),
+                                   l2_per_pixel=None)
+
+    def describe(self) -> dict[str, object]:
+        """What a worst-case row's `suite_members` says of this member."""
+        steps, queries = (0, self.cfg.steps) if self.black_box else (self.cfg.steps, 0)
+        return {"name": self.name, "method": self.cfg.method, "library": self.cfg.library,
+                "objective": self.cfg.objective, "steps": steps, "restarts": self.cfg.restarts,
+                "queries": queries}
+
     def image_steps(self, n_images: int, n_subset: int) -> int:
         """Forward-equivalent work: a PGD step is a forward and an input gradient (counted 1),
-        a Square query a forward (counted 1 as well, since it is printed separately)."""
+        a black-box query a forward (counted 1 as well, since it is printed separately)."""
         n = n_subset if self.subset else n_images
         places = self.cfg.positions if self.cfg.threat == "patch" else 1
         return n * self.cfg.steps * self.cfg.restarts * places
@@ -111,39 +151,64 @@ def members(suite: SuiteConfig, protocol: AttackConfig, eps: float,
 def _threat_members(suite: SuiteConfig, precision: str, eps: float, threat: str
                     ) -> list[Member]:
     """l2: torchattacks' PGDL2 (random start, restarts, the best restart kept; it returns its
-    last iterate) and APGD with norm L2, on detection and on localization. patch: pgray's
-    patch PGD (random start, best iterate) at `suite.patch_positions` places, on the two
-    objectives; the places stand in for restarts."""
+    last iterate) and APGD with norm L2, on detection and on localization, and Square with
+    norm L2 on detection. patch: pgray's patch PGD (random start, best iterate) at
+    `suite.patch_positions` places, on the two objectives (the places stand in for
+    restarts), and the random patch search on detection. The black-box members run on the
+    subset, `suite.square_queries` queries per image."""
     if suite.name != "adaptive":
         raise ConfigError(f"threat {threat}: needs suite adaptive (the protocol is linf)")
     base = dict(eps=eps, steps=suite.steps, alpha=None, random_start=True,
                 precision=precision, threat=threat)
+    black_box = dict(objective="image_score", eps=eps, steps=suite.square_queries, restarts=1,
+                     random_start=True, precision=precision, threat=threat)
     if threat == "patch":
         patch = AttackConfig(method="pgd", library="pgray", restarts=1, keep_best=True,
                              positions=suite.patch_positions, **base)
+        search = AttackConfig(method="random", library="pgray", positions=1, **black_box)
         return [Member("patch_det", dataclasses.replace(patch, objective="image_score"),
                        DETECTION),
-                Member("patch_loc", dataclasses.replace(patch, objective="mask"), LOCALIZATION)]
+                Member("patch_loc", dataclasses.replace(patch, objective="mask"), LOCALIZATION),
+                Member("patch_random_det", search, DETECTION, subset=True)]
     pgd = AttackConfig(method="pgd", library="torchattacks", restarts=suite.restarts, **base)
     apgd = dataclasses.replace(pgd, method="apgd")
+    square = AttackConfig(method="square", library="torchattacks", **black_box)
     return [
         Member("pgd_det", dataclasses.replace(pgd, objective="image_score"), DETECTION),
         Member("pgd_loc", dataclasses.replace(pgd, objective="mask"), LOCALIZATION),
         Member("apgd_det", dataclasses.replace(apgd, objective="image_score"), DETECTION),
         Member("apgd_loc", dataclasses.replace(apgd, objective="mask"), LOCALIZATION),
+        Member("square_det", square, DETECTION, subset=True),
     ]
 
 
-def large_eps_check(suite: SuiteConfig, protocol: AttackConfig) -> Member:
-    """A detection attack at a budget no detector survives (64/255): AUROC must fall to
-    about 0, else the attack does not converge or gradients are masked."""
-    cfg = AttackConfig(eps=suite.check_eps, steps=suite.check_steps, objective="image_score",
-                       random_start=True, keep_best=True, precision=protocol.precision)
-    return Member(CHECK, cfg, DETECTION)
+def check_budget(suite: SuiteConfig, threat: str) -> float:
+    """The large-budget check's eps of `threat` as the config gives it (l2: the RMS change
+    per pixel value, a radius only at an input size: `Member.at_input`)."""
+    return {"linf": suite.check_eps, "l2": suite.check_l2_per_pixel,
+            "patch": suite.check_patch_eps}[threat]
 
 
-def balanced_subset(labels: list[int], size: int) -> frozenset[int]:
-    """Up to `size` indices, half normal and half anomalous where possible, in order."""
+def large_eps_check(suite: SuiteConfig, protocol: AttackConfig, threat: str = "linf"
+                    ) -> Member:
+    """A detection attack at a budget no detector survives (linf 64/255, l2 an RMS of 0.25
+    per pixel value, patch half the image: `SuiteConfig`): AUROC must fall to about 0, else
+    the attack does not converge or gradients are masked. linf and patch: pgray's PGD (random
+    start, best iterate; patch at `suite.patch_positions` places); l2: APGD with norm L2."""
+    eps = check_budget(suite, threat)
+    common = dict(steps=suite.check_steps, objective="image_score", random_start=True,
+                  precision=protocol.precision, threat=threat)
+    if threat == "l2":
+        cfg = AttackConfig(eps=eps, method="apgd", library="torchattacks", **common)
+        return Member(CHECK, cfg, DETECTION, l2_per_pixel=eps)
+    places = {"positions": suite.patch_positions} if threat == "patch" else {}
+    return Member(CHECK, AttackConfig(eps=eps, keep_best=True, **places, **common), DETECTION)
+
+
+def balanced_subset(labels: list[int], size: int, seed: int = SUBSET_SEED) -> frozenset[int]:
+    """Up to `size` indices, half normal and half anomalous where possible, drawn at random
+    within each class by a generator seeded with `seed` (file order can follow a defect type,
+    so the first images of a class are not a sample of it)."""
     if size <= 0 or size >= len(labels):
         return frozenset(range(len(labels)))
     normal = [i for i, y in enumerate(labels) if y == 0]
@@ -151,7 +216,16 @@ def balanced_subset(labels: list[int], size: int) -> frozenset[int]:
     half = size // 2
     take_a = min(len(anomalous), max(half, size - len(normal)))
     take_n = min(len(normal), size - take_a)
-    return frozenset(normal[:take_n] + anomalous[:take_a])
+    rng = np.random.default_rng(seed)
+    picked = [*rng.choice(normal, take_n, replace=False), *rng.choice(anomalous, take_a,
+                                                                      replace=False)]
+    return frozenset(int(i) for i in picked)
+
+
+def suite_name(suite_members: list[Member]) -> str:
+    """`protocol` where every member is a protocol run (the paper's PGD alone), else
+    `adaptive`."""
+    return "protocol" if all(m.name == "protocol" for m in suite_members) else "adaptive"
 
 
 @dataclass(frozen=True)
@@ -221,20 +295,23 @@ def attack_batch(model: nn.Module, x: torch.Tensor, truth: Truth,
     result once, and choose each image's worst case among them and the clean image."""
     candidates = []
     for k, member in enumerate(suite_members):
+        member = member.at_input(*x.shape[-2:])
         present = in_subset if member.subset else torch.ones_like(in_subset)
         units = (truth.reference_units if member.name == "protocol"
                  and truth.reference_units is not None else truth.units)
         adv = x.clone()
         if present.any():
-            adv[present] = attack(model, x[present], units[present], member.cfg,
-                                  seed=seed * 31 + k, image_labels=truth.images[present])
+            with strict_fp32(x.device, resolve_precision(member.cfg.precision, x.device)):
+                adv[present] = attack(model, x[present], units[present], member.cfg,
+                                          seed=seed * 31 + k,
+                                          image_labels=truth.images[present])
         candidates.append(score_candidate(model, member.name, adv, truth, present))
         if on_member is not None:
             on_member(member.name)
     clean = score_candidate(model, "clean", x.clone(), truth, torch.ones_like(in_subset))
     picks = [*candidates, clean]
     whitebox = [c for c, m in zip(candidates, suite_members)
-                if m.aims_at != LOCALIZATION and not m.subset] + [clean]
+                if m.aims_at != LOCALIZATION and not m.black_box] + [clean]
     return SuiteBatch(
         candidates=candidates, clean=clean,
         worst_scores=_gather(picks, "scores", _pick(picks, "detection")),
@@ -267,8 +344,6 @@ def zero_gradient_images(model: nn.Module, x: torch.Tensor, truth: Truth
 def planned_work(suite_members: list[Member], n_images: int, n_subset: int) -> dict[str, int]:
     """Image-steps (forward + input gradient) of the gradient members and queries (forward
     only) of the black-box one, for printing before a suite runs."""
-    steps = sum(m.image_steps(n_images, n_subset) for m in suite_members
-                if m.cfg.method != "square")
-    queries = sum(m.image_steps(n_images, n_subset) for m in suite_members
-                  if m.cfg.method == "square")
+    steps = sum(m.image_steps(n_images, n_subset) for m in suite_members if not m.black_box)
+    queries = sum(m.image_steps(n_images, n_subset) for m in suite_members if m.black_box)
     return {"image_steps": steps, "queries": queries}

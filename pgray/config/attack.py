@@ -35,7 +35,7 @@ class AttackConfig:
     # The budget in the threat's unit: linf radius in 1/255 pixel units (as the field writes
     # it), l2 norm on [0, 1] pixels, or patch area as a fraction of the image
     eps: float = 8.0
-    steps: int = 10  # PGD / APGD steps; Square: queries
+    steps: int = 10  # PGD / APGD steps; Square and random search: queries
     alpha: float | None = None  # step size in 1/255 units; None: 2.5 * eps / steps
     random_start: bool = False
     restarts: int = 1
@@ -48,7 +48,9 @@ class AttackConfig:
     temperature: float = 1.0  # of the lse surrogate, in units of each image's clean unit spread
     start_scale: float = 1.0  # a random start is uniform in +-start_scale * eps
     project: bool = True  # False: no projection onto the eps-ball, [0, 1] only (N-FGSM)
-    method: Literal["pgd", "apgd", "square"] = "pgd"
+    # square: torchattacks' Square (black-box, linf and l2); random: pgray's random search over
+    # patch places and fills (black-box, patch only: `pgray.attacks.patch_search`)
+    method: Literal["pgd", "apgd", "square", "random"] = "pgd"
     library: Literal["pgray", "torchattacks"] = "pgray"
     precision: Precision = "fp32"
     threat: Threat = "linf"
@@ -59,10 +61,13 @@ class AttackConfig:
         check(self.positions >= 1, "positions", f"must be >= 1, got {self.positions}")
         check(self.threat != "l2" or self.library == "torchattacks", "library",
               "threat l2 runs through library: torchattacks (PGDL2, APGD norm L2)")
-        check(self.threat != "l2" or self.method in ("pgd", "apgd"), "method",
-              "threat l2 takes method pgd or apgd")
-        check(self.threat != "patch" or (self.method == "pgd" and self.library == "pgray"),
-              "method", "threat patch takes method pgd, library pgray")
+        check(self.threat != "l2" or self.method in ("pgd", "apgd", "square"), "method",
+              "threat l2 takes method pgd, apgd or square")
+        check(self.threat != "patch" or (self.method in ("pgd", "random")
+                                         and self.library == "pgray"),
+              "method", "threat patch takes method pgd or random, library pgray")
+        check(self.method != "random" or self.threat == "patch", "method",
+              "random (the random search over patch places and fills) is for threat patch")
         check(self.threat == "linf" or self.project, "project",
               f"threat {self.threat} always projects")
         check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -72,7 +77,7 @@ class AttackConfig:
         check(self.start_scale > 0, "start_scale", "must be > 0")
         check(self.surrogate == "none" or self.objective == "image_score", "surrogate",
               "a surrogate replaces the image score: it needs objective image_score")
-        check(self.method == "pgd" or self.library == "torchattacks", "method",
+        check(self.method in ("pgd", "random") or self.library == "torchattacks", "method",
               f"{self.method} runs through library: torchattacks")
         check(self.method == "pgd" or self.surrogate == "none", "surrogate",
               f"{self.method} takes no surrogate (pgd only)")
@@ -150,9 +155,21 @@ class SuiteConfig:
     steps: int = 100  # of each adaptive member (the protocol keeps its own steps)
     restarts: int = 2  # of each adaptive member, random starts, best iterate kept
     temperature: float = 1.0  # of the smooth-maximum detection member
-    square_queries: int = 1000  # the black-box member's queries per image
-    square_images: int = 64  # its class-balanced subset of the test split (0: every image)
-    check_eps: float = 64.0  # the large-budget check: detection AUROC must fall to ~0 there
+    # the black-box members' queries per image (Square for linf and l2, the random patch
+    # search for patch)
+    square_queries: int = 1000
+    # their seeded, random, class-balanced subset of the test split (0: every image)
+    square_images: int = 64
+    # The large-budget checks, one per threat evaluated: detection AUROC must fall to ~0 there.
+    check_eps: float = 64.0  # linf, in 1/255
+    # l2, as the RMS change per pixel value on [0, 1] (the rows' `l2_per_pixel`): the radius
+    # is check_l2_per_pixel * sqrt(3 H W) at the model's input size (13.9 at 32 px, 97 at
+    # 224). That ball holds the linf ball of radius 0.25 (about 64/255), so at least what the
+    # linf check allows: a budget no detector survives, whatever the image size.
+    check_l2_per_pixel: float = 0.25
+    # patch, as an area fraction: half the image. Any such square covers the image's centre;
+    # painted freely, it can hide most defects and paint one on a normal image.
+    check_patch_eps: float = 0.5
     check_steps: int = 50
     patch_positions: int = 4  # threat patch: places tried per image (seeded), worst one kept
 
@@ -162,6 +179,9 @@ class SuiteConfig:
         check(self.square_images >= 0, "square_images", "must be >= 0 (0: every image)")
         check(self.temperature > 0, "temperature", "must be > 0")
         check_eps(self.check_eps, "check_eps")
+        check(self.check_l2_per_pixel > 0, "check_l2_per_pixel", "must be > 0 (the RMS"
+              f" change per pixel value on [0, 1]), got {self.check_l2_per_pixel:g}")
+        check_budget("patch", self.check_patch_eps, "check_patch_eps", zero=False)
 
 
 @dataclass

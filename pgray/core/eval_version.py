@@ -31,6 +31,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 DEFINING_SOURCES = (
     "attacks/*.py",  # members, objectives, worst case, checks, precision, patch placement
     "core/scoring.py",  # how attacked scores become rows
+    "core/row_columns.py",  # precision decisions, budgets per pixel, operating points, sides
     "core/metrics.py",  # AUROC, AUPRO, operating points
     "core/intervals.py",  # the bootstrap intervals in every row
     "core/robustness.py",  # what python -m pgray.evaluate runs, and in which order
@@ -39,7 +40,10 @@ DEFINING_SOURCES = (
 
 HISTORY: tuple[tuple[int, str], ...] = (
     # 1: rows before the version existed (no eval_version column)
-    (2, "e7d28224fb6aa1183fb42e35745df150a63f65e928d85aa5d24b5dc01831c3fb"),
+    # 2: attacks invariant to the detector's scale, masking checks and a black-box member per
+    # threat, flagged_at_other_threat, bf16 per threat/eps/family scored in fp32, seeded
+    # random subsets, the patch side nearest in area, operating points, suite columns
+    (2, "a9dc1ec6f10422ace8680b041bba12b71374c6995e575046ba5952d2fb138fa4"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 

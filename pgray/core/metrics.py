@@ -1,4 +1,5 @@
-"""Detection and localization metrics: image AUROC, pixel AUROC and AUPRO (docs/method.md, "Evaluation").
+"""Detection and localization metrics: image AUROC, pixel AUROC and AUPRO (docs/method.md,
+"Evaluation"), and the TPR of image scores at a fixed FPR (an operating point).
 
 Each metric sorts the scores once and accumulates counts with cumsum, so every distinct score
 is a threshold and tied scores form a single threshold (the ROC's diagonal segment over a tie,
@@ -72,27 +73,53 @@ def _threshold_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.append(ends, ranked.size - 1)
 
 
-def _roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+def _roc_counts(scores: np.ndarray, positive: np.ndarray, what: str = "AUROC"
+                ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(true positives, false positives) at every distinct threshold `score >= value`, from
+    the highest, and the numbers of positives and negatives."""
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         kind = "normal" if n_pos == 0 else "anomalous"
-        raise ValueError(f"AUROC is undefined: all {positive.size} labels are {kind}")
+        raise ValueError(f"{what} is undefined: all {positive.size} labels are {kind}")
     order, ends = _threshold_groups(scores)
     tp = np.cumsum(positive[order], dtype=np.int64)[ends]
-    fp = ends + 1 - tp
+    return tp, ends + 1 - tp, n_pos, n_neg
+
+
+def _roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    tp, fp, n_pos, n_neg = _roc_counts(scores, positive)
     tpr = np.concatenate([[0.0], tp / n_pos])
     fpr = np.concatenate([[0.0], fp / n_neg])
     return float(np.trapezoid(tpr, fpr))
 
 
-def image_auroc(scores: Any, labels: Any) -> float:
-    """AUROC of image scores (N,) against image labels (N,), 1 = anomalous."""
+def _image_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     s = _scores(scores, "scores").reshape(-1)
     y = _binary(labels).reshape(-1)
     if s.shape != y.shape:
         raise ValueError(f"{s.size} scores but {y.size} labels")
-    return _roc_auc(s, y)
+    return s, y
+
+
+def image_auroc(scores: Any, labels: Any) -> float:
+    """AUROC of image scores (N,) against image labels (N,), 1 = anomalous."""
+    return _roc_auc(*_image_arrays(scores, labels))
+
+
+def tpr_at_fpr(scores: Any, labels: Any, max_fpr: float) -> float:
+    """The true-positive rate of image scores at a false-positive rate of at most `max_fpr`:
+    the highest TPR of any threshold (an image is flagged when its score >= the threshold)
+    whose FPR does not exceed `max_fpr`. No interpolation between thresholds: it is the
+    operating point a user can set with one threshold (tied scores are one threshold, so a
+    tie straddling the limit is left out whole). 0.0 when even the highest score's threshold
+    passes the limit (e.g. 1 % FPR with fewer than 100 normal images and a normal image at
+    the top)."""
+    if not 0 <= max_fpr <= 1:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    tp, fp, n_pos, n_neg = _roc_counts(*_image_arrays(scores, labels), what="TPR at FPR")
+    allowed = fp <= max_fpr * n_neg * (1 + 1e-12)  # counts, so 1 of 100 is at 1 % exactly
+    return float(tp[allowed].max() / n_pos) if allowed.any() else 0.0
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float:

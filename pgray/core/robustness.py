@@ -1,7 +1,8 @@
 """The robust evaluation of one model on one test split: clean, then the attack suite at each
-eps of each threat (its members, the per-image worst case and, for the adaptive suite, the large-budget
-check), then the reliability flags. `python -m pgray.evaluate` runs it whole; the benchmark
-runs its parts as separate jobs (`clean_rows`, `suite_rows`, `check_rows`) and flags the union.
+eps of each threat (its members and the per-image worst case), the adaptive suite's
+large-budget check of each threat, then the reliability flags. `python -m pgray.evaluate`
+runs it whole; the benchmark runs its parts as separate jobs (`clean_rows`, `suite_rows`,
+`check_rows`) and flags the union.
 """
 
 from __future__ import annotations
@@ -52,17 +53,27 @@ def budgets(eval_cfg: EvalConfig) -> list[tuple[str, float]]:
     return out + [(t.threat, float(e)) for t in eval_cfg.threats for e in sorted(t.eps)]
 
 
-def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
-               progress: bool = True) -> Rows:
-    """The adaptive suite's large-budget check (none for the protocol suite)."""
-    from pgray.attacks.suite import large_eps_check
-
+def check_threats(eval_cfg: EvalConfig) -> list[str]:
+    """The threats whose large-budget check runs: linf and every threat evaluated (none for
+    the protocol suite)."""
     if eval_cfg.suite.name != "adaptive":
         return []
-    check = large_eps_check(eval_cfg.suite, eval_cfg.attack)
-    rows, _ = evaluate_model(model, dataset, [check.cfg], batch_size=_batch(eval_cfg, device),
-                             device=device, progress=progress)
-    return [rows[0] | {"attack": check.name}]
+    return ["linf", *(t.threat for t in eval_cfg.threats)]
+
+
+def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
+               progress: bool = True) -> Rows:
+    """The adaptive suite's large-budget check of each threat evaluated (its attack's row)."""
+    from pgray.attacks.suite import large_eps_check
+
+    rows = []
+    for threat in check_threats(eval_cfg):
+        check = large_eps_check(eval_cfg.suite, eval_cfg.attack, threat)
+        more, _ = evaluate_suite(model, dataset, [check], batch_size=_batch(eval_cfg, device),
+                                 device=device, progress=progress,
+                                 label=f"large-budget check, {threat}")
+        rows.append(more[0])
+    return rows
 
 
 def evaluate_robustness(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,

@@ -98,9 +98,10 @@ def score_batches(
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalOutputs:
-    """Score every batch clean (attack_cfg None) or under one attack."""
+    """Score every batch clean (attack_cfg None) or under one attack. The attack runs in its
+    precision; its images are scored in fp32, as the suite scores its candidates."""
     from pgray.attacks.pgd import attack
-    from pgray.core.device import autocast, resolve_precision, strict_fp32
+    from pgray.core.device import resolve_precision, strict_fp32
 
     model.eval()
     collected, offset = _Collector(), 0
@@ -111,8 +112,8 @@ def score_batches(
             labels = unit_labels(model, batch["mask"].to(device))
             with strict_fp32(device, resolve_precision(attack_cfg.precision, device)):
                 x = attack(model, x, labels, attack_cfg, seed=seed + i,
-                           image_labels=batch["label"].to(device))
-        with torch.no_grad(), autocast(device, attack_cfg.precision if attack_cfg else "fp32"):
+                               image_labels=batch["label"].to(device))
+        with torch.no_grad():
             scores, units = detector_outputs(model, x)
         collected.add(model, scores, units, batch)
         collected.keep_images(x, offset, keep)
@@ -130,6 +131,7 @@ class SuiteOutputs:
     worst: EvalOutputs
     whitebox_on_subset: EvalOutputs  # white-box detection worst case on the black-box subset
     zero_gradient: dict[str, float]  # objective -> fraction of images with a zero gradient
+    clean_scores: np.ndarray  # (N,) the clean candidate's image scores, in the split's order
     anomalous_without_units: int = 0  # anomalous images whose mask leaves no anomalous unit
 
 
@@ -147,14 +149,10 @@ def score_suite(
     """Run the suite's members on every batch and collect each one and the per-image worst
     case (`pgray.attacks.suite`). `subset`: dataset indices of the black-box members."""
     from pgray.attacks.suite import Truth, attack_batch, worst_images
-    from pgray.core.device import resolve_precision, strict_fp32
-
-    precision = resolve_precision(suite_members[0].cfg.precision, device) if suite_members \
-        else "fp32"
 
     model.eval()
     per_member = {m.key: _Collector() for m in suite_members}
-    worst, whitebox = _Collector(), _Collector()
+    worst, whitebox, clean = _Collector(), _Collector(), []
     zero = {"detection": 0, "localization": 0}
     offset, total, lost = 0, 0, 0
     for i, batch in enumerate(batches):
@@ -166,9 +164,9 @@ def score_suite(
                       reference_units=unit_labels(model, mask))
         lost += int(truth.lost().sum())
         in_subset = torch.tensor([offset + j in subset for j in range(n)], device=device)
-        with strict_fp32(device, precision):
-            result = attack_batch(model, x, truth, suite_members, in_subset=in_subset,
-                                  seed=seed + i)
+        result = attack_batch(model, x, truth, suite_members, in_subset=in_subset,
+                              seed=seed + i)
+        clean.append(result.clean.scores.float().cpu())
         for member, cand in zip(suite_members, result.candidates):
             present = cand.present if member.subset else None
             per_member[member.key].add(model, cand.scores, cand.units, batch, present)
@@ -185,6 +183,7 @@ def score_suite(
         members={k: c.outputs() for k, c in per_member.items()}, worst=worst.outputs(),
         whitebox_on_subset=whitebox.outputs(),
         zero_gradient={k: v / max(total, 1) for k, v in zero.items()},
+        clean_scores=torch.cat(clean).numpy() if clean else np.zeros(0),
         anomalous_without_units=lost,
     )
 
@@ -223,25 +222,12 @@ def test_loader(dataset, batch_size: int, device: torch.device):
                       pin_memory=device.type == "cuda")
 
 
-def attack_settings_for(model, dataset, settings: list, *, device: torch.device,
-                        batch_size: int) -> tuple[list, float | None]:
-    """The attacks with their precision decided for this model and device (fp32 unless bf16
-    was shown to agree on it: `pgray.attacks.precision`), and the gap that check measured."""
-    from pgray.attacks.precision import attack_precision
-
-    attacks = [a for a in settings if a is not None]
-    if not attacks:
-        return settings, None
-    precision, gap = attack_precision(model, dataset, attacks[0], wanted=attacks[0].precision,
-                                      device=device, batch_size=batch_size)
-    return [None if a is None else dataclasses.replace(a, precision=precision)
-            for a in settings], gap
-
-
 def _timed_row(desc: dict[str, Any], out: EvalOutputs, started: float) -> dict[str, Any]:
+    from pgray.core.row_columns import operating_points
+
     metrics = out.metrics()
-    return (desc | metrics | out.intervals(metrics) | out.counts()
-            | {"time_s": time.perf_counter() - started})
+    return (desc | metrics | out.intervals(metrics) | operating_points(out.scores, out.labels)
+            | out.counts() | {"time_s": time.perf_counter() - started})
 
 
 def evaluate_model(
@@ -254,12 +240,21 @@ def evaluate_model(
     progress: bool = True,
     keep: frozenset[int] = frozenset(),
 ) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
-    """Rows of metrics, one per single setting, and the raw outputs keyed by setting name."""
+    """Rows of metrics, one per single setting, and the raw outputs keyed by setting name.
+    Each attack's precision is decided for it alone (`members_as_run`)."""
+    from pgray.attacks.suite import DETECTION, LOCALIZATION, Member
+    from pgray.core.row_columns import members_as_run
+
     rows, outputs = [], {}
-    settings, gap = attack_settings_for(model, dataset, settings, device=device,
-                                        batch_size=batch_size)
     for attack_cfg in settings:
-        desc = describe_setting(attack_cfg) | ({} if attack_cfg is None else {"bf16_gap": gap})
+        desc = describe_setting(attack_cfg)
+        if attack_cfg is not None:
+            aims = DETECTION if attack_cfg.objective == "image_score" else LOCALIZATION
+            (member,), columns = members_as_run(
+                model, dataset, [Member("attack", attack_cfg, aims)], device=device,
+                batch_size=batch_size)
+            attack_cfg = member.cfg
+            desc = describe_setting(attack_cfg) | columns[member.key]
         bar = _bar(len(dataset), desc["setting"], progress)
         started = time.perf_counter()
         out = score_batches(
@@ -286,16 +281,14 @@ def evaluate_suite(
     label: str = "suite",
 ) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
     """Rows for each member of one suite run (at one eps) and its worst case; the outputs
-    keyed by setting name. The worst-case row records its zero-gradient fractions, the
-    black-box member's row the white-box detection worst case on the same subset."""
-    from pgray.attacks.suite import DETECTION, WORST, balanced_subset, planned_work
+    keyed by setting name. The worst-case row records the suite and its members, its
+    zero-gradient fractions and the attack on each side alone; the black-box member's row
+    the white-box detection worst case on the same subset."""
+    from pgray.attacks.suite import balanced_subset, planned_work
+    from pgray.core.row_columns import members_as_run
 
-    probe = next((m.cfg for m in suite_members if m.aims_at == DETECTION and not m.subset),
-                 suite_members[0].cfg)
-    (probe, *cfgs), gap = attack_settings_for(
-        model, dataset, [probe, *(m.cfg for m in suite_members)], device=device,
-        batch_size=batch_size)
-    suite_members = [dataclasses.replace(m, cfg=c) for m, c in zip(suite_members, cfgs)]
+    suite_members, columns = members_as_run(model, dataset, suite_members, device=device,
+                                            batch_size=batch_size)
     subset = balanced_subset([s.label for s in dataset.samples], subset_size)
     work = planned_work(suite_members, len(dataset), len(subset))
     if progress:
@@ -310,17 +303,37 @@ def evaluate_suite(
         bar.close()
     rows, outputs = [], {}
     for member in suite_members:
-        desc = describe_setting(member.cfg) | {"attack": member.name, "aims_at": member.aims_at}
+        desc = (describe_setting(member.cfg) | {"attack": member.name, "aims_at": member.aims_at}
+                | columns[member.key])
         row = _timed_row(desc, result.members[member.key], started)
         if member.subset:
             row["whitebox_image_auroc"] = result.whitebox_on_subset.metrics()["image_auroc"]
         rows.append(row)
         outputs[desc["setting"]] = result.members[member.key]
+    worst = _worst_row(suite_members, columns, result, rows, started)
+    rows.append(worst | {"image_steps": work["image_steps"], "queries": work["queries"]})
+    outputs[worst["setting"]] = result.worst
+    return rows, outputs
+
+
+def _worst_row(suite_members: list, columns: dict[str, Any], result: SuiteOutputs,
+               rows: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    from pgray.attacks.suite import WORST, suite_name
+    from pgray.core.row_columns import attacked_sides, suite_columns
+
     eps, threat = suite_members[0].cfg.eps, suite_members[0].cfg.threat
-    steps = max(m.cfg.steps for m in suite_members if m.cfg.method != "square")
+    steps = max(m.cfg.steps for m in suite_members if not m.black_box)
     setting = f"{WORST}_eps{eps:g}" if threat == "linf" else f"{threat}_{WORST}_eps{eps:g}"
+    ran = [columns[m.key] for m in suite_members]
+    precision = "bf16" if any(c["precision"] == "bf16" for c in ran) else "fp32"
+    reasons = sorted({columns[m.key]["precision_reason"] for m in suite_members})
+    if len(reasons) > 1:  # each family's own
+        reasons = sorted({f"{m.family}: {columns[m.key]['precision_reason']}"
+                          for m in suite_members})
     desc = {"setting": setting, "attack": WORST, "aims_at": "both", "threat": threat,
-            "eps": eps, "steps": steps, "restarts": max(m.cfg.restarts for m in suite_members)}
+            "eps": eps, "steps": steps, "restarts": max(m.cfg.restarts for m in suite_members)
+            } | ran[0] | {"precision": precision, "precision_reason": "; ".join(reasons)}
+    desc.pop("bf16_gap")
     worst = _timed_row(desc, result.worst, started)
     # Pixel AUROC and AUPRO pool blurred maps over images: the per-image pick can sit above a
     # member, and the robust number is the lowest (members on the whole split only).
@@ -331,13 +344,13 @@ def evaluate_suite(
         worst[key] = min(values) if values else worst[key]
     worst |= _lowest_intervals(result.worst, [result.members[m.key] for m in suite_members
                                               if not m.subset])
-    rows.append(worst | {
+    return worst | suite_columns(suite_name(suite_members), suite_members) | attacked_sides(
+        result.worst.scores, result.clean_scores, result.worst.labels) | {
         "zero_grad_detection": result.zero_gradient["detection"],
         "zero_grad_localization": result.zero_gradient["localization"],
-        "anomalous_without_units": result.anomalous_without_units, "bf16_gap": gap,
-        "image_steps": work["image_steps"], "queries": work["queries"]})
-    outputs[desc["setting"]] = result.worst
-    return rows, outputs
+        "anomalous_without_units": result.anomalous_without_units,
+        "bf16_gap": max((c["bf16_gap"] for c in ran if c["bf16_gap"] is not None),
+                        default=None)}
 
 
 def _lowest_intervals(worst: EvalOutputs, members: list[EvalOutputs]) -> dict[str, float]:

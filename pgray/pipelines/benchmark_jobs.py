@@ -67,7 +67,7 @@ class BenchJob:
             return AttackConfig(**self.attacks[0]).setting_name()
         name = self.suite["name"] if self.suite else "suite"
         if self.kind == CHECK:
-            return f"{name}_check"
+            return f"{name}_check" + ("" if self.threat == "linf" else f"_{self.threat}")
         where = "" if self.threat == "linf" else f"{self.threat}_"
         return f"{name}_suite_{where}eps{self.eps:g}"
 
@@ -97,7 +97,8 @@ class BenchJob:
         from pgray.attacks.suite import large_eps_check, members
 
         if self.kind == CHECK:
-            return [large_eps_check(self.suite_config(), self.attack_configs()[0])]
+            return [large_eps_check(self.suite_config(), self.attack_configs()[0],
+                                    self.threat)]
         protocol, *variants = self.attack_configs()
         return members(self.suite_config(), protocol, self.eps, tuple(variants),
                        threat=self.threat)
@@ -163,7 +164,7 @@ def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
     """(kind, eps, attacks, threat) of each job per checkpoint: clean; the suite at each linf
     eps, then at each budget of every other threat (its members only: the protocol runs are
     passed for their precision); each extra attack at each budget of its threat; the
-    large-budget check of the adaptive suite (linf)."""
+    large-budget check of the adaptive suite, per threat."""
     grid: list[GridCell] = [(CLEAN, 0.0, [], "linf")]
     for eps in cfg.eps:
         if eps > 0:
@@ -176,7 +177,10 @@ def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
             grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))],
                          extra.threat))
     if cfg.suite.name == "adaptive":
-        grid.append((CHECK, cfg.suite.check_eps, [cfg.attack], "linf"))
+        from pgray.attacks.suite import check_budget
+
+        for threat in ("linf", *(t.threat for t in cfg.threats)):
+            grid.append((CHECK, check_budget(cfg.suite, threat), [cfg.attack], threat))
     return grid
 
 
@@ -227,7 +231,7 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
         seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
-        threat=threat if kind == SUITE else "linf", git_commit=git_commit(),
+        threat=threat if kind in (SUITE, CHECK) else "linf", git_commit=git_commit(),
     ) for kind, eps, attacks, threat in job_grid(cfg)]
 
 

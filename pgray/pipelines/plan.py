@@ -275,7 +275,7 @@ def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> li
                        kind=kind, attacks=tuple(to_dict(a) for a in attacks),
                        suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
                        mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=0,
-                       n_test=n_test, threat=threat if kind == SUITE else "linf")
+                       n_test=n_test, threat=threat if kind in (SUITE, CHECK) else "linf")
         precision = gpu_precision(cfg.attack.precision, training=False) if on_gpu else "fp32"
         pieces.append(Piece("evaluation", f"{target} {job.setting}", job.cost, cfg.actors.cpus,
                             gpus, batch=cfg.batch_size, precision=precision))

@@ -46,7 +46,7 @@ TINY_SUITE = {"steps": 2, "restarts": 1, "square_queries": 4, "square_images": 4
               "check_steps": 2}
 MEMBERS = ["protocol", "det_topk", "det_lse", "loc_mask", "apgd_det", "apgd_loc", "square_det",
            "worst_case"]
-L2_MEMBERS = ["pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "worst_case"]
+L2_MEMBERS = ["pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "square_det", "worst_case"]
 
 
 def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, checkpoints,
@@ -56,15 +56,15 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     out = tmp_path / "bench"
     result = run_benchmark(cfg, out, progress=False)
     # per category: clean, the adaptive suite at linf eps 2 and 8 and at L2 eps 1, the
-    # large-budget check
-    assert result.ran == 10 and result.skipped == 0
+    # large-budget check of linf and of L2
+    assert result.ran == 12 and result.skipped == 0
     rows = read_rows(out)
-    assert len({r["job_key"] for r in rows}) == 10 and len({r["row_key"] for r in rows}) == 46
+    assert len({r["job_key"] for r in rows}) == 12 and len({r["row_key"] for r in rows}) == 50
     for category in ("disc", "weave"):
         mine = [r for r in rows if r["category"] == category]
         assert sorted(r["attack"] for r in mine) == sorted(
-            ["clean", "check_large_eps", *MEMBERS, *MEMBERS, *L2_MEMBERS])
-        l2 = [r for r in mine if r["threat"] == "l2"]
+            ["clean", "check_large_eps", "check_large_eps", *MEMBERS, *MEMBERS, *L2_MEMBERS])
+        l2 = [r for r in mine if r["threat"] == "l2" and r["attack"] != "check_large_eps"]
         assert sorted(r["attack"] for r in l2) == sorted(L2_MEMBERS)
         assert {r["eps"] for r in l2} == {1.0}
     assert {r["threat"] for r in rows} == {"none", "linf", "l2"}
@@ -88,7 +88,9 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert "| disc |" in text and "| **mean** |" in text
     assert "eps 8/255, protocol PGD-2; worst case = the robust number" in text
     assert "AD worst" in text and "| flags |" in text and "Brackets: bootstrap 95 %" in text
-    assert "### synthetic (L2 eps 1; worst case = the robust number)" in text
+    # rows say what the L2 budget was per pixel at the model's 32 px (pgray.core.row_columns)
+    assert ("### synthetic (L2 eps 1; 4.6/255 RMS per pixel value at 32 px; worst case = the"
+            " robust number)") in text
     assert (out / "auroc_vs_eps.png").stat().st_size > 0
     assert (out / "auroc_vs_eps_l2.png").stat().st_size > 0  # each threat in its own unit
 
@@ -98,7 +100,7 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     exp = client.get_experiment_by_name("pgray")
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
-    assert len(children) == 10
+    assert len(children) == 12
     assert {c.data.tags["category"] for c in children} == {"disc", "weave"}
     suite_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_eps8")
     assert {"worst_case/image_auroc", "protocol/image_auroc", "worst_case/image_auroc_ci_low",
@@ -154,8 +156,8 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     assert l2["threat"] == "l2" and l2["budgets"] == [1.0]
 
     again = run_benchmark(cfg, out, progress=False)
-    assert again.ran == 0 and again.skipped == 10
-    assert len(read_rows(out)) == 46
+    assert again.ran == 0 and again.skipped == 12
+    assert len(read_rows(out)) == 50
 
 
 def test_actors_match_sequential_numbers(ray_session, synthetic_root, checkpoints, tmp_path,

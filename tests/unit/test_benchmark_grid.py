@@ -22,7 +22,7 @@ def _job(kind, eps, attacks, threat, suite=SuiteConfig()) -> BenchJob:
                     attacks=tuple(to_dict(a) for a in attacks),
                     suite=to_dict(suite) if kind in (SUITE, CHECK) else None, eps=eps,
                     mask_resize="nearest", batch_size=8, n_panels=0, n_test=10,
-                    threat=threat if kind == SUITE else "linf")
+                    threat=threat if kind in (SUITE, CHECK) else "linf")
 
 
 def test_a_grid_with_several_threats_has_a_suite_job_per_budget_of_each():
@@ -41,9 +41,9 @@ def test_a_grid_with_several_threats_has_a_suite_job_per_budget_of_each():
     assert {"adaptive_suite_eps8", "adaptive_suite_l2_eps0.5",
             "adaptive_suite_patch_eps0.02"} <= set(by_setting)
     patch = [m.name for m in by_setting["adaptive_suite_patch_eps0.02"].suite_members()]
-    assert patch == ["patch_det", "patch_loc"]
+    assert patch == ["patch_det", "patch_loc", "patch_random_det"]
     l2 = by_setting["adaptive_suite_l2_eps1"].suite_members()
-    assert [m.name for m in l2] == ["pgd_det", "pgd_loc", "apgd_det", "apgd_loc"]
+    assert [m.name for m in l2] == ["pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "square_det"]
     assert {m.cfg.threat for m in l2} == {"l2"} and {m.cfg.eps for m in l2} == {1.0}
     linf = by_setting["adaptive_suite_eps8"].suite_members()
     assert linf[0].name == "protocol" and {m.cfg.threat for m in linf} == {"linf"}

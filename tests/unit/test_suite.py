@@ -8,8 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import tiny_experiment
-from torch import nn
+from masked_detectors import NoGradDetector, ReversedGradientDetector, StepDetector
 
 from pgray.attacks.checks import reliability_flags
 from pgray.attacks.objectives import mask_objective, unit_labels
@@ -25,40 +24,6 @@ CPU = torch.device("cpu")
 THREATS_EVAL = dataclasses.replace(EVAL, threats=[
     ThreatConfig(threat="l2", eps=[0.5, 2.0]), ThreatConfig(threat="patch", eps=[0.05])])
 IDENTITY = {"dataset": "synthetic", "category": "disc", "checkpoint_sha256": "x"}
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from pgray.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("suite-data")
-    return generate(root, seed=3, size=32, n_train=16, n_test=24, categories=("disc",))
-
-
-@pytest.fixture(scope="module")
-def test_split(data_root):
-    from pgray.data.dataset import load_split
-
-    return load_split(tiny_experiment(data_root).data, "test", 32)
-
-
-@pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory):
-    """A tiny PatchGuard trained (clean) for a few seconds: it detects the defects somewhat."""
-    from pgray.core.checkpoint import load_checkpoint
-    from pgray.core.fit import FitContext, fit
-
-    cfg = tiny_experiment(data_root, train={"epochs": 12, "adversarial": False,
-                                            "holdout_fraction": 0.0, "max_steps_per_epoch": 4})
-    path = tmp_path_factory.mktemp("trained") / "model.pt"
-
-    def report(epoch, metrics, save):
-        if save is not None:
-            save(path)
-
-    fit(cfg, FitContext(report=report, progress=False))
-    model, _, _ = load_checkpoint(path)
-    return model.eval()
 
 
 def _suite_rows(model, dataset, eps, suite=SMALL, protocol=AttackConfig(steps=5),
@@ -186,51 +151,14 @@ def test_a_plain_patchguard_raises_no_flag(trained, test_split):
                                   identity=IDENTITY, progress=False)
     assert [r["flags"] for r in rows] == [[]] * len(rows), [
         (r["threat"], r["attack"], r["eps"], r["flag_notes"]) for r in rows if r["flags"]]
-    check = next(r for r in rows if r["attack"] == "check_large_eps")
-    assert check["image_auroc"] <= 0.05
+    checks = {r["threat"]: r for r in rows if r["attack"] == "check_large_eps"}
+    assert set(checks) == {"linf", "l2", "patch"}  # a large-budget check per threat
+    assert all(c["image_auroc"] <= 0.05 for c in checks.values())
     worst = {(r["threat"], r["eps"]) for r in rows if r["attack"] == "worst_case"}
     assert worst == {("linf", 2.0), ("linf", 8.0), ("l2", 0.5), ("l2", 2.0), ("patch", 0.05)}
     assert next(r for r in rows if r["attack"] == "clean")["threat"] == "none"
     assert len({r["setting"] for r in rows}) == len(rows)
-    assert all(r["threat"] == "linf" for r in rows if r["attack"] in ("protocol",
-                                                                       "check_large_eps"))
-
-
-class StepDetector(nn.Module):
-    """Patch units that are a step function of the input: zero gradient almost everywhere,
-    yet a good detector of the dark defects of the generated discs (Square still moves it)."""
-
-    patch_size = 8
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(self.inner(x) * 4) / 4
-
-    def image_scores(self, units: torch.Tensor) -> torch.Tensor:
-        return units.topk(3, dim=1).values.mean(dim=1)
-
-    def anomaly_maps(self, units: torch.Tensor) -> torch.Tensor:
-        return self.inner.anomaly_maps(units)
-
-
-class NoGradDetector(StepDetector):
-    """Features under torch.no_grad, as several anomalib models compute them."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.inner(x)
-
-
-class ReversedGradientDetector(StepDetector):
-    """The same scores, with the gradient pointing the other way: every white-box step helps
-    the detector, so its AUROC rises with the budget."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        units = self.inner(x)
-        return 2 * units.detach() - units
+    assert all(r["threat"] == "linf" for r in rows if r["attack"] == "protocol")
 
 
 def _flags(model, dataset) -> dict[str, set[str]]:
@@ -299,27 +227,6 @@ def test_surrogate_needs_the_image_score_objective():
         dataclasses.replace(AttackConfig(), surrogate="lse").validate()
 
 
-def test_attack_gradients_stay_fp32_unless_bf16_agrees_on_this_model(trained, test_split,
-                                                                      monkeypatch):
-    """bf16 is used only where one detection attack on the same model gives a robust AUROC
-    within 0.01 of fp32's; every row says which precision ran and the gap measured."""
-    import pgray.attacks.precision as precision
-
-    auto, _ = _suite_rows(trained, test_split, 8.0)  # auto on the CPU: fp32, nothing asked
-    assert {r.get("precision") for r in auto if r["attack"] != "worst_case"} == {"fp32"}
-    assert auto[-1]["bf16_gap"] is None
-    asked = AttackConfig(steps=5, precision="bf16")
-    rows, _ = _suite_rows(trained, test_split, 8.0, protocol=asked)
-    gap = rows[-1]["bf16_gap"]
-    assert gap is not None and gap >= 0
-    expected = "bf16" if gap <= precision.BF16_TOLERANCE else "fp32"
-    assert {r.get("precision") for r in rows if r["attack"] != "worst_case"} == {expected}
-    monkeypatch.setattr(precision, "BF16_TOLERANCE", -1.0)  # no gap is small enough
-    monkeypatch.setattr(precision, "_CHECKED", precision.weakref.WeakKeyDictionary())
-    rows, _ = _suite_rows(trained, test_split, 8.0, protocol=asked)
-    assert {r.get("precision") for r in rows if r["attack"] != "worst_case"} == {"fp32"}
-
-
 def test_flags_never_compare_rows_of_different_precision():
     base = dict(IDENTITY, attack="det_topk", steps=5, restarts=1, flags=[])
     rows = [dict(base, attack="clean", eps=0.0, image_auroc=0.9),
@@ -354,7 +261,7 @@ def test_l2_attacks_stay_in_the_ball_and_lower_detection(trained, test_split):
     by = {r["attack"]: r for r in rows}
     clean = score_batches(trained, torch.utils.data.DataLoader(test_split, batch_size=16), None,
                           device=CPU).metrics()
-    assert set(by) == {"pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "worst_case"}
+    assert set(by) == {"pgd_det", "pgd_loc", "apgd_det", "apgd_loc", "square_det", "worst_case"}
     assert {r["threat"] for r in rows} == {"l2"}
     assert by["pgd_det"]["image_auroc"] < clean["image_auroc"] - 0.1, (by, clean)
     assert by["worst_case"]["setting"] == "l2_worst_case_eps2"
