@@ -41,3 +41,13 @@ def kill_processes_mentioning(marker: str) -> None:
                 os.kill(int(pid_dir.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# a worst-case row's `suite_members` column, decoded: what cards and the leaderboard read
+SUITE_MEMBERS = [
+    {"name": "protocol", "method": "pgd", "library": "pgray", "objective": "mask",
+     "steps": 1000, "restarts": 1, "queries": 0},
+    {"name": "det_topk", "method": "pgd", "library": "pgray", "objective": "image_score",
+     "steps": 100, "restarts": 2, "queries": 0},
+    {"name": "square_det", "method": "square", "library": "torchattacks",
+     "objective": "image_score", "steps": 0, "restarts": 1, "queries": 1000}]

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from helpers import SUITE_MEMBERS as MEMBERS
 
 from pgray.core.eval_version import git_commit
 from pgray.data.samples import Sample, split_fingerprint
@@ -74,12 +75,6 @@ def test_card_fields_intervals_and_threat_default():
     json.dumps(card, allow_nan=False)  # strict JSON: no NaN anywhere
 
 
-MEMBERS = [{"name": "protocol", "method": "pgd", "library": "pgray", "objective": "mask",
-            "steps": 1000, "restarts": 1, "queries": 0},
-           {"name": "det_topk", "method": "pgd", "library": "pgray", "objective": "image_score",
-            "steps": 100, "restarts": 2, "queries": 0},
-           {"name": "square_det", "method": "square", "library": "torchattacks",
-            "objective": "image_score", "steps": 0, "restarts": 1, "queries": 1000}]
 REASON = "bf16 probe gap 0.004 <= 0.01 (linf eps 8, pgd)"
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SUITE_MEMBERS as MEMBERS
 
 from pgray.tracking.cards import build_cards, write_cards
 from pgray.tracking.leaderboard import (
@@ -20,12 +21,6 @@ from pgray.tracking.leaderboard import (
 )
 
 NAN = float("nan")
-MEMBERS = [{"name": "protocol", "method": "pgd", "library": "pgray", "objective": "mask",
-            "steps": 1000, "restarts": 1, "queries": 0},
-           {"name": "det_topk", "method": "pgd", "library": "pgray", "objective": "image_score",
-            "steps": 100, "restarts": 2, "queries": 0},
-           {"name": "square_det", "method": "square", "library": "torchattacks",
-            "objective": "image_score", "steps": 0, "restarts": 1, "queries": 1000}]
 
 
 def _rows(detector: str = "patchguard", worst: float = 0.4, *, seed: int | None = 0,

@@ -13,7 +13,6 @@ import inspect
 
 import pytest
 import torch
-from helpers import tiny_experiment
 from torch import nn
 
 from pgray.attacks.objectives import unit_labels
@@ -36,37 +35,10 @@ TOL = (0.02, 0.002)  # image, pixel
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from pgray.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("scale-data"), seed=3, size=32, n_train=16,
-                    n_test=12, categories=("disc",))
-
-
-@pytest.fixture(scope="module")
-def test_split(data_root):
-    from pgray.data.dataset import load_split
-
-    return load_split(tiny_experiment(data_root).data, "test", 32)
-
-
-@pytest.fixture(scope="module")
-def model(data_root, tmp_path_factory) -> PatchGuard:
-    """A tiny PatchGuard trained (clean) for about 3 s: its maps find the defects."""
-    from pgray.core.checkpoint import load_checkpoint
-    from pgray.core.fit import FitContext, fit
-
-    cfg = tiny_experiment(data_root, train={"epochs": 12, "adversarial": False,
-                                            "holdout_fraction": 0.0, "max_steps_per_epoch": 4})
-    path = tmp_path_factory.mktemp("scale-model") / "model.pt"
-
-    def report(epoch, metrics, save):
-        if save is not None:
-            save(path)
-
-    fit(cfg, FitContext(report=report, progress=False))
-    trained, _, _ = load_checkpoint(path)
-    return trained.eval()
+def model(trained) -> PatchGuard:
+    """The session's tiny PatchGuard trained clean (tests/unit/conftest.py): its maps find the
+    defects, so AUROCs are neither 0 nor 1 before the attacks."""
+    return trained
 
 
 def with_head(model: PatchGuard, factor: float, shift: float) -> PatchGuard:
