@@ -182,7 +182,7 @@ def _threat_members(suite: SuiteConfig, precision: str, eps: float, threat: str
     ]
 
 
-def check_budget(suite: SuiteConfig, threat: str) -> float:
+def large_budget(suite: SuiteConfig, threat: str) -> float:
     """The large-budget check's eps of `threat` as the config gives it (l2: the RMS change
     per pixel value, a radius only at an input size: `Member.at_input`)."""
     return {"linf": suite.check_eps, "l2": suite.check_l2_per_pixel,
@@ -195,7 +195,7 @@ def large_eps_check(suite: SuiteConfig, protocol: AttackConfig, threat: str = "l
     per pixel value, patch half the image: `SuiteConfig`): AUROC must fall to about 0, else
     the attack does not converge or gradients are masked. linf and patch: pgray's PGD (random
     start, best iterate; patch at `suite.patch_positions` places); l2: APGD with norm L2."""
-    eps = check_budget(suite, threat)
+    eps = large_budget(suite, threat)
     common = dict(steps=suite.check_steps, objective="image_score", random_start=True,
                   precision=protocol.precision, threat=threat)
     if threat == "l2":
@@ -303,8 +303,7 @@ def attack_batch(model: nn.Module, x: torch.Tensor, truth: Truth,
         if present.any():
             with strict_fp32(x.device, resolve_precision(member.cfg.precision, x.device)):
                 adv[present] = attack(model, x[present], units[present], member.cfg,
-                                          seed=seed * 31 + k,
-                                          image_labels=truth.images[present])
+                                      seed=seed * 31 + k, image_labels=truth.images[present])
         candidates.append(score_candidate(model, member.name, adv, truth, present))
         if on_member is not None:
             on_member(member.name)

@@ -43,7 +43,7 @@ HISTORY: tuple[tuple[int, str], ...] = (
     # 2: attacks invariant to the detector's scale, masking checks and a black-box member per
     # threat, flagged_at_other_threat, bf16 per threat/eps/family scored in fp32, seeded
     # random subsets, the patch side nearest in area, operating points, suite columns
-    (2, "a9dc1ec6f10422ace8680b041bba12b71374c6995e575046ba5952d2fb138fa4"),
+    (2, "3542eaf66d24dc540ad424a022588bf34127f919af55fe90c2f851a13096ddd2"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 

@@ -112,7 +112,7 @@ def score_batches(
             labels = unit_labels(model, batch["mask"].to(device))
             with strict_fp32(device, resolve_precision(attack_cfg.precision, device)):
                 x = attack(model, x, labels, attack_cfg, seed=seed + i,
-                               image_labels=batch["label"].to(device))
+                           image_labels=batch["label"].to(device))
         with torch.no_grad():
             scores, units = detector_outputs(model, x)
         collected.add(model, scores, units, batch)

@@ -177,10 +177,10 @@ def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
             grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))],
                          extra.threat))
     if cfg.suite.name == "adaptive":
-        from pgray.attacks.suite import check_budget
+        from pgray.attacks.suite import large_budget
 
         for threat in ("linf", *(t.threat for t in cfg.threats)):
-            grid.append((CHECK, check_budget(cfg.suite, threat), [cfg.attack], threat))
+            grid.append((CHECK, large_budget(cfg.suite, threat), [cfg.attack], threat))
     return grid
 
 
