@@ -65,7 +65,9 @@ class StepPasses:
     included), as `train_step` runs them with pgray's PGD."""
 
     attack: int  # forward + backward to the input (frozen weights): both batches' attack steps
-    judge: int  # forward only: each restart's last iterate judged (keep_best or restarts > 1)
+    # forward only: each restart's last iterate judged (keep_best or restarts > 1), and the
+    # clean image's units that an lse surrogate measures its temperature in (one per attack)
+    judge: int
     update: int  # forward + backward through the weights: the loss's 4 batches (2 when clean)
 
     @property
@@ -80,10 +82,13 @@ class StepPasses:
 
 
 def step_passes(method: str = "pgd", steps: int = 10, restarts: int = 1,
-                keep_best: bool = False) -> StepPasses:
+                keep_best: bool = False, surrogate: bool = False) -> StepPasses:
     """The passes of one training step for a train.attack_method (or CLEAN). `steps`,
     `restarts` and `keep_best` are train.attack's, used by `pgd` only: the fast methods fix
-    their own (TRAIN_ATTACKS). At the reference's PGD-10: 2 x 10 attack passes + 4 = 24."""
+    their own (TRAIN_ATTACKS); `surrogate` (train.attack's is not none) holds for every method.
+    At the reference's PGD-10: 2 x 10 attack passes + 4 = 24. The objective (mask or
+    image_score, train.image_score_share) changes no count, nor does train.trades_beta: its
+    KL reads the clean and attacked logits of the one update forward."""
     if method == CLEAN:
         return StepPasses(attack=0, judge=0, update=2)
     preset = TRAIN_ATTACKS[method]
@@ -91,8 +96,8 @@ def step_passes(method: str = "pgd", steps: int = 10, restarts: int = 1,
         steps, restarts, keep_best = preset["steps"], 1, False
     judged = keep_best or restarts > 1
     # two attacked batches (normal and pseudo-anomalous), one image each per normal image
-    return StepPasses(attack=2 * steps * restarts, judge=2 * restarts if judged else 0,
-                      update=4)
+    judge = (2 * restarts if judged else 0) + (2 if surrogate else 0)
+    return StepPasses(attack=2 * steps * restarts, judge=judge, update=4)
 
 
 def step_passes_of(cfg: ExperimentConfig) -> StepPasses:
@@ -101,7 +106,7 @@ def step_passes_of(cfg: ExperimentConfig) -> StepPasses:
         return step_passes(CLEAN)
     attack = cfg.train.attack
     return step_passes(cfg.train.attack_method, attack.steps, attack.restarts,
-                       attack.keep_best)
+                       attack.keep_best, surrogate=attack.surrogate != "none")
 
 
 def passes_per_image(cfg: ExperimentConfig) -> float:
