@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from pgray.config import AttackConfig, ExperimentConfig
 from pgray.core.device import autocast
+from pgray.core.losses import patchguard_loss, trades_kl
 
 TERMS = ("clean_normal", "adv_normal", "clean_pseudo", "adv_pseudo")
 
@@ -208,8 +209,6 @@ def _step_loss(
     """The step's total loss (the sum of its terms' losses, TRADES added) and its reported
     parts. With four terms the logits are clean normal, attacked normal, clean pseudo,
     attacked pseudo (TERMS)."""
-    from pgray.core.losses import patchguard_loss, trades_kl
-
     loss, parts = patchguard_loss(logits, labels, maps, cfg.loss, num_prefix_tokens)
     total = loss * n_terms
     trades = torch.zeros((), device=logits.device)
