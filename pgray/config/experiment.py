@@ -6,6 +6,7 @@ key of any unknown, mistyped or out-of-range value. Keep this module free of hea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,11 @@ class LossConfig:
     attention_layers: list[int] = field(default_factory=lambda: [6, 9, 12])
     attention_weights: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.05])
     attention_lambda: float = 1.0
+    # None: attention_lambda as given (the reference). r >= 0: the attention term's weight is
+    # set every step so that the term is r times that step's detection loss (the BCE): one
+    # range of r means the same at every depth, layer count and attention scale. The weight
+    # is then the step's, so attention_lambda must stay at its default 1.0.
+    attention_ratio: float | None = None
     # "mean": the reference's element-wise mean of KL terms (about 1/N of a per-row KL);
     # "row": KL per attention row, averaged over rows, heads and images.
     reduction: Literal["mean", "row"] = "mean"
@@ -93,6 +99,11 @@ class LossConfig:
             f" got {len(self.attention_weights)}",
         )
         check(self.attention_lambda >= 0, "attention_lambda", "must be >= 0")
+        check(self.attention_ratio is None or 0 <= self.attention_ratio < math.inf,
+              "attention_ratio", f"must be a number >= 0 (or null), got {self.attention_ratio}")
+        check(self.attention_ratio is None or self.attention_lambda == 1.0, "attention_ratio",
+              "sets the attention weight every step: leave loss.attention_lambda at its"
+              f" default 1.0 (got {self.attention_lambda:g}), or unset attention_ratio")
         check(0 not in self.attention_layers, "attention_layers", "layers are 1-based")
 
 
@@ -123,6 +134,13 @@ class TrainConfig:
     # uses `attack` as given (PGD-10); fgsm_rs, nfgsm and pgd2 are cheaper single- or
     # two-step methods at attack.eps. Never changed silently: rows and runs record it.
     attack_method: Literal["pgd", "fgsm_rs", "nfgsm", "pgd2"] = "pgd"
+    # None: every attacked batch uses attack.objective. p in [0, 1]: in each step, each of
+    # the two attacked batches (normal, pseudo-anomalous) uses objective image_score with
+    # probability p and mask otherwise, drawn from the step's seed (the same on a resume).
+    image_score_share: float | None = None
+    # >= 0: weight of a TRADES-style term, the per-patch binary KL from the clean scores to
+    # the attacked ones (pgray.core.losses.trades_kl), for both pairs; 0 is the reference.
+    trades_beta: float = 0.0
     # Catastrophic overfitting guard: a proxy epoch whose worst-case image AUROC fell this
     # far below its best while the clean one held is reported, and never selected.
     collapse_drop: float = 0.2
@@ -157,6 +175,7 @@ class TrainConfig:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.attack.threat == "linf", "attack.threat",
               "training attacks are linf (other threats are for evaluation)")
+        self._check_attack_mix()
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.lr > 0, "lr", "must be > 0")
         check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
@@ -180,6 +199,21 @@ class TrainConfig:
             "select_metric",
             "needs held-out images for the proxy (train.holdout_fraction > 0)",
         )
+
+    def _check_attack_mix(self) -> None:
+        """The keys that reshape the training attack's objective and the adversarial balance."""
+        share = self.image_score_share
+        check(share is None or 0 <= share <= 1, "image_score_share",
+              f"must be in [0, 1] (or null), got {share}")
+        check(share is None or self.attack.objective == "mask", "image_score_share",
+              "mixes image_score into the mask objective: it needs train.attack.objective mask,"
+              f" got {self.attack.objective} (share 1 is image_score on every batch)")
+        check(share is None or self.adversarial, "image_score_share",
+              "mixes the training attack's objectives: it needs train.adversarial true")
+        check(0 <= self.trades_beta < math.inf, "trades_beta",
+              f"must be a number >= 0, got {self.trades_beta}")
+        check(self.trades_beta == 0 or self.adversarial, "trades_beta",
+              "weighs attacked against clean scores: it needs train.adversarial true")
 
 
 @dataclass

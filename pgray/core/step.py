@@ -6,11 +6,13 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pgray.config import AttackConfig, ExperimentConfig
 from pgray.core.device import autocast
+from pgray.core.losses import patchguard_loss, trades_kl
 
 TERMS = ("clean_normal", "adv_normal", "clean_pseudo", "adv_pseudo")
 
@@ -64,7 +66,9 @@ class StepPasses:
     included), as `train_step` runs them with pgray's PGD."""
 
     attack: int  # forward + backward to the input (frozen weights): both batches' attack steps
-    judge: int  # forward only: each restart's last iterate judged (keep_best or restarts > 1)
+    # forward only: each restart's last iterate judged (keep_best or restarts > 1), and the
+    # clean image's units that an lse surrogate measures its temperature in (one per attack)
+    judge: int
     update: int  # forward + backward through the weights: the loss's 4 batches (2 when clean)
 
     @property
@@ -79,10 +83,13 @@ class StepPasses:
 
 
 def step_passes(method: str = "pgd", steps: int = 10, restarts: int = 1,
-                keep_best: bool = False) -> StepPasses:
+                keep_best: bool = False, surrogate: bool = False) -> StepPasses:
     """The passes of one training step for a train.attack_method (or CLEAN). `steps`,
     `restarts` and `keep_best` are train.attack's, used by `pgd` only: the fast methods fix
-    their own (TRAIN_ATTACKS). At the reference's PGD-10: 2 x 10 attack passes + 4 = 24."""
+    their own (TRAIN_ATTACKS); `surrogate` (train.attack's is not none) holds for every method.
+    At the reference's PGD-10: 2 x 10 attack passes + 4 = 24. The objective (mask or
+    image_score, train.image_score_share) changes no count, nor does train.trades_beta: its
+    KL reads the clean and attacked logits of the one update forward."""
     if method == CLEAN:
         return StepPasses(attack=0, judge=0, update=2)
     preset = TRAIN_ATTACKS[method]
@@ -90,8 +97,8 @@ def step_passes(method: str = "pgd", steps: int = 10, restarts: int = 1,
         steps, restarts, keep_best = preset["steps"], 1, False
     judged = keep_best or restarts > 1
     # two attacked batches (normal and pseudo-anomalous), one image each per normal image
-    return StepPasses(attack=2 * steps * restarts, judge=2 * restarts if judged else 0,
-                      update=4)
+    judge = (2 * restarts if judged else 0) + (2 if surrogate else 0)
+    return StepPasses(attack=2 * steps * restarts, judge=judge, update=4)
 
 
 def step_passes_of(cfg: ExperimentConfig) -> StepPasses:
@@ -100,7 +107,7 @@ def step_passes_of(cfg: ExperimentConfig) -> StepPasses:
         return step_passes(CLEAN)
     attack = cfg.train.attack
     return step_passes(cfg.train.attack_method, attack.steps, attack.restarts,
-                       attack.keep_best)
+                       attack.keep_best, surrogate=attack.surrogate != "none")
 
 
 def passes_per_image(cfg: ExperimentConfig) -> float:
@@ -155,6 +162,74 @@ def default_proxy_every(cfg: ExperimentConfig, *, n_pairs: int | None = None,
                 max(1, epochs))
 
 
+# The objective draws of train.image_score_share come from their own stream of the step seed,
+# so they are independent of the attacks' random starts (seeded by the step seed itself).
+OBJECTIVE_STREAM = 0x0B7EC7
+
+
+def batch_objectives(cfg: ExperimentConfig, step_seed: int) -> tuple[str, str]:
+    """The objective of each attacked batch (normal, pseudo-anomalous) of the step seeded
+    `step_seed`: train.attack.objective, or with train.image_score_share p, image_score with
+    probability p and mask otherwise (the same draws whenever the step is run again)."""
+    share = cfg.train.image_score_share
+    if share is None:
+        return (cfg.train.attack.objective,) * 2
+    draws = np.random.default_rng([step_seed % 2**63, OBJECTIVE_STREAM]).random(2)
+    return tuple("image_score" if draw < share else "mask" for draw in draws)
+
+
+def _step_batches(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: ExperimentConfig,
+    device: torch.device, precision: str, step_seed: int,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[str, ...]]:
+    """The (images, patch labels) of the step's terms in TERMS order (the clean ones alone
+    without train.adversarial) and the objective each attacked batch used."""
+    from pgray.attacks.pgd import attack
+
+    x = batch["image"].to(device, non_blocking=True)
+    xt = batch["pseudo_image"].to(device, non_blocking=True)
+    yt = batch["pseudo_patch_labels"].to(device, non_blocking=True).float()
+    y0 = torch.zeros_like(yt)
+    if not cfg.train.adversarial:
+        return [(x, y0), (xt, yt)], ()
+    attack_cfg = training_attack(cfg, precision)
+    objectives = batch_objectives(cfg, step_seed)
+    normal_cfg, pseudo_cfg = (attack_cfg if objective == attack_cfg.objective
+                              else dataclasses.replace(attack_cfg, objective=objective)
+                              for objective in objectives)
+    x_adv = attack(model, x, y0, normal_cfg, seed=step_seed)
+    xt_adv = attack(model, xt, yt, pseudo_cfg, seed=step_seed + 1)
+    return [(x, y0), (x_adv, y0), (xt, yt), (xt_adv, yt)], objectives
+
+
+def _step_loss(
+    logits: torch.Tensor, labels: torch.Tensor, maps: list[torch.Tensor],
+    cfg: ExperimentConfig, n_terms: int, num_prefix_tokens: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The step's total loss (the sum of its terms' losses, TRADES added) and its reported
+    parts. With four terms the logits are clean normal, attacked normal, clean pseudo,
+    attacked pseudo (TERMS)."""
+    loss, parts = patchguard_loss(logits, labels, maps, cfg.loss, num_prefix_tokens)
+    total = loss * n_terms
+    trades = torch.zeros((), device=logits.device)
+    if cfg.train.trades_beta > 0:
+        clean_n, adv_n, clean_p, adv_p = logits.chunk(n_terms)
+        trades = cfg.train.trades_beta * (trades_kl(clean_n, adv_n) + trades_kl(clean_p, adv_p))
+        total = total + trades
+    total_value = total.detach()
+    # The regulariser is reported per forward (the mean over the four terms' batches); its
+    # share of the loss counts it once per term, as the total does.
+    attention = n_terms * parts["attn_lambda_eff"] * parts["attn_reg"]
+    out = {"loss": total_value} | {
+        k: v for k, v in parts.items() if k in ("attn_reg", "attn_lambda_eff")
+        or k.startswith("attn_kl_")
+    } | {
+        "attn_share": torch.where(total_value > 0, attention / total_value, 0.0),
+        "trades": trades.detach(),
+    }
+    return total, out
+
+
 def train_step(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -166,27 +241,16 @@ def train_step(
     forward_model: torch.nn.Module | None = None,
     step_seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """The four-term PatchGuard step: L(x,0) + L(PGD x,0) + L(x~,y~) + L(PGD x~,y~).
+    """The four-term PatchGuard step: L(x,0) + L(PGD x,0) + L(x~,y~) + L(PGD x~,y~), plus
+    train.trades_beta x the clean-to-attacked KL of both pairs.
 
     `model` is the bare PatchGuard (attacked with frozen weights); `forward_model` is what the
     loss forward runs through (the DDP wrapper under Ray Train). The four batches go through
     one forward: per-term losses are means over their own batch, so their sum equals four
     times the loss of the concatenated batch, and one big forward is cheaper than four.
     """
-    from pgray.attacks.pgd import attack
-    from pgray.core.losses import patchguard_loss
-
     forward_model = forward_model or model
-    x = batch["image"].to(device, non_blocking=True)
-    xt = batch["pseudo_image"].to(device, non_blocking=True)
-    yt = batch["pseudo_patch_labels"].to(device, non_blocking=True).float()
-    y0 = torch.zeros_like(yt)
-    parts_in = [(x, y0), (xt, yt)]
-    if cfg.train.adversarial:
-        attack_cfg = training_attack(cfg, precision)
-        x_adv = attack(model, x, y0, attack_cfg, seed=step_seed)
-        xt_adv = attack(model, xt, yt, attack_cfg, seed=step_seed + 1)
-        parts_in = [(x, y0), (x_adv, y0), (xt, yt), (xt_adv, yt)]
+    parts_in, objectives = _step_batches(model, batch, cfg, device, precision, step_seed)
     names = TERMS if cfg.train.adversarial else (TERMS[0], TERMS[2])
     images = torch.cat([p[0] for p in parts_in])
     labels = torch.cat([p[1] for p in parts_in])
@@ -196,16 +260,13 @@ def train_step(
         logits = forward_model(images)
     logits = logits.float()
     maps = [m.float() for m in maps]
-    loss, parts = patchguard_loss(logits, labels, maps, cfg.loss, model.num_prefix_tokens)
-    total = loss * len(parts_in)
+    total, out = _step_loss(logits, labels, maps, cfg, len(parts_in), model.num_prefix_tokens)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
 
-    # The regulariser is reported per forward (the mean over the four terms' batches).
-    out = {"loss": total.detach()} | {
-        k: v for k, v in parts.items() if k == "attn_reg" or k.startswith("attn_kl_")
-    }
+    out["image_score_batches"] = torch.tensor(
+        sum(o == "image_score" for o in objectives) / max(len(objectives), 1), device=device)
     with torch.no_grad():
         for name, chunk_logits, chunk_labels in zip(
             names, logits.detach().chunk(len(parts_in)), labels.chunk(len(parts_in))

@@ -89,7 +89,7 @@ def test_patchguard_loss_total_and_parts():
     bce = patch_bce(logits, labels)
     kl1, kl2 = uniform_kl(maps[0], P), uniform_kl(maps[1], P)
     torch.testing.assert_close(total, bce + 3.0 * (0.5 * kl1 + 2.0 * kl2))
-    assert set(parts) == {"bce", "attn_reg", "attn_kl_1", "attn_kl_-1", "total"}
+    assert set(parts) == {"bce", "attn_reg", "attn_lambda_eff", "attn_kl_1", "attn_kl_-1", "total"}
     torch.testing.assert_close(parts["attn_kl_-1"], kl2)
     assert not parts["total"].requires_grad
     total.backward()

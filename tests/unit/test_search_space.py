@@ -55,7 +55,7 @@ BAD = [
     (f"{LAMBDA}/low", 0.0, "search.loss.attention_lambda.low: a log range must be > 0"),
     ("search/loss.atention_lambda", {"type": "uniform", "low": 0, "high": 1},
      "search.loss.atention_lambda: no config key 'loss.atention_lambda': loss has"
-     " attention_layers, attention_weights, attention_lambda, reduction"),
+     " attention_layers, attention_weights, attention_lambda, attention_ratio, reduction"),
     ("search/model.depth", {"type": "int", "low": 1, "high": 4},
      "search.model.depth: no config key 'model.depth'"),
     ("search/loss.reduction", {"type": "categorical", "values": ["mean", "bogus"]},

@@ -39,6 +39,12 @@ def observed_forwards(cfg) -> float:
     {"attack_method": "nfgsm"},
     {"adversarial": False},
     {"attack_method": "pgd", "attack": {"steps": 2, "keep_best": True}},  # + judging forwards
+    # issue 29's keys: the objective mix and TRADES add no pass (TRADES reads the clean and
+    # attacked logits of the one update forward)
+    {"attack": {"steps": 2, "objective": "image_score"}},
+    {"attack": {"steps": 2}, "image_score_share": 0.5},
+    {"attack": {"steps": 2}, "trades_beta": 1.0},
+    {"attack": {"steps": 2, "objective": "image_score", "surrogate": "lse"}},
 ])
 def test_counted_passes_are_the_forwards_of_a_real_step(tmp_path, train):
     cfg = tiny_experiment(tmp_path, train=train)
@@ -58,6 +64,9 @@ def test_passes_of_each_method():
     assert step_passes(CLEAN) == StepPasses(attack=0, judge=0, update=2)
     # restarts judge each one's last iterate with one forward per attacked batch
     assert step_passes("pgd", steps=10, restarts=2).forwards == 40 + 4 + 4
+    # an lse surrogate reads each attacked batch's clean units once (forward only)
+    assert step_passes("pgd", surrogate=True) == StepPasses(attack=20, judge=2, update=4)
+    assert step_passes("nfgsm", surrogate=True).passes == 6
 
 
 def test_plan_costs_a_training_from_the_step_passes(tmp_path):
