@@ -110,7 +110,7 @@ PROXY_METRICS: tuple[str, ...] = tuple(
     for metric in ("image_auroc", "pixel_auroc", "aupro", "image_margin")
 ) + ("proxy_score",)
 # Logged beside them each proxy epoch, never objectives: the bootstrap 95 % interval of the
-# clean and the worst-case image AUROC (pgray.core.intervals.image_auroc_interval).
+# clean and the worst-case image AUROC (pgray.core.proxy.image_auroc_interval).
 PROXY_INTERVAL_KINDS = ("clean", "worst")
 PROXY_INTERVALS: tuple[str, ...] = tuple(
     f"proxy_{kind}_image_auroc_{end}" for kind in PROXY_INTERVAL_KINDS for end in ("lo", "hi"))

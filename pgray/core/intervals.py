@@ -233,18 +233,6 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     return float(low), float(high)
 
 
-def image_auroc_interval(scores: Any, labels: Any, counts: np.ndarray | None = None,
-                         level: float = LEVEL) -> tuple[float, float]:
-    """The bootstrap interval of one image AUROC alone (exact in every resample, so nothing to
-    centre): what the held-out proxy logs each epoch. `counts`: `resample_counts(labels)` by
-    default (seeded: the same scores and labels give the same interval), or the caller's, to
-    share one draw among several scorings of the same images. About 10 ms for a hundred
-    images (NaN with one class)."""
-    if counts is None:
-        counts = resample_counts(labels)
-    return percentile_interval(image_auroc_replicates(scores, labels, counts), level)
-
-
 def bootstrap(outputs, points: dict[str, float], *, n_resamples: int = N_RESAMPLES,
               seed: int = SEED) -> dict[str, np.ndarray]:
     """Centred replicates of each metric that has a point value (NaN ones are skipped)."""

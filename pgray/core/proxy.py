@@ -12,7 +12,7 @@ import torch
 
 from pgray.config import ExperimentConfig
 from pgray.config.experiment import PROXY_INTERVAL_KINDS
-from pgray.core.intervals import image_auroc_interval, resample_counts
+from pgray.core.intervals import image_auroc_replicates, percentile_interval, resample_counts
 from pgray.core.metrics import image_margin
 from pgray.core.scoring import Batch, EvalOutputs, score_batches, score_suite
 
@@ -83,6 +83,17 @@ def _margin(result: EvalOutputs, clean_scores: np.ndarray) -> float:
         return image_margin(result.scores, result.labels, clean_scores)
     except ValueError:
         return float("nan")
+
+
+def image_auroc_interval(scores: np.ndarray, labels: np.ndarray,
+                         counts: np.ndarray | None = None) -> tuple[float, float]:
+    """The bootstrap 95 % interval of one image AUROC (`pgray.core.intervals`: exact in every
+    resample, so nothing to centre). `counts`: `resample_counts(labels)` by default (seeded:
+    the same outputs give the same interval), or the caller's, to share one draw among the
+    parts, which score the same images. About 10 ms for a hundred images; NaN with one class."""
+    if counts is None:
+        counts = resample_counts(labels)
+    return percentile_interval(image_auroc_replicates(scores, labels, counts))
 
 
 def join_outputs(parts: list[EvalOutputs]) -> EvalOutputs:

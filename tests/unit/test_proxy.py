@@ -9,7 +9,9 @@ import torch
 from helpers import tiny_experiment
 
 from pgray.config.experiment import PROXY_INTERVALS, PROXY_METRICS
-from pgray.core.proxy import PROXY_PARTS, proxy_metrics_of
+from pgray.core.intervals import resample_counts
+from pgray.core.metrics import image_auroc
+from pgray.core.proxy import PROXY_PARTS, image_auroc_interval, proxy_metrics_of
 from pgray.core.scoring import EvalOutputs
 from pgray.core.training_data import build_datasets, proxy_batches
 
@@ -82,3 +84,24 @@ def test_proxy_margin_is_nan_where_the_clean_scores_do_not_spread():
     assert all(out[f"proxy_{name}_image_margin"] != out[f"proxy_{name}_image_margin"]
                for name in PROXY_PARTS)
     assert out["proxy_worst_image_auroc"] == 1.0
+
+
+def test_image_auroc_interval_is_the_naive_bootstrap_and_is_seeded():
+    rng = np.random.default_rng(2)
+    labels = (np.arange(60) % 5 != 0).astype(np.int64)  # 12 normals, 48 anomalies: a proxy set
+    scores = rng.normal(size=60) + 0.8 * labels
+    low, high = image_auroc_interval(scores, labels)
+    # the percentiles of the exact AUROC recomputed on every resample, one at a time
+    counts = resample_counts(labels)
+    naive = []
+    for row in counts:
+        take = np.repeat(np.arange(60), row)
+        naive.append(image_auroc(scores[take], labels[take]))
+    assert (low, high) == pytest.approx(tuple(np.percentile(naive, [2.5, 97.5])), abs=1e-12)
+    assert low < image_auroc(scores, labels) < high and high - low > 0.1
+    assert image_auroc_interval(scores, labels) == (low, high)  # the same outputs, again
+    other = image_auroc_interval(scores, labels, resample_counts(labels, seed=1))
+    assert other != (low, high)
+    # a perfect ranking stays perfect in every resample; one class has no interval
+    assert image_auroc_interval(labels + 0.1 * scores, labels) == (1.0, 1.0)
+    assert all(v != v for v in image_auroc_interval(scores[:10], np.zeros(10)))
