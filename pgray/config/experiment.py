@@ -111,13 +111,20 @@ class LossConfig:
 # never from the test split: what a run selects its best epoch by and a sweep optimises.
 # clean; robust: under the short protocol attack; detect: under a short detection attack (the
 # adaptive suite's det_topk); worst: per image, the worse of the two; proxy_score: the mean of
-# the clean and the worst-case image AUROC.
+# the clean and the worst-case image AUROC. image_margin (pgray.core.metrics.image_margin):
+# the anomalous minus the normal images' mean score in units of the clean scores' spread,
+# continuous where the AUROC ties and below zero where an attack wins.
 PROXY_KINDS = ("clean", "robust", "detect", "worst")
 PROXY_METRICS: tuple[str, ...] = tuple(
     f"proxy_{kind}_{metric}"
     for kind in PROXY_KINDS
-    for metric in ("image_auroc", "pixel_auroc", "aupro")
+    for metric in ("image_auroc", "pixel_auroc", "aupro", "image_margin")
 ) + ("proxy_score",)
+# Logged beside them each proxy epoch, never objectives: the bootstrap 95 % interval of the
+# clean and the worst-case image AUROC (pgray.core.proxy.image_auroc_interval).
+PROXY_INTERVAL_KINDS = ("clean", "worst")
+PROXY_INTERVALS: tuple[str, ...] = tuple(
+    f"proxy_{kind}_image_auroc_{end}" for kind in PROXY_INTERVAL_KINDS for end in ("lo", "hi"))
 
 
 @dataclass

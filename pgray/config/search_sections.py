@@ -137,11 +137,16 @@ class Scheduler:
     type: Literal["asha", "none"] = "asha"
     grace_period: int = 1  # epochs before a trial can be stopped
     reduction_factor: float = 2.0
+    # asha with several objectives: one weight (> 0) per objective; ASHA stops trials on
+    # objective_scalar = sum of weight x objective (negated where its mode is min)
+    weights: list[float] | None = None
 
     def validate(self) -> None:
         check(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
         check(self.reduction_factor > 1, "reduction_factor",
               f"must be > 1, got {self.reduction_factor:g}")
+        check(self.weights is None or all(w > 0 for w in self.weights), "weights",
+              f"must each be > 0, got {self.weights}")
 
 
 @dataclass

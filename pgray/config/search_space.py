@@ -9,6 +9,7 @@ error names the offending key and what is allowed. No Ray or torch here: the Tun
 from __future__ import annotations
 
 import copy
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -65,8 +66,7 @@ class SearchSpace:
         check(len(set(metrics)) == len(metrics), "objectives", "lists a metric twice")
         check(not (self.datasets and self.categories), "categories",
               "give either datasets or categories, not both")
-        check(self.scheduler.type == "none" or len(self.objectives) == 1, "scheduler.type",
-              "asha needs a single objective; use type none for multi-objective searches")
+        self._validate_scheduler_weights()
         check(bool(self.search) or self.budget.trials == 1, "budget.trials",
               "nothing is searched, so each target needs exactly 1 trial")
         self._validate_fixed()
@@ -89,6 +89,21 @@ class SearchSpace:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    def scalar_terms(self) -> list[tuple[float, str, str]] | None:
+        """(weight, metric, mode) of each objective where ASHA stops trials on their weighted
+        sum (`objective_scalar`), else None."""
+        if self.scheduler.type == "none" or self.scheduler.weights is None:
+            return None
+        return [(float(w), o.metric, o.mode)
+                for w, o in zip(self.scheduler.weights, self.objectives)]
+
+    def asha_objective(self) -> tuple[str, str]:
+        """The metric and mode ASHA compares trials by: the single objective, or
+        `objective_scalar` (always max) for several."""
+        if self.scalar_terms() is not None:
+            return OBJECTIVE_SCALAR, "max"
+        return self.objectives[0].metric, self.objectives[0].mode
 
     def fixed_config(self) -> ExperimentConfig:
         """The fixed settings with the budget applied (data: the first target's)."""
@@ -160,6 +175,20 @@ class SearchSpace:
             f" {sched.grace_period} x an integer reduction_factor, got"
             f" {sched.reduction_factor:g}); use a grace_period that is a multiple of it")
 
+    def _validate_scheduler_weights(self) -> None:
+        n, weights = len(self.objectives), self.scheduler.weights
+        if self.scheduler.type == "none":
+            check(weights is None, "scheduler.weights",
+                  "state ASHA's scalarisation; scheduler type none stops nothing")
+        elif n == 1:
+            check(weights is None, "scheduler.weights",
+                  "are for several objectives; asha stops on the single objective itself")
+        else:
+            check(weights is not None and len(weights) == n, "scheduler.weights",
+                  f"asha with {n} objectives stops trials on their weighted sum: give one"
+                  f" weight (> 0) per objective, in their order, got {weights}; or use"
+                  " scheduler type none")
+
     def _validate_search(self) -> None:
         fixed = self._base_dict()
         for key, spec in self.search.items():
@@ -227,6 +256,33 @@ class SearchSpace:
     def decode(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Config values of the sampled choices (keys not searched are dropped)."""
         return {k: self.search[k].decode(v) for k, v in sampled.items() if k in self.search}
+
+
+OBJECTIVE_SCALAR = "objective_scalar"  # the per-result metric ASHA stops several objectives on
+
+
+def objective_scalar(metrics: dict[str, Any], terms: list[tuple[float, str, str]]) -> float:
+    """sum_i w_i x (metric_i if mode max, else -metric_i) over (w_i, metric_i, mode_i) in
+    `terms` (`SearchSpace.scalar_terms`); NaN unless every objective is measured (a finite
+    number), as between proxy epochs."""
+    total = 0.0
+    for weight, metric, mode in terms:
+        value = metrics.get(metric)
+        if not (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value)):
+            return float("nan")
+        total += weight * (value if mode == "max" else -value)
+    return total
+
+
+def scalarisation_text(terms: list[tuple[float, str, str]]) -> str:
+    """`0.5 x proxy_clean_image_auroc + 0.5 x proxy_worst_image_margin` (a min objective
+    is subtracted)."""
+    text = ""
+    for i, (weight, metric, mode) in enumerate(terms):
+        sign = ("-" if mode == "min" else "") if i == 0 else (" - " if mode == "min" else " + ")
+        text += f"{sign}{weight:g} x {metric}"
+    return text
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

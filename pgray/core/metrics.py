@@ -1,5 +1,6 @@
 """Detection and localization metrics: image AUROC, pixel AUROC and AUPRO (docs/method.md,
-"Evaluation"), and the TPR of image scores at a fixed FPR (an operating point).
+"Evaluation"), the TPR of image scores at a fixed FPR (an operating point), and the image
+score margin (the held-out proxy's continuous companion of the image AUROC).
 
 Each metric sorts the scores once and accumulates counts with cumsum, so every distinct score
 is a threshold and tied scores form a single threshold (the ROC's diagonal segment over a tie,
@@ -105,6 +106,33 @@ def _image_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 def image_auroc(scores: Any, labels: Any) -> float:
     """AUROC of image scores (N,) against image labels (N,), 1 = anomalous."""
     return _roc_auc(*_image_arrays(scores, labels))
+
+
+# A spread this small against the scores' magnitude is rounding, not a ranking to measure in.
+_SPREAD_RTOL = 1e-9
+
+
+def image_margin(scores: Any, labels: Any, reference: Any) -> float:
+    """(mean score of the anomalous images - mean score of the normal ones) / the standard
+    deviation of the `reference` image scores (for the held-out proxy: the clean scores of
+    the whole set, so an attacked part is measured in the clean spread).
+
+    Scale-free: the same for a*s + b as for s (a > 0, applied to scores and reference alike),
+    so a detector's score scale cancels. Continuous where the AUROC sits on its grid of
+    1 / (normals x anomalies) or ties at 0 or 1: an attack that beats a detector badly reads
+    more negative than one that beats it barely. Positive when anomalies score higher on
+    average, negative when an attack has pushed them below the normals. Raises ValueError
+    when a class is missing or the reference scores do not spread (all equal)."""
+    s, y = _image_arrays(scores, labels)
+    ref = _scores(reference, "reference scores").astype(np.float64).reshape(-1)
+    if y.all() or not y.any():
+        kind = "anomalous" if y.all() else "normal"
+        raise ValueError(f"the image margin is undefined: all {y.size} labels are {kind}")
+    spread = float(np.std(ref))
+    if not spread > _SPREAD_RTOL * float(np.abs(ref).max(initial=0.0)):
+        raise ValueError("the image margin is undefined: the reference scores are all equal")
+    s = s.astype(np.float64)
+    return float((s[y].mean() - s[~y].mean()) / spread)
 
 
 def tpr_at_fpr(scores: Any, labels: Any, max_fpr: float) -> float:

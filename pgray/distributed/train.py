@@ -39,6 +39,9 @@ class TrainLaunch:
     step_hook: Callable[[int, int, int], None] | None = None
     # reported first (NaN where an epoch has none), so Tune's trial table shows these
     lead_metrics: tuple[str, ...] = ()
+    # (weight, metric, mode) of a sweep's objectives where ASHA stops on their weighted sum:
+    # every epoch then reports objective_scalar (pgray.config.search_space.objective_scalar)
+    objective_terms: list[tuple[float, str, str]] | None = None
     # wall clock when the Tune trial's function began (reported: trial_times' start-up)
     trial_began_at: float | None = None
 
@@ -85,6 +88,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
     import torch
 
     from pgray.config import ExperimentConfig
+    from pgray.config.search_space import OBJECTIVE_SCALAR, objective_scalar
     from pgray.core.fit import FitContext, fit
     from pgray.tracking.mlflow_runs import Tracker, open_run_later
 
@@ -107,6 +111,8 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
                              "worker_cuda": float(device.type == "cuda")}
         if loop_config.get("trial_began_at") is not None:
             metrics["trial_began_at"] = loop_config["trial_began_at"]
+        if loop_config.get("objective_terms"):  # in the result, so a resumed ASHA hears it
+            metrics[OBJECTIVE_SCALAR] = objective_scalar(metrics, loop_config["objective_terms"])
         history.append((epoch, metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -185,6 +191,7 @@ def loop_config(experiment: dict[str, Any], launch: TrainLaunch) -> dict[str, An
         "threads": max(1, int(launch.cpus_per_worker)),
         "progress": launch.progress,
         "lead_metrics": list(launch.lead_metrics),
+        "objective_terms": launch.objective_terms,
         "step_hook": launch.step_hook,
         "trial_began_at": launch.trial_began_at,
     }

@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from pgray.config.search_sections import Resources, Target
-from pgray.config.search_space import SearchSpace
+from pgray.config.search_space import OBJECTIVE_SCALAR, SearchSpace
 from pgray.distributed.train import CHECKPOINT_URI
 from pgray.distributed.tune_targets import (
     TARGET_KEY,
@@ -115,7 +115,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         gpus_per_worker=res.gpus_per_worker, max_failures=0,
         mlflow_uri=ctx.mlflow_uri, mlflow_run=trial_run(ctx, trial_id, target),
         progress=ctx.progress,
-        lead_metrics=table_metrics(ctx.space), trial_began_at=began,
+        lead_metrics=table_metrics(ctx.space), objective_terms=ctx.space.scalar_terms(),
+        trial_began_at=began,
     )
     try:
         if res.trains_in_trial:
@@ -129,9 +130,12 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
 
 def table_metrics(space: SearchSpace) -> tuple[str, ...]:
-    """What a person watching the trial table needs: the objectives, then the held-out proxy's
-    clean and worst-case AUROC and the loss (Tune shows the first four)."""
+    """What a person watching the trial table needs: the objectives (and the weighted sum ASHA
+    stops several of them on), then the held-out proxy's clean and worst-case AUROC and the
+    loss (Tune shows the first four)."""
     objectives = list(dict.fromkeys(o.metric for o in space.objectives))
+    if space.scalar_terms() is not None:
+        objectives.insert(0, OBJECTIVE_SCALAR)
     extra = [m for m in ("proxy_clean_image_auroc", "proxy_worst_image_auroc", "loss")
              if m not in objectives]
     # every objective, even past four: each result must carry them all (NaN where unmeasured)
@@ -183,8 +187,8 @@ def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
 def build_scheduler(space: SearchSpace, targets: list[str], experiment: str = ""):
     if space.scheduler.type == "none":
         return None
-    objective = space.objectives[0]
-    return PerTargetScheduler(targets, objective.metric, objective.mode, max_t=space.epochs(),
+    metric, mode = space.asha_objective()
+    return PerTargetScheduler(targets, metric, mode, max_t=space.epochs(),
                               grace_period=space.scheduler.grace_period,
                               reduction_factor=space.scheduler.reduction_factor,
                               experiment=experiment)

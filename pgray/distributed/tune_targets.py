@@ -135,6 +135,7 @@ class PerTargetScheduler(FIFOScheduler):
         from ray.tune.schedulers import ASHAScheduler
 
         super().__init__()
+        self._asha_metric = metric  # what the inner ASHAs compare (objective_scalar: several)
         self._max_t = max_t
         self._inner = {t: ASHAScheduler(time_attr=TIME_ATTR, metric=metric, mode=mode,
                                         max_t=max_t, grace_period=grace_period,
@@ -163,7 +164,8 @@ class PerTargetScheduler(FIFOScheduler):
         compares new trials with the rungs the finished ones reached."""
         inner = self._inner[target]
         for result in past:
-            inner.on_trial_result(tune_controller, trial, result)
+            if self._decides_on(result):
+                inner.on_trial_result(tune_controller, trial, result)
         if trial.status == trial.TERMINATED:
             self._forget(tune_controller, trial)
 
@@ -173,7 +175,15 @@ class PerTargetScheduler(FIFOScheduler):
             self._known[target].discard(trial.trial_id)
             self._inner[target].on_trial_remove(tune_controller, trial)
 
+    def _decides_on(self, result: dict) -> bool:
+        """Only results that measured the metric reach ASHA: one without it (NaN between
+        proxy epochs) at a rung would be recorded there as NaN, never compared, and the
+        trial's later measured results would pass that rung unjudged."""
+        return _measured(result.get(self._asha_metric))
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if not self._decides_on(result):
+            return self.CONTINUE
         target = self._target(trial)
         action = self._inner[target].on_trial_result(tune_controller, trial, result)
         if action == self.STOP and result.get(TIME_ATTR, self._max_t) < self._max_t:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgray.config.search_space import SearchSpace, Target
+from pgray.config.search_space import (
+    OBJECTIVE_SCALAR,
+    SearchSpace,
+    Target,
+    scalarisation_text,
+)
 from pgray.io import write_json, write_text
 
 PAPER_STEPS = 1000  # the paper's evaluation attack length
@@ -84,7 +89,21 @@ def trials_rows(space: SearchSpace, trials: list[TrialSummary], best: set[str] =
 
 def trials_table(space: SearchSpace, trials: list[TrialSummary],
                  best: set[str] = frozenset()) -> str:
-    return markdown(*trials_rows(space, trials, best))
+    """The trials table, after the line saying what ASHA stopped trials on."""
+    stated = asha_text(space)
+    return (f"{stated}\n\n" if stated else "") + markdown(*trials_rows(space, trials, best))
+
+
+def asha_text(space: SearchSpace) -> str:
+    """What ASHA compared trials by: the objective, or the stated weighted sum of several
+    (`objective_scalar`); "" without ASHA."""
+    if space.scheduler.type == "none":
+        return ""
+    terms = space.scalar_terms()
+    if terms is None:
+        objective = space.objectives[0]
+        return f"ASHA stopped trials on {objective.metric} ({objective.mode})"
+    return f"ASHA stopped trials on {scalarisation_text(terms)} ({OBJECTIVE_SCALAR}, max)"
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> str:

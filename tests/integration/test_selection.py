@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import tiny_experiment
 
+from pgray.config.experiment import PROXY_INTERVALS, PROXY_METRICS
 from pgray.errors import ConfigError
 
 
@@ -70,6 +71,11 @@ def test_fit_writes_the_peak_epoch_weights_as_best_pt(synthetic_root, tmp_path):
     assert history[-1]["selected_epoch"] == peak
     assert history[-1]["selected_proxy_clean_pixel_auroc"] == values[peak - 1]
     assert history[-1]["selected_proxy_score"] == history[peak - 1]["proxy_score"]
+    # every proxy number of the selected epoch (margins and AUROC intervals too): what the
+    # sweep's rank agreement pairs with the test split
+    for key in PROXY_METRICS + PROXY_INTERVALS:
+        chosen, there = history[-1]["selected_" + key], history[peak - 1][key]
+        assert chosen == there or (chosen != chosen and there != there), key
 
     best = write_selected(tmp_path / "checkpoint.pt", tmp_path / "best.pt")
     model, loaded_cfg, extra = load_checkpoint(best)

@@ -8,6 +8,7 @@ resumes it with --resume, and checks what Tune, MLflow and the output folder hol
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -30,6 +31,14 @@ from pgray.pipelines.trials import TrialSummary, pareto_front, select_best
 
 REPO = Path(__file__).resolve().parents[2]
 LAMBDA_HUGE = 30000.0  # makes the attention term dominate the loss: ASHA must stop it
+MARGIN_AND_LOSS = [{"metric": "loss", "mode": "min"},
+                   {"metric": "proxy_clean_image_margin", "mode": "max"}]
+STATED = ("ASHA stopped trials on -1 x loss + 0.001 x proxy_clean_image_margin"
+          " (objective_scalar, max)")
+
+
+def _scalar(metrics: dict) -> float:
+    return -metrics["loss"] + 0.001 * metrics["proxy_clean_image_margin"]
 
 
 def tiny_space(root: Path, **over) -> dict:
@@ -144,6 +153,28 @@ def test_per_target_search_runs_one_seeded_optuna_study_per_target(synthetic_roo
     assert suggestions() == first  # seeded: the same proposals again
 
 
+def test_asha_judges_a_trial_at_its_rung_on_its_first_measured_result():
+    """A result without the compared metric (NaN between proxy epochs, or a proxy that
+    measured nothing) never reaches ASHA: recorded at a rung as NaN it would let the trial
+    pass that rung unjudged."""
+    from ray.tune.experiment import Trial
+
+    from pgray.distributed.tune_targets import TARGET_KEY, PerTargetScheduler
+
+    scheduler = PerTargetScheduler(["s/disc"], "objective_scalar", "max", max_t=8,
+                                   grace_period=2, reduction_factor=2)  # rungs at 2 and 4
+    leader, late = (Trial("pgray_trial", config={TARGET_KEY: "s/disc"}, trial_id=t, stub=True)
+                    for t in ("leader", "late"))
+    for trial in (leader, late):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, leader, {"epoch": 2, "objective_scalar": 1.0}) == (
+        "CONTINUE")
+    assert scheduler.on_trial_result(None, late, {"epoch": 2, "objective_scalar": math.nan}) == (
+        "CONTINUE")
+    assert scheduler.on_trial_result(None, late, {"epoch": 3, "objective_scalar": 0.5}) == "STOP"
+    assert scheduler.stopped() == 1
+
+
 # --- end to end: kill and resume ---------------------------------------------------------------
 def _experiment_states(exp_dir: Path) -> dict[str, str]:
     files = sorted(exp_dir.glob("experiment_state-*.json"))
@@ -172,7 +203,12 @@ def _runs(uri: str) -> list:
 @pytest.mark.slow
 def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_root, tmp_path):
     config = tmp_path / "tiny.yaml"
-    space = tiny_space(synthetic_root)
+    # two objectives, so ASHA stops on their stated weighted sum; the margin's weight is
+    # small enough that the huge-lambda trial's loss still decides (the proxy runs every
+    # epoch here anyway: no extra cost)
+    space = tiny_space(synthetic_root, objectives=MARGIN_AND_LOSS,
+                       scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2,
+                                  "weights": [1.0, 0.001]})
     space["final_eval"]["clean_baseline"] = True  # the best config retrained without attacks
     space["seeds"] = [0, 1]  # and again with seed 1 (the trials ran seed 0)
     config.write_text(yaml.safe_dump(space))
@@ -239,6 +275,16 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
             and t["params"]["pseudo.min_size"] == 10]
     assert len(huge) == 1 and huge[0]["state"] == "stopped_early" and huge[0]["epochs"] == 1
     assert huge[0]["metrics"]["loss"] > 2 * first["metrics"]["loss"]
+    # ... on the stated sum, reported by every epoch: below the first trial's at that rung
+    first_epochs = [json.loads(line) for line in first_result.splitlines() if line.strip()]
+    assert [r["epoch"] for r in first_epochs] == [1, 2]
+    for result in (first_epochs[0], first_epochs[1], huge[0]["metrics"]):
+        assert result["objective_scalar"] == pytest.approx(_scalar(result), rel=1e-9)
+    assert huge[0]["metrics"]["objective_scalar"] < first_epochs[0]["objective_scalar"]
+    # the proxy's logged interval and margins reach the trial's results
+    assert first["metrics"]["proxy_clean_image_auroc_lo"] <= first["metrics"][
+        "proxy_clean_image_auroc"] <= first["metrics"]["proxy_clean_image_auroc_hi"]
+    assert math.isfinite(first["metrics"]["proxy_worst_image_margin"])
     # the third trial is Optuna's own proposal, inside the space
     third = [t for t in trials.values() if t["trial_id"] not in (first_id, huge[0]["trial_id"])]
     assert 6 <= third[0]["params"]["pseudo.min_size"] <= 14
@@ -312,9 +358,14 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     best_id = summary["best"]["synthetic/disc"][0]
     best_loss = trials[best_id]["metrics"]["loss"]
     # no select_metric: the last epoch is evaluated, and it is what the trial was ranked by
-    assert trials[best_id]["scores"] == {"loss": best_loss}
+    last = trials[best_id]["metrics"]
+    assert trials[best_id]["scores"] == {"loss": best_loss,
+                                         "proxy_clean_image_margin": last[
+                                             "proxy_clean_image_margin"]}
     assert trials[best_id]["score_source"] == "last" and trials[best_id]["score_epoch"] == 2
     assert "| scored at |" in (out / "trials.md").read_text()
+    assert (out / "trials.md").read_text().startswith(STATED + "\n")
+    assert STATED in (out / "results.md").read_text()
     assert best_loss == min(t["metrics"]["loss"] for t in trials.values()
                             if t["state"] != "error")
     path = Path(summary["best_configs"]["synthetic/disc"][0])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pgray.core.metrics import aupro, image_auroc, pixel_auroc
+from pgray.core.metrics import aupro, image_auroc, image_margin, pixel_auroc
 
 # --- an obviously-correct AUPRO, one threshold at a time -----------------------------------
 
@@ -195,3 +195,53 @@ def test_aupro_torch_input_and_speed_on_two_million_pixels() -> None:
     assert value == aupro(maps.numpy(), masks)
     assert 0.0 < value < 1.0
     assert elapsed < 10.0  # about 0.5 s here; a loop over thresholds would take hours
+
+
+# --- the image score margin (the held-out proxy's continuous companion of the AUROC) ----------
+def test_image_margin_is_the_mean_gap_in_units_of_the_reference_spread() -> None:
+    labels = np.array([0, 0, 1, 1])
+    clean = np.array([0.0, 1.0, 2.0, 3.0])  # gap 2, spread sqrt(1.25)
+    assert image_margin(clean, labels, clean) == pytest.approx(2 / np.sqrt(1.25), abs=1e-12)
+    # an attacked part in the clean spread: anomalies pushed below the normals read negative
+    attacked = np.array([1.0, 2.0, 0.5, 0.5])
+    assert image_margin(attacked, labels, clean) == pytest.approx(-1 / np.sqrt(1.25), abs=1e-12)
+    # torch tensors of any float dtype, as the other metrics take them
+    assert image_margin(torch.tensor(attacked, dtype=torch.float32), torch.tensor(labels),
+                        torch.tensor(clean)) == pytest.approx(-1 / np.sqrt(1.25), rel=1e-6)
+
+
+def test_image_margin_ignores_the_score_scale_and_offset() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4 == 0
+    clean = rng.normal(size=40) + labels
+    attacked = clean - 1.5 * labels
+    for part in (clean, attacked):
+        base = image_margin(part, labels, clean)
+        for a, b in ((1e-3, 5.0), (250.0, -40.0)):
+            assert image_margin(a * part + b, labels, a * clean + b) == pytest.approx(
+                base, rel=1e-9)
+
+
+def test_image_margin_separates_what_the_auroc_ties() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    normals = np.array([0.0, 0.1, 0.2])
+    barely, widely = np.append(normals, [0.21, 0.22, 0.23]), np.append(normals, [2.0, 2.1, 2.2])
+    # both rank every anomaly above every normal: the AUROC cannot tell them apart
+    assert image_auroc(barely, labels) == image_auroc(widely, labels) == 1.0
+    reference = np.append(normals, [0.5, 0.6, 0.7])
+    assert 0 < image_margin(barely, labels, reference) < image_margin(widely, labels, reference)
+    # two attacks that both win outright (AUROC 0): the one that wins by more reads lower
+    beaten_barely = np.append(normals, [-0.01, -0.02, -0.03])
+    beaten_badly = np.append(normals, [-2.0, -2.1, -2.2])
+    assert image_auroc(beaten_barely, labels) == image_auroc(beaten_badly, labels) == 0.0
+    assert (image_margin(beaten_badly, labels, reference)
+            < image_margin(beaten_barely, labels, reference) < 0)
+
+
+def test_image_margin_is_undefined_without_both_classes_or_a_spread() -> None:
+    with pytest.raises(ValueError, match="all 3 labels are normal"):
+        image_margin([0.1, 0.2, 0.3], [0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="reference scores are all equal"):
+        image_margin([0.1, 0.2, 0.3], [0, 1, 1], [0.7, 0.7, 0.7])
+    with pytest.raises(ValueError, match="reference scores are all equal"):
+        image_margin([0.1, 0.2, 0.3], [0, 1, 1], [0.0, 0.0, 0.0])

@@ -80,7 +80,9 @@ BAD = [
     ("objectives", [{"metric": "proxy_score", "mode": "up"}],
      "objectives[0].mode: 'up' is not one of ['max', 'min']"),
     ("objectives", [{"metric": "proxy_clean_image_auroc"}, {"metric": "proxy_robust_image_auroc"}],
-     "scheduler.type: asha needs a single objective"),
+     "scheduler.weights: asha with 2 objectives stops trials on their weighted sum: give one"
+     " weight (> 0) per objective, in their order, got None"),
+    ("scheduler/weights", [1.0], "scheduler.weights: are for several objectives"),
     ("budget/trials", 0, "budget.trials: must be >= 1, got 0"),
     ("budget/trials", "many", "budget.trials: expected an integer, got 'many'"),
     ("scheduler/grace_period", 3, "scheduler.grace_period: must be < the epochs of a trial (3)"),
@@ -106,6 +108,46 @@ BAD = [
     ("seeds", [0, 0], "seeds: lists a seed twice"),
     ("seeds", [-1], "seeds: must be non-negative integers"),
 ]
+
+
+TWO = [{"metric": "proxy_clean_image_auroc"}, {"metric": "proxy_worst_image_margin"}]
+BAD_WEIGHTS = [
+    # (scheduler, objectives, text the error must contain)
+    ({"weights": [1.0]}, TWO, "scheduler.weights: asha with 2 objectives stops trials on their"
+     " weighted sum: give one weight (> 0) per objective, in their order, got [1.0]"),
+    ({"weights": [0.5, 0.0]}, TWO, "scheduler.weights: must each be > 0, got [0.5, 0.0]"),
+    ({"weights": [0.5, -1.0]}, TWO, "scheduler.weights: must each be > 0"),
+    ({"type": "none", "weights": [0.5, 0.5]}, TWO,
+     "scheduler.weights: state ASHA's scalarisation; scheduler type none stops nothing"),
+]
+
+
+@pytest.mark.parametrize("scheduler,objectives,message", BAD_WEIGHTS)
+def test_asha_on_several_objectives_needs_one_weight_each(scheduler, objectives, message):
+    with pytest.raises(ConfigError) as err:
+        space_from_dict(BASE | {"objectives": objectives, "scheduler": scheduler})
+    assert message in str(err.value)
+
+
+def test_asha_stops_several_objectives_on_their_stated_weighted_sum():
+    from pgray.config.search_space import objective_scalar, scalarisation_text
+
+    space = space_from_dict(BASE | {"objectives": TWO + [{"metric": "loss", "mode": "min"}],
+                                    "scheduler": {"weights": [0.5, 0.5, 2]}})
+    terms = space.scalar_terms()
+    assert terms == [(0.5, "proxy_clean_image_auroc", "max"),
+                     (0.5, "proxy_worst_image_margin", "max"), (2.0, "loss", "min")]
+    assert space.asha_objective() == ("objective_scalar", "max")
+    assert scalarisation_text(terms) == ("0.5 x proxy_clean_image_auroc + 0.5 x"
+                                         " proxy_worst_image_margin - 2 x loss")
+    result = {"proxy_clean_image_auroc": 0.9, "proxy_worst_image_margin": -1.5, "loss": 0.25}
+    assert objective_scalar(result, terms) == pytest.approx(0.45 - 0.75 - 0.5, abs=1e-12)
+    # between proxy epochs (NaN or absent) there is nothing to stop on
+    for unmeasured in ({**result, "proxy_worst_image_margin": float("nan")},
+                       {"loss": 0.25, "proxy_clean_image_auroc": 0.9}):
+        assert objective_scalar(unmeasured, terms) != objective_scalar(unmeasured, terms)
+    single = space_from_dict(BASE)
+    assert single.scalar_terms() is None and single.asha_objective() == ("proxy_score", "max")
 
 
 @pytest.mark.parametrize("where,value,message", BAD,
