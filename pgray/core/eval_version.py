@@ -44,6 +44,8 @@ HISTORY: tuple[tuple[int, str], ...] = (
     # threat, flagged_at_other_threat, bf16 per threat/eps/family scored in fp32, seeded
     # random subsets, the patch side nearest in area, operating points, suite columns
     (2, "3542eaf66d24dc540ad424a022588bf34127f919af55fe90c2f851a13096ddd2"),
+    # the proxy's score margin added beside the AUROC (no row's meaning changed)
+    (2, "0b0704eb8ff34fc0910df99814cafcc1608e38af77d2e4320eeb2ee8192129aa"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 
