@@ -123,9 +123,17 @@ def pareto_front(points: list[list[float]]) -> list[int]:
 
 def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, list[TrialSummary]]:
     """Per target: the top_n trials by the objective at the evaluated epoch (`scores`), or
-    the Pareto front (best first by the first objective) when there are several objectives. Trials with a checkpoint only; trials
-    that trained the whole budget rank before those ASHA stopped (a stopped trial lost at its
-    rung, even if its last proxy value happens to be higher)."""
+    the Pareto front when there are several objectives, best first by the stated
+    scalarisation (`scheduler.weights`, what ASHA stopped trials on) where there is one, else
+    by the first objective. Trials with a checkpoint only; trials that trained the whole
+    budget rank before those ASHA stopped (a stopped trial lost at its rung, even if its last
+    proxy value happens to be higher)."""
+    weights = [w for w, _, _ in space.scalar_terms() or []]
+
+    def order(values: list[float]) -> list[float]:
+        # values are signed larger-is-better, so the weighted sum is objective_scalar
+        return [sum(w * v for w, v in zip(weights, values)), *values] if weights else values
+
     best: dict[str, list[TrialSummary]] = {}
     for target in sorted({t.target for t in trials}):
         scored = [(t, v) for t in trials if t.target == target and t.state != "error"
@@ -133,7 +141,7 @@ def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, lis
         if space.multi_objective:
             keep = pareto_front([v for _, v in scored])
             scored = [scored[i] for i in keep]
-        scored.sort(key=lambda tv: (tv[0].state == "completed", tv[1]), reverse=True)
+        scored.sort(key=lambda tv: (tv[0].state == "completed", order(tv[1])), reverse=True)
         best[target] = [t for t, _ in scored[: space.final_eval.top_n]]
     return best
 

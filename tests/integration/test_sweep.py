@@ -110,6 +110,14 @@ def test_select_best_per_target_single_and_multi_objective(synthetic_root):
              _trial("r", "s/disc", proxy_clean_image_auroc=0.5, proxy_robust_image_auroc=0.5),
              _trial("s", "s/disc", proxy_clean_image_auroc=0.3, proxy_robust_image_auroc=0.7)]
     assert [t.trial_id for t in select_best(front, multi)["s/disc"]] == ["p", "q", "s"]
+    # with a stated scalarisation the front is ordered by it: 0.2 x 0.9 + 0.2 < 0.2 x 0.6
+    # + 0.6 < 0.2 x 0.3 + 0.7 (weights 0.2 and 1: robustness counts five times as much)
+    weighted = space_from_dict(tiny_space(
+        synthetic_root, final_eval={"top_n": 3},
+        scheduler={"type": "asha", "grace_period": 1, "weights": [0.2, 1.0]},
+        objectives=[{"metric": "proxy_clean_image_auroc"},
+                    {"metric": "proxy_robust_image_auroc"}]))
+    assert [t.trial_id for t in select_best(front, weighted)["s/disc"]] == ["s", "q", "p"]
 
 
 def test_max_concurrent_fits_trials_and_their_workers(synthetic_root):
