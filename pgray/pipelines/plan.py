@@ -111,6 +111,7 @@ class Piece:
     precision: str = "fp32"  # the PEAK_TFLOPS column on a GPU (plan_speed.gpu_precision)
     epochs: int = 0  # a training's: each costs FixedCosts.epoch_s beside its image-steps
     checkpoints: int = 0  # a training's: each costs FixedCosts.checkpoint_s
+    jobs: int = 1  # an evaluation's: jobs it stands for (each costs FixedCosts.job_s)
 
 
 def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float],
@@ -163,7 +164,8 @@ def estimate(pieces: list[Piece], cluster: Cluster, speed, concurrent_trainings:
     train_s = sum(device_seconds(p, speed) + fixed.training_s + fixed.epoch_s * p.epochs
                   + fixed.checkpoint_s * p.checkpoints
                   for p in trainings[::at_once])  # the longest of each wave
-    eval_s = (sum(device_seconds(p, speed) for p in evals) + fixed.job_s * len(evals)) / max(
+    eval_s = (sum(device_seconds(p, speed) for p in evals)
+              + fixed.job_s * sum(p.jobs for p in evals)) / max(
         concurrent_actors, 1)
     capacity = cluster.gpus if gpu else cluster.cpus
     ends = fixed.start_s + fixed.finish_s
@@ -282,6 +284,34 @@ def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> li
     return pieces
 
 
+def rank_piece(space, target: str, n_test: int, gpus: float, on_gpu: bool) -> Piece:
+    """The rank agreement's test evaluations of a target: N trials (final_eval.rank_agreement
+    .max_trials, else every trial; the recipe baseline too where trained) x the short suite
+    (clean, the proxy's two attacks and their worst case), one job each."""
+    from pgray.config.base import to_dict
+    from pgray.pipelines.benchmark_jobs import BenchJob
+    from pgray.pipelines.final_eval import benchmark_config
+    from pgray.pipelines.plan_speed import gpu_precision
+    from pgray.pipelines.rank_eval import short_grid, short_suite_passes
+
+    fe = space.final_eval
+    cap = fe.rank_agreement.max_trials
+    n = (min(space.budget.trials, cap or space.budget.trials)
+         + int(fe.recipe_baseline and fe.enabled))
+    grid, members = short_grid(space)
+    (kind, eps, attacks, threat), = grid
+    bench = benchmark_config(space, [], PLAN_FOLDER, 1, gpus)
+    job = BenchJob(dataset="", root="", category=target, checkpoint="", checkpoint_sha256="",
+                   kind=kind, attacks=tuple(to_dict(a) for a in attacks), suite=None, eps=eps,
+                   mask_resize=bench.mask_resize, batch_size=bench.batch_size, n_panels=0,
+                   n_test=n_test, threat=threat, members=members)
+    precision = gpu_precision(bench.attack.precision, training=False) if on_gpu else "fp32"
+    return Piece("evaluation", f"{target} rank agreement: {n} models x {job.setting}"
+                 f" ({short_suite_passes(space)} attack steps per image + clean)",
+                 n * job.cost, bench.actors.cpus, bench.actors.gpus, batch=bench.batch_size,
+                 precision=precision, jobs=n)
+
+
 def _worker_gpus(res, cluster: Cluster) -> float:
     if res.gpus_per_worker is None:
         return 1.0 if cluster.gpus > 0 else 0.0
@@ -351,7 +381,12 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
     from pgray.config.search_sections import Target
     from pgray.distributed.actors import pool_size
     from pgray.distributed.tune import derive_max_concurrent
-    from pgray.pipelines.final_eval import benchmark_config, clean_twin_space, seeds_space
+    from pgray.pipelines.final_eval import (
+        benchmark_config,
+        clean_twin_space,
+        recipe_space,
+        seeds_space,
+    )
 
     gpus = _worker_gpus(space.resources, cluster)
     on_gpu = cluster.gpus > 0
@@ -370,6 +405,8 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
         for i in range(space.budget.trials):
             pieces.append(training_piece(f"{target.key} trial {i + 1}", exp, n_train,
                                          per_trial, workers, note, on_gpu))
+        if fe.rank_agreement.enabled:
+            pieces.append(rank_piece(space, target.key, n_test, gpus, on_gpu))
         if not fe.enabled or (wanted and target.key not in wanted
                               and category not in wanted):
             continue
@@ -381,6 +418,11 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
 
         for rank in range(1, fe.top_n + 1):
             pieces += evals(f"top{rank}")
+        if fe.recipe_baseline:
+            recipe = recipe_space(space).trial_config(target, {})
+            pieces.append(training_piece(f"{target.key} recipe", recipe, n_train, per_trial,
+                                         workers, note, on_gpu))
+            pieces += evals("recipe")
         if fe.clean_baseline:
             twin = clean_twin_space(space).trial_config(target, {})
             pieces.append(training_piece(f"{target.key} clean twin", twin, n_train, per_trial,
