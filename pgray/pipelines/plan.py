@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pgray.pipelines.plan_costs import (  # noqa: F401 - the plan's arithmetic, re-exported
     epoch_images,
@@ -34,11 +33,15 @@ from pgray.pipelines.plan_costs import (  # noqa: F401 - the plan's arithmetic, 
     step_image_steps,
     training_image_steps,
 )
+from pgray.pipelines.plan_data import (  # noqa: F401 - ASSUMED_*: the plan's assumptions
+    ASSUMED_TEST,
+    ASSUMED_TRAIN,
+    count_images,
+    entry_root,
+    plan_targets,
+)
 from pgray.pipelines.plan_speed import VITS_GFLOP_PER_IMAGE_STEP  # noqa: F401 (benchmarks use it)
 
-# MVTec AD's 3,629 train and 1,725 test images over 15 categories: the assumption when a
-# category's data is not on this machine (the plan says so).
-ASSUMED_TRAIN, ASSUMED_TEST = 242, 115
 PLAN_FOLDER = Path("runs/plan")  # stands in for checkpoint folders nothing writes
 
 
@@ -222,50 +225,6 @@ def summarize_resources(res, gpus: float) -> dict[str, float]:
     return {"CPU": per["CPU"], "GPU": res.workers_per_trial * gpus}
 
 
-def count_images(dataset: str, root: str, category: str, options: dict[str, Any]
-                 ) -> tuple[int, int, bool]:
-    """(train, test) image counts of a category, and whether they were read from disk."""
-    from pgray.data.registry import get_layout
-    from pgray.errors import DatasetError
-
-    layout = get_layout(dataset)
-    try:
-        return (len(layout.discover(root, category, "train", options)),
-                len(layout.discover(root, category, "test", options)), True)
-    except DatasetError:
-        return ASSUMED_TRAIN, ASSUMED_TEST, False
-
-
-def _targets(entries) -> list[tuple[Any, str]]:
-    """(entry, category) for every category an entry asks for: those under the root, or for
-    `all` with nothing there, the layout's known categories (their sizes are then assumed)."""
-    from pgray.data.registry import get_layout
-    from pgray.errors import DatasetError
-
-    out = []
-    for entry in entries:
-        layout = get_layout(entry.dataset)
-        try:
-            cats = layout.select_categories(_root(entry), entry.categories)
-            out += [(entry, c) for c in cats]
-        except DatasetError:
-            cats = list(layout.categories) if entry.categories == "all" else list(entry.categories)
-            out += [(entry, c) for c in cats]
-    return out
-
-
-def _root(entry) -> str:
-    from pgray.config import DataConfig
-    from pgray.data.dataset import resolve_root
-    from pgray.errors import DatasetError
-
-    try:
-        return str(resolve_root(DataConfig(dataset=entry.dataset, root=entry.root,
-                                           options=dict(entry.options))))
-    except DatasetError:
-        return entry.root
-
-
 def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> list[Piece]:
     from pgray.config.base import to_dict
     from pgray.pipelines.benchmark_jobs import CHECK, SUITE, BenchJob, job_grid
@@ -285,31 +244,19 @@ def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> li
 
 
 def rank_piece(space, target: str, n_test: int, gpus: float, on_gpu: bool) -> Piece:
-    """The rank agreement's test evaluations of a target: N trials (final_eval.rank_agreement
-    .max_trials, else every trial; the recipe baseline too where trained) x the short suite
-    (clean, the proxy's two attacks and their worst case), one job each."""
-    from pgray.config.base import to_dict
-    from pgray.pipelines.benchmark_jobs import BenchJob
+    """The rank agreement's test evaluations of a target: N models (max_trials, else every
+    trial; the recipe too where trained) x one short-suite job each."""
     from pgray.pipelines.final_eval import benchmark_config
     from pgray.pipelines.plan_speed import gpu_precision
-    from pgray.pipelines.rank_eval import short_grid, short_suite_passes
+    from pgray.pipelines.rank_eval import rank_models, short_job
 
-    fe = space.final_eval
-    cap = fe.rank_agreement.max_trials
-    n = (min(space.budget.trials, cap or space.budget.trials)
-         + int(fe.recipe_baseline and fe.enabled))
-    grid, members = short_grid(space)
-    (kind, eps, attacks, threat), = grid
+    n, job = rank_models(space), short_job(space, target, n_test)
     bench = benchmark_config(space, [], PLAN_FOLDER, 1, gpus)
-    job = BenchJob(dataset="", root="", category=target, checkpoint="", checkpoint_sha256="",
-                   kind=kind, attacks=tuple(to_dict(a) for a in attacks), suite=None, eps=eps,
-                   mask_resize=bench.mask_resize, batch_size=bench.batch_size, n_panels=0,
-                   n_test=n_test, threat=threat, members=members)
-    precision = gpu_precision(bench.attack.precision, training=False) if on_gpu else "fp32"
     return Piece("evaluation", f"{target} rank agreement: {n} models x {job.setting}"
-                 f" ({short_suite_passes(space)} attack steps per image + clean)",
-                 n * job.cost, bench.actors.cpus, bench.actors.gpus, batch=bench.batch_size,
-                 precision=precision, jobs=n)
+                 f" (clean + {job.cost / n_test - 1:g} attack steps per image)", n * job.cost,
+                 bench.actors.cpus, bench.actors.gpus, batch=bench.batch_size, jobs=n,
+                 precision=gpu_precision(bench.attack.precision, training=False)
+                 if on_gpu else "fp32")
 
 
 def _worker_gpus(res, cluster: Cluster) -> float:
@@ -343,9 +290,9 @@ def benchmark_pieces(cfg, cluster: Cluster) -> tuple[list[Piece], int, int]:
     per_trial = summarize_resources(cfg.train_resources, gpus)
     workers = cfg.train_resources.workers_per_trial
     pieces = []
-    for entry, category in _targets(cfg.entries()):
+    for entry, category in plan_targets(cfg.entries()):
         key = f"{entry.dataset}/{category}" + ("" if entry.seed is None else f"@seed{entry.seed}")
-        n_train, n_test, counted = count_images(entry.dataset, _root(entry), category,
+        n_train, n_test, counted = count_images(entry.dataset, entry_root(entry), category,
                                                 dict(entry.options))
         note = "" if counted else f"no data here: {n_train} train / {n_test} test assumed"
         if not checkpoint_path(entry, category).is_file():
@@ -394,8 +341,8 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
     workers = space.resources.workers_per_trial
     fe, wanted = space.final_eval, space.final_eval.categories
     pieces, targets = [], []
-    for entry, category in _targets(space.target_entries()):
-        target = Target(entry.dataset, _root(entry), category,
+    for entry, category in plan_targets(space.target_entries()):
+        target = Target(entry.dataset, entry_root(entry), category,
                         tuple(sorted(dict(entry.options).items())))
         targets.append(target)
         n_train, n_test, counted = count_images(entry.dataset, target.root, category,

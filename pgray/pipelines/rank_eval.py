@@ -49,9 +49,26 @@ def short_grid(space: SearchSpace) -> tuple[list, tuple[tuple[str, str], ...]]:
     return grid, tuple((m.name, m.aims_at) for m in members)
 
 
-def short_suite_passes(space: SearchSpace) -> int:
-    """Forward-and-gradient passes per test image of the short suite (the plan's cost)."""
-    return sum(m.cfg.steps * m.cfg.restarts for m in short_members(space))
+def short_job(space: SearchSpace, category: str, n_test: int):
+    """One model's job on a test split of `n_test` images, as the plan prices it."""
+    from pgray.config.base import to_dict
+    from pgray.pipelines.benchmark_jobs import BenchJob
+
+    (kind, eps, attacks, threat), = (grid := short_grid(space))[0]
+    fe = space.final_eval
+    return BenchJob(dataset="", root="", category=category, checkpoint="",
+                    checkpoint_sha256="", kind=kind, attacks=tuple(to_dict(a) for a in attacks),
+                    suite=None, eps=eps, mask_resize=space.fixed_config().data.mask_resize,
+                    batch_size=fe.batch_size, n_panels=0, n_test=n_test, threat=threat,
+                    members=grid[1])
+
+
+def rank_models(space: SearchSpace) -> int:
+    """Models per target the rank stage evaluates at most: the trials (max_trials of them
+    where capped) and the recipe baseline where one is trained."""
+    fe = space.final_eval
+    cap = fe.rank_agreement.max_trials or space.budget.trials
+    return min(space.budget.trials, cap) + int(fe.recipe_baseline and fe.enabled)
 
 
 def chosen_trials(trials: list[TrialSummary], space: SearchSpace
