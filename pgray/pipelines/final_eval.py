@@ -1,6 +1,6 @@
 """The sweep's final evaluation: the best trial(s) of each target benchmarked as soon as the
 target's last trial ends, and the best configs trained again (without attacks: the clean twin;
-with the other seeds) and evaluated beside them."""
+with the other seeds) and the fixed config (the recipe baseline), evaluated beside them."""
 
 from __future__ import annotations
 

@@ -208,10 +208,11 @@ def _cells(metric: str, target: str, entry: Mapping[str, Any]) -> list[str]:
             coefficient_text(entry["kendall"]), entry.get("reason", "")]
 
 
-def coefficient_text(c: Mapping[str, float]) -> str:
-    if not math.isfinite(c["value"]):
+def coefficient_text(c: Mapping[str, float | None]) -> str:
+    """A coefficient with its interval (NaN, or null as sweep_summary.json writes it: –)."""
+    if not _finite(c.get("value")):
         return "–"
-    if not math.isfinite(c["lo"]):
+    if not _finite(c.get("lo")):
         return f"{c['value']:+.2f}"
     return f"{c['value']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
 

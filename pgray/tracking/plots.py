@@ -221,7 +221,7 @@ def rank_scatters(result, out: Path) -> list[Path]:
             ax.set_ylabel("test (short suite)", fontsize=8)
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
-        fig.suptitle(f"{target}: proxy against test per trial", fontsize=10)
+        fig.suptitle(f"{target}: proxy against test per trial", fontsize=10, y=1.06)
         paths.append(_save(fig, plt, out / RANK_SCATTER.format(name=_file_name(target))))
     return paths
 
@@ -257,6 +257,7 @@ def front_plots(result, out: Path) -> list[Path]:
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{target}: the trials on the test split (short suite)", fontsize=10)
+        fig.suptitle(f"{target}: the trials on the test split (short suite)", fontsize=10,
+                     y=1.02)
         paths.append(_save(fig, plt, out / FRONT_PLOT.format(name=_file_name(target))))
     return paths
