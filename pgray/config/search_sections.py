@@ -193,6 +193,32 @@ class Resources:
 
 
 @dataclass
+class RankAgreement:
+    """After the pick, the sweep's trials on the test split with a short suite (the proxy's
+    own two attacks and their worst case), and how well the proxy ranked them
+    (pgray.pipelines.rank_agreement). Test numbers never reach the search or the pick."""
+
+    enabled: bool = True
+    # per target; None: every completed or early-stopped trial with a checkpoint; a cap
+    # keeps trials spread evenly over the proxy's ranking (deterministic)
+    max_trials: int | None = None
+    steps: int = 10  # of each of the two attacks
+    eps: float | None = None  # None: final_eval.eps[0]
+    bootstrap: int = 1000  # resamples of the trials for the 95 % intervals
+    seed: int = 0  # of the bootstrap
+
+    def validate(self) -> None:
+        check(self.max_trials is None or self.max_trials >= 2, "max_trials",
+              f"must be >= 2 (a rank correlation needs pairs), got {self.max_trials}")
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        if self.eps is not None:
+            check_eps(self.eps)
+            check(self.eps > 0, "eps", "must be > 0 (the test suite attacks)")
+        check(self.bootstrap >= 0, "bootstrap", f"must be >= 0 (0: no intervals), got"
+              f" {self.bootstrap}")
+
+
+@dataclass
 class FinalEval:
     enabled: bool = True
     categories: list[str] | None = None  # "dataset/category" or "category"; None: every target
@@ -204,6 +230,11 @@ class FinalEval:
     # also train the best trial's config without the adversarial terms, and evaluate it
     # beside the best trial (detector patchguard_clean): the robustness gain, or its absence
     clean_baseline: bool = False
+    # also train the sweep's `fixed` config (the paper recipe as the space fixes it, nothing
+    # searched) for the same epochs, and evaluate it beside the best trial (detector
+    # patchguard_recipe) and like the trials (rank_agreement): the point the front must beat
+    recipe_baseline: bool = False
+    rank_agreement: RankAgreement = field(default_factory=RankAgreement)
     top_n: int = 1  # best trials per target that are benchmarked
     batch_size: int = 32
     n_panels: int = 2
@@ -220,6 +251,12 @@ class FinalEval:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.actors is None or self.actors >= 1, "actors", "must be >= 1")
         check(self.cpus_per_actor > 0, "cpus_per_actor", "must be > 0")
+
+    @property
+    def rank_eps(self) -> float:
+        """The eps of the rank-agreement test suite."""
+        ra = self.rank_agreement
+        return float(self.eps[0]) if ra.eps is None else float(ra.eps)
 
 
 @dataclass

@@ -21,6 +21,7 @@ class DetectorSpec:
 PATCHGUARD = "patchguard"
 REFERENCE = "patchguard_reference"
 CLEAN_TWIN = "patchguard_clean"
+RECIPE = "patchguard_recipe"
 _BUILTIN = {
     PATCHGUARD: DetectorSpec(PATCHGUARD, "PatchGuard: ViT + attention discriminator, trained"
                              " adversarially by python -m pgray.train (pgray checkpoints)",
@@ -31,6 +32,9 @@ _BUILTIN = {
     CLEAN_TWIN: DetectorSpec(CLEAN_TWIN, "PatchGuard of the same config trained without the"
                              " adversarial terms (the sweep's final_eval.clean_baseline)",
                              fitted=False),
+    RECIPE: DetectorSpec(RECIPE, "PatchGuard of the sweep's fixed config, nothing searched,"
+                         " trained for the trials' epochs (the sweep's"
+                         " final_eval.recipe_baseline)", fitted=False),
 }
 
 

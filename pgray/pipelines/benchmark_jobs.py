@@ -24,13 +24,17 @@ from pgray.errors import CheckpointError, PgrayError
 from pgray.io import file_sha256
 
 CLEAN, SUITE, ATTACK, CHECK = "clean", "suite", "attack", "check"
+# an explicit short suite (`attacks`, with `members`' names and aims) and the clean scores
+SHORT = "short"
 MODELS_KEPT = 2  # models an evaluation actor keeps on its device
 
 
 @dataclass(frozen=True)
 class BenchJob:
     """One unit of evaluation work: the clean scores, the suite at one eps, one extra attack
-    at one eps, or the suite's large-budget check, of one checkpoint on one test split."""
+    at one eps, the suite's large-budget check, or a short suite given member by member (the
+    sweep's rank agreement: the proxy's attacks on the test split), of one checkpoint on one
+    test split."""
 
     dataset: str
     root: str
@@ -58,6 +62,8 @@ class BenchJob:
     eval_version: int = EVAL_VERSION  # the driver's: an actor of another version refuses it
     # the commit of the driver's code (a node without the checkout cannot tell its own)
     git_commit: str | None = field(default=None, hash=False, compare=False)
+    # of a short suite: (name, aims_at) of each attack in `attacks`
+    members: tuple[tuple[str, str], ...] = ()
 
     @property
     def setting(self) -> str:
@@ -65,6 +71,8 @@ class BenchJob:
             return "clean"
         if self.kind == ATTACK:
             return AttackConfig(**self.attacks[0]).setting_name()
+        if self.kind == SHORT:
+            return f"short_suite_eps{self.eps:g}"
         name = self.suite["name"] if self.suite else "suite"
         if self.kind == CHECK:
             return f"{name}_check" + ("" if self.threat == "linf" else f"_{self.threat}")
@@ -84,6 +92,8 @@ class BenchJob:
                  "threat": self.threat, "mask_resize": self.mask_resize,
                  "options": self.options, "detector": self.detector,
                  "reference_model": self.reference_model, "seed": self.seed}
+        if self.members:  # a short suite's (older keys stay as they were)
+            parts["members"] = [list(m) for m in self.members]
         blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -99,6 +109,11 @@ class BenchJob:
         if self.kind == CHECK:
             return [large_eps_check(self.suite_config(), self.attack_configs()[0],
                                     self.threat)]
+        if self.kind == SHORT:
+            from pgray.attacks.suite import Member
+
+            return [Member(name, cfg, aims) for (name, aims), cfg
+                    in zip(self.members, self.attack_configs(), strict=True)]
         protocol, *variants = self.attack_configs()
         return members(self.suite_config(), protocol, self.eps, tuple(variants),
                        threat=self.threat)
@@ -200,11 +215,13 @@ def detectors_of(entry) -> list:
     return ([None] if entry.patchguard else []) + list(entry.detectors)
 
 
-def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[BenchJob]:
-    """One job per grid cell on one detector's file for the category (PatchGuard: best.pt
-    where selection wrote one, else its checkpoint), which must exist by now."""
+def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None,
+             grid: list[GridCell] | None = None) -> list[BenchJob]:
+    """One job per grid cell (`grid`, else the benchmark's `job_grid`) on one detector's file
+    for the category (PatchGuard: best.pt where selection wrote one, else its checkpoint),
+    which must exist by now."""
     from pgray.data.registry import get_layout
-    from pgray.detectors.registry import CLEAN_TWIN
+    from pgray.detectors.registry import CLEAN_TWIN, RECIPE
     from pgray.pipelines.train_eval import Evaluated, evaluated_checkpoint
 
     ckpt = checkpoint_path(entry, category, detector)
@@ -212,7 +229,8 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
     if not ckpt.is_file():
         raise CheckpointError(f"no {name} checkpoint for {entry.dataset}/{category} at {ckpt};"
                               " train or fit one, or set train_missing: true")
-    trained_here = detector is None or detector.name == CLEAN_TWIN  # pgray PatchGuard files
+    # pgray PatchGuard files (best.pt where they selected)
+    trained_here = detector is None or detector.name in (CLEAN_TWIN, RECIPE)
     evaluated = evaluated_checkpoint(ckpt) if trained_here else Evaluated(ckpt, ckpt.name, None)
     root = entry_root(entry)
     options = DataConfig(dataset=entry.dataset, options=dict(entry.options)).layout_options()
@@ -232,7 +250,7 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None) -> list[
         detector=name, reference_model=dict(detector.model) if detector else {},
         seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
         threat=threat if kind in (SUITE, CHECK) else "linf", git_commit=git_commit(),
-    ) for kind, eps, attacks, threat in job_grid(cfg)]
+    ) for kind, eps, attacks, threat in (job_grid(cfg) if grid is None else grid)]
 
 
 def expand_jobs(cfg: BenchmarkConfig) -> list[BenchJob]:
@@ -333,6 +351,9 @@ class JobEvaluator:
                 progress=False, keep=keep)
         if job.kind == CHECK:
             rows = [rows[0] | {"attack": job.suite_members()[0].name}]
+        if job.kind == SHORT:  # one job per model: its clean row too
+            rows = evaluate_model(model, dataset, [None], batch_size=job.batch_size,
+                                  device=self.device, progress=False)[0] + rows
         panels = {}
         if keep:
             worst = rows[-1]["setting"]

@@ -1,9 +1,10 @@
 """The sweep's final evaluation: the best trial(s) of each target benchmarked as soon as the
 target's last trial ends, and the best configs trained again (without attacks: the clean twin;
-with the other seeds) and evaluated beside them."""
+with the other seeds) and the fixed config (the recipe baseline), evaluated beside them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,12 @@ def clean_twin_space(space: SearchSpace) -> SearchSpace:
     the attacked proxy costs as much as the clean epochs."""
     return retrain_space(space, "clean", {"adversarial": False,
                                           "proxy_every": space.epochs()})
+
+
+def recipe_space(space: SearchSpace) -> SearchSpace:
+    """The sweep's fixed settings as they are (the paper recipe the space fixes), once per
+    target, for the trials' epochs: the point the searched front must beat."""
+    return retrain_space(space, "recipe", {})
 
 
 def seeds_space(space: SearchSpace) -> SearchSpace:
@@ -159,39 +166,60 @@ class FinalStage:
         """Train each target's best config again without the adversarial terms, all at once
         as one Tune experiment (`<sweep>-clean`, the trials' resources), and queue each twin's
         evaluation beside its best trial's the moment it lands."""
-        from pgray.config.benchmark import DetectorEntry
         from pgray.detectors.registry import CLEAN_TWIN
+
+        self._baselines(ctx, storage, clean_twin_space(self.space), CLEAN_TWIN, "clean",
+                        {k: t.params for k, t in self.best.items()},
+                        "clean-trained twins of the best trials")
+
+    def recipe_baselines(self, ctx, storage: str,
+                         on_ready: Callable[[str, Path], None] | None = None) -> None:
+        """Train each target's fixed config (the recipe: nothing searched) for the trials'
+        epochs, as one Tune experiment (`<sweep>-recipe`), and queue its evaluation beside
+        the best trial's; `on_ready(target, checkpoint)` hears of each (the rank stage)."""
+        from pgray.detectors.registry import RECIPE
+
+        self._baselines(ctx, storage, recipe_space(self.space), RECIPE, "recipe",
+                        {k: {} for k in self.best}, "the recipe (fixed config, nothing"
+                        " searched) beside the best trials", on_ready)
+
+    def _baselines(self, ctx, storage: str, space: SearchSpace, detector: str, folder_name: str,
+                   params: dict[str, dict[str, Any]], what: str,
+                   on_ready: Callable[[str, Path], None] | None = None) -> None:
+        """One training of `space` per target with a best trial, each evaluated as
+        `detector` in the top1 benchmark the moment it lands."""
+        from pgray.config.benchmark import DetectorEntry
         from pgray.distributed.tune import SweepContext
         from pgray.distributed.tune_console import tune_verbosity
         from pgray.pipelines.train_eval import train_each_target
 
         if not self.best:
             return
-        space = clean_twin_space(self.space)
-        twins = SweepContext(space=space, targets={k: ctx.targets[k] for k in self.best},
-                             mlflow_uri=self.uri, parent_run_id=self.parent_id,
-                             train_storage=f"{storage.rstrip('/')}/{space.name}-runs",
-                             resources=ctx.resources,
-                             target_params={k: t.params for k, t in self.best.items()})
+        retrain = SweepContext(space=space, targets={k: ctx.targets[k] for k in self.best},
+                               mlflow_uri=self.uri, parent_run_id=self.parent_id,
+                               train_storage=f"{storage.rstrip('/')}/{space.name}-runs",
+                               resources=ctx.resources, target_params=params)
         run = self._run(1)
 
-        def folder(key: str) -> Path:
+        def checkpoint(key: str) -> Path:
             target = self.targets[key]
-            return self.out / "best" / "clean" / target.dataset / target.category
+            return (self.out / "best" / folder_name / target.dataset / target.category
+                    / CHECKPOINT_FILE)
 
         def queue(key: str) -> None:
             target = self.targets[key]
             entry = next(e for e in run.cfg.entries()
                          if e.dataset == target.dataset and e.categories == [target.category])
-            twin = DetectorEntry(name=CLEAN_TWIN, checkpoint=str(folder(key) / CHECKPOINT_FILE))
-            self.evaluations.add(run.jobs_of(entry, target.category, twin), run.on_result)
+            baseline = DetectorEntry(name=detector, checkpoint=str(checkpoint(key)))
+            self.evaluations.add(run.jobs_of(entry, target.category, baseline), run.on_result)
+            if on_ready is not None:
+                on_ready(key, checkpoint(key))
 
-        say_progress(self.req, f"clean-trained twins of the best trials: {', '.join(sorted(self.best))}")
-        train_each_target(twins, storage, resume=self.req.resume,
+        say_progress(self.req, f"{what}: {', '.join(sorted(self.best))}")
+        train_each_target(retrain, storage, resume=self.req.resume,
                           verbose=tune_verbosity(self.req.progress, self.req.verbose),
                           console=self.req.progress and not self.req.verbose,
-                          dest=lambda key: folder(key) / CHECKPOINT_FILE, on_ready=queue,
-                          evaluations=self.evaluations)
+                          dest=checkpoint, on_ready=queue, evaluations=self.evaluations)
 
     def finish(self) -> list:
         self.evaluations.finish()

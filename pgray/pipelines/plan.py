@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pgray.pipelines.plan_costs import (  # noqa: F401 - the plan's arithmetic, re-exported
     epoch_images,
@@ -34,11 +33,15 @@ from pgray.pipelines.plan_costs import (  # noqa: F401 - the plan's arithmetic, 
     step_image_steps,
     training_image_steps,
 )
+from pgray.pipelines.plan_data import (  # noqa: F401 - ASSUMED_*: the plan's assumptions
+    ASSUMED_TEST,
+    ASSUMED_TRAIN,
+    count_images,
+    entry_root,
+    plan_targets,
+)
 from pgray.pipelines.plan_speed import VITS_GFLOP_PER_IMAGE_STEP  # noqa: F401 (benchmarks use it)
 
-# MVTec AD's 3,629 train and 1,725 test images over 15 categories: the assumption when a
-# category's data is not on this machine (the plan says so).
-ASSUMED_TRAIN, ASSUMED_TEST = 242, 115
 PLAN_FOLDER = Path("runs/plan")  # stands in for checkpoint folders nothing writes
 
 
@@ -111,6 +114,7 @@ class Piece:
     precision: str = "fp32"  # the PEAK_TFLOPS column on a GPU (plan_speed.gpu_precision)
     epochs: int = 0  # a training's: each costs FixedCosts.epoch_s beside its image-steps
     checkpoints: int = 0  # a training's: each costs FixedCosts.checkpoint_s
+    jobs: int = 1  # an evaluation's: jobs it stands for (each costs FixedCosts.job_s)
 
 
 def training_piece(what: str, exp_cfg, n_train: int, per_trial: dict[str, float],
@@ -163,7 +167,8 @@ def estimate(pieces: list[Piece], cluster: Cluster, speed, concurrent_trainings:
     train_s = sum(device_seconds(p, speed) + fixed.training_s + fixed.epoch_s * p.epochs
                   + fixed.checkpoint_s * p.checkpoints
                   for p in trainings[::at_once])  # the longest of each wave
-    eval_s = (sum(device_seconds(p, speed) for p in evals) + fixed.job_s * len(evals)) / max(
+    eval_s = (sum(device_seconds(p, speed) for p in evals)
+              + fixed.job_s * sum(p.jobs for p in evals)) / max(
         concurrent_actors, 1)
     capacity = cluster.gpus if gpu else cluster.cpus
     ends = fixed.start_s + fixed.finish_s
@@ -220,50 +225,6 @@ def summarize_resources(res, gpus: float) -> dict[str, float]:
     return {"CPU": per["CPU"], "GPU": res.workers_per_trial * gpus}
 
 
-def count_images(dataset: str, root: str, category: str, options: dict[str, Any]
-                 ) -> tuple[int, int, bool]:
-    """(train, test) image counts of a category, and whether they were read from disk."""
-    from pgray.data.registry import get_layout
-    from pgray.errors import DatasetError
-
-    layout = get_layout(dataset)
-    try:
-        return (len(layout.discover(root, category, "train", options)),
-                len(layout.discover(root, category, "test", options)), True)
-    except DatasetError:
-        return ASSUMED_TRAIN, ASSUMED_TEST, False
-
-
-def _targets(entries) -> list[tuple[Any, str]]:
-    """(entry, category) for every category an entry asks for: those under the root, or for
-    `all` with nothing there, the layout's known categories (their sizes are then assumed)."""
-    from pgray.data.registry import get_layout
-    from pgray.errors import DatasetError
-
-    out = []
-    for entry in entries:
-        layout = get_layout(entry.dataset)
-        try:
-            cats = layout.select_categories(_root(entry), entry.categories)
-            out += [(entry, c) for c in cats]
-        except DatasetError:
-            cats = list(layout.categories) if entry.categories == "all" else list(entry.categories)
-            out += [(entry, c) for c in cats]
-    return out
-
-
-def _root(entry) -> str:
-    from pgray.config import DataConfig
-    from pgray.data.dataset import resolve_root
-    from pgray.errors import DatasetError
-
-    try:
-        return str(resolve_root(DataConfig(dataset=entry.dataset, root=entry.root,
-                                           options=dict(entry.options))))
-    except DatasetError:
-        return entry.root
-
-
 def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> list[Piece]:
     from pgray.config.base import to_dict
     from pgray.pipelines.benchmark_jobs import CHECK, SUITE, BenchJob, job_grid
@@ -280,6 +241,22 @@ def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> li
         pieces.append(Piece("evaluation", f"{target} {job.setting}", job.cost, cfg.actors.cpus,
                             gpus, batch=cfg.batch_size, precision=precision))
     return pieces
+
+
+def rank_piece(space, target: str, n_test: int, gpus: float, on_gpu: bool) -> Piece:
+    """The rank agreement's test evaluations of a target: N models (max_trials, else every
+    trial; the recipe too where trained) x one short-suite job each."""
+    from pgray.pipelines.final_eval import benchmark_config
+    from pgray.pipelines.plan_speed import gpu_precision
+    from pgray.pipelines.rank_eval import rank_models, short_job
+
+    n, job = rank_models(space), short_job(space, target, n_test)
+    bench = benchmark_config(space, [], PLAN_FOLDER, 1, gpus)
+    return Piece("evaluation", f"{target} rank agreement: {n} models x {job.setting}"
+                 f" (clean + {job.cost / n_test - 1:g} attack steps per image)", n * job.cost,
+                 bench.actors.cpus, bench.actors.gpus, batch=bench.batch_size, jobs=n,
+                 precision=gpu_precision(bench.attack.precision, training=False)
+                 if on_gpu else "fp32")
 
 
 def _worker_gpus(res, cluster: Cluster) -> float:
@@ -313,9 +290,9 @@ def benchmark_pieces(cfg, cluster: Cluster) -> tuple[list[Piece], int, int]:
     per_trial = summarize_resources(cfg.train_resources, gpus)
     workers = cfg.train_resources.workers_per_trial
     pieces = []
-    for entry, category in _targets(cfg.entries()):
+    for entry, category in plan_targets(cfg.entries()):
         key = f"{entry.dataset}/{category}" + ("" if entry.seed is None else f"@seed{entry.seed}")
-        n_train, n_test, counted = count_images(entry.dataset, _root(entry), category,
+        n_train, n_test, counted = count_images(entry.dataset, entry_root(entry), category,
                                                 dict(entry.options))
         note = "" if counted else f"no data here: {n_train} train / {n_test} test assumed"
         if not checkpoint_path(entry, category).is_file():
@@ -351,7 +328,12 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
     from pgray.config.search_sections import Target
     from pgray.distributed.actors import pool_size
     from pgray.distributed.tune import derive_max_concurrent
-    from pgray.pipelines.final_eval import benchmark_config, clean_twin_space, seeds_space
+    from pgray.pipelines.final_eval import (
+        benchmark_config,
+        clean_twin_space,
+        recipe_space,
+        seeds_space,
+    )
 
     gpus = _worker_gpus(space.resources, cluster)
     on_gpu = cluster.gpus > 0
@@ -359,8 +341,8 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
     workers = space.resources.workers_per_trial
     fe, wanted = space.final_eval, space.final_eval.categories
     pieces, targets = [], []
-    for entry, category in _targets(space.target_entries()):
-        target = Target(entry.dataset, _root(entry), category,
+    for entry, category in plan_targets(space.target_entries()):
+        target = Target(entry.dataset, entry_root(entry), category,
                         tuple(sorted(dict(entry.options).items())))
         targets.append(target)
         n_train, n_test, counted = count_images(entry.dataset, target.root, category,
@@ -370,6 +352,8 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
         for i in range(space.budget.trials):
             pieces.append(training_piece(f"{target.key} trial {i + 1}", exp, n_train,
                                          per_trial, workers, note, on_gpu))
+        if fe.rank_agreement.enabled:
+            pieces.append(rank_piece(space, target.key, n_test, gpus, on_gpu))
         if not fe.enabled or (wanted and target.key not in wanted
                               and category not in wanted):
             continue
@@ -381,6 +365,11 @@ def sweep_pieces(space, cluster: Cluster) -> tuple[list[Piece], int, int]:
 
         for rank in range(1, fe.top_n + 1):
             pieces += evals(f"top{rank}")
+        if fe.recipe_baseline:
+            recipe = recipe_space(space).trial_config(target, {})
+            pieces.append(training_piece(f"{target.key} recipe", recipe, n_train, per_trial,
+                                         workers, note, on_gpu))
+            pieces += evals("recipe")
         if fe.clean_baseline:
             twin = clean_twin_space(space).trial_config(target, {})
             pieces.append(training_piece(f"{target.key} clean twin", twin, n_train, per_trial,

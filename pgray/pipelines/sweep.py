@@ -52,6 +52,11 @@ class SweepResult:
     resumed: bool = False
     wall_s: float = 0.0
     compare_links: dict[str, str] = field(default_factory=dict)  # target -> MLflow compare view
+    # proxy vs test over the trials (pgray.pipelines.rank_agreement.rank_agreement); {}: off
+    rank_agreement: dict[str, Any] = field(default_factory=dict)
+    # per target, the test numbers of each evaluated trial and the recipe, and the pick
+    # (pgray.pipelines.rank_eval.RankStage.front)
+    front: dict[str, Any] = field(default_factory=dict)
 
 
 def run_sweep(req: SweepRequest) -> SweepResult:
@@ -118,14 +123,31 @@ def run_sweep(req: SweepRequest) -> SweepResult:
                          experiment_path=search.experiment_path, trials=trials, best=best,
                          best_configs=configs, max_concurrent=search.max_concurrent,
                          resumed=search.resumed)
+    ranks = None
+    if space.final_eval.rank_agreement.enabled:  # after the pick: nothing flows back
+        from pgray.pipelines.rank_eval import RankStage
+
+        pool = final.evaluations if final else Evaluations(
+            benchmark_config(space, targets, out, 1, res.gpus_per_worker or 0.0).actors,
+            sequential=False, progress=req.progress)
+        ranks = RankStage(space, ctx.targets, out, pool, req.progress)
+        ranks.add_trials(trials)
     if final is not None:
         for key, ranked in best.items():  # targets whose last trial ended before this driver
             final.target_done(key, ranked)
         if space.final_eval.clean_baseline:
             final.clean_twins(ctx, storage)
+        if space.final_eval.recipe_baseline:
+            final.recipe_baselines(ctx, storage, ranks.add_recipe if ranks else None)
         if space.extra_seeds():
             final.other_seeds(ctx, storage)
         result.benchmarks = final.finish()
+    elif ranks is not None:
+        ranks.evaluations.finish()
+        ranks.evaluations.check_failures()
+    if ranks is not None:
+        result.rank_agreement, result.front = ranks.results(trials, best)
+        _log_rank_agreement(parent, result, out)
     experiment = ensure_experiment(uri)
     result.compare_links = compare_links(uri, experiment, parent.run_id, space.name,
                                          targets)
@@ -245,3 +267,27 @@ def _log_search(parent, space: SearchSpace, trials: list[TrialSummary],
     parent.set_tags({f"pgray.trials_{k}": v for k, v in counts.items()}
                     | {"pgray.best_trials": ", ".join(t.trial_id for r in best.values()
                                                       for t in r)} | tags)
+
+
+def _log_rank_agreement(parent, result: SweepResult, out: Path) -> None:
+    """The coefficients on the sweep's run (rank/<metric>/<method>, and per target), and the
+    front's figure."""
+    from pgray.pipelines.rank_agreement import METHODS, RANK_METRICS
+    from pgray.tracking.plots import front_plots, rank_scatters
+
+    metrics = {}
+    for metric in RANK_METRICS:
+        entry = result.rank_agreement.get(metric) or {}
+        for method in METHODS:
+            for end in ("value", "lo", "hi"):
+                value = (entry.get(method) or {}).get(end)
+                suffix = "" if end == "value" else f"_{end}"
+                if value is not None and value == value:
+                    metrics[f"rank/{metric}/{method}{suffix}"] = value
+            for target, per in (entry.get("targets") or {}).items():
+                value = per[method]["value"]
+                if value == value:  # MLflow keys take no "@" (a target's own seed)
+                    metrics[f"rank/{target.replace('@', '_')}/{metric}/{method}"] = value
+    parent.log_metrics(metrics, step=0)
+    for image in [*rank_scatters(result, out), *front_plots(result, out)]:
+        parent.log_artifact(image)

@@ -177,3 +177,87 @@ def _axis_scale(values: list) -> tuple[list[float], list[tuple[float, str]]]:
     step = 1.0 / max(len(levels) - 1, 1)
     return ([levels.index(str(v)) * step for v in values],
             [(i * step, text) for i, text in enumerate(levels)])
+
+
+# --- the sweep's rank agreement and front (pgray.pipelines.rank_eval) -----------------------
+RANK_SCATTER = "rank_{name}.png"  # per target: proxy against test, clean and worst case
+FRONT_PLOT = "front_{name}.png"  # per target: the trials' test numbers, front and pick
+SCATTER_METRICS = (("clean_image_auroc", "clean image AUROC"),
+                   ("worst_image_auroc", "worst-case image AUROC"))
+FRONT_AXES = ((("clean_image_auroc", "clean AD (image AUROC)"),
+               ("worst_image_auroc", "worst-case AD (image AUROC)")),
+              (("worst_image_auroc", "worst-case AD (image AUROC)"),
+               ("worst_pixel_auroc", "worst-case AL (pixel AUROC)")))
+
+
+def _file_name(target: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", target)
+
+
+def rank_scatters(result, out: Path) -> list[Path]:
+    """OUT/rank_<target>.png: each evaluated trial's proxy value against its test value, for
+    clean and worst-case image AUROC, with the target's Spearman and Kendall."""
+    from pgray.pipelines.rank_agreement import coefficient_text
+
+    summary = result.rank_agreement
+    targets = sorted({t for m, _ in SCATTER_METRICS for t in
+                      (summary.get(m) or {}).get("pairs", {})})
+    paths = []
+    for target in targets:
+        plt, (fig, axes) = _figure(1, len(SCATTER_METRICS), figsize=(9, 3.6))
+        for ax, (metric, label) in zip(axes, SCATTER_METRICS):
+            entry = summary.get(metric) or {}
+            pairs = (entry.get("pairs") or {}).get(target, {})
+            xs, ys = zip(*pairs.values()) if pairs else ((), ())
+            ax.scatter(xs, ys, color="tab:blue")
+            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")  # where proxy = test
+            per = (entry.get("targets") or {}).get(target)
+            said = ("" if per is None else f"Spearman {coefficient_text(per['spearman'])},"
+                    f" Kendall {coefficient_text(per['kendall'])}, n {per['n']}")
+            ax.set_title(f"{label}\n{said}", fontsize=8)
+            ax.set_xlabel("proxy (held-out, evaluated epoch)", fontsize=8)
+            ax.set_ylabel("test (short suite)", fontsize=8)
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_ylim(-0.02, 1.02)
+        fig.suptitle(f"{target}: proxy against test per trial", fontsize=10, y=1.06)
+        paths.append(_save(fig, plt, out / RANK_SCATTER.format(name=_file_name(target))))
+    return paths
+
+
+def front_plots(result, out: Path) -> list[Path]:
+    """OUT/front_<target>.png: every evaluated trial's test numbers, clean AD against
+    worst-case AD and worst-case AD against worst-case AL, the Pareto front of each pair
+    joined, the picked trial starred and the recipe baseline's point beside them."""
+    from pgray.pipelines.trials import pareto_front
+
+    paths = []
+    for target, entry in sorted(result.front.items()):
+        trials = entry["trials"]
+        ids = sorted(trials)
+        plt, (fig, axes) = _figure(1, len(FRONT_AXES), figsize=(9, 3.8))
+        for ax, ((xk, xl), (yk, yl)) in zip(axes, FRONT_AXES):
+            points = [[trials[i][xk], trials[i][yk]] for i in ids]
+            ax.scatter([p[0] for p in points], [p[1] for p in points], color="0.55",
+                       label="trials")
+            front = sorted((points[i] for i in pareto_front(points)), key=lambda p: p[0])
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:blue",
+                    marker="o", label="front")
+            if entry.get("picked") in trials:
+                picked = trials[entry["picked"]]
+                ax.scatter([picked[xk]], [picked[yk]], marker="*", s=220, color="tab:orange",
+                           edgecolor="k", zorder=3, label="picked")
+            if entry.get("recipe"):
+                recipe = entry["recipe"]
+                ax.scatter([recipe[xk]], [recipe[yk]], marker="X", s=120, color="tab:red",
+                           zorder=3, label="recipe")
+            ax.set_xlabel(xl, fontsize=8)
+            ax.set_ylabel(yl, fontsize=8)
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_ylim(-0.02, 1.02)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{target}: the trials on the test split (short suite)", fontsize=10,
+                     y=1.02)
+        paths.append(_save(fig, plt, out / FRONT_PLOT.format(name=_file_name(target))))
+    return paths

@@ -20,7 +20,8 @@ PANELS_DIR = "panels"  # the benchmark's panel PNGs, one folder per job (Benchma
 MAX_PANELS = 24  # a page a person scrolls, not every panel of a large grid
 # Section ids a test (or a person's link) can find; the sweep-only ones are left out of a
 # benchmark's page.
-SECTIONS = ("results", "trials", "proxy-gap", "flags", "panels", "run")
+SECTIONS = ("results", "trials", "proxy-gap", "rank-agreement", "front", "flags", "panels",
+            "run")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class ReportData:
     trials: Table | None = None
     trials_plot: Image | None = None
     proxy_gap: Table | None = None
+    rank_agreement: Table | None = None  # proxy vs test over the trials (a sweep)
+    rank_images: list[Image] = field(default_factory=list)  # its scatter per target
+    front_images: list[Image] = field(default_factory=list)  # the trials' front per target
     links: dict[str, str] = field(default_factory=dict)  # label -> where (path or URL)
     # what the page says first when jobs failed (pgray.tracking.tables.incomplete_note)
     incomplete: str = ""
@@ -133,6 +137,12 @@ def _results_section(data: ReportData) -> str:
                     "".join(parts))
 
 
+def _rank_body(data: ReportData) -> str:
+    if data.rank_agreement is None:
+        return "<p>Not measured (final_eval.rank_agreement.enabled is off).</p>"
+    return _table(data.rank_agreement) + "".join(_img(i) for i in data.rank_images)
+
+
 def _flags_section(data: ReportData) -> str:
     if not data.flags:
         return _section("flags", "Flags raised", "<p>None: no reliability check tripped.</p>")
@@ -151,6 +161,11 @@ def render_report(data: ReportData) -> str:
         sections.append(_trials_section(data))
         body = _table(data.proxy_gap) if data.proxy_gap else "<p>No trial was evaluated.</p>"
         sections.append(_section("proxy-gap", "The proxy against the test split", body))
+        sections.append(_section("rank-agreement", "Rank agreement: proxy vs test",
+                                 _rank_body(data)))
+        front = "".join(_img(i) for i in data.front_images) or (
+            "<p>No trial was evaluated on the test split (final_eval.rank_agreement).</p>")
+        sections.append(_section("front", "The trials' front on the test split", front))
     sections.append(_flags_section(data))
     panels = "".join(_img(p) for p in data.panels) or "<p>No panels were written.</p>"
     sections.append(_section("panels", "Attacked images and their anomaly maps", panels))
@@ -262,6 +277,7 @@ def threat_texts(threats: list) -> list[str]:
 def sweep_report_data(space, result, out: Path) -> ReportData:
     """The sweep's page: its search space, trials, and the final evaluation's benchmarks
     (rows, curves and panels of each)."""
+    from pgray.tracking.plots import FRONT_PLOT, RANK_SCATTER
     from pgray.tracking.sweep_report import (
         PROXY_GAP_HEAD,
         PROXY_GAP_TITLE,
@@ -294,8 +310,25 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
         trials=Table(f"{len(result.trials)} trials", head, trial_cells),
         trials_plot=trials_plot(space, result.trials, out),
         proxy_gap=Table(PROXY_GAP_TITLE, PROXY_GAP_HEAD, gaps) if gaps else None,
+        rank_agreement=rank_table(result.rank_agreement),
+        rank_images=folder_images(out, RANK_SCATTER.format(name="*")),
+        front_images=folder_images(out, FRONT_PLOT.format(name="*")),
         links={"results": str(out)} | dict(sorted(result.compare_links.items())),
         incomplete=" ".join(b.incomplete for b in result.benchmarks if b.incomplete))
+
+
+def rank_table(summary: dict[str, Any]) -> Table | None:
+    from pgray.pipelines.rank_agreement import (
+        AGREEMENT_HEAD,
+        AGREEMENT_NOTE,
+        agreement_rows,
+        source_text,
+    )
+
+    if not summary:
+        return None
+    return Table("Spearman and Kendall of proxy and test over the trials", AGREEMENT_HEAD,
+                 agreement_rows(summary), f"{AGREEMENT_NOTE} {source_text(summary)}.")
 
 
 def trials_plot(space, trials, out: Path) -> Image | None:

@@ -137,10 +137,29 @@ def results_text(space: SearchSpace, result: SweepResult, brief: bool = False) -
         parts += ["", f"## Final evaluation: {attack_text(space)}", "", text.rstrip("\n")]
         if bench.proxies:
             parts += ["", proxy_gap_table(bench.proxies, bench.rows)]
+    if result.rank_agreement:
+        parts += ["", rank_agreement_text(space, result.rank_agreement)]
     if result.compare_links and not brief:
         parts += ["", "## Compare the trials in MLflow", ""]
         parts += [f"- {key}: {link}" for key, link in sorted(result.compare_links.items())]
     return "\n".join(parts)
+
+
+def rank_agreement_text(space: SearchSpace, summary: dict[str, Any]) -> str:
+    """results.md's (and the console's) section: proxy vs test over the trials."""
+    from pgray.pipelines.rank_agreement import (
+        AGREEMENT_HEAD,
+        AGREEMENT_NOTE,
+        agreement_rows,
+        source_text,
+    )
+
+    fe = space.final_eval
+    return "\n".join([
+        "## Rank agreement: proxy vs test", "",
+        f"Test: clean, and the proxy's two attacks at {fe.rank_agreement.steps} steps, eps"
+        f" {fe.rank_eps:g}/255. {AGREEMENT_NOTE} {source_text(summary)}.", "",
+        markdown(AGREEMENT_HEAD, agreement_rows(summary))])
 
 
 PROXY_GAP_TITLE = ("Proxy vs test (image AUROC; proxy: held-out pseudo-anomalies, short"
@@ -198,5 +217,19 @@ def write_summary(result: SweepResult) -> None:
         "best_configs": {k: [str(p) for p in v] for k, v in result.best_configs.items()},
         "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown),
                         "cards": [str(p) for p in b.cards]} for b in result.benchmarks],
+        # NaN (no coefficient: its `reason` says why) written as null
+        "rank_agreement": _nan_to_none(result.rank_agreement),
+        "front": _nan_to_none(result.front),
     }
     write_json(result.out / "sweep_summary.json", data)
+
+
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: null in its place."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value

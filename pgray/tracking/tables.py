@@ -168,10 +168,10 @@ def _at(row: dict[str, Any], eps: float | None, threat: str) -> bool:
 def _detector_order(rows: list[dict[str, Any]]) -> list[str]:
     """PatchGuard's own columns first (as in the paper's tables), then the others by name
     (rows arrive in whatever order their jobs finished)."""
-    from pgray.detectors.registry import CLEAN_TWIN, PATCHGUARD, REFERENCE
+    from pgray.detectors.registry import CLEAN_TWIN, PATCHGUARD, RECIPE, REFERENCE
 
     seen = {r.get("detector") or PATCHGUARD for r in rows}
-    ours = [d for d in (PATCHGUARD, CLEAN_TWIN, REFERENCE) if d in seen]
+    ours = [d for d in (PATCHGUARD, RECIPE, CLEAN_TWIN, REFERENCE) if d in seen]
     return ours + sorted(seen - set(ours))
 
 

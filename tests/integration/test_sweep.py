@@ -72,7 +72,8 @@ def tiny_space(root: Path, **over) -> dict:
                       "max_concurrent": 1},
         "final_eval": {"eps": [8.0], "steps": 2, "batch_size": 8, "n_panels": 0, "actors": 1,
                        "suite": {"steps": 2, "restarts": 1, "square_queries": 4,
-                                 "square_images": 4, "check_steps": 2}},
+                                 "square_images": 4, "check_steps": 2},
+                       "rank_agreement": {"steps": 2, "bootstrap": 200}},
         "seed": 0,
     }
     return space | over
@@ -218,6 +219,7 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
                        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2,
                                   "weights": [1.0, 0.001]})
     space["final_eval"]["clean_baseline"] = True  # the best config retrained without attacks
+    space["final_eval"]["recipe_baseline"] = True  # the fixed config, nothing searched
     space["seeds"] = [0, 1]  # and again with seed 1 (the trials ran seed 0)
     config.write_text(yaml.safe_dump(space))
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -255,13 +257,18 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
         # the default console: pgray's line per trial that ends, none of Tune's tables
         console = resumed.stdout + resumed.stderr
         assert "Trial status:" not in console and "╭" not in console, console[-3000:]
-        # the two trials the first run left, then the clean twin and the other seed
+        # the two trials the first run left, then the clean twin, the recipe and the other
+        # seed
         ended = [line for line in console.splitlines() if line.startswith("trial ")]
         searched = [line for line in ended if "(loss.attention_lambda=" in line]
         assert [line.split()[1] for line in searched] == ["2/3", "3/3"], console
         assert all(" synthetic/disc: " in line for line in searched), console
         assert any("stopped early (ASHA) after 1 epoch(s)" in line for line in searched)
-        assert len(ended) == 4 and "synthetic/disc@seed1: completed" in console
+        assert len(ended) == 5 and "synthetic/disc@seed1: completed" in console
+        # the rank agreement: after the final results, its table in the console
+        assert "rank agreement: 3 trial(s) on the test split" in console
+        assert console.index("## Rank agreement: proxy vs test") > console.index(
+            "## Final evaluation")
         assert "report: " in console and "report.html" in console
     finally:
         if proc.poll() is None:
@@ -299,6 +306,7 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
 
     _check_mlflow(uri, summary, trials, first_id, huge[0]["trial_id"])
     _check_best_and_final(out, summary, trials)
+    _check_rank_agreement(uri, out, summary)
 
 
 def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id: str) -> None:
@@ -354,6 +362,12 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
     assert twins[0].data.params["train.adversarial"] == "False"
     assert float(twins[0].data.params["loss.attention_lambda"]) == best["params"][
         "loss.attention_lambda"]
+    # the recipe: the fixed config, nothing searched applied, the trials' epochs, attacks on
+    recipe = [r for r in runs if r.data.tags.get("pgray.sweep") == "tiny-recipe"]
+    assert len(recipe) == 1 and recipe[0].data.params["train.adversarial"] == "True"
+    assert float(recipe[0].data.params["loss.attention_lambda"]) == (
+        ExperimentConfig().loss.attention_lambda)
+    assert recipe[0].data.params["train.epochs"] == "2"
     # the other seed: the best trial's parameters, trained with seed 1, attacks on
     again = [r for r in runs if r.data.tags.get("pgray.sweep") == "tiny-seeds"]
     assert len(again) == 1 and again[0].data.params["train.seed"] == "1"
@@ -394,8 +408,9 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
     attacks = sorted(["clean", "protocol", "det_topk", "det_lse", "loc_mask", "apgd_det",
                       "apgd_loc", "square_det", "worst_case", "check_large_eps"])
-    # each seed's model, and the clean-trained twin beside them
-    for detector, seed in (("patchguard", 0), ("patchguard", 1), ("patchguard_clean", None)):
+    # each seed's model, and the clean-trained twin and the recipe beside them
+    for detector, seed in (("patchguard", 0), ("patchguard", 1), ("patchguard_clean", None),
+                           ("patchguard_recipe", None)):
         assert sorted(r["attack"] for r in rows if r["detector"] == detector
                       and r["seed"] == seed) == attacks
     assert (out / "best" / "clean" / "synthetic" / "disc" / "checkpoint.pt").is_file()
@@ -404,15 +419,60 @@ def _check_best_and_final(out: Path, summary: dict, trials: dict) -> None:
     # a robustness card per model (the two seeds' and the twin's), listed in the summary
     cards = [json.loads(Path(p).read_text()) for p in summary["benchmarks"][0]["cards"]]
     assert sorted(c["detector"] for c in cards) == ["patchguard", "patchguard",
-                                                    "patchguard_clean"]
+                                                    "patchguard_clean", "patchguard_recipe"]
     assert {c["threat"] for c in cards} == {"linf"}
     # the report: every section, the trials' parallel coordinates and the curve as images
     from browser import Dom
 
     dom = Dom((out / "report.html").read_text())
-    assert dom.sections == ["results", "trials", "proxy-gap", "flags", "panels", "run"]
+    assert dom.sections == ["results", "trials", "proxy-gap", "rank-agreement", "front",
+                            "flags", "panels", "run"]
     assert len(dom.images) >= 2 and (out / "trials_parallel.png").stat().st_size > 0
     assert "patchguard_clean" in " ".join(dom.text)
+
+
+def _check_rank_agreement(uri: str, out: Path, summary: dict) -> None:
+    """Every trial with a checkpoint on the test split after the pick, proxy against test:
+    coefficients with intervals in sweep_summary.json, results.md, MLflow and the report's
+    scatter and front (the recipe's point beside the trials)."""
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    ranks = summary["rank_agreement"]
+    assert set(ranks) == {"clean_image_auroc", "worst_image_auroc", "clean_pixel_auroc",
+                          "worst_pixel_auroc", "proxy_source"}
+    assert sum(ranks["proxy_source"].values()) == 3  # every trial had a checkpoint
+    for metric, entry in ranks.items():
+        if metric == "proxy_source":
+            continue
+        assert entry["n"] == 3 and set(entry["targets"]) == {"synthetic/disc"}
+        assert len(entry["pairs"]["synthetic/disc"]) == 3
+        for method in ("spearman", "kendall"):
+            value = entry[method]["value"]
+            # defined, or undefined with its reason (a constant side on 3 trials)
+            assert (value is not None and -1 <= entry[method]["lo"] <= value
+                    <= entry[method]["hi"] <= 1) or "reason" in entry, (metric, entry)
+    clean = ranks["clean_image_auroc"]
+    assert math.isfinite(clean["spearman"]["value"]) and math.isfinite(
+        clean["kendall"]["value"]), clean
+    rows = summary["front"]["synthetic/disc"]
+    assert len(rows["trials"]) == 3 and rows["picked"] == summary["best"]["synthetic/disc"][0]
+    assert set(rows["recipe"]) == {"clean_image_auroc", "worst_image_auroc",
+                                   "worst_pixel_auroc"}
+    text = (out / "results.md").read_text()
+    assert "## Rank agreement: proxy vs test" in text
+    assert "| clean_image_auroc | all | 3 |" in text
+    parent = next(r for r in _runs(uri) if r.data.tags.get("pgray.kind") == "sweep")
+    assert parent.data.metrics["rank/clean_image_auroc/spearman"] == clean["spearman"]["value"]
+    assert "rank/synthetic/disc/clean_image_auroc/kendall" in parent.data.metrics
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id)}
+    assert {"rank_synthetic-disc.png", "front_synthetic-disc.png"} <= artifacts
+    from browser import Dom
+
+    dom = Dom((out / "report.html").read_text())
+    captions = " ".join(dom.text)
+    assert "rank_synthetic-disc" in captions and "front_synthetic-disc" in captions
 
 
 def test_fixed_configuration_without_search_gives_one_trial_per_target(synthetic_root):

@@ -113,7 +113,12 @@ def test_sweep_plan_counts_clean_twins_and_extra_seeds():
     assert len(names) == 2 * (3 + 1 + 2)
     assert sum("clean twin" in n for n in names) == 2
     assert sum(n.endswith(("seed 1", "seed 2")) for n in names) == 4
-    evals = [p.what for p in pieces if p.kind == "evaluation"]
+    ranks = [p for p in pieces if "rank agreement" in p.what]
+    # every trial of each target on the test split: one short-suite job per trial
+    assert [(p.what.split(":")[0], p.jobs) for p in ranks] == [
+        ("synthetic/weave rank agreement", 3), ("synthetic/grain rank agreement", 3)]
+    assert "3 models x short_suite_eps4 (clean + 20 attack steps per image)" in ranks[0].what
+    evals = [p.what for p in pieces if p.kind == "evaluation" and p not in ranks]
     per_model = sum(e.startswith("top1 ") for e in evals) // 2
     assert len(evals) == 2 * per_model * (1 + 1 + 2)  # top1, its twin, the 2 other seeds
     # a twin trains without attacks: cheaper than a trial

@@ -230,3 +230,43 @@ def test_curves_keep_detectors_and_threats_apart(tmp_path):
     assert series["l2"] == {"synthetic/disc patchguard worst_case": ([1.0], [0.2])}
     paths = robustness_curves(rows, tmp_path)
     assert sorted(p.name for p in paths) == ["auroc_vs_eps.png", "auroc_vs_eps_l2.png"]
+
+
+def test_a_sweep_report_shows_the_rank_agreement_and_the_front(tmp_path):
+    """The sweep's rank agreement (a table and a proxy-vs-test scatter per category) and the
+    trials' front on the test split (the pick and the recipe marked), from the figures the
+    sweep writes into OUT; without them the page says it was not measured."""
+    from pgray.config.search_space import load_search_space, resolve_space_path
+    from pgray.pipelines.rank_agreement import RANK_METRICS, rank_agreement
+    from pgray.pipelines.sweep import SweepResult
+    from pgray.pipelines.trials import TrialSummary
+    from pgray.tracking.plots import front_plots, rank_scatters
+    from pgray.tracking.report import sweep_report_data
+
+    values = {"a": (0.2, 0.9, 0.3), "b": (0.6, 0.5, 0.6), "c": (0.9, 0.1, 0.2)}
+    trials = [TrialSummary(trial_id=t, target="synthetic/disc", params={}, metrics={
+        f"proxy_{m}": v[0] for m in RANK_METRICS}, epochs=2,
+        state="completed") for t, v in values.items()]
+    tests = {t: dict.fromkeys(RANK_METRICS, v[0]) for t, v in values.items()}
+    front = {"synthetic/disc": {"picked": "b", "recipe": {
+        "clean_image_auroc": 0.7, "worst_image_auroc": 0.05, "worst_pixel_auroc": 0.4},
+        "trials": {t: {"clean_image_auroc": v[0] + 0.05, "worst_image_auroc": v[1],
+                       "worst_pixel_auroc": v[2]} for t, v in values.items()}}}
+    result = SweepResult(out=tmp_path, parent_run_id="p", experiment_path="e", trials=trials,
+                         best={}, best_configs={},
+                         rank_agreement=rank_agreement(trials, tests, bootstrap=50),
+                         front=front)
+    written = rank_scatters(result, tmp_path) + front_plots(result, tmp_path)
+    assert [p.name for p in written] == ["rank_synthetic-disc.png", "front_synthetic-disc.png"]
+    space = load_search_space(resolve_space_path("demo"))
+    dom = Dom(render_report(sweep_report_data(space, result, tmp_path)))
+    text = " ".join(dom.text)
+    assert "Spearman and Kendall of proxy and test over the trials" in text
+    assert "+1.00 [+1.00, +1.00]" in text and "3 at the last epoch (no selection)" in text
+    captions = [i["alt"] for i in dom.images]
+    assert "rank_synthetic-disc" in captions and "front_synthetic-disc" in captions
+    result.rank_agreement, result.front = {}, {}
+    for png in written:
+        png.unlink()
+    text = " ".join(Dom(render_report(sweep_report_data(space, result, tmp_path))).text)
+    assert "Not measured" in text and "No trial was evaluated on the test split" in text
