@@ -223,6 +223,11 @@ class TrainConfig:
               "weighs attacked against clean scores: it needs train.adversarial true")
 
 
+# Searchable keys that only mean something with train.adversarial true: a clean-trained
+# twin of a trial drops them (its config would not validate with them set).
+ADVERSARIAL_ONLY_KEYS = ("train.image_score_share", "train.trades_beta")
+
+
 @dataclass
 class EvalConfig:
     eps: list[float] = field(default_factory=lambda: [8.0])  # linf budgets (1/255 units)

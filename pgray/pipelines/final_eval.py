@@ -24,6 +24,13 @@ def clean_twin_space(space: SearchSpace) -> SearchSpace:
                                           "proxy_every": space.epochs()})
 
 
+def clean_twin_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters for its clean twin: those of the adversarial terms dropped."""
+    from pgray.config.experiment import ADVERSARIAL_ONLY_KEYS
+
+    return {k: v for k, v in params.items() if k not in ADVERSARIAL_ONLY_KEYS}
+
+
 def recipe_space(space: SearchSpace) -> SearchSpace:
     """The sweep's fixed settings as they are (the paper recipe the space fixes), once per
     target, for the trials' epochs: the point the searched front must beat."""
@@ -169,7 +176,7 @@ class FinalStage:
         from pgray.detectors.registry import CLEAN_TWIN
 
         self._baselines(ctx, storage, clean_twin_space(self.space), CLEAN_TWIN, "clean",
-                        {k: t.params for k, t in self.best.items()},
+                        {k: clean_twin_params(t.params) for k, t in self.best.items()},
                         "clean-trained twins of the best trials")
 
     def recipe_baselines(self, ctx, storage: str,

@@ -250,7 +250,8 @@ def test_param_spec_representatives_cover_the_range():
     assert ParamSpec("int", 2, 9).decode(3.0) == 3
 
 
-@pytest.mark.parametrize("name", ["demo", "attention", "pseudo", "paper"])
+@pytest.mark.parametrize("name", ["demo", "attention", "pseudo", "paper", "robust",
+                                  "robust_demo"])
 def test_shipped_search_spaces_are_valid(name):
     space = load_search_space(SPACES / f"{name}.yaml")
     assert space.name == name
@@ -272,6 +273,14 @@ def test_shipped_search_spaces_are_valid(name):
         assert space.start_point_choices()[0]["loss.attention_layers"] == "reference"
     if name == "pseudo":
         assert space.multi_objective and space.scheduler.type == "none"
+
+
+def test_the_real_photo_search_is_the_demo_search_on_other_data():
+    real = load_search_space(SPACES.parents[2] / "benchmarks" / "robust_real.yaml")
+    demo = load_search_space(SPACES / "robust_demo.yaml")
+    assert real.search == demo.search and real.objectives == demo.objectives
+    assert real.fixed_config().data.dataset == "mvtec" and real.categories == ["brick", "gravel"]
+    assert real.final_eval.rank_agreement.enabled and real.final_eval.recipe_baseline
 
 
 def test_missing_file_and_non_mapping_are_named(tmp_path):
@@ -296,6 +305,27 @@ def test_clean_twin_is_the_sweeps_config_trained_clean_with_one_proxy():
     assert twin.name == f"{space.name}-clean" and not twin.search
     assert twin.budget.trials == 1 and twin.scheduler.type == "none"
     assert not twin.final_eval.enabled
+
+
+def test_clean_twin_drops_the_keys_of_the_adversarial_terms():
+    """A robust search's best trial mixes objectives and weighs a TRADES term; its twin
+    trains clean, where those keys mean nothing (and would not validate)."""
+    from pgray.config.search_sections import Target
+    from pgray.pipelines.final_eval import clean_twin_params, clean_twin_space
+
+    space = load_search_space(SPACES / "robust_demo.yaml")
+    params = {"train.image_score_share": 0.55, "train.attack.eps": 2.0,
+              "train.trades_beta": 2.5, "loss.attention_ratio": 0.3}
+    target = Target("synthetic", "generated", "weave")
+    best = space.trial_config(target, params)
+    assert best.train.image_score_share == 0.55 and best.train.trades_beta == 2.5
+    twin = clean_twin_space(space)
+    with pytest.raises(ConfigError, match="image_score_share: .*needs train.adversarial true"):
+        twin.trial_config(target, params)
+    clean = twin.trial_config(target, clean_twin_params(params))
+    assert not clean.train.adversarial
+    assert clean.train.image_score_share is None and clean.train.trades_beta == 0
+    assert clean.loss.attention_ratio == 0.3  # the detector's own keys stay
 
 
 def test_seeds_retrain_the_best_config_with_each_other_seed():
