@@ -22,8 +22,11 @@ def parser() -> argparse.ArgumentParser:
         description="Search PatchGuard parameters (Ray Tune + Optuna, ASHA) per category, then "
         "benchmark the best trial(s). No arguments: the demo search space on generated data.",
     )
-    p.add_argument("--config", help="search-space YAML, or the name of a built-in one (demo,"
-                   " attention, pseudo, paper; default demo); schema in search_spaces/README.md")
+    from pgray.config.search_space import builtin_space_names
+
+    p.add_argument("--config", help="search-space YAML, or the name of a built-in one ("
+                   f"{', '.join(builtin_space_names())}; default demo); schema in"
+                   " search_spaces/README.md")
     p.add_argument("--out", help="output folder (default runs/sweep/<name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep: finished trials are kept, not rerun")
