@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_FILE = "checkpoint.pt"  # the file inside each Ray Train checkpoint folder
+from pgray.core.checkpoint import CHECKPOINT_FILE
+
 # The result key naming a reported checkpoint as a URI every node can open (s3://..., gs://...,
 # or an absolute path): Ray's own `checkpoint_path` leaves the filesystem out.
 CHECKPOINT_URI = "checkpoint_uri"
