@@ -37,17 +37,19 @@ sys.path.insert(0, str(REPO))  # the checkout this script lives in, not an insta
 PACKAGE = REPO / "pgray"
 # lowest first (docs/INTERFACES.md, "Layers")
 LAYERS = (("errors.py", "io.py"), ("config",), ("core", "data", "pseudo", "attacks", "detectors"),
-          ("tracking",), ("distributed",), ("pipelines/components",), ("pipelines",))
+          ("tracking",), ("distributed",), ("pipelines/components",), ("pipelines/runners",),
+          ("pipelines",))
 COMMAND_LAYER = len(LAYERS)
 
 
 def layer_of(rel: str) -> int:
     """The layer index of a file path relative to pgray/ (commands on top)."""
-    best = COMMAND_LAYER
+    best, longest = COMMAND_LAYER, 0
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if rel == prefix or rel.startswith(prefix + "/"):
-                best = index  # the longest prefix wins: pipelines/components over pipelines
+            # the longest prefix wins: pipelines/components over pipelines
+            if (rel == prefix or rel.startswith(prefix + "/")) and len(prefix) > longest:
+                best, longest = index, len(prefix)
     return best
 
 

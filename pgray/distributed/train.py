@@ -227,6 +227,15 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
     return trainer.fit()
 
 
+def train_to_file(experiment: dict[str, Any], launch: TrainLaunch, dest: Path) -> Path:
+    """One Ray Train run of `experiment`, its final checkpoint copied to `dest` (a plain
+    pgray file); the run's error raised here."""
+    result = run_training(experiment, launch)
+    if result.error is not None:
+        raise result.error
+    return copy_result_checkpoint(result, dest)
+
+
 def copy_result_checkpoint(result, dest: Path) -> Path:
     """Copy the final checkpoint of a Ray Train result into `dest` (a plain pgray .pt file)."""
     from pgray.io import copy_atomic

@@ -165,7 +165,7 @@ def _connect_ray(req: TrainRequest, uri: str) -> tuple[str, float]:
 def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,
                   checkpoint: Path) -> list:
     from pgray.core.checkpoint import read_checkpoint
-    from pgray.distributed.train import TrainLaunch, copy_result_checkpoint, run_training
+    from pgray.distributed.train import TrainLaunch, train_to_file
 
     launch = TrainLaunch(
         name=req.name, storage=storage, workers=req.workers,
@@ -173,8 +173,5 @@ def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,
         max_failures=req.max_failures, mlflow_uri=uri, mlflow_run_id=run_id,
         progress=req.progress, step_hook=req.step_hook,
     )
-    result = run_training(req.config.to_dict(), launch)
-    if result.error is not None:
-        raise result.error
-    copy_result_checkpoint(result, checkpoint)
+    train_to_file(req.config.to_dict(), launch, checkpoint)
     return list(read_checkpoint(checkpoint)["extra"].get("history", []))
