@@ -3,9 +3,9 @@
     python benchmarks/layer_walk.py [--max-entries N] [--keep DIR]
 
 What it runs: `python -m pgray.benchmark --sequential` (in this process, no Ray) on generated
-data (32 px, two categories) with one PatchGuard checkpoint trained here beforehand (not
-traced) and one baseline (PaDiM) the benchmark fits itself: the producers of existing files and
-of baseline fits, the evaluation dispatcher, the job worker, the tables and the report.
+data (32 px, two categories) with a PatchGuard checkpoint per category trained here beforehand
+(not traced) and one baseline (PaDiM) the benchmark fits itself: the producers of existing
+files and of baseline fits, the evaluation dispatcher, the job worker, the tables and the report.
 
 What it measures: every call of a function of pgray/ is seen (`sys.setprofile`); a *stop* is a
 function that is handed the config or what it becomes on the way (`CARRIERS`: the
@@ -15,11 +15,11 @@ properties (a job's `key`, the config's `entries()`) are no stops: they read the
 it is; the walk is where it is handed to. The stops in that order are the walk; consecutive
 stops in one file are one *entry* of that file. It prints the entries (file, its layer and the
 functions stopped at), then per file how often it was entered, the *climbs* (an entry into a
-higher layer than the one before: a return up the stack, or a lower layer calling up), and
-the *returns* (an entry into a file already left). The command is the first stop: the config
-is born there. A straight line down the layers enters each file once or twice (the driver is
-re-entered when its helpers return). Exit status 1 where a file is entered more than
-`--max-entries` times (default: no limit).
+higher layer than the one before: a return up the stack, or a lower layer calling up; also
+counted between packages, pipelines/ and its tiers as one layer), and the *returns* (an entry
+into a file already left). The command is the first stop: the config is born there. Two
+tiny PatchGuard checkpoints are trained first (one per category; a minute on 2 cores). Exit
+status 1 where a file is entered more than `--max-entries` times (default: no limit).
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ def layer_of(rel: str) -> int:
 # The config and what it becomes on its way to the workers: its entries, their baselines, and
 # the jobs (by class name: where each class lives is what the walk measures).
 CARRIERS = frozenset({"BenchmarkConfig", "DatasetEntry", "DetectorEntry", "BenchJob"})
+
+
+def package_layer(rel: str) -> int:
+    """The layer of a file's package: pipelines/ and its tiers are one."""
+    return layer_of("pipelines/x.py") if rel.startswith("pipelines/") else layer_of(rel)
 
 
 def _carries(value, depth: int = 1) -> bool:
@@ -118,6 +123,9 @@ def report(walk: list[tuple[str, list[str]]]) -> tuple[str, int]:
     """The walk as text, and the most entries of any one file."""
     counts = Counter(rel for rel, _ in walk)
     climbs = sum(layer_of(b) > layer_of(a) for (a, _), (b, _) in zip(walk, walk[1:]))
+    # the same between packages (pipelines/ as one layer, as it was before its tiers)
+    package_climbs = sum(package_layer(b) > package_layer(a)
+                         for (a, _), (b, _) in zip(walk, walk[1:]))
     returns = sum(rel in {r for r, _ in walk[:i]} for i, (rel, _) in enumerate(walk))
     lines = ["| # | file | layer | functions |", "|---|---|---|---|"]
     lines += [f"| {i} | {rel} | {layer_of(rel)} | {', '.join(fns)} |"
@@ -127,8 +135,8 @@ def report(walk: list[tuple[str, list[str]]]) -> tuple[str, int]:
     stops = sum(len(fns) for _, fns in walk)
     most = max(counts.values(), default=0)
     lines += ["", f"{stops} stops in {len(counts)} files, {len(walk)} entries, {climbs} climbs"
-              f" up the layers, {returns} returns to a file already left; most entries of one"
-              f" file: {most}"]
+              f" up the layers ({package_climbs} between packages), {returns} returns to a file"
+              f" already left; most entries of one file: {most}"]
     return "\n".join(lines), most
 
 
