@@ -21,7 +21,6 @@ def _summary(trial_id: str, target: str, params: dict[str, Any], metrics: dict[s
                         scores=scores, score_epoch=epoch, score_source=source)
 
 
-
 def summarise(results, space: SearchSpace) -> list[TrialSummary]:
     """One row per trial of a Tune ResultGrid: decoded params, last metrics, state and the
     objectives of the evaluated epoch."""
@@ -43,7 +42,6 @@ def summarise(results, space: SearchSpace) -> list[TrialSummary]:
     return sorted(rows, key=lambda t: (t.target, t.trial_id))
 
 
-
 def _last_checkpoint(result) -> str | None:
     """The URI of the newest Train checkpoint a trial reported (every epoch, or every
     checkpoint_every)."""
@@ -53,7 +51,6 @@ def _last_checkpoint(result) -> str | None:
         if uris:
             return uris[-1]
     return reported_checkpoint(result.metrics, result.checkpoint)
-
 
 
 def summary_of_trial(trial, space: SearchSpace) -> TrialSummary:

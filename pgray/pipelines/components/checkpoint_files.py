@@ -23,7 +23,6 @@ class Evaluated:
     epoch: int | None
 
 
-
 def evaluated_checkpoint(template: Path) -> Evaluated:
     """`best.pt` beside the checkpoint when it holds this checkpoint's selection, else the
     checkpoint itself. A best.pt is this run's only if the checkpoint records a selection
@@ -47,13 +46,11 @@ def evaluated_checkpoint(template: Path) -> Evaluated:
     return Evaluated(best, best.name, int(selected[2]))
 
 
-
 def _selection(extra: dict[str, Any]) -> tuple | None:
     """(metric, value, epoch) of the selection a checkpoint's `extra` records, or None."""
     selected = extra.get("selected")
     return None if not selected else tuple(selected.get(k) for k in ("metric", "value",
                                                                      "epoch"))
-
 
 
 def fetch_trial_checkpoint(source: str, dest: Path) -> Path:
@@ -74,7 +71,6 @@ def fetch_trial_checkpoint(source: str, dest: Path) -> Path:
     write_json(dest.with_name(PROXY_FILE), {"epoch": epoch} | {
         k: v for k, v in metrics.items() if k.startswith("proxy_")})
     return dest
-
 
 
 def read_proxy(folder: Path) -> dict[str, Any]:

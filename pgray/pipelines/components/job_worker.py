@@ -19,7 +19,6 @@ from pgray.pipelines.components.rows import identity_columns
 MODELS_KEPT = 2  # models an evaluation actor keeps on its device
 
 
-
 def node_copy(data: bytes, sha256: str) -> Path:
     """A checkpoint that came over the wire, as a file in this node's temp folder (written
     once per content, checked against the digest the driver computed)."""
@@ -36,7 +35,6 @@ def node_copy(data: bytes, sha256: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(data))
     return path
-
 
 
 class JobEvaluator:

@@ -17,7 +17,6 @@ def _objective_values(trial: TrialSummary, space: SearchSpace) -> list[float] | 
     return values
 
 
-
 def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, list[TrialSummary]]:
     """Per target: the top_n trials by the objective at the evaluated epoch (`scores`), or
     the Pareto front when there are several objectives, best first by the stated
@@ -44,7 +43,6 @@ def select_best(trials: list[TrialSummary], space: SearchSpace) -> dict[str, lis
 
 
 EVALUATED_STATES = ("completed", "stopped_early")
-
 
 
 def chosen_trials(trials: list[TrialSummary], space: SearchSpace

@@ -22,7 +22,6 @@ class SweepRequest:
     verbose: bool = False  # Ray's full output: Tune's detailed tables, every worker's log
 
 
-
 def say_progress(req: SweepRequest, text: str) -> None:
     if req.progress:
         print(text, flush=True)
