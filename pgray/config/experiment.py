@@ -157,6 +157,10 @@ class TrainConfig:
     loader_workers: int | None = None
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10
+    # The budget of the held-out proxy's attacks (1/255 units), fixed for a whole study. None:
+    # train.attack.eps. A search over train.attack.eps must fix it: a trial trained at a smaller
+    # eps would otherwise be tested at that smaller eps, an easier test, not a better model.
+    proxy_eps: float | None = None
     # Epochs between proxies (the first and the last epoch always have one). None: the
     # proxy takes about 10 % of the run (pgray.core.step.default_proxy_every: every 9
     # epochs at the reference); a sweep with ASHA fixes it to a divisor of its grace period.
@@ -189,6 +193,8 @@ class TrainConfig:
         check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)")
         check(self.proxy_steps >= 1, "proxy_steps", "must be >= 1")
         check(self.proxy_repeats >= 1, "proxy_repeats", "must be >= 1")
+        check(self.proxy_eps is None or 0 < self.proxy_eps < math.inf, "proxy_eps",
+              f"must be > 0 (or null: train.attack.eps), got {self.proxy_eps}")
         check(self.proxy_every is None or self.proxy_every >= 1, "proxy_every",
               "must be >= 1 (or null: about 10 % of the run)")
         check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every",

@@ -17,8 +17,9 @@ from pgray.errors import ConfigError
 if TYPE_CHECKING:
     from pgray.config.search_sections import ParamSpec
 
-# Keys the sweep owns: the data section is set per target, epochs come from the budget.
-RESERVED_PREFIXES = ("data.", "train.epochs", "train.proxy_pseudo")
+# Keys the sweep owns: the data section is set per target, epochs come from the budget, and
+# the held-out proxy (its images, anomalies, attacks and epochs) is the study's fixed test.
+RESERVED_PREFIXES = ("data.", "train.epochs", "train.proxy_", "train.holdout_fraction")
 
 _INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
 
@@ -55,8 +56,8 @@ def resolve_key(key: str, spec: ParamSpec, fixed: dict[str, Any], where: str) ->
     for prefix in RESERVED_PREFIXES:
         check(not key.startswith(prefix), where,
               "data.* is set per target (datasets/categories), train.epochs by budget.epochs,"
-              " and train.proxy_pseudo is the study's fixed held-out test; they cannot be"
-              " searched")
+              " and train.proxy_* and train.holdout_fraction make the study's fixed held-out"
+              " test; they cannot be searched")
     tp: Any = ExperimentConfig
     path = ""
     value: Any = to_dict(ExperimentConfig.from_dict(fixed))

@@ -196,6 +196,10 @@ class SearchSpace:
             resolve_key(key, spec, fixed, where)
             for value in spec.representatives():
                 check_applies(fixed, {key: value}, where)
+        check("train.attack.eps" not in self.search
+              or self.fixed_config().train.proxy_eps is not None, "search.train.attack.eps",
+              "the held-out proxy attacks at the training eps unless train.proxy_eps is fixed:"
+              " fix it (for example at final_eval's eps) so every trial is tested alike")
         # A few joint draws catch combinations that are invalid together (layers vs weights).
         rng = random.Random(self.seed)
         for _ in range(8 if self.search else 0):

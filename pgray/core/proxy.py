@@ -105,11 +105,14 @@ def join_outputs(parts: list[EvalOutputs]) -> EvalOutputs:
 
 
 def proxy_members(cfg: ExperimentConfig, precision: str) -> list:
-    """The proxy's two short attacks: the protocol and the suite's detection attack."""
+    """The proxy's two short attacks: the protocol's (eval.attack: its objective, never the
+    training attack's, which a search may move) and the suite's detection attack, at
+    train.proxy_eps (train.attack.eps where unset) and train.proxy_steps."""
     from pgray.attacks.suite import DETECTION, Member, members
 
-    short = dataclasses.replace(cfg.train.attack, steps=cfg.train.proxy_steps, alpha=None,
-                                precision=precision)
+    eps = cfg.train.proxy_eps if cfg.train.proxy_eps is not None else cfg.train.attack.eps
+    short = dataclasses.replace(cfg.eval.attack, eps=eps, steps=cfg.train.proxy_steps,
+                                alpha=None, restarts=1, keep_best=False, precision=precision)
     detect = next(m for m in members(cfg.eval.suite, short, short.eps) if m.name == "det_topk")
     detect_cfg = dataclasses.replace(detect.cfg, steps=cfg.train.proxy_steps, restarts=1)
     return [Member("robust", short, "both"), Member("detect", detect_cfg, DETECTION)]

@@ -214,14 +214,14 @@ def rank_scatters(result, out: Path) -> list[Path]:
             ax.scatter(xs, ys, color="tab:blue")
             ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")  # where proxy = test
             per = (entry.get("targets") or {}).get(target)
-            said = ("" if per is None else f"Spearman {coefficient_text(per['spearman'])},"
-                    f" Kendall {coefficient_text(per['kendall'])}, n {per['n']}")
+            said = ("" if per is None else f"Spearman {coefficient_text(per['spearman'])}\n"
+                    f"Kendall {coefficient_text(per['kendall'])}, n {per['n']}")
             ax.set_title(f"{label}\n{said}", fontsize=8)
             ax.set_xlabel("proxy (held-out, evaluated epoch)", fontsize=8)
             ax.set_ylabel("test (short suite)", fontsize=8)
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
-        fig.suptitle(f"{target}: proxy against test per trial", fontsize=10, y=1.06)
+        fig.suptitle(f"{target}: proxy against test per trial", fontsize=10, y=1.1)
         paths.append(_save(fig, plt, out / RANK_SCATTER.format(name=_file_name(target))))
     return paths
 

@@ -162,8 +162,8 @@ def rank_agreement_text(space: SearchSpace, summary: dict[str, Any]) -> str:
 
 
 PROXY_GAP_TITLE = ("Proxy vs test (image AUROC; proxy: held-out pseudo-anomalies, short"
-                   " linf attacks at the training eps; test: real defects, the suite's linf"
-                   " worst case at the largest eps)")
+                   " linf attacks at train.proxy_eps, else the training eps; test: real"
+                   " defects, the suite's linf worst case at the largest eps)")
 PROXY_GAP_HEAD = ["target", "epoch", "proxy clean", "test clean", "gap", "proxy worst",
                   "test worst", "gap"]
 PROXY_THREAT = "linf"  # training attacks are linf (pgray.config.experiment), so is the proxy
@@ -171,7 +171,7 @@ PROXY_THREAT = "linf"  # training attacks are linf (pgray.config.experiment), so
 
 def proxy_gap_rows(proxies: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
                    rank: str = "") -> tuple[list[str], list[list[str]]]:
-    """The held-out proxy (pseudo-anomalies, short attacks at the training eps) beside the
+    """The held-out proxy (pseudo-anomalies, short attacks at train.proxy_eps) beside the
     test split, for each evaluated trial: how far the sweep's objective is from the truth.
     The test side is the trial's own model (not its clean twin, nor a baseline) under the
     proxy's threat; `rank` (top1, top2, ...) labels the trial where a page shows several."""

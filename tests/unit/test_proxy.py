@@ -105,3 +105,19 @@ def test_image_auroc_interval_is_the_naive_bootstrap_and_is_seeded():
     # a perfect ranking stays perfect in every resample; one class has no interval
     assert image_auroc_interval(labels + 0.1 * scores, labels) == (1.0, 1.0)
     assert all(v != v for v in image_auroc_interval(scores[:10], np.zeros(10)))
+
+
+def test_the_proxy_attacks_at_the_studys_budget_with_the_protocols_objective(synthetic_root):
+    """A search may move the training attack's eps and objective; the proxy's attacks stay
+    the study's: train.proxy_eps (else the training eps) and eval.attack's objective."""
+    from pgray.core.proxy import proxy_members
+
+    trial = tiny_experiment(synthetic_root, train={
+        "attack": {"eps": 2.0, "objective": "image_score", "random_start": True},
+        "proxy_eps": 4.0, "proxy_steps": 3})
+    robust, detect = proxy_members(trial, "fp32")
+    assert (robust.cfg.eps, detect.cfg.eps) == (4.0, 4.0)
+    assert robust.cfg.objective == trial.eval.attack.objective == "mask"
+    assert not robust.cfg.random_start and robust.cfg.steps == detect.cfg.steps == 3
+    unset = tiny_experiment(synthetic_root, train={"attack": {"eps": 2.0}})
+    assert [m.cfg.eps for m in proxy_members(unset, "fp32")] == [2.0, 2.0]

@@ -73,7 +73,16 @@ BAD = [
      "search.train.epochs: data.* is set per target (datasets/categories), train.epochs by"
      " budget.epochs"),
     ("search/train.proxy_pseudo.min_size", {"type": "int", "low": 6, "high": 14},
-     "is the study's fixed held-out test"),
+     "make the study's fixed held-out test; they cannot be searched"),
+    ("search/train.proxy_eps", {"type": "categorical", "values": [2.0, 8.0]},
+     "search.train.proxy_eps: data.* is set per target"),
+    ("search/train.holdout_fraction", {"type": "uniform", "low": 0.1, "high": 0.3},
+     "train.proxy_* and train.holdout_fraction make the study's fixed held-out test"),
+    # a proxy at each trial's own training eps would test small-eps trials more gently
+    ("search/train.attack.eps", {"type": "categorical", "values": [2.0, 8.0]},
+     "search.train.attack.eps: the held-out proxy attacks at the training eps unless"
+     " train.proxy_eps is fixed"),
+    ("fixed/train/proxy_eps", 0, "train.proxy_eps: must be > 0"),
     ("objectives", [{"metric": "image_auroc", "mode": "max"}],
      "objectives[0].metric: 'image_auroc' is not a per-epoch proxy metric (test-split metrics"
      " are never tuned on); allowed: proxy_clean_image_auroc"),
