@@ -90,7 +90,7 @@ def consumption() -> list[tuple[str, float]]:
     """Images/s one GPU consumes, per training method: peak x utilization / (GFLOP per pass x
     passes per image), passes from pgray.core.step.step_passes."""
     from pgray.core.step import step_passes
-    from pgray.pipelines.plan import VITS_GFLOP_PER_IMAGE_STEP
+    from pgray.pipelines.plan.speed import VITS_GFLOP_PER_IMAGE_STEP
 
     out = []
     for label, method in (("PGD-10", "pgd"), ("N-FGSM", "nfgsm")):

@@ -7,7 +7,7 @@ ViT-S/14 at 224 (random weights: timing only) attacked by pgray's PGD at each ba
 bf16 (autocast), tf32 (fp32 with TF32 on, as training runs) and fp32 (TF32 off, as evaluation
 attacks in fp32 run); image-steps/s = batch x steps / seconds (median of the timed attacks),
 fraction of peak = image-steps/s x GFLOP per image-step / the precision's datasheet peak
-(pgray.pipelines.plan_speed.PEAK_TFLOPS). gpu_check.sh runs it as a stage; copy its JSON to
+(pgray.pipelines.plan.speed.PEAK_TFLOPS). gpu_check.sh runs it as a stage; copy its JSON to
 benchmarks/gpu_utilisation.json (or pass it with --gpu-profile) and `--plan` uses the measured
 fractions instead of the assumed ones. --quick: a tiny model on the CPU, two batch sizes, fp32
 only: checks the script, measures nothing.
@@ -51,8 +51,8 @@ def measure(model, batch: int, precision: str, device: torch.device, repeats: in
 def main(argv: list[str] | None = None) -> int:
     from pgray.config import ModelConfig, tiny_model_config
     from pgray.core.model import PatchGuard
-    from pgray.pipelines.plan import gflop_per_image_step
-    from pgray.pipelines.plan_speed import PEAK_TFLOPS
+    from pgray.pipelines.plan.costs import gflop_per_image_step
+    from pgray.pipelines.plan.speed import PEAK_TFLOPS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")

@@ -26,7 +26,7 @@ from pathlib import Path
 import _timing  # noqa: F401 (makes pgray importable)
 import yaml
 
-from pgray.pipelines.plan_speed import calibration_file
+from pgray.pipelines.plan.speed import calibration_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.30  # |measured / predicted - 1| the plan aims within

@@ -7,25 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pgray.config.args import add_plan_args
 from pgray.errors import run_cli
-
-
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("plan (nothing runs)")
-    g.add_argument("--plan", action="store_true",
-                   help="print the trainings and evaluation jobs, the resources each asks for,"
-                        " how many run at once, and an estimate of GPU-hours and wall time")
-    g.add_argument("--gpus", type=float, help="plan for a cluster with this many GPUs (default:"
-                   " the connected cluster, else this machine)")
-    g.add_argument("--cpus", type=float, help="its CPUs (default 16 per GPU)")
-    g.add_argument("--gpu", choices=["h100", "h200"], default="h100",
-                   help="the GPU whose datasheet peaks (bf16, TF32, fp32) the estimate uses")
-    g.add_argument("--gpu-profile", metavar="FILE",
-                   help="measured utilisation per batch size (gpu_utilisation.json, written by"
-                        " benchmarks/gpu_check.sh; default benchmarks/gpu_utilisation.json if"
-                        " present, else an assumed table, labelled so)")
-    g.add_argument("--gpu-utilization", type=float, default=None,
-                   help="one fraction of the peak for every batch size, instead of the table")
 
 
 def parser() -> argparse.ArgumentParser:

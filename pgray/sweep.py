@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pgray.config.args import add_plan_args
 from pgray.errors import run_cli
 
 
@@ -43,8 +44,6 @@ def parser() -> argparse.ArgumentParser:
                    help="everything Ray says: Tune's full trial tables and every worker's log"
                         " (default: pgray's own lines, one per finished trial, and the"
                         " warnings that matter)")
-    from pgray.benchmark import add_plan_args
-
     add_plan_args(p)
     return p
 
@@ -52,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from pgray.config.search_space import load_search_space, resolve_space_path
-    from pgray.pipelines.sweep import SweepRequest, run_sweep
+    from pgray.pipelines.components.sweep_request import SweepRequest
+    from pgray.pipelines.sweep import run_sweep
 
     space = load_search_space(resolve_space_path(args.config or "demo"))
     if args.plan:

@@ -196,7 +196,7 @@ class Resources:
 class RankAgreement:
     """After the pick, the sweep's trials on the test split with a short suite (the proxy's
     own two attacks and their worst case), and how well the proxy ranked them
-    (pgray.pipelines.rank_agreement). Test numbers never reach the search or the pick."""
+    (pgray.tracking.rank_agreement). Test numbers never reach the search or the pick."""
 
     enabled: bool = True
     # per target; None: every completed or early-stopped trial with a checkpoint; a cap

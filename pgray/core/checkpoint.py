@@ -23,6 +23,10 @@ from pgray.core.model import PatchGuard
 from pgray.errors import CheckpointError, ConfigError, PgrayError, first_line
 from pgray.io import atomic_write
 
+# The names a training's files go by, in its output folder and inside each Ray Train
+# checkpoint: the checkpoint (the last epoch), and the proxy-selected weights beside it.
+CHECKPOINT_FILE = "checkpoint.pt"
+SELECTED_FILE = "best.pt"
 FORMAT_TAG = "pgray-patchguard-checkpoint"
 FORMAT_VERSION = 1
 # Config fields that change the parameter set; the rest (dropout, top_k, smoothing) do not.

@@ -1,10 +1,12 @@
 """Evaluation jobs on a pool of Ray actors that grows as jobs arrive and shrinks when none wait.
 
 The pool knows jobs only through `job.key`, `job.cost` and `job.label()`, and workers only
-through `make_worker(assigned_gpus=..., node=...)` and `worker.run(job, *inputs)`, where
-`inputs(job)` (optional) gives object references that Ray resolves on the actor's node: how a
-file on the driver's disk (a checkpoint) reaches an actor on another machine. What a cluster
-shared with training needs:
+through `make_worker(assigned_gpus=..., node=...)` and `worker.run(job, *inputs)`. Where
+`shared_file(job)` (optional) names a file on the driver's disk that the job needs (a
+checkpoint), by a key and a path, the pool puts its bytes into Ray's object store once per key
+and hands them to `run` as the one input (Ray resolves them on the actor's node: how the file
+reaches an actor on another machine); the copy is freed when the last job of its key is done.
+What a cluster shared with training needs:
 - it never holds more actors than the cluster's total resources fit, counting every resource
   an actor asks for (an actor that can never be scheduled would keep its jobs forever);
 - actors are created when jobs wait and ended when none do, so their GPUs go back to the
@@ -56,7 +58,8 @@ class EvalPool:
 
     def __init__(self, make_worker: Callable[..., Any], *, cpus: float, gpus: float,
                  max_actors: int, max_retries: int, on_result: Callable[[Job, Any], None],
-                 progress: bool = True, inputs: Callable[[Job], list] | None = None) -> None:
+                 progress: bool = True,
+                 shared_file: Callable[[Job], tuple[str, str]] | None = None) -> None:
         import ray
 
         from pgray.errors import ClusterError
@@ -79,7 +82,9 @@ class EvalPool:
         self._running: dict[Any, tuple[Job, Any]] = {}  # future -> (job, actor)
         self._lost: dict[str, int] = {}  # job key -> actors lost while running it
         self._on_result = on_result
-        self._inputs = inputs or (lambda job: [])
+        self._shared_file = shared_file
+        self._blobs: dict[str, Any] = {}  # file key -> object ref of its bytes
+        self._users: dict[str, int] = {}  # file key -> its jobs not done yet
         self._progress = JobProgress([], progress)
         self.failures: list[tuple[Job, str]] = []  # jobs that failed in their own code
         self.peak_actors = 0
@@ -92,6 +97,9 @@ class EvalPool:
         """Queue the jobs not queued before; returns how many were new."""
         new = [j for j in jobs if j.key not in self._seen]
         self._seen.update(j.key for j in new)
+        for job in new if self._shared_file is not None else ():
+            key = self._shared_file(job)[0]
+            self._users[key] = self._users.get(key, 0) + 1
         self._progress.expect(new)
         self._queue(new)
         return len(new)
@@ -117,6 +125,27 @@ class EvalPool:
             ray.kill(self._idle.pop())
             self._actors -= 1
 
+    def _inputs(self, job: Job) -> list:
+        """The object reference of the job's shared file (put once per key), or nothing."""
+        if self._shared_file is None:
+            return []
+        import ray
+
+        key, path = self._shared_file(job)
+        if key not in self._blobs:
+            with open(path, "rb") as handle:
+                self._blobs[key] = ray.put(handle.read())
+        return [self._blobs[key]]
+
+    def _done_with(self, job: Job) -> None:
+        """The job will not run again: free its file's copy once no other job needs it."""
+        if self._shared_file is None:
+            return
+        key = self._shared_file(job)[0]
+        self._users[key] -= 1
+        if self._users[key] == 0:
+            self._blobs.pop(key, None)
+
     def poll(self, timeout: float | None = 0.0) -> int:
         """Hand on every finished result (waiting up to `timeout` for the first one)."""
         import ray
@@ -137,6 +166,7 @@ class EvalPool:
                 self._job_failed(job, actor, err)
                 continue
             self._idle.append(actor)
+            self._done_with(job)
             self._on_result(job, result)
             self._progress.update(job, {k: j for k, (j, _) in self._running.items()})
             done += 1
@@ -162,6 +192,7 @@ class EvalPool:
 
         cause = getattr(err, "cause", None) or err
         self.failures.append((job, first_line(cause)))
+        self._done_with(job)
         warnings.warn(f"evaluation {job.label()} failed: {first_line(cause)}", stacklevel=2)
         if actor is not None:
             self._idle.append(actor)

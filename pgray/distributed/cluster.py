@@ -128,6 +128,15 @@ def resolve_worker_gpus(gpus: float | None, *, allow_cpu: bool, where: str) -> f
     return float(gpus)
 
 
+def resolve_resources(resources, where: str):
+    """A run's trial resources (`pgray.config.search_sections.Resources`) with GPUs per worker
+    decided on the connected cluster (`resolve_worker_gpus`; `where` names the key)."""
+    import dataclasses
+
+    return dataclasses.replace(resources, gpus_per_worker=resolve_worker_gpus(
+        resources.gpus_per_worker, allow_cpu=resources.allow_cpu, where=where))
+
+
 SHARED_TRACKING_ENV = "PGRAY_SHARED_TRACKING_FS"
 
 

@@ -91,6 +91,19 @@ def node_problems(marker: str | None, roots: list[str]) -> list[str]:
     return problems
 
 
+def join_checked(address: str | None, uri: str, storage: str | None, roots: list[str], *,
+                 worker_logs: bool = True) -> str:
+    """Join Ray (`pgray.distributed.cluster.connect`), then refuse a tracking store some node
+    cannot log to, and a storage or dataset root some node cannot use: what every run checks
+    before it submits anything. Returns what was joined."""
+    from pgray.distributed.cluster import check_tracking_reachable, connect
+
+    joined = connect(address, worker_logs=worker_logs)
+    check_tracking_reachable(uri)
+    check_nodes(storage, [r for r in roots if r])
+    return joined
+
+
 def check_nodes(storage: str | None, roots: list[str]) -> None:
     """Refuse, before any work is submitted, a storage or a dataset root that some node which
     can run work does not see. `storage`: where checkpoints go (None: nothing is trained)."""

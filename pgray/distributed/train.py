@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_FILE = "checkpoint.pt"  # the file inside each Ray Train checkpoint folder
+from pgray.core.checkpoint import CHECKPOINT_FILE
+
 # The result key naming a reported checkpoint as a URI every node can open (s3://..., gs://...,
 # or an absolute path): Ray's own `checkpoint_path` leaves the filesystem out.
 CHECKPOINT_URI = "checkpoint_uri"
@@ -224,6 +225,15 @@ def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: lis
         ),
     )
     return trainer.fit()
+
+
+def train_to_file(experiment: dict[str, Any], launch: TrainLaunch, dest: Path) -> Path:
+    """One Ray Train run of `experiment`, its final checkpoint copied to `dest` (a plain
+    pgray file); the run's error raised here."""
+    result = run_training(experiment, launch)
+    if result.error is not None:
+        raise result.error
+    return copy_result_checkpoint(result, dest)
 
 
 def copy_result_checkpoint(result, dest: Path) -> Path:

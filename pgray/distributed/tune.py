@@ -17,7 +17,9 @@ from ray.tune import Callback
 
 from pgray.config.search_sections import Resources, Target
 from pgray.config.search_space import OBJECTIVE_SCALAR, SearchSpace
+from pgray.distributed.sweep_context import SweepContext
 from pgray.distributed.train import CHECKPOINT_URI
+from pgray.distributed.trial_summaries import summarise, summary_of_trial
 from pgray.distributed.tune_targets import (
     TARGET_KEY,
     TIME_ATTR,
@@ -27,6 +29,7 @@ from pgray.distributed.tune_targets import (
     remember_results,
 )
 from pgray.errors import ClusterError, PgrayError
+from pgray.tracking.trials import TrialSummary
 
 # Keys Tune adds to every result: not training metrics, never logged to MLflow as such.
 TUNE_KEYS = frozenset({
@@ -35,21 +38,6 @@ TUNE_KEYS = frozenset({
     "time_since_restore", "iterations_since_restore", "experiment_tag", "checkpoint_path",
     "should_checkpoint", CHECKPOINT_URI,
 })
-
-
-@dataclass
-class SweepContext:
-    """What every trial needs besides its sampled parameters (shipped via the object store)."""
-
-    space: SearchSpace
-    targets: dict[str, Target]
-    mlflow_uri: str
-    parent_run_id: str
-    train_storage: str
-    resources: Resources  # the space's, with gpus_per_worker resolved on this cluster
-    progress: bool = False
-    # per target, parameters fixed on top of the space (a clean twin: its target's best trial)
-    target_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def trial_run_key(sweep: str, trial_id: str) -> str:
@@ -270,11 +258,13 @@ class TrialRunsCallback(Callback):
 
 # --- feeding finished trials to the rest of the pipeline --------------------------------------
 # A feed is what the pipeline hands run_search: an object with `key`, `trial_done(trial,
-# trials)` (called for each trial that ends: completed, stopped early or errored) and `poll()`
-# (called at every step of Tune's loop). Live feeds by key: Tune pickles its callbacks with the experiment, so the callback holds a
-# key, never the feed (its actors and open files) itself; a restored experiment finds the
+# target_trials)` (called for each trial that ends: completed, stopped early or errored, with
+# every trial of its target so far; pgray's own TrialSummary records, never Tune's) and
+# `poll()` (called at every step of Tune's loop). Live feeds by key, each with the space its
+# trials are read with: Tune pickles its callbacks with the experiment, so the callback holds
+# a key, never the feed (its actors and open files) itself; a restored experiment finds the
 # feed its new driver registered under the same key.
-_FEEDS: dict[str, Any] = {}
+_FEEDS: dict[str, tuple[Any, SearchSpace]] = {}
 _CONTEXTS: dict[str, SweepContext] = {}  # live contexts by experiment path (TrialRunsCallback)
 
 
@@ -282,26 +272,29 @@ class FeedCallback(Callback):
     def __init__(self, key: str) -> None:
         self._key = key
 
-    def _feed(self) -> Any:
-        return _FEEDS.get(self._key)
+    def _trial_done(self, trial, trials) -> None:
+        if (found := _FEEDS.get(self._key)) is None:
+            return
+        feed, space = found
+        target = trial.config.get(TARGET_KEY)
+        feed.trial_done(summary_of_trial(trial, space), [
+            summary_of_trial(t, space) for t in trials if t.config.get(TARGET_KEY) == target])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if (feed := self._feed()) is not None:
-            feed.trial_done(trial, trials)
+        self._trial_done(trial, trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        if (feed := self._feed()) is not None:
-            feed.trial_done(trial, trials)
+        self._trial_done(trial, trials)
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        if (feed := self._feed()) is not None:
-            feed.poll()
+        if (found := _FEEDS.get(self._key)) is not None:
+            found[0].poll()
 
 
 # --- running and restoring the experiment -----------------------------------------------------
 @dataclass
 class SearchRun:
-    results: Any  # ray.tune.ResultGrid
+    trials: list[TrialSummary]  # every trial of the experiment, by target and id
     experiment_path: str
     max_concurrent: int
     resumed: bool
@@ -352,7 +345,7 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
     listen(path, ctx.space, total, console)
     _CONTEXTS[path] = ctx
     if feed is not None:
-        _FEEDS[feed.key] = feed
+        _FEEDS[feed.key] = (feed, ctx.space)
     if exists:
         tuner = tune.Tuner.restore(path, trainable=_trainable(ctx), resume_unfinished=True,
                                    resume_errored=True)
@@ -387,4 +380,5 @@ def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 
         _CONTEXTS.pop(path, None)
         listen(path, ctx.space, total, False)
     flush_all()  # the trials' runs, closed while the tracking store did not answer
-    return SearchRun(results, path, concurrent, resumed=exists, times=collected(path))
+    return SearchRun(summarise(results, ctx.space), path, concurrent, resumed=exists,
+                     times=collected(path))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config import EvalConfig
+from pgray.pipelines.components.rows import identity_columns
 
 
 def evaluate_checkpoint(
@@ -46,13 +47,10 @@ def evaluate_checkpoint(
     dataset = load_split(data_cfg, "test", model.img_size)
     out = ensure_dir(out)
     sha = file_sha256(checkpoint)
-    identity = {"dataset": data_cfg.dataset, "category": data_cfg.category,
-                "checkpoint_sha256": sha, "checkpoint_file": Path(checkpoint).name,
-                "detector": loaded.detector, "backbone_weights": loaded.backbone,
-                "data_fingerprint": split_fingerprint(dataset.samples, resolve_root(data_cfg)),
-                "split": _split(data_cfg), "mask_resize": data_cfg.mask_resize,
-                "pgray_version": pgray.__version__, "eval_version": EVAL_VERSION,
-                "git_commit": git_commit()} | loaded.describe()
+    identity = identity_columns(
+        data_cfg, checkpoint=checkpoint, sha256=sha, detector=loaded.detector, loaded=loaded,
+        fingerprint=split_fingerprint(dataset.samples, resolve_root(data_cfg)),
+        git_commit=git_commit())
     rows, outputs = evaluate_robustness(
         model, dataset, eval_cfg, device=device, identity=identity, progress=progress,
         keep=panel_indices(dataset, eval_cfg.n_panels),
@@ -66,7 +64,7 @@ def evaluate_checkpoint(
         "suite": to_dict(eval_cfg.suite),
         "dataset": data_cfg.dataset,
         "category": data_cfg.category,
-        "split": _split(data_cfg),
+        "split": identity["split"],
         "mask_resize": data_cfg.mask_resize,
         "pgray_version": pgray.__version__,
         "eval_version": EVAL_VERSION,
@@ -79,6 +77,3 @@ def evaluate_checkpoint(
     write_json(out / "metrics.json", result)
     return result
 
-
-def _split(data_cfg) -> str:
-    return data_cfg.visa_split if data_cfg.dataset == "visa" else "official"

@@ -3,7 +3,7 @@
 (the proxy's own two attacks, `pgray.core.proxy.proxy_members`, at
 final_eval.rank_agreement's steps and eps, and their per-image worst case), as jobs of the
 final stage's evaluation pool. What it gives: the rank agreement of proxy and test
-(`pgray.pipelines.rank_agreement`) and each trial's place on the clean/robust front.
+(`pgray.tracking.rank_agreement`) and each trial's place on the clean/robust front.
 
 Rows land in OUT/rank_agreement/results.parquet; a re-run skips the jobs done there."""
 
@@ -13,88 +13,26 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pgray.config.benchmark import DatasetEntry
 from pgray.config.search_sections import Target
 from pgray.config.search_space import SearchSpace
-from pgray.pipelines.trials import TrialSummary
+from pgray.core.checkpoint import CHECKPOINT_FILE
+from pgray.pipelines.components.checkpoint_files import fetch_trial_checkpoint
+from pgray.pipelines.components.jobs import BenchJob, jobs_for
+from pgray.pipelines.components.selection import chosen_trials
+from pgray.pipelines.components.specs import benchmark_config, short_grid
+from pgray.pipelines.components.targets import JobTarget
+from pgray.pipelines.runners.evaluations import Evaluations
+from pgray.pipelines.runners.queue import JobQueue
+from pgray.tracking.row_store import RowFolder
+from pgray.tracking.trials import TrialSummary
 
 RANK_DIR = "rank_agreement"
 RECIPE_ID = "recipe"  # the subject id of a target's recipe baseline (`recipe_id`)
-EVALUATED_STATES = ("completed", "stopped_early")
 
 
 def recipe_id(key: str) -> str:
     return f"{RECIPE_ID}:{key}"
-
-
-def short_members(space: SearchSpace) -> list:
-    """The proxy's two attacks (the protocol's mask attack, the suite's det_topk detection
-    attack) at the rank-agreement steps and eps: the same suite for every trial, whatever
-    training attack it searched."""
-    from pgray.core.proxy import proxy_members
-
-    fixed, fe = space.fixed_config(), space.final_eval
-    attack = dataclasses.replace(fixed.eval.attack, eps=fe.rank_eps)
-    train = dataclasses.replace(fixed.train, attack=attack,
-                                proxy_steps=fe.rank_agreement.steps)
-    return proxy_members(dataclasses.replace(fixed, train=train), fixed.eval.attack.precision)
-
-
-def short_grid(space: SearchSpace) -> tuple[list, tuple[tuple[str, str], ...]]:
-    """The job of one model (its clean scores and the short suite) and the suite's (name,
-    aims_at) per attack."""
-    from pgray.pipelines.benchmark_jobs import SHORT
-
-    members = short_members(space)
-    grid = [(SHORT, space.final_eval.rank_eps, [m.cfg for m in members], "linf")]
-    return grid, tuple((m.name, m.aims_at) for m in members)
-
-
-def short_job(space: SearchSpace, category: str, n_test: int):
-    """One model's job on a test split of `n_test` images, as the plan prices it."""
-    from pgray.config.base import to_dict
-    from pgray.pipelines.benchmark_jobs import BenchJob
-
-    (kind, eps, attacks, threat), = (grid := short_grid(space))[0]
-    fe = space.final_eval
-    return BenchJob(dataset="", root="", category=category, checkpoint="",
-                    checkpoint_sha256="", kind=kind, attacks=tuple(to_dict(a) for a in attacks),
-                    suite=None, eps=eps, mask_resize=space.fixed_config().data.mask_resize,
-                    batch_size=fe.batch_size, n_panels=0, n_test=n_test, threat=threat,
-                    members=grid[1])
-
-
-def rank_models(space: SearchSpace) -> int:
-    """Models per target the rank stage evaluates at most: the trials (max_trials of them
-    where capped) and the recipe baseline where one is trained."""
-    fe = space.final_eval
-    cap = fe.rank_agreement.max_trials or space.budget.trials
-    return min(space.budget.trials, cap) + int(fe.recipe_baseline and fe.enabled)
-
-
-def chosen_trials(trials: list[TrialSummary], space: SearchSpace
-                  ) -> dict[str, list[TrialSummary]]:
-    """Per target, the trials evaluated: every completed or early-stopped one with a
-    checkpoint, or, with max_trials, that many spread evenly over the ranking by the first
-    objective at the evaluated epoch (its best and its worst included)."""
-    cap = space.final_eval.rank_agreement.max_trials
-    objective = space.objectives[0]
-    sign = 1.0 if objective.mode == "max" else -1.0
-    out: dict[str, list[TrialSummary]] = {}
-    for target in sorted({t.target for t in trials}):
-        mine = [t for t in trials if t.target == target and t.state in EVALUATED_STATES
-                and t.checkpoint]
-
-        def rank_key(t: TrialSummary) -> tuple:
-            value = t.scores.get(objective.metric)
-            known = value is not None and value == value
-            return (not known, -sign * value if known else 0.0, t.trial_id)
-
-        mine.sort(key=rank_key)
-        if cap is not None and len(mine) > cap:
-            picks = sorted({round(i * (len(mine) - 1) / (cap - 1)) for i in range(cap)})
-            mine = [mine[i] for i in picks]
-        out[target] = mine
-    return out
 
 
 class RankStage:
@@ -102,20 +40,20 @@ class RankStage:
     queued on the final stage's pool the moment their checkpoints are here."""
 
     def __init__(self, space: SearchSpace, targets: dict[str, Target], out: Path,
-                 evaluations, progress: bool) -> None:
-        from pgray.tracking.row_store import read_rows
-
+                 evaluations: Evaluations, progress: bool) -> None:
         self.space, self.targets, self.evaluations = space, targets, evaluations
         self.folder = out / RANK_DIR
         self.progress = progress
-        self.done = {r["job_key"] for r in read_rows(self.folder)}
         self.grid, self.members = short_grid(space)
+        # the jobs' fields that come from a benchmark: no panels, the final evaluation's batch
+        self._cfg = dataclasses.replace(
+            benchmark_config(space, list(targets.values()), self.folder, 1), n_panels=0)
+        self._queue = JobQueue(self._cfg, RowFolder(self.folder), evaluations,
+                               jobs_of=self._jobs_of)
         self.subjects: dict[str, tuple[str, list[str]]] = {}  # id -> (target, job keys)
 
     def add_trials(self, trials: list[TrialSummary]) -> int:
         """Fetch and queue the chosen trials of every target; how many."""
-        from pgray.pipelines.train_eval import CHECKPOINT_FILE, fetch_trial_checkpoint
-
         chosen = chosen_trials(trials, self.space)
         count = 0
         for key, mine in chosen.items():
@@ -137,25 +75,17 @@ class RankStage:
 
     def add(self, subject: str, key: str, checkpoint: Path) -> None:
         """Queue one model's jobs (`subject`: a trial id, or `recipe_id(key)`)."""
-        from pgray.config.benchmark import DatasetEntry
-        from pgray.pipelines.benchmark_jobs import jobs_for
-        from pgray.pipelines.final_eval import benchmark_config
-
         target = self.targets[key]
-        cfg = dataclasses.replace(benchmark_config(self.space, [target], self.folder, 1),
-                                  n_panels=0)
         entry = DatasetEntry(dataset=target.dataset, root=target.root,
                              categories=[target.category], checkpoint=str(checkpoint),
                              options=dict(target.options))
-        jobs = [dataclasses.replace(j, members=self.members)
-                for j in jobs_for(cfg, entry, target.category, grid=self.grid)]
+        jobs = self._queue.enqueue(JobTarget(entry, target.category))
         self.subjects[subject] = (key, [j.key for j in jobs])
-        self.evaluations.add([j for j in jobs if j.key not in self.done], self._on_result)
 
-    def _on_result(self, job, result: dict[str, Any]) -> None:
-        from pgray.tracking.row_store import append_rows
-
-        append_rows(self.folder, result["rows"])
+    def _jobs_of(self, target: JobTarget) -> list[BenchJob]:
+        """A model's one short-suite job (its clean scores too)."""
+        return [dataclasses.replace(j, members=self.members) for j in
+                jobs_for(self._cfg, target.entry, target.category, grid=self.grid)]
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
         """Each subject's rows (after the pool finished)."""
@@ -175,7 +105,7 @@ class RankStage:
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The rank agreement of the evaluated trials, and per target the front's data: each
         trial's (and the recipe's) test numbers and the picked trial."""
-        from pgray.pipelines.rank_agreement import rank_agreement, values_on_test
+        from pgray.tracking.rank_agreement import rank_agreement, values_on_test
 
         ra = self.space.final_eval.rank_agreement
         rows = self.rows()

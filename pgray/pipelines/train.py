@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config import ExperimentConfig
+from pgray.core.checkpoint import CHECKPOINT_FILE, SELECTED_FILE
 from pgray.errors import CheckpointError
-
-CHECKPOINT_FILE = "checkpoint.pt"
-SELECTED_FILE = "best.pt"
+from pgray.pipelines.components.targets import validate_inputs
 
 
 @dataclass
@@ -47,31 +46,6 @@ class TrainResult:
     mlflow_hint: str
     # the proxy-selected weights (train.select_metric), None when nothing was selected
     selected_checkpoint: Path | None = None
-
-
-def validate_inputs(cfg: ExperimentConfig, seen: set[str] | None = None) -> None:
-    """Fail on a bad dataset, backbone, top-k or attention layer before any worker, Ray or
-    MLflow run starts. With `seen` (shared across calls), each distinct dataset is discovered
-    and each distinct architecture built once."""
-    import json
-
-    from pgray.config.base import to_dict
-    from pgray.core.model import PatchGuard
-    from pgray.data.dataset import discover_split
-
-    seen = set() if seen is None else seen
-    data_key = json.dumps(["data", to_dict(cfg.data)], sort_keys=True, default=str)
-    if data_key not in seen:
-        discover_split(cfg.data, "train")
-        seen.add(data_key)
-    layers = cfg.loss.attention_layers if cfg.loss.attention_lambda > 0 else []
-    model_key = json.dumps(["model", to_dict(cfg.model), layers], sort_keys=True, default=str)
-    if model_key not in seen:
-        model = PatchGuard(dataclasses.replace(cfg.model, pretrained=False, weights=None))
-        if layers:
-            with model.capture_attention(layers):
-                pass
-        seen.add(model_key)
 
 
 def _batch_params(cfg: ExperimentConfig, req: TrainRequest) -> dict[str, int]:
@@ -178,19 +152,11 @@ def _local_resume_state(checkpoint: Path, name: str) -> dict[str, Any] | None:
 def _connect_ray(req: TrainRequest, uri: str) -> tuple[str, float]:
     """Check the storage URI, join (or start) Ray, check that every node can log to `uri`;
     returns the resolved storage and GPUs per worker."""
-    from pgray.distributed.cluster import (
-        check_tracking_reachable,
-        connect,
-        resolve_storage,
-        resolve_worker_gpus,
-    )
-    from pgray.distributed.preflight import check_nodes
+    from pgray.distributed.cluster import resolve_storage, resolve_worker_gpus
+    from pgray.distributed.preflight import join_checked
 
     storage = resolve_storage(req.storage, req.out / "ray_storage")
-    connect(req.address)
-    check_tracking_reachable(uri)
-    roots = [req.config.data.root] if req.config.data.root else []
-    check_nodes(storage, roots)
+    join_checked(req.address, uri, storage, [req.config.data.root])
     gpus = resolve_worker_gpus(req.gpus_per_worker, allow_cpu=req.allow_cpu,
                                where="--gpus-per-worker")
     return storage, gpus
@@ -199,7 +165,7 @@ def _connect_ray(req: TrainRequest, uri: str) -> tuple[str, float]:
 def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,
                   checkpoint: Path) -> list:
     from pgray.core.checkpoint import read_checkpoint
-    from pgray.distributed.train import TrainLaunch, copy_result_checkpoint, run_training
+    from pgray.distributed.train import TrainLaunch, train_to_file
 
     launch = TrainLaunch(
         name=req.name, storage=storage, workers=req.workers,
@@ -207,8 +173,5 @@ def _train_on_ray(req: TrainRequest, storage: str, uri: str, run_id: str,
         max_failures=req.max_failures, mlflow_uri=uri, mlflow_run_id=run_id,
         progress=req.progress, step_hook=req.step_hook,
     )
-    result = run_training(req.config.to_dict(), launch)
-    if result.error is not None:
-        raise result.error
-    copy_result_checkpoint(result, checkpoint)
+    train_to_file(req.config.to_dict(), launch, checkpoint)
     return list(read_checkpoint(checkpoint)["extra"].get("history", []))

@@ -199,7 +199,7 @@ def _file_name(target: str) -> str:
 def rank_scatters(result, out: Path) -> list[Path]:
     """OUT/rank_<target>.png: each evaluated trial's proxy value against its test value, for
     clean and worst-case image AUROC, with the target's Spearman and Kendall."""
-    from pgray.pipelines.rank_agreement import coefficient_text
+    from pgray.tracking.rank_agreement import coefficient_text
 
     summary = result.rank_agreement
     targets = sorted({t for m, _ in SCATTER_METRICS for t in
@@ -230,7 +230,7 @@ def front_plots(result, out: Path) -> list[Path]:
     """OUT/front_<target>.png: every evaluated trial's test numbers, clean AD against
     worst-case AD and worst-case AD against worst-case AL, the Pareto front of each pair
     joined, the picked trial starred and the recipe baseline's point beside them."""
-    from pgray.pipelines.trials import pareto_front
+    from pgray.tracking.trials import pareto_front
 
     paths = []
     for target, entry in sorted(result.front.items()):

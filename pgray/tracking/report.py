@@ -318,7 +318,7 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
 
 
 def rank_table(summary: dict[str, Any]) -> Table | None:
-    from pgray.pipelines.rank_agreement import (
+    from pgray.tracking.rank_agreement import (
         AGREEMENT_HEAD,
         AGREEMENT_NOTE,
         agreement_rows,

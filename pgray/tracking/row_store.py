@@ -62,3 +62,15 @@ def append_rows(folder: Path, new_rows: Iterable[dict[str, Any]]) -> int:
 def row_key(row: dict[str, Any]) -> str:
     """A row's identity in the table: its job, and within a suite job its attack."""
     return row.get("row_key") or row["job_key"]
+
+
+class RowFolder:
+    """A results folder as the sink of jobs' results: which jobs it holds rows of (a re-run
+    skips them), and each result's rows appended as it lands."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.done = {r["job_key"] for r in read_rows(self.folder)}
+
+    def on_result(self, job: Any, result: dict[str, Any]) -> None:
+        append_rows(self.folder, result["rows"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgray.config.search_space import (
     OBJECTIVE_SCALAR,
@@ -12,11 +12,10 @@ from pgray.config.search_space import (
     scalarisation_text,
 )
 from pgray.io import write_json, write_text
+from pgray.tracking.records import SweepResult
+from pgray.tracking.trials import TrialSummary
 
 PAPER_STEPS = 1000  # the paper's evaluation attack length
-
-if TYPE_CHECKING:
-    from pgray.sweep import SweepResult, TrialSummary
 
 
 def write_best_configs(space: SearchSpace, best: dict[str, list[TrialSummary]],
@@ -147,7 +146,7 @@ def results_text(space: SearchSpace, result: SweepResult, brief: bool = False) -
 
 def rank_agreement_text(space: SearchSpace, summary: dict[str, Any]) -> str:
     """results.md's (and the console's) section: proxy vs test over the trials."""
-    from pgray.pipelines.rank_agreement import (
+    from pgray.tracking.rank_agreement import (
         AGREEMENT_HEAD,
         AGREEMENT_NOTE,
         agreement_rows,

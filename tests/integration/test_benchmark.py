@@ -216,10 +216,11 @@ def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp
 def test_an_actor_keeps_only_its_last_models(synthetic_root, checkpoints, monkeypatch):
     """An evaluation actor serves many checkpoints in turn; it kept every model it ever loaded
     on its device. Now the least recently used goes once MODELS_KEPT are loaded."""
-    from pgray.pipelines import benchmark_jobs
-    from pgray.pipelines.benchmark_jobs import CLEAN, JobEvaluator, jobs_for
+    from pgray.pipelines.components import job_worker
+    from pgray.pipelines.components.job_worker import JobEvaluator
+    from pgray.pipelines.components.jobs import CLEAN, jobs_for
 
-    monkeypatch.setattr(benchmark_jobs, "MODELS_KEPT", 1)
+    monkeypatch.setattr(job_worker, "MODELS_KEPT", 1)
     cfg = _config(synthetic_root, checkpoints)
     entry = cfg.datasets[0]
     clean = {c: next(j for j in jobs_for(cfg, entry, c) if j.kind == CLEAN)

@@ -125,10 +125,12 @@ def test_train_category_writes_and_logs_best_pt(synthetic_root, tmp_path, mlflow
 
 @pytest.mark.parametrize("select", [None, "proxy_score"])
 def test_sweep_fetches_the_selected_weights_of_a_trial(synthetic_root, tmp_path, select):
-    from pgray.core.checkpoint import load_checkpoint, read_checkpoint
+    from pgray.core.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint
     from pgray.core.fit import FitContext, fit
-    from pgray.distributed.train import CHECKPOINT_FILE
-    from pgray.pipelines.train_eval import evaluated_checkpoint, fetch_trial_checkpoint
+    from pgray.pipelines.components.checkpoint_files import (
+        evaluated_checkpoint,
+        fetch_trial_checkpoint,
+    )
 
     cfg = tiny_experiment(synthetic_root, train={"epochs": 2, "select_metric": select})
     trial_dir = tmp_path / "trial_checkpoint"
@@ -177,7 +179,8 @@ def test_sweep_ranks_trials_by_the_epoch_it_evaluates(synthetic_root):
     """Trial a has the better last epoch, trial b the better selected epoch (best.pt, the
     weights that are evaluated): b wins, and the tables say which epoch each score is of."""
     from pgray.config.search_space import space_from_dict
-    from pgray.pipelines.trials import select_best, summarise
+    from pgray.distributed.trial_summaries import summarise
+    from pgray.pipelines.components.selection import select_best
     from pgray.tracking.sweep_report import trials_table
 
     data = {"name": "rank", "fixed": {"data": {"dataset": "synthetic",

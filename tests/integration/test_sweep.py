@@ -27,7 +27,8 @@ from pgray.config.base import to_dict
 from pgray.config.search_sections import Target
 from pgray.config.search_space import space_from_dict
 from pgray.errors import ClusterError
-from pgray.pipelines.trials import TrialSummary, pareto_front, select_best
+from pgray.pipelines.components.selection import select_best
+from pgray.tracking.trials import TrialSummary, pareto_front
 
 REPO = Path(__file__).resolve().parents[2]
 LAMBDA_HUGE = 30000.0  # makes the attention term dominate the loss: ASHA must stop it

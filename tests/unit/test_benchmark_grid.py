@@ -11,7 +11,7 @@ from pgray.config import AttackConfig, SuiteConfig
 from pgray.config.base import from_dict, to_dict
 from pgray.config.benchmark import BenchmarkConfig
 from pgray.errors import ConfigError, PgrayError
-from pgray.pipelines.benchmark_jobs import CHECK, SUITE, BenchJob, job_grid
+from pgray.pipelines.components.jobs import CHECK, SUITE, BenchJob, job_grid
 
 ENTRY = [{"dataset": "synthetic"}]
 
@@ -94,7 +94,7 @@ def _bench(ckpt, roots) -> BenchmarkConfig:
 def test_entries_that_share_a_checkpoint_but_not_their_data_are_separate_jobs(tmp_path):
     """Two entries of one dataset, category and checkpoint on two roots (two copies of the
     data, one of them changed) used to collapse into one job: one copy went unevaluated."""
-    from pgray.pipelines.benchmark_jobs import expand_jobs
+    from pgray.pipelines.components.jobs import expand_jobs
 
     jobs = expand_jobs(_bench(*_checkpoint_and_roots(tmp_path, (0, 1))))
     assert len(jobs) == 4  # clean and the suite at eps 8, per root
@@ -113,9 +113,13 @@ def _row(job, attack: str = "clean", **extra) -> dict:
 def test_rows_of_older_code_or_other_data_are_recomputed_not_reused(tmp_path, mlflow_uri):
     """An OUT folder filled by an older evaluation version, or on a test split that has
     changed since, is evaluated again on a re-run without --force."""
-    from pgray.pipelines.benchmark import BenchmarkRun
-    from pgray.pipelines.benchmark_jobs import jobs_for
-    from pgray.tracking.tables import append_rows
+    from pgray.config.benchmark import ActorConfig
+    from pgray.pipelines.components.jobs import jobs_for
+    from pgray.pipelines.components.targets import JobTarget
+    from pgray.pipelines.runners.evaluations import Evaluations
+    from pgray.pipelines.runners.queue import JobQueue
+    from pgray.tracking.benchmark_run import BenchmarkRun
+    from pgray.tracking.tables import append_rows, read_rows
 
     ckpt, roots = _checkpoint_and_roots(tmp_path)
     cfg, out = _bench(ckpt, roots), tmp_path / "out"
@@ -126,26 +130,32 @@ def test_rows_of_older_code_or_other_data_are_recomputed_not_reused(tmp_path, ml
     append_rows(out, [_row(dataclasses.replace(suite, eval_version=1), "worst_case"),
                       _row(dataclasses.replace(suite, data_fingerprint="0123456789abcdef"),
                            "protocol"), _row(clean)])
-    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=None, force=False,
-                       progress=False)
-    assert [j.key for j in run.jobs_of(entry, "disc")] == [suite.key]
+    run = BenchmarkRun(cfg.name, out, mlflow_uri=mlflow_uri, parent_run_id=None, force=False)
+    evaluations = Evaluations(ActorConfig(), sequential=True, progress=False)
+    queue = JobQueue(cfg, run, evaluations)
+    # every job of the target is the run's (its tables show both); only the suite runs again
+    assert queue.enqueue(JobTarget(entry, "disc")) == [clean, suite]
+    evaluations.finish()
+    assert run.ran == 1
+    assert {r["job_key"] for r in read_rows(out)} >= {clean.key, suite.key}
 
 
 def test_a_failed_run_leaves_results_marked_incomplete_and_no_cards(tmp_path, mlflow_uri):
     """A job failed: results.md and report.html say first that they are incomplete, no card
     is written and an earlier run's cards are gone; the finished rows stay for the re-run."""
-    from pgray.pipelines.benchmark import BenchmarkRun
+    from pgray.pipelines.components.jobs import jobs_for
+    from pgray.tracking.benchmark_finish import finish_benchmark
+    from pgray.tracking.benchmark_run import BenchmarkRun
     from pgray.tracking.tables import append_rows, read_rows
 
     ckpt, roots = _checkpoint_and_roots(tmp_path)
     cfg, out = _bench(ckpt, roots), tmp_path / "out"
     (out / "cards").mkdir(parents=True)
     (out / "cards" / "patchguard__synthetic__disc__linf.json").write_text("{}")
-    run = BenchmarkRun(cfg, out, mlflow_uri=mlflow_uri, parent_run_id=None, force=False,
-                       progress=False)
-    clean, suite = run.jobs_of(cfg.entries()[0], "disc")
+    run = BenchmarkRun(cfg.name, out, mlflow_uri=mlflow_uri, parent_run_id=None, force=False)
+    clean, suite = jobs_for(cfg, cfg.entries()[0], "disc")
     append_rows(out, [_row(clean)])
-    result = run.finalize([(suite, "RuntimeError: boom")])
+    result = finish_benchmark(run, cfg, {clean.key, suite.key}, [(suite, "RuntimeError: boom")])
     text = (out / "results.md").read_text()
     assert text.startswith("# Benchmark t\n\n**Incomplete: 1 of 2 evaluation jobs failed"
                            " (synthetic/disc protocol_suite_eps8: RuntimeError: boom)")
@@ -175,8 +185,8 @@ def test_a_job_failing_in_this_process_is_reported_and_the_others_go_on(tmp_path
     """Sequential evaluations fail as the actors do: the failed job is named, the others'
     results land (before, the first error ended the run before results were written)."""
     from pgray.config.benchmark import ActorConfig
-    from pgray.pipelines.benchmark_jobs import jobs_for
-    from pgray.pipelines.train_eval import Evaluations
+    from pgray.pipelines.components.jobs import jobs_for
+    from pgray.pipelines.runners.evaluations import Evaluations
 
     ckpt, roots = _checkpoint_and_roots(tmp_path)
     cfg = _bench(ckpt, roots)

@@ -225,7 +225,7 @@ def _training_file(path, model, config, epochs_done, selected=None):
 
 def test_a_best_pt_left_by_an_earlier_run_is_never_evaluated(tmp_path):
     from pgray.core.checkpoint import write_selected
-    from pgray.pipelines.train_eval import evaluated_checkpoint
+    from pgray.pipelines.components.checkpoint_files import evaluated_checkpoint
 
     config = experiment()
     model = build(config)
@@ -246,7 +246,10 @@ def test_a_best_pt_left_by_an_earlier_run_is_never_evaluated(tmp_path):
 
 
 def test_fetching_a_run_that_selected_nothing_removes_an_earlier_best_pt(tmp_path):
-    from pgray.pipelines.train_eval import evaluated_checkpoint, fetch_trial_checkpoint
+    from pgray.pipelines.components.checkpoint_files import (
+        evaluated_checkpoint,
+        fetch_trial_checkpoint,
+    )
 
     config = experiment()
     model = build(config)

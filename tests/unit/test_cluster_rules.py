@@ -36,7 +36,7 @@ def test_an_s3_checkpoint_keeps_its_scheme():
 
 
 def test_checkpoint_bytes_from_the_driver_are_checked_before_use(tmp_path, monkeypatch):
-    from pgray.pipelines.benchmark_jobs import node_copy
+    from pgray.pipelines.components.job_worker import node_copy
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import hashlib
@@ -69,7 +69,7 @@ def test_a_searched_value_the_model_cannot_take_is_refused_on_the_driver(synthet
     from pgray.config import tiny_model_config
     from pgray.config.base import to_dict
     from pgray.config.search_space import space_from_dict
-    from pgray.pipelines.train_eval import check_targets, resolve_targets
+    from pgray.pipelines.components.targets import check_targets, resolve_targets
 
     space = space_from_dict({
         "name": "layers",

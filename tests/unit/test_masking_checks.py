@@ -144,8 +144,8 @@ def test_the_random_patch_search_changes_one_square_and_is_seeded(trained, test_
 def test_the_benchmark_schedules_a_large_budget_check_per_threat():
     from pgray.config.base import from_dict, to_dict
     from pgray.config.benchmark import BenchmarkConfig
-    from pgray.pipelines.benchmark_jobs import CHECK as CHECK_JOB
-    from pgray.pipelines.benchmark_jobs import BenchJob, job_grid
+    from pgray.pipelines.components.jobs import CHECK as CHECK_JOB
+    from pgray.pipelines.components.jobs import BenchJob, job_grid
 
     cfg = from_dict(BenchmarkConfig, {
         "datasets": [{"dataset": "synthetic"}], "eps": [8.0],

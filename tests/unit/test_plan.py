@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import tiny_experiment
 
-from pgray.pipelines.plan import (
-    Cluster,
-    Piece,
-    estimate,
-    proxy_epochs,
-    proxy_image_steps,
-    step_image_steps,
-    training_piece,
-)
-from pgray.pipelines.plan_speed import (
+from pgray.pipelines.plan.cluster import Cluster
+from pgray.pipelines.plan.costs import proxy_epochs, proxy_image_steps, step_image_steps
+from pgray.pipelines.plan.estimate import Piece, estimate, training_piece
+from pgray.pipelines.plan.speed import (
     ASSUMED_UTILISATION,
     PEAK_TFLOPS,
     GpuSpeed,
@@ -103,7 +97,7 @@ def test_assumed_table_is_labelled_and_a_profile_replaces_it(tmp_path, monkeypat
 def test_sweep_plan_counts_clean_twins_and_extra_seeds():
     from pgray.config.base import to_dict
     from pgray.config.search_space import load_search_space, space_from_dict
-    from pgray.pipelines.plan import sweep_pieces
+    from pgray.pipelines.plan.pieces import sweep_pieces
 
     demo = load_search_space("search_spaces/demo.yaml")  # 2 categories, 3 trials, twins on
     data = to_dict(demo)
@@ -132,7 +126,7 @@ def test_sweep_plan_counts_clean_twins_and_extra_seeds():
 
 
 def test_wall_time_adds_waves_evaluations_and_fixed_costs():
-    from pgray.pipelines.plan import FixedCosts
+    from pgray.pipelines.plan.estimate import FixedCosts
 
     speed = GpuSpeed(gflop_per_step=1.0, fixed=1e-3)  # 989 image-steps/s in bf16
     rate = speed.rate(16, "bf16")
@@ -155,7 +149,7 @@ def test_cpu_rate_is_measured_once_then_cached(tmp_path, monkeypatch):
     import tempfile
 
     from pgray.config import tiny_model_config
-    from pgray.pipelines.plan_speed import CpuSpeed, calibration_file, cpu_rate
+    from pgray.pipelines.plan.speed import CpuSpeed, calibration_file, cpu_rate
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     cfg = tiny_model_config(img_size=32)

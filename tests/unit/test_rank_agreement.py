@@ -1,4 +1,4 @@
-"""Rank agreement of proxy and test (pgray.pipelines.rank_agreement), the trials it evaluates,
+"""Rank agreement of proxy and test (pgray.tracking.rank_agreement), the trials it evaluates,
 its short suite on a real model, and its config section."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pytest
 from pgray.config.base import from_dict
 from pgray.config.search_sections import FinalEval
 from pgray.errors import ConfigError
-from pgray.pipelines.rank_agreement import (
+from pgray.tracking.rank_agreement import (
     RANK_METRICS,
     agreement,
     rank_agreement,
     values_on_test,
 )
-from pgray.pipelines.trials import TrialSummary
+from pgray.tracking.trials import TrialSummary
 
 PROXY = {"clean_image_auroc": "proxy_clean_image_auroc",
          "worst_image_auroc": "proxy_worst_image_auroc",
@@ -140,7 +140,7 @@ def _space(**final_eval):
 
 
 def test_a_cap_keeps_trials_spread_over_the_proxy_ranking():
-    from pgray.pipelines.rank_eval import chosen_trials
+    from pgray.pipelines.components.selection import chosen_trials
 
     scores = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.7, "e": 0.3}
     trials = [_trial(t, "synthetic/disc", {}, score=s) for t, s in scores.items()]
@@ -175,9 +175,9 @@ def test_the_short_suite_is_the_proxys_two_attacks_on_the_test_split(tmp_path):
     from test_benchmark_grid import _checkpoint_and_roots
 
     from pgray.config.benchmark import DatasetEntry
-    from pgray.pipelines.benchmark_jobs import SHORT, JobEvaluator, jobs_for
-    from pgray.pipelines.final_eval import benchmark_config
-    from pgray.pipelines.rank_eval import short_grid
+    from pgray.pipelines.components.job_worker import JobEvaluator
+    from pgray.pipelines.components.jobs import SHORT, jobs_for
+    from pgray.pipelines.components.specs import benchmark_config, short_grid
 
     space = _space(rank_agreement={"steps": 3, "eps": 6.0}, batch_size=4)
     grid, members = short_grid(space)

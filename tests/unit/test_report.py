@@ -119,8 +119,7 @@ def _model_rows(clean: float, worst: float, **extra) -> list[dict]:
 def _sweep_report(tmp_path, benchmarks: dict[str, tuple[list, dict]]):
     """The sweep's page over hand-made final benchmarks (rank -> rows, proxies)."""
     from pgray.config.search_space import load_search_space, resolve_space_path
-    from pgray.pipelines.benchmark import BenchmarkResult
-    from pgray.pipelines.sweep import SweepResult
+    from pgray.tracking.records import BenchmarkResult, SweepResult
     from pgray.tracking.report import sweep_report_data
 
     results = []
@@ -237,11 +236,11 @@ def test_a_sweep_report_shows_the_rank_agreement_and_the_front(tmp_path):
     trials' front on the test split (the pick and the recipe marked), from the figures the
     sweep writes into OUT; without them the page says it was not measured."""
     from pgray.config.search_space import load_search_space, resolve_space_path
-    from pgray.pipelines.rank_agreement import RANK_METRICS, rank_agreement
-    from pgray.pipelines.sweep import SweepResult
-    from pgray.pipelines.trials import TrialSummary
     from pgray.tracking.plots import front_plots, rank_scatters
+    from pgray.tracking.rank_agreement import RANK_METRICS, rank_agreement
+    from pgray.tracking.records import SweepResult
     from pgray.tracking.report import sweep_report_data
+    from pgray.tracking.trials import TrialSummary
 
     values = {"a": (0.2, 0.9, 0.3), "b": (0.6, 0.5, 0.6), "c": (0.9, 0.1, 0.2)}
     trials = [TrialSummary(trial_id=t, target="synthetic/disc", params={}, metrics={

@@ -303,7 +303,7 @@ def test_missing_file_and_non_mapping_are_named(tmp_path):
 
 
 def test_clean_twin_is_the_sweeps_config_trained_clean_with_one_proxy():
-    from pgray.pipelines.final_eval import clean_twin_space
+    from pgray.pipelines.components.specs import clean_twin_space
 
     space = load_search_space(SPACES / "demo.yaml")
     twin = clean_twin_space(space)
@@ -320,7 +320,7 @@ def test_clean_twin_drops_the_keys_of_the_adversarial_terms():
     """A robust search's best trial mixes objectives and weighs a TRADES term; its twin
     trains clean, where those keys mean nothing (and would not validate)."""
     from pgray.config.search_sections import Target
-    from pgray.pipelines.final_eval import clean_twin_params, clean_twin_space
+    from pgray.pipelines.components.specs import clean_twin_params, clean_twin_space
 
     space = load_search_space(SPACES / "robust_demo.yaml")
     params = {"train.image_score_share": 0.55, "train.attack.eps": 2.0,
@@ -339,7 +339,7 @@ def test_clean_twin_drops_the_keys_of_the_adversarial_terms():
 
 def test_seeds_retrain_the_best_config_with_each_other_seed():
     from pgray.config.search_sections import Target
-    from pgray.pipelines.final_eval import benchmark_config, seeds_space
+    from pgray.pipelines.components.specs import benchmark_config, seeds_space
 
     space = space_from_dict(_with("seeds", [2, 0, 1]))
     assert space.fixed_config().train.seed == 0 and space.extra_seeds() == [2, 1]

@@ -70,7 +70,7 @@ def test_passes_of_each_method():
 
 
 def test_plan_costs_a_training_from_the_step_passes(tmp_path):
-    from pgray.pipelines.plan import step_image_steps, training_image_steps
+    from pgray.pipelines.plan.costs import step_image_steps, training_image_steps
 
     pgd10 = tiny_experiment(tmp_path, train={"attack": {"steps": 10}})
     assert step_image_steps(pgd10) == 20 + 4 * 1.5  # an update pass also grads the weights

@@ -72,7 +72,7 @@ def test_rows_of_several_seeds_show_their_mean_and_interval_across_seeds():
 def test_each_seed_has_its_own_checkpoint_and_job():
     from pgray.config.base import from_dict
     from pgray.config.benchmark import BenchmarkConfig
-    from pgray.pipelines.benchmark_jobs import checkpoint_path
+    from pgray.pipelines.components.targets import checkpoint_path
 
     cfg = from_dict(BenchmarkConfig, {"seeds": [3, 4], "datasets": [
         {"dataset": "synthetic", "checkpoint": "/c/{category}/checkpoint.pt",

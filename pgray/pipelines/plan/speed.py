@@ -1,4 +1,4 @@
-"""How fast a device does image-steps, for `--plan` (pgray/pipelines/plan.py).
+"""How fast a device does image-steps, for `--plan` (pgray/pipelines/plan/).
 
 An image-step is one forward and one backward pass to the input of one image, weights frozen
 (a PGD step). Its rate comes from:

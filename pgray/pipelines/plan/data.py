@@ -29,26 +29,27 @@ def plan_targets(entries) -> list[tuple[Any, str]]:
     `all` with nothing there, the layout's known categories (their sizes are then assumed)."""
     from pgray.data.registry import get_layout
     from pgray.errors import DatasetError
+    from pgray.pipelines.components.targets import categories_of
 
     out = []
     for entry in entries:
-        layout = get_layout(entry.dataset)
         try:
-            cats = layout.select_categories(entry_root(entry), entry.categories)
-            out += [(entry, c) for c in cats]
+            cats = categories_of(entry)
         except DatasetError:
+            layout = get_layout(entry.dataset)
             cats = list(layout.categories) if entry.categories == "all" else list(entry.categories)
-            out += [(entry, c) for c in cats]
+        out += [(entry, c) for c in cats]
     return out
 
 
-def entry_root(entry) -> str:
-    from pgray.config import DataConfig
+def here_root(entry) -> str:
+    """The entry's dataset as a folder on this machine where it is here, else its root as
+    given (the plan then assumes its sizes)."""
     from pgray.data.dataset import resolve_root
     from pgray.errors import DatasetError
+    from pgray.pipelines.components.targets import entry_data
 
     try:
-        return str(resolve_root(DataConfig(dataset=entry.dataset, root=entry.root,
-                                           options=dict(entry.options))))
+        return str(resolve_root(entry_data(entry)))
     except DatasetError:
         return entry.root
