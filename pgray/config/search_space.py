@@ -18,18 +18,13 @@ from typing import Any, Literal
 
 from pgray.config.base import check, from_dict, load_yaml
 from pgray.config.experiment import ExperimentConfig, merge
-from pgray.config.keys import (
-    apply_params,
-    canonical,
-    check_applies,
-    resolve_key,
-)
+from pgray.config.keys import apply_params, check_applies, resolve_key
+from pgray.config.param_spec import ParamSpec, canonical
 from pgray.config.search_sections import (
     Budget,
     DatasetTargets,
     FinalEval,
     Objective,
-    ParamSpec,
     Resources,
     Scheduler,
     Target,
