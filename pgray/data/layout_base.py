@@ -1,8 +1,6 @@
-"""Dataset layouts registered by name: `get_layout("mvtec").discover(root, "bottle", "train", {})`.
-
-A layout knows a dataset family's categories and folder rules and turns a tree into `Sample`s;
-it never reads pixels. Layout classes live in `pgray.data.layouts` and register themselves with
-`@register`; `get_layout` imports that module on first use.
+"""The base of the dataset layouts (`DatasetLayout`): a layout knows a dataset family's
+categories and folder rules and turns a tree into `Sample`s; it never reads pixels. The layouts
+themselves live in `pgray.data.layouts`, the table of them by name in `pgray.data.registry`.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from pgray.errors import DatasetError
 SPLITS = ("train", "test")
 # Passed to every layout by `load_split`; only VisA reads it, the others accept and ignore it.
 COMMON_OPTIONS = frozenset({"visa_split"})
-
-_LAYOUTS: dict[str, DatasetLayout] = {}
 
 
 class DatasetLayout:
@@ -142,32 +138,3 @@ class DatasetLayout:
     ) -> list[Path]:
         """The images that get a generated foreground mask: the train split's."""
         return [s.image_path for s in self.discover(root, category, "train", options)]
-
-
-def register(cls: type[DatasetLayout]) -> type[DatasetLayout]:
-    """Class decorator: make a layout available to `get_layout` under `cls.name`."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _LAYOUTS:
-        raise ValueError(f"dataset layout {cls.name!r} registered twice")
-    _LAYOUTS[cls.name] = cls()
-    return cls
-
-
-def _load_builtin() -> None:
-    import pgray.data.layouts  # noqa: F401  (registers the built-in layouts on import)
-
-
-def list_datasets() -> list[str]:
-    _load_builtin()
-    return sorted(_LAYOUTS)
-
-
-def get_layout(name: str) -> DatasetLayout:
-    _load_builtin()
-    layout = _LAYOUTS.get(name)
-    if layout is None:
-        raise DatasetError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(sorted(_LAYOUTS))}"
-        )
-    return layout
