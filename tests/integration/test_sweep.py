@@ -209,10 +209,10 @@ def _runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id], max_results=200)
 
 
-# The second trial's training attack: its first epoch (2 steps x 2 batches x 40 PGD steps,
+# The second trial's training attack: its first epoch (2 steps x 2 batches x 20 PGD steps,
 # several times the other trials' epochs: seconds on a 2-core host) lasts dozens of polls, so
 # the first run is killed while that trial trains, after the first one ended.
-SLOW_STEPS = 40
+SLOW_STEPS = 20
 POLL_S = 0.1
 
 
