@@ -24,8 +24,9 @@ from typing import Any
 import _timing as tm
 import torch
 
-from pgray.attacks.pgd import attack, frozen
+from pgray.attacks.pgd import attack
 from pgray.attacks.torchattacks_adapter import torchattacks_attack
+from pgray.attacks.trajectory import frozen
 from pgray.config import AttackConfig, ModelConfig, tiny_model_config
 from pgray.core.model import PatchGuard
 

@@ -88,8 +88,8 @@ def epoch_rate(make, epochs: int = 1) -> tuple[float, float]:
 
 def consumption() -> list[tuple[str, float]]:
     """Images/s one GPU consumes, per training method: peak x utilization / (GFLOP per pass x
-    passes per image), passes from pgray.core.step.step_passes."""
-    from pgray.core.step import step_passes
+    passes per image), passes from pgray.config.passes.step_passes."""
+    from pgray.config.passes import step_passes
     from pgray.pipelines.plan.speed import VITS_GFLOP_PER_IMAGE_STEP
 
     out = []

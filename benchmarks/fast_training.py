@@ -126,7 +126,7 @@ def main() -> int:
             train_s[m] = json.loads(saved.read_text()).get("train_s") if saved.is_file() else None
         if m not in (REFERENCE, "clean-trained") and train_s[m] is not None:
             (folder / "results.json").write_text(json.dumps({"train_s": train_s[m]}))
-    from pgray.core.step import passes_per_image
+    from pgray.config.passes import passes_per_image
 
     passes = {m: passes_per_image(config(args, root, m)) for m in methods}
     print("timing epochs side by side...", file=sys.stderr, flush=True)

@@ -6,7 +6,7 @@ Trains with pgray's own loop (`pgray.core.fit`, one process, one thread, no Ray)
 the demo's trial (search_spaces/demo.yaml: N-FGSM, proxy PGD-5 on 64 pairs) and one shaped like
 the reference (PGD-10 training, proxy PGD-10 on four pseudo-anomalies per held-out image, a
 tenth of the train split held out) on a tiny ViT. Each runs with `proxy_every` left to pgray's
-default (`core.step.default_proxy_every`: about 10 % of the run from counted passes) and with a
+default (`config.passes.default_proxy_every`: about 10 % of the run from counted passes) and with a
 proxy every epoch (the old default). Prints the time in proxies over the time in training epochs
 (target: at most 10 % at the default) and the epochs that ran one.
 """
@@ -85,7 +85,7 @@ def main() -> int:
     epochs = 8 if args.quick else args.epochs
     import torch
 
-    from pgray.core.step import PROXY_SHARE
+    from pgray.config.passes import PROXY_SHARE
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,9 @@ import math
 import torch
 from torch import nn
 
+from pgray.attacks.trajectory import Best, TrajectoryObjectives, judged_objective, pgd_trajectory
 from pgray.config import AttackConfig
+from pgray.core.device import autocast
 
 
 def patch_side(eps: float, height: int, width: int) -> int:
@@ -54,13 +56,10 @@ def patch_mask(corners: torch.Tensor, side: int, height: int, width: int) -> tor
     return inside.unsqueeze(1)
 
 
-def patch_pgd(model: nn.Module, x0: torch.Tensor, objectives, cfg: AttackConfig, seed: int,
-              on_step=None) -> torch.Tensor:
+def patch_pgd(model: nn.Module, x0: torch.Tensor, objectives: TrajectoryObjectives,
+              cfg: AttackConfig, seed: int, on_step=None) -> torch.Tensor:
     """Per image, the most harmful (place, patch) over `cfg.positions` places x
     `cfg.restarts` starts, each a PGD trajectory of `cfg.steps` sign steps, best iterate kept."""
-    from pgray.attacks.pgd import Best, _pgd_run, judged_objective
-    from pgray.core.device import autocast
-
     _, _, height, width = x0.shape
     side = patch_side(cfg.eps, height, width)
     gen = torch.Generator(device=x0.device)
@@ -81,8 +80,8 @@ def patch_pgd(model: nn.Module, x0: torch.Tensor, objectives, cfg: AttackConfig,
                 start = x0.clone()
             offset = run * cfg.steps
             step_cb = None if on_step is None else (lambda i, o=offset: on_step(o + i + 1))
-            x, best = _pgd_run(model, start, (lo, hi), cfg.alpha_unit, cfg.steps, objectives,
-                               cast, cfg.keep_best, step_cb)
+            x, best = pgd_trajectory(model, start, (lo, hi), cfg.alpha_unit, cfg.steps,
+                                     objectives, cast, cfg.keep_best, step_cb)
             final = judged_objective(model, x, objectives.judge, cast())
             if best is not None:
                 best.update(x, final)

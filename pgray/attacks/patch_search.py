@@ -23,7 +23,7 @@ from torch import nn
 
 from pgray.attacks.objectives import make_objective
 from pgray.attacks.patch import patch_corners, patch_mask, patch_side
-from pgray.attacks.pgd import (
+from pgray.attacks.trajectory import (
     Best,
     eval_mode,
     frozen,

@@ -58,7 +58,8 @@ from pgray.attacks.objectives import (
     make_objective,
     mask_objective,
 )
-from pgray.attacks.pgd import attack, eval_mode, frozen, input_gradient
+from pgray.attacks.pgd import attack
+from pgray.attacks.trajectory import eval_mode, frozen, input_gradient
 from pgray.config import AttackConfig, SuiteConfig
 from pgray.core.device import resolve_precision, strict_fp32
 from pgray.errors import ConfigError

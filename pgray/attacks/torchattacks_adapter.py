@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pgray.attacks.objectives import make_objective, positive_scale
-from pgray.attacks.pgd import (
+from pgray.attacks.trajectory import (
     Best,
     eval_mode,
     frozen,

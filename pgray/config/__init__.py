@@ -3,7 +3,8 @@
 - `base`: the one validator (`from_dict`), `check`, `check_eps`, YAML loading.
 - `experiment`: one experiment (data, model, pseudo, loss, train, eval sections).
 - `pseudo`: the pseudo-anomaly generator's parameters (the `pseudo` section).
-- `search_space` and `keys`: what a sweep searches, and dotted config keys.
+- `search_space`, `search_sections`, `param_spec` and `keys`: what a sweep searches (one
+  searched key's distribution in `param_spec`), and dotted config keys.
 - `benchmark`: a benchmark grid.
 - `args`: command-line flags shared by the commands, turned into an ExperimentConfig.
 - `search_spaces/`: the built-in search spaces (package data).

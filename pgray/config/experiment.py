@@ -137,7 +137,7 @@ class TrainConfig:
     seed: int = 0
     adversarial: bool = True  # False drops the two PGD terms (the clean baseline)
     attack: AttackConfig = field(default_factory=AttackConfig)
-    # How the training attack is made (pgray.core.step.TRAIN_ATTACKS): pgd, the reference,
+    # How the training attack is made (pgray.config.passes.TRAIN_ATTACKS): pgd, the reference,
     # uses `attack` as given (PGD-10); fgsm_rs, nfgsm and pgd2 are cheaper single- or
     # two-step methods at attack.eps. Never changed silently: rows and runs record it.
     attack_method: Literal["pgd", "fgsm_rs", "nfgsm", "pgd2"] = "pgd"
@@ -162,7 +162,7 @@ class TrainConfig:
     # eps would otherwise be tested at that smaller eps, an easier test, not a better model.
     proxy_eps: float | None = None
     # Epochs between proxies (the first and the last epoch always have one). None: the
-    # proxy takes about 10 % of the run (pgray.core.step.default_proxy_every: every 9
+    # proxy takes about 10 % of the run (pgray.config.passes.default_proxy_every: every 9
     # epochs at the reference); a sweep with ASHA fixes it to a divisor of its grace period.
     proxy_every: int | None = None
     # pseudo-anomalies drawn per held-out normal image: a finer proxy from few images

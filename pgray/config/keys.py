@@ -5,31 +5,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
 import typing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgray.config.base import check, to_dict
 from pgray.config.experiment import ExperimentConfig, merge
+from pgray.config.param_spec import ParamSpec
 from pgray.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pgray.config.search_sections import ParamSpec
 
 # Keys the sweep owns: the data section is set per target, epochs come from the budget, and
 # the held-out proxy (its images, anomalies, attacks and epochs) is the study's fixed test.
 RESERVED_PREFIXES = ("data.", "train.epochs", "train.proxy_", "train.holdout_fraction")
 
 _INDEX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
-
-
-def is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
 
 
 def check_applies(fixed: dict[str, Any], params: dict[str, Any], where: str) -> None:

@@ -18,18 +18,14 @@ from typing import Any, Literal
 
 from pgray.config.base import check, from_dict, load_yaml
 from pgray.config.experiment import ExperimentConfig, merge
-from pgray.config.keys import (
-    apply_params,
-    canonical,
-    check_applies,
-    resolve_key,
-)
+from pgray.config.keys import apply_params, check_applies, resolve_key
+from pgray.config.param_spec import ParamSpec, canonical
+from pgray.config.passes import default_proxy_every
 from pgray.config.search_sections import (
     Budget,
     DatasetTargets,
     FinalEval,
     Objective,
-    ParamSpec,
     Resources,
     Scheduler,
     Target,
@@ -147,8 +143,6 @@ class SearchSpace:
     def _rung_proxy_every(self, base: dict[str, Any]) -> int:
         """The largest divisor of the grace period at most the cost-derived default (1 when
         the reduction factor is not an integer: rungs then fall on arbitrary epochs)."""
-        from pgray.core.step import default_proxy_every
-
         sched = self.scheduler
         if not float(sched.reduction_factor).is_integer():
             return 1

@@ -41,11 +41,12 @@ class FitContext:
 
 def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     """Train for cfg.train.epochs (resuming from ctx.resume_state); returns the last metrics."""
+    from pgray.config.passes import default_proxy_every, proxy_due
     from pgray.core.checkpoint import save_checkpoint
     from pgray.core.device import enable_tf32, on_device, resolve_precision
     from pgray.core.model import PatchGuard
     from pgray.core.ranks import seed_rank
-    from pgray.core.step import build_optimizer, default_proxy_every, proxy_due, train_epoch
+    from pgray.core.step import build_optimizer, train_epoch
     from pgray.core.training_data import (
         build_datasets,
         describe_batch,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pgray.data.decode import decode_sample
 from pgray.data.samples import Sample
 
 FORMAT_VERSION = 1
@@ -108,7 +109,6 @@ def decoded_split(samples: Sequence[Sample], img_size: int, mask_resize: str,
 
 def _build(tmp: Path, samples: list[Sample], img_size: int, mask_resize: str,
            meta: dict) -> None:
-    from pgray.data.dataset import decode_sample
     from pgray.io import write_json
 
     shape = (len(samples), img_size, img_size)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pgray.data.imageio import open_image
-from pgray.data.registry import SPLITS, get_layout
+from pgray.data.layout_base import SPLITS
+from pgray.data.registry import get_layout
 from pgray.data.samples import Sample
 from pgray.errors import DatasetError
 

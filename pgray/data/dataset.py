@@ -10,26 +10,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pgray.data.imageio import (
-    MASK_RULES,
-    MaskResize,
-    cover_mask,
-    load_binary,
-    load_rgb,
-    resize_mask,
-    resize_rgb_u8,
-    to_unit,
-)
+from pgray.data.cache import COVER_BIT, FOREGROUND_BIT, MASK_BIT, decoded_split
+from pgray.data.decode import decode_sample
+from pgray.data.imageio import MASK_RULES, MaskResize, to_unit
 from pgray.data.registry import get_layout
 from pgray.data.samples import Sample
 from pgray.errors import DatasetError
 
 if TYPE_CHECKING:
     from pgray.config import DataConfig
-
-# A foreground mask pixel counts above mid-grey: robust to soft or re-encoded masks.
-FOREGROUND_THRESHOLD = 127
-
 
 class ADDataset(Dataset):
     """Images resized with Lanczos to img_size x img_size, in [0, 1].
@@ -73,8 +62,6 @@ class ADDataset(Dataset):
         if self.cache is None:
             rgb, mask, cover, foreground = decode_sample(sample, self.img_size, self.mask_resize)
         else:
-            from pgray.data.cache import COVER_BIT, FOREGROUND_BIT, MASK_BIT
-
             rgb, flags = self.cache.row(index)
             mask, cover, foreground = (flags & MASK_BIT > 0, flags & COVER_BIT > 0,
                                        flags & FOREGROUND_BIT > 0)
@@ -94,7 +81,6 @@ def _open_cache(samples: list[Sample], img_size: int, mask_resize: str, cache_di
     be written: a read-only or full disk slows training down, it does not stop it."""
     import warnings
 
-    from pgray.data.cache import decoded_split
     from pgray.io import OutputError
 
     try:
@@ -103,32 +89,6 @@ def _open_cache(samples: list[Sample], img_size: int, mask_resize: str, cache_di
         warnings.warn(f"decode cache under {cache_dir} not usable ({err}); decoding the"
                       " source images at every epoch instead", stacklevel=3)
         return None
-
-
-def decode_sample(sample: Sample, img_size: int, mask_resize: MaskResize = "nearest"
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A sample's pixels at img_size from its files: rgb uint8 (S, S, 3) and the bool (S, S)
-    mask (by `mask_resize`: what pixel metrics score), its cover (what unit labels come from)
-    and the foreground (all set without a foreground file)."""
-    img = load_rgb(sample.image_path)
-    rgb = resize_rgb_u8(img, img_size)
-    if sample.mask_path is None:
-        mask = cover = np.zeros((img_size, img_size), bool)
-    else:
-        raw = load_binary(sample.mask_path)
-        if (raw.shape[1], raw.shape[0]) != img.size:
-            raise DatasetError(
-                f"{sample.mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
-                f"{sample.image_path.name} is {img.size[0]}x{img.size[1]} (masks must match)"
-            )
-        mask = resize_mask(raw, img_size, mask_resize)
-        cover = cover_mask(raw, img_size)
-    if sample.foreground_path is None:
-        foreground = np.ones((img_size, img_size), bool)
-    else:
-        raw = load_binary(sample.foreground_path, FOREGROUND_THRESHOLD)
-        foreground = resize_mask(raw, img_size, "nearest")
-    return rgb, mask, cover, foreground
 
 
 def resolve_root(data_cfg: DataConfig) -> Path:

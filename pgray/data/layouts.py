@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pgray.data.registry import DatasetLayout, register
+from pgray.data.layout_base import DatasetLayout
 from pgray.data.samples import (
     Sample,
     anomalous_samples,
@@ -60,7 +60,6 @@ class MVTecLike(DatasetLayout):
         return out
 
 
-@register
 class MVTec(MVTecLike):
     name = "mvtec"
     categories = (
@@ -70,7 +69,6 @@ class MVTec(MVTecLike):
     textures = ("carpet", "grid", "leather", "tile", "wood")
 
 
-@register
 class MPDD(MVTecLike):
     name = "mpdd"
     categories = (
@@ -78,14 +76,12 @@ class MPDD(MVTecLike):
     )  # fmt: skip
 
 
-@register
 class WFDD(MVTecLike):
     name = "wfdd"
     categories = ("grey_cloth", "grid_cloth", "pink_flower", "yellow_cloth")
     textures = categories
 
 
-@register
 class DTDSynthetic(MVTecLike):
     name = "dtd_synthetic"
     categories = (
@@ -95,7 +91,6 @@ class DTDSynthetic(MVTecLike):
     textures = categories
 
 
-@register
 class Synthetic(MVTecLike):
     """The procedural dataset of `pgray.data.synthetic` (MVTec layout)."""
 
@@ -106,7 +101,6 @@ class Synthetic(MVTecLike):
     option_names = frozenset({"seed", "size", "n_train", "n_test"})
 
 
-@register
 class BTAD(MVTecLike):
     name = "btad"
     categories = ("01", "02", "03")
@@ -115,7 +109,6 @@ class BTAD(MVTecLike):
     mask_rule = "ground_truth/<defect>/<stem>.png (or <stem>_mask.png)"
 
 
-@register
 class HeadCT(MVTecLike):
     name = "headct"
     categories = ("headct",)
@@ -123,7 +116,6 @@ class HeadCT(MVTecLike):
     mask_rule = "ground_truth/<anomaly>/<stem>_mask.<ext>"
 
 
-@register
 class BraTS2021(MVTecLike):
     """2-D FLAIR slices; masks sit in `ground_truth/` (or a per-anomaly subfolder) named with
     "seg" where the image has "flair"."""
@@ -148,7 +140,6 @@ class BraTS2021(MVTecLike):
         return [Sample(img, 1, images[img], mask, None) for img, mask in pairs.items()]
 
 
-@register
 class VisA(DatasetLayout):
     """Raw VisA: `<cat>/Data/Images/{Normal,Anomaly}`, `<cat>/Data/Masks/Anomaly/<stem>.png`.
 
@@ -281,7 +272,6 @@ class VisA(DatasetLayout):
         return list_images(require_dir(base / "Data" / "Images" / "Normal", "VisA normal images"))
 
 
-@register
 class Folder(DatasetLayout):
     """A generic layout: options `normal_dir`, `abnormal_dir`, `mask_dir` (relative to the root,
     or to `<root>/<category>` when a category is given).
@@ -366,3 +356,8 @@ class Folder(DatasetLayout):
         ]
         pairs = pair_masks(list(images), masks, self.mask_rule)
         return [Sample(img, 1, images[img], mask, None) for img, mask in pairs.items()]
+
+
+# What `pgray.data.registry` registers by name on import.
+BUILTIN_LAYOUTS = (MVTec, MPDD, WFDD, DTDSynthetic, Synthetic, BTAD, HeadCT, BraTS2021, VisA,
+                   Folder)

@@ -22,6 +22,7 @@ import torch
 
 from pgray.config import DataConfig, ModelConfig
 from pgray.config.detector import DetectorConfig
+from pgray.config.passes import TRAIN_ATTACKS
 from pgray.errors import CheckpointError, ConfigError
 from pgray.io import atomic_write
 
@@ -55,8 +56,6 @@ class Loaded:
             train = cfg.train
             if not train.adversarial:
                 return out | {"train_method": "clean"}
-            from pgray.core.step import TRAIN_ATTACKS
-
             steps = TRAIN_ATTACKS[train.attack_method].get("steps", train.attack.steps)
             return out | {"train_method": "adversarial", "train_attack": train.attack_method,
                           "train_eps": float(train.attack.eps), "train_steps": int(steps)}

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from localcluster import LocalCluster, free_ports
+from cluster_base import alive, free_ports
+from localcluster import LocalCluster
 
 from pgray.config import tiny_model_config
 from pgray.config.base import to_dict
@@ -86,8 +87,6 @@ class Deployment:
 
     def only_nodes(self, *names: str) -> None:
         """Exactly these worker nodes up (what earlier tests stopped or added is undone)."""
-        from localcluster import alive
-
         for name in list(self.cluster.state["nodes"]):
             if name not in names and alive(self.cluster.pid(name)):
                 self.cluster.stop_node(name)
@@ -109,8 +108,6 @@ def deployment(tmp_path_factory):
         yield Deployment(cluster, data)
     finally:
         cluster.down()
-        from localcluster import alive
-
         assert not any(alive(p) for p in cluster.state.get("pids", {}).values())
 
 

@@ -185,7 +185,10 @@ def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        cfg = _config(synthetic_root, checkpoints, eps=[2.0, 4.0, 8.0], steps=[25],
+        # When each node has finished a job, six remain, three per actor, each a PGD-50 over
+        # its category's test split: hundreds of passes, many polls long, so the node is
+        # removed with work left whatever the host's speed.
+        cfg = _config(synthetic_root, checkpoints, eps=[2.0, 4.0, 8.0], steps=[50],
                       actors={"count": 2, "cpus": 0.5, "max_retries": 4})
         out = tmp_path / "bench"
         box: dict = {}
@@ -197,7 +200,7 @@ def test_node_lost_mid_benchmark_every_job_once(synthetic_root, checkpoints, tmp
             done = read_rows(out) if (out / "results.parquet").exists() else []
             if len({r["node"] for r in done}) == 2:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         cluster.remove_node(nodes[1])
         worker.join(timeout=300)
         assert not worker.is_alive() and "result" in box

@@ -8,7 +8,8 @@ import torch
 from helpers import tiny_experiment
 
 from pgray.attacks.pgd import attack
-from pgray.core.step import passes_per_image, training_attack
+from pgray.config.passes import passes_per_image
+from pgray.core.step import training_attack
 
 
 @pytest.mark.parametrize("method, steps, passes", [

@@ -210,6 +210,28 @@ def _runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id], max_results=200)
 
 
+# The second trial's training attack: its first epoch (2 steps x 2 batches x 20 PGD steps,
+# several times the other trials' epochs: seconds on a 2-core host) lasts dozens of polls, so
+# the first run is killed while that trial trains, after the first one ended.
+SLOW_STEPS = 20
+POLL_S = 0.1
+
+
+def _kill_when_first_trial_ended(proc: subprocess.Popen, exp_dir: Path, log: Path) -> dict:
+    """The trial states Tune had saved when the first trial ended: the moment the first run
+    is SIGKILLed (Tune saves its state at every step of its loop in that run)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        states = _experiment_states(exp_dir)
+        if "TERMINATED" in states.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return states
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(POLL_S)
+    pytest.fail("no trial finished within 240 s")
+
+
 @pytest.mark.slow
 def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_root, tmp_path):
     config = tmp_path / "tiny.yaml"
@@ -219,6 +241,12 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     space = tiny_space(synthetic_root, objectives=MARGIN_AND_LOSS,
                        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2,
                                   "weights": [1.0, 0.001]})
+    # the huge-lambda trial, second, trains with SLOW_STEPS: the window the kill falls in;
+    # Optuna's third trial draws its steps on a log scale (mostly few)
+    space["search"]["train.attack.steps"] = {"type": "int", "low": 2, "high": SLOW_STEPS,
+                                             "log": True}
+    space["start_points"] = [point | {"train.attack.steps": steps} for point, steps in
+                             zip(space["start_points"], (2, SLOW_STEPS))]
     space["final_eval"]["clean_baseline"] = True  # the best config retrained without attacks
     space["final_eval"]["recipe_baseline"] = True  # the fixed config, nothing searched
     space["seeds"] = [0, 1]  # and again with seed 1 (the trials ran seed 0)
@@ -231,20 +259,13 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     env.pop("RAY_ADDRESS", None)
     log = (tmp_path / "first.log").open("w")
     exp_dir = out / "ray" / "tiny"
-    proc = subprocess.Popen(_sweep_cmd(config, out, "--quiet"), cwd=tmp_path, env=env, stdout=log,
+    # Tune saves the trial states at every step of its loop (by default at most every 10 s,
+    # which could let the slow trial end before the first one was seen ended)
+    proc = subprocess.Popen(_sweep_cmd(config, out, "--quiet"), cwd=tmp_path,
+                            env=env | {"TUNE_GLOBAL_CHECKPOINT_S": "0"}, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            states = _experiment_states(exp_dir)
-            if "TERMINATED" in states.values():
-                break
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("no trial finished within 240 s")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        states = _kill_when_first_trial_ended(proc, exp_dir, tmp_path / "first.log")
         kill_processes_mentioning(ray_tmp)  # the killed driver's Ray dies with it
         finished_before = sorted(t for t, s in states.items() if s == "TERMINATED")
         assert len(finished_before) == 1, states
@@ -284,7 +305,8 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     assert (next(exp_dir.glob(f"*{first_id}*")) / "result.json").read_text() == first_result
     first = trials[first_id]
     assert first["state"] == "completed" and first["epochs"] == 2
-    assert first["params"] == {"loss.attention_lambda": 0.0, "pseudo.min_size": 10}
+    assert first["params"] == {"loss.attention_lambda": 0.0, "pseudo.min_size": 10,
+                               "train.attack.steps": 2}
 
     # ASHA (its rungs replayed from the first run) stopped the huge-lambda trial after epoch 1
     huge = [t for t in trials.values() if t["params"]["loss.attention_lambda"] == LAMBDA_HUGE

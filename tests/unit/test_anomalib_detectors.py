@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgray.attacks.objectives import image_signs, mask_objective, unit_labels
-from pgray.attacks.pgd import attack, frozen
+from pgray.attacks.pgd import attack
+from pgray.attacks.trajectory import frozen
 from pgray.config import AttackConfig
 from pgray.core.metrics import image_auroc
 from pgray.detectors.anomalib_models import ANOMALIB_DETECTORS, build, imagenet_normalize

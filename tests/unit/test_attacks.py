@@ -15,8 +15,9 @@ from pgray.attacks.objectives import (
     make_objective,
     mask_objective,
 )
-from pgray.attacks.pgd import attack, frozen
+from pgray.attacks.pgd import attack
 from pgray.attacks.torchattacks_adapter import TwoClassView, torchattacks_attack
+from pgray.attacks.trajectory import frozen
 from pgray.config import AttackConfig
 from pgray.core.metrics import image_auroc
 from pgray.errors import ConfigError

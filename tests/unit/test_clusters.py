@@ -380,7 +380,7 @@ def test_readme_commands_bind_to_localhost():
 def test_the_local_cluster_listens_on_loopback_only():
     """clusters/local starts every service on 127.0.0.1 and the worker nodes on 127.0.0.x;
     the Ray head keeps its dashboard on loopback and its token authentication on."""
-    source = (ROOT / "clusters" / "local" / "localcluster.py").read_text()
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "clusters" / "local").glob("*.py")))
     for needle in ('"--dashboard-host=127.0.0.1"', '"-ip.bind=127.0.0.1"',
                    '"--host", "127.0.0.1"', '"-h", "127.0.0.1"', '"RAY_AUTH_MODE": "token"',
                    'f"127.0.0.{i}"'):

@@ -9,7 +9,8 @@ import pytest
 
 from pgray.config import ExperimentConfig
 from pgray.config.keys import apply_params
-from pgray.config.search_sections import ParamSpec, Target
+from pgray.config.param_spec import ParamSpec
+from pgray.config.search_sections import Target
 from pgray.config.search_space import load_search_space, space_from_dict
 from pgray.errors import ConfigError
 

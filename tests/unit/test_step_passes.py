@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import tiny_experiment
 
-from pgray.core.step import CLEAN, StepPasses, step_passes, step_passes_of, train_step
+from pgray.config.passes import CLEAN, StepPasses, step_passes, step_passes_of
+from pgray.core.step import train_step
 
 BATCH = 2
 
@@ -83,7 +84,7 @@ def test_plan_costs_a_training_from_the_step_passes(tmp_path):
 
 def test_default_proxy_every_keeps_the_proxy_near_a_tenth_of_the_run():
     from pgray.config import ExperimentConfig
-    from pgray.core.step import (
+    from pgray.config.passes import (
         PROXY_SHARE,
         default_proxy_every,
         proxies_run,

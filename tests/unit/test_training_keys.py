@@ -12,6 +12,7 @@ import torch
 from helpers import tiny_experiment
 
 import pgray.attacks.pgd as pgd
+import pgray.attacks.trajectory as trajectory
 from pgray.config import ExperimentConfig
 from pgray.core.losses import patchguard_loss, trades_kl
 from pgray.core.model import PatchGuard
@@ -43,7 +44,7 @@ class ObjectiveCounter:
     def __init__(self, monkeypatch) -> None:
         self.built: list[str] = []
         self.calls: Counter[str] = Counter()
-        real = pgd.make_objective
+        real = trajectory.make_objective
 
         def counting(labels, kind, **kwargs):
             objective = real(labels, kind, **kwargs)
@@ -55,7 +56,7 @@ class ObjectiveCounter:
 
             return counted
 
-        monkeypatch.setattr(pgd, "make_objective", counting)
+        monkeypatch.setattr(trajectory, "make_objective", counting)
 
 
 # ---------------------------------------------------------------- the training attack's objective

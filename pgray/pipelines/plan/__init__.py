@@ -3,7 +3,7 @@ many run at once, and an estimate of device-hours and wall time, without running
 
 Costs are counted in image-steps (one forward and one backward pass to the input of one
 image, weights frozen): a PGD step is one. A training step's passes per normal image come from
-`pgray.core.step.step_passes` (24 at PGD-10: 2 x 10 attack passes, 4 update passes; 6 at
+`pgray.config.passes.step_passes` (24 at PGD-10: 2 x 10 attack passes, 4 update passes; 6 at
 N-FGSM); an update pass also computes the weights' gradient and costs 1.5 image-steps, a
 forward-only pass 0.5, so a PGD-10 training step costs 26 image-steps per normal image. A
 training also runs the held-out proxy at its proxy epochs (`proxy_image_steps`). A sweep's

@@ -1,5 +1,5 @@
 """The plan's arithmetic: image-steps of one training (steps, held-out proxy) and FLOPs per
-image-step of a model, from the same code that trains (`pgray.core.step.step_passes`)."""
+image-step of a model, from the same code that trains (`pgray.config.passes.step_passes`)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ UPDATE_PASS_COST, FORWARD_PASS_COST = 1.5, 0.5
 
 def step_image_steps(exp_cfg) -> float:
     """Image-steps of one training step per normal image, from the step's own pass count."""
-    from pgray.core.step import step_passes_of
+    from pgray.config.passes import step_passes_of
 
     p = step_passes_of(exp_cfg)
     return p.attack + FORWARD_PASS_COST * p.judge + UPDATE_PASS_COST * p.update
@@ -56,7 +56,7 @@ def training_image_steps(exp_cfg, n_train: int) -> float:
 def proxy_epochs(exp_cfg, n_train: int) -> int:
     """How many epochs run the held-out proxy (as core.fit: the first, the last, and every
     proxy_every-th, which defaults to about 10 % of the run)."""
-    from pgray.core.step import default_proxy_every, proxies_run
+    from pgray.config.passes import default_proxy_every, proxies_run
 
     n_pairs = held_out(exp_cfg, n_train) * exp_cfg.train.proxy_repeats
     if n_pairs == 0:
