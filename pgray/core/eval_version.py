@@ -46,6 +46,8 @@ HISTORY: tuple[tuple[int, str], ...] = (
     (2, "3542eaf66d24dc540ad424a022588bf34127f919af55fe90c2f851a13096ddd2"),
     # the proxy's score margin added beside the AUROC (no row's meaning changed)
     (2, "0b0704eb8ff34fc0910df99814cafcc1608e38af77d2e4320eeb2ee8192129aa"),
+    # issue 30: the PGD trajectory moved to attacks/trajectory.py (no row's meaning changed)
+    (2, "d1e527e623146c3b3e55c23022febeea413ceddf9612003421faccdaf64ce87a"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 
