@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 MIN_TRIALS = 3
+# Below this many trials a percentile bootstrap cannot show the uncertainty: with 3
+# concordant trials every resample is concordant too, and the interval reads [1, 1].
+MIN_INTERVAL_TRIALS = 8
 METHODS = ("spearman", "kendall")
 # metric -> (the proxy's per-epoch key, the test row's attack, the test row's column). The
 # worst-case pixel AUROC is the per-image pick's, as the proxy computes it (the benchmark's
@@ -131,6 +134,8 @@ def agreement(pairs: Mapping[str, Sequence[tuple[float, float]]], *, bootstrap: 
                 replicates[method].append(reps)
         if reason:
             entry["reason"] = reason
+        elif len(x) < MIN_INTERVAL_TRIALS:
+            entry["note"] = few_trials_note(len(x))
         out["targets"][target] = entry
     defined = [t for t in out["targets"].values() if "reason" not in t]
     for method in METHODS:
@@ -148,7 +153,14 @@ def agreement(pairs: Mapping[str, Sequence[tuple[float, float]]], *, bootstrap: 
     if not defined:
         out["reason"] = "no target has a defined coefficient: " + "; ".join(
             f"{k}: {t['reason']}" for k, t in sorted(out["targets"].items()))
+    elif any("note" in t for t in defined):
+        out["note"] = few_trials_note(min(t["n"] for t in defined))
     return out
+
+
+def few_trials_note(n: int) -> str:
+    return (f"{n} trials: the bootstrap interval understates the uncertainty (it needs"
+            f" {MIN_INTERVAL_TRIALS} or more)")
 
 
 def rank_agreement(trials: Sequence, tests: Mapping[str, Mapping[str, float]], *,
@@ -205,7 +217,7 @@ AGREEMENT_HEAD = ["metric", "target", "n", "Spearman [95 % CI]", "Kendall [95 % 
 
 def _cells(metric: str, target: str, entry: Mapping[str, Any]) -> list[str]:
     return [metric, target, str(entry["n"]), coefficient_text(entry["spearman"]),
-            coefficient_text(entry["kendall"]), entry.get("reason", "")]
+            coefficient_text(entry["kendall"]), entry.get("reason", entry.get("note", ""))]
 
 
 def coefficient_text(c: Mapping[str, float | None]) -> str:

@@ -201,3 +201,19 @@ def test_the_short_suite_is_the_proxys_two_attacks_on_the_test_split(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in values.values())
     # the worst case is no better than clean on either side
     assert values["worst_image_auroc"] <= values["clean_image_auroc"]
+
+
+def test_few_trials_get_a_coefficient_and_a_note_that_the_interval_understates():
+    """Three concordant trials: every bootstrap resample is concordant, so the interval
+    collapses to [1, 1]; the table says that it cannot be read as certainty."""
+    from pgray.tracking.rank_agreement import MIN_INTERVAL_TRIALS, agreement, agreement_rows
+
+    few = agreement({"s/a": [(0.1, 0.2), (0.2, 0.3), (0.3, 0.5)]}, bootstrap=200)
+    assert few["spearman"] == {"value": 1.0, "lo": 1.0, "hi": 1.0}
+    assert few["targets"]["s/a"]["note"].startswith("3 trials: the bootstrap interval")
+    assert few["note"] == few["targets"]["s/a"]["note"]
+    rows = agreement_rows({"clean_image_auroc": few})
+    assert rows[0][-1].startswith("3 trials: the bootstrap interval understates")
+    enough = agreement({"s/a": [(i / 10, i / 9) for i in range(MIN_INTERVAL_TRIALS)]},
+                       bootstrap=200)
+    assert "note" not in enough and "note" not in enough["targets"]["s/a"]
