@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from pgray.config import ExperimentConfig, merge
@@ -51,3 +52,18 @@ SUITE_MEMBERS = [
      "steps": 100, "restarts": 2, "queries": 0},
     {"name": "square_det", "method": "square", "library": "torchattacks",
      "objective": "image_score", "steps": 0, "restarts": 1, "queries": 1000}]
+
+
+def file_imports(path: Path, with_names: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file, at any depth (function
+    bodies and TYPE_CHECKING blocks too); `with_names` adds each name imported from a module
+    (`from pgray.pipelines import benchmark` also imports pgray.pipelines.benchmark)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+            if with_names:
+                out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return out

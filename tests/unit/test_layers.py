@@ -9,6 +9,8 @@ import ast
 import re
 from pathlib import Path
 
+from helpers import file_imports
+
 PACKAGE = Path(__file__).resolve().parents[2] / "pgray"
 # Plain PyTorch (and numpy, PIL, ...): runs in a notebook or a unit test without Ray or MLflow.
 CORE = ("core", "attacks", "data", "pseudo", "config", "detectors")
@@ -22,14 +24,7 @@ def _modules(folder: str = "") -> list[Path]:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute module name) of every import in the file, at any depth."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.append((node.lineno, node.module))
-    return out
+    return file_imports(path)
 
 
 def _module_name(path: Path) -> str:

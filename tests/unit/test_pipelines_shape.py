@@ -6,8 +6,9 @@ Imports at any depth count, those under TYPE_CHECKING too."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from helpers import file_imports
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pgray"
 COMMANDS = {f"pgray.{p.stem}" for p in PACKAGE.glob("*.py")} - {
@@ -17,16 +18,7 @@ DRIVERS = {f"pgray.pipelines.{p.stem}" for p in PIPELINES.glob("*.py") if p.stem
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every absolute import in the file, and of every name imported from a
-    package (`from pgray.pipelines import benchmark` imports pgray.pipelines.benchmark)."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.append((node.lineno, node.module))
-            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
-    return out
+    return file_imports(path, with_names=True)
 
 
 def _bad(folder: Path, refused) -> list[str]:
