@@ -143,9 +143,11 @@ def test_benchmark_trains_at_once_and_evaluates_as_checkpoints_appear(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = synthetic_root
     train = tiny_experiment(root).to_dict()
-    # long enough that a training in a reused trial process (no start-up: about 0.7 s an
-    # epoch here) outlasts an evaluation actor's start (about 3.5 s)
-    train["train"] |= {"epochs": 8, "select_metric": "proxy_score"}
+    # long enough that the second wave of trainings (each 0.3 to 0.7 s an epoch in a reused
+    # trial process) outlasts an evaluation actor's start many times over: at 8 epochs a
+    # loaded 2-core host once started the first evaluation 0.3 s after the last training
+    # ended (the actor took 6.5 s to start); at 30 both scale with the host alike
+    train["train"] |= {"epochs": 30, "select_metric": "proxy_score"}
     cfg = from_dict(BenchmarkConfig, {
         "name": "gpus", "eps": [8.0], "steps": [2], "suite": "protocol", "n_panels": 0,
         "batch_size": 8, "train_missing": True, "seeds": [0, 1],
