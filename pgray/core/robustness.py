@@ -48,9 +48,14 @@ def suite_rows(model, dataset, eval_cfg: EvalConfig, eps: float, *, device: torc
 
 
 def budgets(eval_cfg: EvalConfig) -> list[tuple[str, float]]:
-    """(threat, eps) of every suite run: linf at `eval.eps`, then each of `eval.threats`."""
+    """(threat, eps) of every suite run: linf at `eval.eps`, then each of `eval.threats`,
+    l2 also at each certified radius (`eval.certify.radii`: the base detector's attacked
+    number beside the smoothed one's)."""
     out = [("linf", float(e)) for e in sorted(eval_cfg.eps) if e != 0]
-    return out + [(t.threat, float(e)) for t in eval_cfg.threats for e in sorted(t.eps)]
+    threats = {t.threat: {float(e) for e in t.eps} for t in eval_cfg.threats}
+    if eval_cfg.certify is not None:
+        threats["l2"] = threats.get("l2", set()) | {float(r) for r in eval_cfg.certify.radii}
+    return out + [(t, e) for t, eps in threats.items() for e in sorted(eps)]
 
 
 def check_threats(eval_cfg: EvalConfig) -> list[str]:
@@ -58,7 +63,7 @@ def check_threats(eval_cfg: EvalConfig) -> list[str]:
     the protocol suite)."""
     if eval_cfg.suite.name != "adaptive":
         return []
-    return ["linf", *(t.threat for t in eval_cfg.threats)]
+    return ["linf", *dict.fromkeys(t for t, _ in budgets(eval_cfg) if t != "linf")]
 
 
 def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,
