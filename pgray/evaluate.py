@@ -35,6 +35,21 @@ def add_attack_args(p: argparse.ArgumentParser) -> None:
                         " (0, 1), e.g. 0.02 0.05 (a patch PGD at several places)")
     t.add_argument("--patch-positions", type=int,
                    help="places tried per image by the patch members (default 4)")
+    c = p.add_argument_group("certification by percentile smoothing (docs/method.md,"
+                             " \"Certification\")")
+    c.add_argument("--certify", type=float, nargs="+", default=[], metavar="R",
+                   help="L2 radii to certify (--l2-eps's unit): per radius, the smoothed"
+                        " detector's certified AUROCs and AUPRO, the l2 suite's numbers"
+                        " against it, and the base detector's beside them")
+    c.add_argument("--certify-sigma", type=float, default=0.25,
+                   help="the Gaussian noise's scale on [0, 1] pixels (default 0.25)")
+    c.add_argument("--certify-samples", type=int, default=1000,
+                   help="noise samples per image (default 1000)")
+    c.add_argument("--certify-confidence", type=float, default=0.999,
+                   help="probability that all bounds of a row hold at once (default 0.999)")
+    c.add_argument("--certify-eot", type=int, default=8,
+                   help="noise samples averaged in each attack step on the smoothed detector"
+                        " (default 8)")
     g = p.add_argument_group("the paper protocol attack (exact reference PGD unless changed)")
     g.add_argument("--eps", type=float, nargs="+", default=[8.0],
                    help="L-inf radii in 1/255 units, e.g. --eps 2 4 8 (default 8)")
@@ -73,14 +88,24 @@ def threats_list(args: argparse.Namespace) -> list[dict[str, Any]]:
             (("l2", args.l2_eps), ("patch", args.patch_eps)) if eps]
 
 
+def certify_dict(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.certify:
+        return None
+    return {"radii": args.certify, "sigma": args.certify_sigma,
+            "samples": args.certify_samples, "confidence": args.certify_confidence,
+            "eot_samples": args.certify_eot}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pgray.evaluate",
         description="Evaluate a PatchGuard checkpoint clean and under attack at each eps. Writes"
         " OUT/metrics.json: one row per setting (image_auroc, pixel_auroc, aupro, with threat, eps,"
         " steps, alpha, restarts, objective, precision, `attack`: clean, protocol, each suite"
-        " member, worst_case, and `flags` from the reliability checks), PNG panels, and"
-        " OUT/cards/*.json: the robustness card of the model (python -m pgray.leaderboard).",
+        " member, worst_case, and `flags` from the reliability checks), with --certify a"
+        " `certified` list (one row per radius: certified, attacked, smoothed and base"
+        " numbers), PNG panels, and OUT/cards/*.json: the robustness card of the model"
+        " (python -m pgray.leaderboard).",
     )
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint of pgray.train (PatchGuard, or a baseline fitted with"
@@ -108,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cfg = from_dict(EvalConfig, {
         "eps": args.eps, "attack": attack_dict(args), "suite": suite_dict(args),
         "threats": threats_list(args), "batch_size": args.batch_size,
-        "n_panels": args.n_panels,
+        "n_panels": args.n_panels, "certify": certify_dict(args),
     }, "eval")
     overrides = {k: v for k, v in {
         "dataset": args.dataset, "root": args.root, "category": args.category,
@@ -122,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         reference = ExperimentConfig.from_yaml(args.config).model
     result = evaluate_checkpoint(Path(args.checkpoint), overrides, eval_cfg, Path(args.out),
                                  progress=not args.quiet, reference_model=reference)
-    from pgray.tracking.tables import rows_text
+    from pgray.tracking.tables import certified_text, rows_text
 
     print(rows_text(result["results"]))
+    if result.get("certified"):
+        print(certified_text(result["certified"]))
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0
 

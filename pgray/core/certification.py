@@ -95,17 +95,16 @@ def radius_bounds(radii: Sequence[float], *, samples: int, percentile: float, si
 
 
 def _at(sorted_values: torch.Tensor, index: int | None, fill: float) -> torch.Tensor:
-    """The order statistic `index` along dim 1 (`fill`, an infinity, where None)."""
+    """The order statistic `index` along the last dim (`fill`, an infinity, where None)."""
     if index is None:
-        shape = (sorted_values.shape[0], *sorted_values.shape[2:])
-        return torch.full(shape, fill, device=sorted_values.device)
-    return sorted_values[:, index]
+        return torch.full(sorted_values.shape[:-1], fill, device=sorted_values.device)
+    return sorted_values[..., index]
 
 
 def worst_bounds(sorted_values: torch.Tensor, anomalous: torch.Tensor, lower: int | None,
                  upper: int | None) -> torch.Tensor:
     """Anomalous entries at their lower bound, normal ones at their upper bound. sorted_values
-    (B, n) or (B, n, P); anomalous (B,) or (B, P)."""
+    (B, n) or (B, P, n), samples last and sorted; anomalous (B,) or (B, P)."""
     return torch.where(anomalous, _at(sorted_values, lower, -torch.inf),
                        _at(sorted_values, upper, torch.inf))
 
@@ -164,10 +163,10 @@ def certify_split(smoothed: SmoothedDetector, dataset, radii: Sequence[float], *
     group = smoothed.image_groups(len(dataset))
     for batch in test_loader(dataset, group, device):
         x = batch["image"].to(device)
-        scores, maps = (v.sort(dim=1).values for v in smoothed.sample_outputs(x))
+        scores, maps = (v.sort(dim=-1).values for v in smoothed.sample_outputs(x))
         anomalous = batch["label"].to(device).reshape(-1) > 0.5
         pixels = smoothed.unit_labels(batch["mask"].to(device)) > 0.5
-        clean.add(scores[:, point], maps[:, point])
+        clean.add(scores[:, point], maps[..., point])
         for b in bounds:
             worst[b.radius].add(worst_bounds(scores, anomalous, b.image_lower, b.image_upper),
                                 worst_bounds(maps, pixels, b.pixel_lower, b.pixel_upper))

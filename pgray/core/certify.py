@@ -16,12 +16,14 @@ this radius' attacks), `flags` / `flag_notes` (`certified_above_attacked`).
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pgray.config import EvalConfig
-from pgray.core.scoring import EvalOutputs
+
+if TYPE_CHECKING:  # torch stays out of the tables that import SIDES
+    import torch
+
+    from pgray.core.scoring import EvalOutputs
 
 Rows = list[dict[str, Any]]
 # certified: the smoothed detector's certified bound; attacked: the l2 suite's worst case on

@@ -116,14 +116,15 @@ class SmoothedDetector(_Noised):
 
     @torch.no_grad()
     def sample_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base scores (B, n) and maps (B, n, P) at every draw, in draw order. Hold
-        B <= `image_groups(B)` images."""
+        """Base scores (B, n) and maps (B, P, n) at every draw, draws last (each image's and
+        pixel's samples contiguous, for order statistics). Hold B <= `image_groups(B)`
+        images."""
         scores = torch.empty(x.shape[0], self.samples, device=x.device)
-        maps = torch.empty(x.shape[0], self.samples, self.img_size ** 2, device=x.device)
+        maps = torch.empty(x.shape[0], self.img_size ** 2, self.samples, device=x.device)
         for first, noise in self.draws(x):
             s, m = self.noised(x, noise)
             scores[:, first:first + noise.shape[0]] = s
-            maps[:, first:first + noise.shape[0]] = m
+            maps[:, :, first:first + noise.shape[0]] = m.transpose(1, 2)
         return scores, maps
 
     @torch.no_grad()
@@ -132,8 +133,8 @@ class SmoothedDetector(_Noised):
         scores, maps = [], []
         for group in x.split(self.image_groups(x.shape[0])):
             s, m = self.sample_outputs(group)
-            scores.append(s.kthvalue(k, dim=1).values)
-            maps.append(m.kthvalue(k, dim=1).values)
+            scores.append(s.kthvalue(k, dim=-1).values)
+            maps.append(m.kthvalue(k, dim=-1).values)
         side = self.img_size
         return torch.cat(maps).reshape(-1, 1, side, side), torch.cat(scores)
 

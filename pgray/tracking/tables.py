@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from pgray.core.certify import SIDES as CERTIFIED_SIDES
 from pgray.core.intervals import across_seeds as seed_summary
 from pgray.tracking.cards import OPERATING_POINTS
 
@@ -335,6 +336,19 @@ def rows_text(rows: list[dict[str, Any]]) -> str:
         metrics = "  ".join(f"{m} {_plain(r, m)}" for m, _ in METRIC_LABELS)
         lines.append(f"{r.get('threat') or 'linf':<6} {r.get('attack', ''):<16}"
                      f" {r['setting']:<44} {metrics}  n={r.get('n_images')}{flags}")
+    return "\n".join(lines)
+
+
+def certified_text(rows: list[dict[str, Any]]) -> str:
+    """One line per certified radius for the console: each side of the bracket
+    (`pgray.core.certify.SIDES`) as image AUROC / pixel AUROC / AUPRO, then the flags."""
+    lines = []
+    for r in rows:
+        flags = f"  flags: {', '.join(r['flags'])}" if r.get("flags") else ""
+        numbers = "  ".join(
+            f"{side} " + "/".join(f"{r[f'{side}_{m}']:.4f}" for m, _ in METRIC_LABELS)
+            for side in CERTIFIED_SIDES)
+        lines.append(f"l2 radius {r['radius']:<6g} sigma {r['sigma']:g}  {numbers}{flags}")
     return "\n".join(lines)
 
 
