@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pgray.config.args import add_certify_args, certify_dict
 from pgray.errors import run_cli
 
 
@@ -35,21 +36,6 @@ def add_attack_args(p: argparse.ArgumentParser) -> None:
                         " (0, 1), e.g. 0.02 0.05 (a patch PGD at several places)")
     t.add_argument("--patch-positions", type=int,
                    help="places tried per image by the patch members (default 4)")
-    c = p.add_argument_group("certification by percentile smoothing (docs/method.md,"
-                             " \"Certification\")")
-    c.add_argument("--certify", type=float, nargs="+", default=[], metavar="R",
-                   help="L2 radii to certify (--l2-eps's unit): per radius, the smoothed"
-                        " detector's certified AUROCs and AUPRO, the l2 suite's numbers"
-                        " against it, and the base detector's beside them")
-    c.add_argument("--certify-sigma", type=float, default=0.25,
-                   help="the Gaussian noise's scale on [0, 1] pixels (default 0.25)")
-    c.add_argument("--certify-samples", type=int, default=1000,
-                   help="noise samples per image (default 1000)")
-    c.add_argument("--certify-confidence", type=float, default=0.999,
-                   help="probability that all bounds of a row hold at once (default 0.999)")
-    c.add_argument("--certify-eot", type=int, default=8,
-                   help="noise samples averaged in each attack step on the smoothed detector"
-                        " (default 8)")
     g = p.add_argument_group("the paper protocol attack (exact reference PGD unless changed)")
     g.add_argument("--eps", type=float, nargs="+", default=[8.0],
                    help="L-inf radii in 1/255 units, e.g. --eps 2 4 8 (default 8)")
@@ -88,14 +74,6 @@ def threats_list(args: argparse.Namespace) -> list[dict[str, Any]]:
             (("l2", args.l2_eps), ("patch", args.patch_eps)) if eps]
 
 
-def certify_dict(args: argparse.Namespace) -> dict[str, Any] | None:
-    if not args.certify:
-        return None
-    return {"radii": args.certify, "sigma": args.certify_sigma,
-            "samples": args.certify_samples, "confidence": args.certify_confidence,
-            "eot_samples": args.certify_eot}
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pgray.evaluate",
@@ -122,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_attack_args(p)
+    add_certify_args(p)
     return p
 
 

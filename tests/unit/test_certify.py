@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 
 from pgray.attacks.checks import CERTIFIED_ABOVE, bracket_flags
-from pgray.config import EvalConfig, SuiteConfig
+from pgray.config import EvalConfig
 from pgray.config.base import from_dict
 from pgray.core.certification import lower_index, radius_bounds, upper_index
 from pgray.core.certify import SIDES, certified_rows
