@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         reference = ExperimentConfig.from_yaml(args.config).model
     result = evaluate_checkpoint(Path(args.checkpoint), overrides, eval_cfg, Path(args.out),
                                  progress=not args.quiet, reference_model=reference)
-    from pgray.tracking.tables import certified_text, rows_text
+    from pgray.tracking.certified import certified_text
+    from pgray.tracking.tables import rows_text
 
     print(rows_text(result["results"]))
     if result.get("certified"):

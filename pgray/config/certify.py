@@ -4,7 +4,9 @@ confidence. Free of heavy imports, as every config module."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pgray.config.attack import check_budget
 from pgray.config.base import check
@@ -41,3 +43,14 @@ class CertifyConfig:
               f"must be in (0, 1) (0.5: the median), got {self.percentile:g}")
         check(self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.eot_samples >= 1, "eot_samples", f"must be >= 1, got {self.eot_samples}")
+
+
+def suite_threats(threats: Sequence[Any], certify: CertifyConfig | None
+                  ) -> list[tuple[str, list[float]]]:
+    """(threat, sorted budgets) of every suite run beyond linf: each of `threats`
+    (`ThreatConfig`s), l2 also at each certified radius (the base detector's attacked number
+    beside the smoothed one's). The one rule for `pgray.evaluate` and the benchmark's grid."""
+    budgets = {t.threat: {float(e) for e in t.eps} for t in threats}
+    if certify is not None:
+        budgets["l2"] = budgets.get("l2", set()) | {float(r) for r in certify.radii}
+    return [(threat, sorted(eps)) for threat, eps in budgets.items()]

@@ -16,6 +16,7 @@ this radius' attacks), `flags` / `flag_notes` (`certified_above_attacked`).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pgray.config import EvalConfig
@@ -31,12 +32,20 @@ Rows = list[dict[str, Any]]
 # same l2 suite at the same radius
 SIDES = ("certified", "attacked", "smoothed", "base", "base_attacked")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
+CERTIFIED = "certified"  # a certified row's `attack`: it is no attack's row of its threat
 
 
-def _side(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+def is_certified(row: dict[str, Any]) -> bool:
+    """A certified row: tables, cards and flags of the attacked rows leave it out."""
+    return row.get("attack") == CERTIFIED
+
+
+def side_columns(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     """`prefix_<metric>` and its interval columns, from a row or a metrics dict."""
     keys = [m + tail for m in METRICS for tail in ("", "_ci_low", "_ci_high")]
     return {f"{prefix}_{k}": values.get(k, float("nan")) for k in keys}
+
+
 
 
 def _measured(out: EvalOutputs) -> dict[str, float]:
@@ -44,14 +53,15 @@ def _measured(out: EvalOutputs) -> dict[str, float]:
     return metrics | out.intervals(metrics)
 
 
-def _base_rows(rows: Rows, radius: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The base detector's clean row and its l2 worst case at `radius` (empty if absent)."""
-    from pgray.attacks.suite import WORST
-
-    clean = next((r for r in rows if r.get("attack") == "clean"), {})
-    attacked = next((r for r in rows if r.get("attack") == WORST and r.get("threat") == "l2"
-                     and r.get("eps") == radius), {})
-    return clean, attacked
+def with_base(row: dict[str, Any], base_rows: Rows) -> dict[str, Any]:
+    """A certified row with its `base` and `base_attacked` sides read from the base
+    detector's rows (`base_rows`, of the same model): its clean row and its l2 worst case at
+    the row's radius (NaN where absent). `pgray.evaluate` has them at hand; the benchmark
+    joins them when it finishes (they are other jobs' rows)."""
+    clean = next((r for r in base_rows if r.get("attack") == "clean"), {})
+    attacked = next((r for r in base_rows if r.get("attack") == "worst_case"
+                     and r.get("threat") == "l2" and r.get("eps") == row["radius"]), {})
+    return row | side_columns("base", clean) | side_columns("base_attacked", attacked)
 
 
 def certified_rows(model, dataset, eval_cfg: EvalConfig, base_rows: Rows, *,
@@ -79,20 +89,18 @@ def certified_rows(model, dataset, eval_cfg: EvalConfig, base_rows: Rows, *,
         started = time.perf_counter()
         attacked = _attacked_worst(model, smoothed, dataset, eval_cfg, bounds.radius,
                                    device=device, progress=progress)
-        clean, base_attacked = _base_rows(base_rows, bounds.radius)
-        row = ({"setting": f"certified_l2_r{bounds.radius:g}", "attack": "certified",
+        row = ({"setting": f"certified_l2_r{bounds.radius:g}", "attack": CERTIFIED,
                 "threat": "l2", "radius": bounds.radius, "eps": bounds.radius,
                 "sigma": cfg.sigma, "samples": cfg.samples, "percentile": cfg.percentile,
                 "confidence": cfg.confidence, "eot_samples": cfg.eot_samples,
                 "seed": cfg.seed, "level_low": bounds.level_low,
                 "level_high": bounds.level_high}
                | threat_columns("l2", bounds.radius, height, width)
-               | _side("certified", _measured(split.worst[bounds.radius]))
-               | _side("attacked", attacked) | _side("smoothed", smoothed_clean)
-               | _side("base", clean) | _side("base_attacked", base_attacked)
+               | side_columns("certified", _measured(split.worst[bounds.radius]))
+               | side_columns("attacked", attacked) | side_columns("smoothed", smoothed_clean)
                | split.clean.counts()
                | {"time_s": split.time_s + time.perf_counter() - started})
-        rows.append(bracket_flags((identity or {}) | row))
+        rows.append(bracket_flags(with_base((identity or {}) | row, base_rows)))
     return rows
 
 
@@ -116,3 +124,42 @@ def _attacked_worst(model, smoothed, dataset, eval_cfg: EvalConfig, radius: floa
         progress=progress, scorer=smoothed,
         label=f"l2 suite on the smoothed detector, radius {radius:g}")
     return rows[-1]
+
+
+@dataclass(frozen=True)
+class CertifyWork:
+    """Passes through the base model that `certified_rows` makes on a split (the plan and
+    benchmarks/certify_cost.py price them)."""
+
+    certify_forwards: int  # images x samples: the one sampling pass every radius shares
+    # every radius: each l2 member's candidate and the clean image judged by the smoothed
+    # percentile, `samples` noisy forwards per image each
+    judge_forwards: int
+    attack_image_steps: int  # every radius: the l2 suite's steps x eot_samples (with gradient)
+    query_forwards: int  # every radius: the black-box member's queries x eot_samples
+
+    @property
+    def forwards(self) -> int:
+        return self.certify_forwards + self.judge_forwards + self.query_forwards
+
+    def image_steps(self, forward_cost: float) -> float:
+        """In image-steps (a forward and an input gradient each), a forward at
+        `forward_cost`."""
+        return self.attack_image_steps + forward_cost * self.forwards
+
+
+def certify_work(eval_cfg: EvalConfig, n_images: int) -> CertifyWork:
+    """The passes `certified_rows` makes on `n_images` images (as `planned_work` counts a
+    suite's: each step of each member on each image)."""
+    from pgray.attacks.suite import members, planned_work
+
+    cfg, suite = eval_cfg.certify, eval_cfg.suite
+    subset = n_images if suite.square_images == 0 else min(suite.square_images, n_images)
+    judge = steps = queries = 0
+    for radius in cfg.radii:
+        attacks = members(suite, eval_cfg.attack, radius, threat="l2")
+        work = planned_work(attacks, n_images, subset)
+        judge += (len(attacks) + 1) * n_images * cfg.samples
+        steps += work["image_steps"] * cfg.eot_samples
+        queries += work["queries"] * cfg.eot_samples
+    return CertifyWork(n_images * cfg.samples, judge, steps, queries)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pgray.config import EvalConfig
+from pgray.config.certify import suite_threats
 from pgray.core.scoring import EvalOutputs, evaluate_model, evaluate_suite
 
 Rows = list[dict[str, Any]]
@@ -52,10 +53,8 @@ def budgets(eval_cfg: EvalConfig) -> list[tuple[str, float]]:
     l2 also at each certified radius (`eval.certify.radii`: the base detector's attacked
     number beside the smoothed one's)."""
     out = [("linf", float(e)) for e in sorted(eval_cfg.eps) if e != 0]
-    threats = {t.threat: {float(e) for e in t.eps} for t in eval_cfg.threats}
-    if eval_cfg.certify is not None:
-        threats["l2"] = threats.get("l2", set()) | {float(r) for r in eval_cfg.certify.radii}
-    return out + [(t, e) for t, eps in threats.items() for e in sorted(eps)]
+    return out + [(t, e) for t, eps in suite_threats(eval_cfg.threats, eval_cfg.certify)
+                  for e in eps]
 
 
 def check_threats(eval_cfg: EvalConfig) -> list[str]:

@@ -77,7 +77,7 @@ def evaluate_checkpoint(
     }
     if eval_cfg.certify is not None:
         result |= {"certify": to_dict(eval_cfg.certify), "certified": certified}
-    cards = write_cards(build_cards(rows, git_commit=git_commit()), out)
+    cards = write_cards(build_cards(rows + certified, git_commit=git_commit()), out)
     result["cards"] = [str(p) for p in cards]
     write_json(out / "metrics.json", result)
     return result
