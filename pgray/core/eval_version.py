@@ -56,6 +56,10 @@ HISTORY: tuple[tuple[int, str], ...] = (
     # smoothed and base numbers per L2 radius), the suite judging by a scorer, l2 suites at
     # each certified radius
     (3, "2c16d0959895b4decded06dedfdf5e6d4a21f3dcab1ebfb8823e39b0554d7c14"),
+    # the base sides of a certified row joinable after the fact (`with_base`), the work of a
+    # certification counted (`certify_work`), the l2-at-each-radius rule shared with the
+    # benchmark (`config.certify.suite_threats`): no row's meaning changed
+    (3, "47341f60eea15febbe552c6324d433bb34c6a9d99b74ab92e750c9011201b57f"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 
