@@ -274,16 +274,23 @@ def benchmark_report_data(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, 
     return ReportData(
         title=f"Benchmark {cfg.name}", config_name="benchmark config",
         config_text=yaml.safe_dump(to_dict(cfg), sort_keys=False),
-        eps=list(cfg.eps), suite=suite_text, threats=threat_texts(cfg.threats),
+        eps=list(cfg.eps), suite=suite_text, threats=threat_texts(cfg.threats, cfg.certify),
         hardware=hardware(), results=result_tables(rows),
         curves=curve_images(out),
         panels=folder_images(out, f"{PANELS_DIR}/*/*.png"), flags=raised_flags(rows),
         links={"results": str(out)})
 
 
-def threat_texts(threats: list) -> list[str]:
-    return ["linf (eps in 1/255)"] + [f"{t.threat} (eps {', '.join(f'{e:g}' for e in t.eps)})"
-                                      for t in threats]
+def threat_texts(threats: list, certify=None) -> list[str]:
+    """The threats a run attacked in, and the radii it certified (`certify`: a
+    CertifyConfig, or None)."""
+    out = ["linf (eps in 1/255)"] + [f"{t.threat} (eps {', '.join(f'{e:g}' for e in t.eps)})"
+                                     for t in threats]
+    if certify is not None:
+        out.append(f"certified l2 (radii {', '.join(f'{r:g}' for r in certify.radii)};"
+                   f" sigma {certify.sigma:g}, {certify.samples} samples, confidence"
+                   f" {certify.confidence:g})")
+    return out
 
 
 def sweep_report_data(space, result, out: Path) -> ReportData:
@@ -313,7 +320,8 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
         title=f"Sweep {space.name}", config_name=config.name,
         config_text=config.read_text() if config.is_file() else "",
         eps=list(space.final_eval.eps), suite=attack_text(space),
-        threats=threat_texts(space.fixed_config().eval.threats), hardware=hardware(),
+        threats=threat_texts(space.fixed_config().eval.threats,
+                             space.fixed_config().eval.certify), hardware=hardware(),
         results=results,
         curves=[i for f in folders for i in curve_images(f)],
         panels=[i for f in folders for i in folder_images(f, f"{PANELS_DIR}/*/*.png")][

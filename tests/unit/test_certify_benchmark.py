@@ -93,3 +93,4 @@ def test_a_certifying_benchmark_writes_certified_rows_tables_cards_and_plots(
     report = (out / "report.html").read_text()
     assert "certified_vs_radius_synthetic" in report
     assert "synthetic: certified AD by randomized smoothing, bracketed" in report
+    assert "certified l2 (radii 0.1, 0.25; sigma 0.25, 20 samples, confidence 0.999)" in report

@@ -56,3 +56,10 @@ def test_a_tiny_model_gets_a_certified_row_per_radius_beside_its_attacked_number
     for m in METRICS:
         assert rows[1][f"certified_{m}"] <= rows[0][f"certified_{m}"]
         assert rows[1][f"smoothed_{m}"] == rows[0][f"smoothed_{m}"]  # one set of samples
+    # every card of the model (linf and l2) has the certified block, l2's budgets none of it
+    cards = [json.loads(open(path).read()) for path in written["cards"]]
+    assert sorted(c["threat"] for c in cards) == ["l2", "linf"]
+    for card in cards:
+        assert [e["radius"] for e in card["certified"]] == RADII
+        assert card["certified"][1]["certified"]["aupro"]["value"] == rows[1]["certified_aupro"]
+    assert next(c for c in cards if c["threat"] == "l2")["budgets"] == RADII
