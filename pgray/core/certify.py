@@ -5,7 +5,8 @@ expectation, judged by its percentile: `pgray.core.smoothing`), its clean number
 base detector's clean and attacked numbers beside them, so that the cost of smoothing shows.
 
 A row's columns: `setting` (`certified_l2_r<r>`), `attack` `certified`, `threat` l2,
-`radius` (= `eps`), `sigma`, `samples`, `percentile`, `confidence`, `eot_samples`, `seed`,
+`radius` (= `eps`), `sigma`, `samples`, `percentile`, `confidence`, `eot_samples`,
+`noise_seed` (the noise's; `seed` stays the training seed's column),
 `level_low` / `level_high` (the percentiles that bound the smoothed score within the radius),
 `input_size`, `l2_per_pixel`, and for each side in `SIDES` its `<side>_image_auroc`,
 `<side>_pixel_auroc`, `<side>_aupro` with their `_ci_low` / `_ci_high` bootstrap intervals;
@@ -44,8 +45,6 @@ def side_columns(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     """`prefix_<metric>` and its interval columns, from a row or a metrics dict."""
     keys = [m + tail for m in METRICS for tail in ("", "_ci_low", "_ci_high")]
     return {f"{prefix}_{k}": values.get(k, float("nan")) for k in keys}
-
-
 
 
 def _measured(out: EvalOutputs) -> dict[str, float]:
@@ -93,7 +92,7 @@ def certified_rows(model, dataset, eval_cfg: EvalConfig, base_rows: Rows, *,
                 "threat": "l2", "radius": bounds.radius, "eps": bounds.radius,
                 "sigma": cfg.sigma, "samples": cfg.samples, "percentile": cfg.percentile,
                 "confidence": cfg.confidence, "eot_samples": cfg.eot_samples,
-                "seed": cfg.seed, "level_low": bounds.level_low,
+                "noise_seed": cfg.seed, "level_low": bounds.level_low,
                 "level_high": bounds.level_high}
                | threat_columns("l2", bounds.radius, height, width)
                | side_columns("certified", _measured(split.worst[bounds.radius]))

@@ -43,6 +43,9 @@ def test_a_tiny_model_gets_a_certified_row_per_radius_beside_its_attacked_number
         assert row["eval_version"] == 3 and row["checkpoint_sha256"] == clean[
             "checkpoint_sha256"]
         assert (row["sigma"], row["samples"], row["confidence"]) == (0.25, 50, 0.999)
+        # the noise's seed has a column of its own: `seed` is a training seed's (tables
+        # average rows over it)
+        assert row["noise_seed"] == 0 and row.get("seed") == clean.get("seed")
         assert row["input_size"] == 32 and row["setting"] == f"certified_l2_r{row['radius']:g}"
         for side in SIDES:
             for m in METRICS:
