@@ -2,6 +2,7 @@
 table, on generated data, through pgray's own benchmark pipeline.
 
     python benchmarks/detector_comparison.py --keep DIR [--eps 2 8] [--baselines patchcore ...]
+        [--l2-eps ...] [--patch-eps ...] [--certify R ...] [--threat-detectors ...]
         [robustness_synthetic.py options: --size --n-train --n-test --epochs --depth --set ...]
 
 PatchGuard is trained twice on a generated category as benchmarks/robustness_synthetic.py
@@ -10,7 +11,8 @@ holds them (a robustness_synthetic.py or fast_training.py --keep folder). Then o
 (`pgray.pipelines.benchmark.run_benchmark`, in-process) fits every baseline on the same train
 split with a random-init backbone (labelled so in every row: nothing can be downloaded here)
 and evaluates all detectors clean, under the paper protocol and under the adaptive suite at
-each eps. Prints the benchmark's results.md comparison table and one row per detector and eps;
+each eps; with --certify, the --threat-detectors again with `certify:` (the certified bracket
+per radius). Prints the benchmark's results.md comparison table and one row per detector and eps;
 everything lands in DIR/benchmark (Parquet, Markdown, rows.json) and the MLflow store of DIR.
 """
 
@@ -53,6 +55,13 @@ def parse() -> argparse.Namespace:
                    default=["patchguard", "patchguard_clean", "padim"],
                    help="the detectors the l2 and patch threats are run on (a second"
                         " benchmark over the same folder: the linf jobs are not run again)")
+    p.add_argument("--certify", type=float, nargs="*", default=[], metavar="R",
+                   help="L2 radii to certify --threat-detectors at (a benchmark with"
+                        " `certify:` over the same folder; docs/method.md, \"Certification\")")
+    p.add_argument("--certify-samples", type=int, default=None,
+                   help="noise samples per image (default: CertifyConfig's, 1000)")
+    p.add_argument("--certify-eot", type=int, default=None,
+                   help="noise draws per attack step on the smoothed detector (default 8)")
     args, rest = p.parse_known_args()
     if args.baselines is None:
         from pgray.detectors.registry import all_specs
@@ -117,6 +126,25 @@ def threat_config(args, root: Path):
         from_dict(ThreatConfig, t, "threats") for t in threats])
 
 
+def certify_config(args, root: Path):
+    """The comparison again for --threat-detectors only, certified at --certify (with the
+    l2 suite at each radius on the base detectors)."""
+    import dataclasses
+
+    from pgray.config import CertifyConfig
+    from pgray.config.base import from_dict
+
+    cfg = benchmark_config(args, root)
+    entry = cfg.datasets[0]
+    entry = dataclasses.replace(
+        entry, patchguard="patchguard" in args.threat_detectors,
+        detectors=[d for d in entry.detectors if d.name in args.threat_detectors])
+    flags = {"samples": args.certify_samples, "eot_samples": args.certify_eot}
+    certify = {"radii": list(args.certify)} | {k: v for k, v in flags.items() if v is not None}
+    return dataclasses.replace(cfg, datasets=[entry],
+                               certify=from_dict(CertifyConfig, certify, "certify"))
+
+
 def summary(rows: list[dict]) -> str:
     """One line per detector and eps: clean, protocol and worst-case AD and AL, and flags."""
     lines = ["| detector | backbone | eps | AD clean | AD protocol | AD worst | AL clean |"
@@ -156,6 +184,12 @@ def main() -> int:
     if args.l2_eps or args.patch_eps:
         threats = run_benchmark(threat_config(args, root), args.keep / "benchmark",
                                 progress=True, sequential=True)
+    certified, certify_s = None, None
+    if args.certify:
+        certify_started = time.perf_counter()
+        certified = run_benchmark(certify_config(args, root), args.keep / "benchmark",
+                                  progress=True, sequential=True)
+        certify_s = time.perf_counter() - certify_started
     wall = time.perf_counter() - started
     (args.keep / "benchmark" / "rows.json").write_text(
         json.dumps({"rows": result.rows, "train_s": train_s}, default=str, indent=1))
@@ -176,6 +210,15 @@ def main() -> int:
             {"rows": result.rows + [r for r in threats.rows if r.get("threat") in ("l2",
                                                                                  "patch")],
              "train_s": train_s}, default=str, indent=1))
+    if certified is not None:
+        rows = [r for r in certified.rows if r.get("attack") == "certified"]
+        print(f"\nCertified ({', '.join(args.threat_detectors)}; {certify_s:.0f} s for the"
+              f" certifying benchmark, {certified.ran} jobs run):\n")
+        print("\n".join(ln for ln in certified.table_text.split("\n### ")
+                        if "certified" in ln.split("\n")[0]).strip())
+        for r in rows:
+            print(f"{r['detector']} radius {r['radius']:g}: certify job {r['wall_s']:.0f} s"
+                  f" (its sampling pass and this radius' attacks {r['time_s']:.0f} s)")
     print(f"\nPatchGuard training {trained_s:.0f} s, fits + evaluation {wall - trained_s:.0f} s,"
           f" {wall:.0f} s in all; {result.trained} baselines fitted; tables in"
           f" {result.markdown}")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pgray.config.args import add_certify_args, certify_dict
 from pgray.errors import run_cli
 
 
@@ -79,8 +80,10 @@ def parser() -> argparse.ArgumentParser:
         description="Evaluate a PatchGuard checkpoint clean and under attack at each eps. Writes"
         " OUT/metrics.json: one row per setting (image_auroc, pixel_auroc, aupro, with threat, eps,"
         " steps, alpha, restarts, objective, precision, `attack`: clean, protocol, each suite"
-        " member, worst_case, and `flags` from the reliability checks), PNG panels, and"
-        " OUT/cards/*.json: the robustness card of the model (python -m pgray.leaderboard).",
+        " member, worst_case, and `flags` from the reliability checks), with --certify a"
+        " `certified` list (one row per radius: certified, attacked, smoothed and base"
+        " numbers), PNG panels, and OUT/cards/*.json: the robustness card of the model"
+        " (python -m pgray.leaderboard).",
     )
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint of pgray.train (PatchGuard, or a baseline fitted with"
@@ -97,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_attack_args(p)
+    add_certify_args(p)
     return p
 
 
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cfg = from_dict(EvalConfig, {
         "eps": args.eps, "attack": attack_dict(args), "suite": suite_dict(args),
         "threats": threats_list(args), "batch_size": args.batch_size,
-        "n_panels": args.n_panels,
+        "n_panels": args.n_panels, "certify": certify_dict(args),
     }, "eval")
     overrides = {k: v for k, v in {
         "dataset": args.dataset, "root": args.root, "category": args.category,
@@ -122,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         reference = ExperimentConfig.from_yaml(args.config).model
     result = evaluate_checkpoint(Path(args.checkpoint), overrides, eval_cfg, Path(args.out),
                                  progress=not args.quiet, reference_model=reference)
+    from pgray.tracking.certified import certified_text
     from pgray.tracking.tables import rows_text
 
     print(rows_text(result["results"]))
+    if result.get("certified"):
+        print(certified_text(result["certified"]))
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0
 

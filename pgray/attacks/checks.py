@@ -31,6 +31,8 @@ LARGE_EPS_AUROC = 0.05
 ZERO_GRAD_FRACTION = 0.01
 SCOPE = ("dataset", "category", "checkpoint_sha256", "detector")
 OTHER_THREAT = "flagged_at_other_threat"
+CERTIFIED_ABOVE = "certified_above_attacked"
+BRACKETED = ("image_auroc", "pixel_auroc", "aupro")  # the metrics a certified row brackets
 
 # What each flag means (the report and the docs show these words).
 FLAG_MEANINGS = {
@@ -48,6 +50,10 @@ FLAG_MEANINGS = {
     "zero_gradients": (f"more than {100 * ZERO_GRAD_FRACTION:g} % of the images had an"
                        " all-zero input gradient: the attack did nothing to them (features"
                        " computed under torch.no_grad, a step function)."),
+    CERTIFIED_ABOVE: ("a certified number (smoothed detector, certified at the row's"
+                      " confidence) is above the number the l2 suite reached against the same"
+                      " smoothed detector at the same radius: the certificate or the"
+                      " attacked evaluation is wrong, or the noise gave a rare sample."),
     OTHER_THREAT: ("a check tripped on the same model under another threat (the note names"
                    " the threat and its flags): the attacks here follow the same gradients,"
                    " so these numbers are suspect too."),
@@ -183,3 +189,16 @@ def reliability_flags(rows: list[Row]) -> list[Row]:
     return [r | {"flags": sorted(found), "flag_notes": [f"{k}: {v}" for k, v in
                                                         sorted(found.items())]}
             for r, found in zip(rows, flags.found)]
+
+
+def bracket_flags(row: Row) -> Row:
+    """A certified row (`pgray.core.certify`) with `flags` and `flag_notes`: the bracket
+    [certified, attacked] must not be upside down for any metric (`CERTIFIED_ABOVE`)."""
+    notes = []
+    for m in BRACKETED:
+        low, high = _num(row.get(f"certified_{m}")), _num(row.get(f"attacked_{m}"))
+        if low is not None and high is not None and low > high:
+            notes.append(f"{m} certified {low:.4f} > attacked {high:.4f}")
+    found = {CERTIFIED_ABOVE: "; ".join(notes)} if notes else {}
+    return row | {"flags": sorted(found), "flag_notes": [f"{k}: {v}" for k, v in
+                                                         sorted(found.items())]}

@@ -291,9 +291,14 @@ def _gather(candidates: list[Candidate], field: str, pick: torch.Tensor) -> torc
 
 def attack_batch(model: nn.Module, x: torch.Tensor, truth: Truth,
                  suite_members: list[Member], *, in_subset: torch.Tensor, seed: int,
-                 on_member: Callable[[str], None] | None = None) -> SuiteBatch:
+                 on_member: Callable[[str], None] | None = None,
+                 scorer: nn.Module | None = None) -> SuiteBatch:
     """Run every member on the batch (subset members on `in_subset` images only), score each
-    result once, and choose each image's worst case among them and the clean image."""
+    result once, and choose each image's worst case among them and the clean image.
+    `scorer`: the detector whose scores are judged (same units as `model`); None: `model`
+    itself. A smoothed detector is attacked through its noise expectation and judged by its
+    percentile (`pgray.core.smoothing`)."""
+    scorer = model if scorer is None else scorer
     candidates = []
     for k, member in enumerate(suite_members):
         member = member.at_input(*x.shape[-2:])
@@ -305,10 +310,10 @@ def attack_batch(model: nn.Module, x: torch.Tensor, truth: Truth,
             with strict_fp32(x.device, resolve_precision(member.cfg.precision, x.device)):
                 adv[present] = attack(model, x[present], units[present], member.cfg,
                                       seed=seed * 31 + k, image_labels=truth.images[present])
-        candidates.append(score_candidate(model, member.name, adv, truth, present))
+        candidates.append(score_candidate(scorer, member.name, adv, truth, present))
         if on_member is not None:
             on_member(member.name)
-    clean = score_candidate(model, "clean", x.clone(), truth, torch.ones_like(in_subset))
+    clean = score_candidate(scorer, "clean", x.clone(), truth, torch.ones_like(in_subset))
     picks = [*candidates, clean]
     whitebox = [c for c, m in zip(candidates, suite_members)
                 if m.aims_at != LOCALIZATION and not m.black_box] + [clean]

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pgray.config.base import load_yaml, to_dict
+from pgray.config.certify import CertifyConfig
 from pgray.config.experiment import ExperimentConfig, merge, tiny_model_config
 
 
@@ -138,3 +139,32 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                         " present, else an assumed table, labelled so)")
     g.add_argument("--gpu-utilization", type=float, default=None,
                    help="one fraction of the peak for every batch size, instead of the table")
+
+
+def add_certify_args(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("certification by percentile smoothing (docs/method.md,"
+                             " \"Certification\")")
+    c.add_argument("--certify", type=float, nargs="+", default=[], metavar="R",
+                   help="L2 radii to certify (--l2-eps's unit): per radius, the smoothed"
+                        " detector's certified AUROCs and AUPRO, the l2 suite's numbers"
+                        " against it, and the base detector's beside them")
+    c.add_argument("--certify-sigma", type=float,
+                   help="the Gaussian noise's scale on [0, 1] pixels at the input size"
+                        f" (default {CertifyConfig.sigma:g})")
+    c.add_argument("--certify-samples", type=int,
+                   help=f"noise samples per image (default {CertifyConfig.samples})")
+    c.add_argument("--certify-confidence", type=float,
+                   help="probability that all bounds of a row hold at once (default"
+                        f" {CertifyConfig.confidence:g})")
+    c.add_argument("--certify-eot", type=int,
+                   help="noise samples averaged in each attack step on the smoothed detector"
+                        f" (default {CertifyConfig.eot_samples})")
+
+
+def certify_dict(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The `eval.certify` section from the flags (None without --certify)."""
+    if not args.certify:
+        return None
+    flags = {"sigma": args.certify_sigma, "samples": args.certify_samples,
+             "confidence": args.certify_confidence, "eot_samples": args.certify_eot}
+    return {"radii": args.certify} | {k: v for k, v in flags.items() if v is not None}

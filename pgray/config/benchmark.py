@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pgray.config.base import check, check_eps, from_dict, load_yaml
+from pgray.config.certify import CertifyConfig
 from pgray.config.experiment import AttackConfig, SuiteConfig, ThreatConfig, check_threats
 from pgray.config.search_sections import Resources, check_seeds
 
@@ -92,6 +93,9 @@ class BenchmarkConfig:
     # members and worst case: [{threat: l2, eps: [0.5, 1.0]}, {threat: patch, eps: [0.02]}]
     # (linf is `eps` above)
     threats: list[ThreatConfig] = field(default_factory=list)
+    # certified L2 bounds by percentile smoothing beside the attacked ones (docs/method.md,
+    # "Certification"): one more job per checkpoint, and the l2 suite at each radius too
+    certify: CertifyConfig | None = None
     # more single attacks reported beside the suite (not part of its worst case), at each
     # budget of their own threat
     extra_attacks: list[AttackConfig] = field(default_factory=list)
@@ -128,6 +132,8 @@ class BenchmarkConfig:
         check(self.attack.threat == "linf", "attack.threat",
               "the protocol attack is linf; other threats go under `threats`")
         check_threats(self.threats, self.suite)
+        check(self.certify is None or self.suite.name == "adaptive", "certify",
+              "needs suite adaptive (its l2 members attack the smoothed detector)")
         for i, extra in enumerate(self.extra_attacks):
             check(extra.threat == "linf" or bool(self.budgets(extra.threat)),
                   f"extra_attacks[{i}].threat",

@@ -22,6 +22,7 @@ from pgray.config.attack import (  # noqa: F401 - part of this module's interfac
     check_threats,
 )
 from pgray.config.base import check, check_eps, from_dict, load_yaml, to_dict
+from pgray.config.certify import CertifyConfig
 from pgray.config.pseudo import PseudoConfig
 
 
@@ -243,6 +244,8 @@ class EvalConfig:
     n_panels: int = 4
     # more threat models, each with its budgets: [{threat: l2, eps: [0.5, 1.0]}, ...]
     threats: list[ThreatConfig] = field(default_factory=list)
+    # certified L2 bounds by percentile smoothing, beside the attacked ones (None: none)
+    certify: CertifyConfig | None = None
 
     def validate(self) -> None:
         check_eps(self.eps)
@@ -251,6 +254,8 @@ class EvalConfig:
         check_threats(self.threats, self.suite)
         check(self.batch_size is None or self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.n_panels >= 0, "n_panels", "must be >= 0")
+        check(self.certify is None or self.suite.name == "adaptive", "certify",
+              "needs suite adaptive (its l2 members attack the smoothed detector)")
 
 
 @dataclass

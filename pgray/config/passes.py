@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from pgray.config.experiment import ExperimentConfig
 
+# image-steps of one pass (an image-step: a forward and an input gradient, weights frozen):
+# forward and backward through the weights too; a forward alone
+UPDATE_PASS_COST, FORWARD_PASS_COST = 1.5, 0.5
+
 # The training attacks (train.attack_method), each at train.attack.eps. Passes: forward +
 # backward passes per normal image and step, the attacks of both batches and the update.
 TRAIN_ATTACKS = {

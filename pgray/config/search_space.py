@@ -156,6 +156,10 @@ class SearchSpace:
             cfg = self.fixed_config()
         except ConfigError as err:
             raise ConfigError(f"fixed.{err}") from None
+        check(cfg.eval.certify is None or not self.final_eval.enabled
+              or self.final_eval.suite.name == "adaptive", "final_eval.suite",
+              "fixed.eval.certify needs the adaptive suite in the final evaluation (its l2"
+              " members attack the smoothed detector)")
         uses_proxy = any(o.metric.startswith("proxy_") for o in self.objectives)
         check(not uses_proxy or cfg.train.holdout_fraction > 0, "fixed.train.holdout_fraction",
               "must be > 0: the proxy objective is measured on held-out normal images")

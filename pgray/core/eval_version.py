@@ -35,7 +35,11 @@ DEFINING_SOURCES = (
     "core/metrics.py",  # AUROC, AUPRO, operating points
     "core/intervals.py",  # the bootstrap intervals in every row
     "core/robustness.py",  # what python -m pgray.evaluate runs, and in which order
+    "core/smoothing.py",  # the smoothed detector and the noise expectation attacks step along
+    "core/certification.py",  # certified bounds: order statistics, confidence, worst bounds
+    "core/certify.py",  # the certified rows: what each side of the bracket is
     "config/attack.py",  # the suite's and the attacks' defaults and budgets
+    "config/certify.py",  # certification's defaults: sigma, samples, confidence, EOT draws
 )
 
 HISTORY: tuple[tuple[int, str], ...] = (
@@ -48,6 +52,15 @@ HISTORY: tuple[tuple[int, str], ...] = (
     (2, "0b0704eb8ff34fc0910df99814cafcc1608e38af77d2e4320eeb2ee8192129aa"),
     # issue 30: the PGD trajectory moved to attacks/trajectory.py (no row's meaning changed)
     (2, "d1e527e623146c3b3e55c23022febeea413ceddf9612003421faccdaf64ce87a"),
+    # 3: issue 31: certified rows (percentile smoothing: certified, attacked-on-smoothed,
+    # smoothed and base numbers per L2 radius), the suite judging by a scorer, l2 suites at
+    # each certified radius
+    (3, "2c16d0959895b4decded06dedfdf5e6d4a21f3dcab1ebfb8823e39b0554d7c14"),
+    # the base sides of a certified row joinable after the fact (`with_base`), the work of a
+    # certification counted (`certify_work`), the l2-at-each-radius rule shared with the
+    # benchmark (`config.certify.suite_threats`), the noise's seed as `noise_seed` (the
+    # `seed` column is the training seed's): version 3 had not been released
+    (3, "5a325ca9b26e390f286d027717419e5064074d86f37eef3bc3107fe4b4b8667d"),
 )
 EVAL_VERSION = HISTORY[-1][0]
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pgray.config import EvalConfig
+from pgray.config.certify import suite_threats
 from pgray.core.scoring import EvalOutputs, evaluate_model, evaluate_suite
 
 Rows = list[dict[str, Any]]
@@ -48,9 +49,12 @@ def suite_rows(model, dataset, eval_cfg: EvalConfig, eps: float, *, device: torc
 
 
 def budgets(eval_cfg: EvalConfig) -> list[tuple[str, float]]:
-    """(threat, eps) of every suite run: linf at `eval.eps`, then each of `eval.threats`."""
+    """(threat, eps) of every suite run: linf at `eval.eps`, then each of `eval.threats`,
+    l2 also at each certified radius (`eval.certify.radii`: the base detector's attacked
+    number beside the smoothed one's)."""
     out = [("linf", float(e)) for e in sorted(eval_cfg.eps) if e != 0]
-    return out + [(t.threat, float(e)) for t in eval_cfg.threats for e in sorted(t.eps)]
+    return out + [(t, e) for t, eps in suite_threats(eval_cfg.threats, eval_cfg.certify)
+                  for e in eps]
 
 
 def check_threats(eval_cfg: EvalConfig) -> list[str]:
@@ -58,7 +62,7 @@ def check_threats(eval_cfg: EvalConfig) -> list[str]:
     the protocol suite)."""
     if eval_cfg.suite.name != "adaptive":
         return []
-    return ["linf", *(t.threat for t in eval_cfg.threats)]
+    return ["linf", *dict.fromkeys(t for t, _ in budgets(eval_cfg) if t != "linf")]
 
 
 def check_rows(model, dataset, eval_cfg: EvalConfig, *, device: torch.device,

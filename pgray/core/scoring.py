@@ -145,12 +145,15 @@ def score_suite(
     keep: frozenset[int] = frozenset(),
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    scorer: torch.nn.Module | None = None,
 ) -> SuiteOutputs:
     """Run the suite's members on every batch and collect each one and the per-image worst
-    case (`pgray.attacks.suite`). `subset`: dataset indices of the black-box members."""
+    case (`pgray.attacks.suite`). `subset`: dataset indices of the black-box members.
+    `scorer`: the detector judged (`attack_batch`); None: `model`."""
     from pgray.attacks.suite import Truth, attack_batch, worst_images
 
     model.eval()
+    scorer = model if scorer is None else scorer
     per_member = {m.key: _Collector() for m in suite_members}
     worst, whitebox, clean = _Collector(), _Collector(), []
     zero = {"detection": 0, "localization": 0}
@@ -165,13 +168,13 @@ def score_suite(
         lost += int(truth.lost().sum())
         in_subset = torch.tensor([offset + j in subset for j in range(n)], device=device)
         result = attack_batch(model, x, truth, suite_members, in_subset=in_subset,
-                              seed=seed + i)
+                              seed=seed + i, scorer=scorer)
         clean.append(result.clean.scores.float().cpu())
         for member, cand in zip(suite_members, result.candidates):
             present = cand.present if member.subset else None
-            per_member[member.key].add(model, cand.scores, cand.units, batch, present)
-        worst.add(model, result.worst_scores, result.worst_units, batch)
-        whitebox.add(model, result.whitebox_scores, result.worst_units, batch, in_subset)
+            per_member[member.key].add(scorer, cand.scores, cand.units, batch, present)
+        worst.add(scorer, result.worst_scores, result.worst_units, batch)
+        whitebox.add(scorer, result.whitebox_scores, result.worst_units, batch, in_subset)
         worst.keep_images(worst_images(result), offset, keep)
         for key, flags in result.zero_gradient.items():
             zero[key] += int(flags.sum())
@@ -255,7 +258,7 @@ def evaluate_model(
                 batch_size=batch_size)
             attack_cfg = member.cfg
             desc = describe_setting(attack_cfg) | columns[member.key]
-        bar = _bar(len(dataset), desc["setting"], progress)
+        bar = progress_bar(len(dataset), desc["setting"], progress)
         started = time.perf_counter()
         out = score_batches(
             model, test_loader(dataset, batch_size, device), attack_cfg, device=device,
@@ -279,11 +282,13 @@ def evaluate_suite(
     progress: bool = True,
     keep: frozenset[int] = frozenset(),
     label: str = "suite",
+    scorer: torch.nn.Module | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, EvalOutputs]]:
     """Rows for each member of one suite run (at one eps) and its worst case; the outputs
     keyed by setting name. The worst-case row records the suite and its members, its
     zero-gradient fractions and the attack on each side alone; the black-box member's row
-    the white-box detection worst case on the same subset."""
+    the white-box detection worst case on the same subset. `scorer`: the detector judged,
+    if not `model` (`attack_batch`)."""
     from pgray.attacks.suite import balanced_subset, planned_work
     from pgray.core.row_columns import members_as_run
 
@@ -294,11 +299,11 @@ def evaluate_suite(
     if progress:
         print(f"{label}: {len(suite_members)} attacks, {work['image_steps']:,} image-steps"
               f" + {work['queries']:,} black-box queries", file=sys.stderr, flush=True)
-    bar = _bar(len(dataset), label, progress)
+    bar = progress_bar(len(dataset), label, progress)
     started = time.perf_counter()
     result = score_suite(model, test_loader(dataset, batch_size, device), suite_members,
                          device=device, subset=subset, keep=keep,
-                         on_batch=bar.update if bar else None)
+                         on_batch=bar.update if bar else None, scorer=scorer)
     if bar:
         bar.close()
     rows, outputs = [], {}
@@ -367,7 +372,7 @@ def _lowest_intervals(worst: EvalOutputs, members: list[EvalOutputs]) -> dict[st
     return {k: v for k, v in columns.items() if not k.startswith("image_auroc")}
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm

@@ -24,6 +24,7 @@ def evaluate_checkpoint(
     import pgray
     from pgray.config import DataConfig
     from pgray.config.base import from_dict, to_dict
+    from pgray.core.certify import certified_rows
     from pgray.core.device import pick_device
     from pgray.core.eval_version import EVAL_VERSION, git_commit
     from pgray.core.robustness import evaluate_robustness
@@ -55,6 +56,8 @@ def evaluate_checkpoint(
         model, dataset, eval_cfg, device=device, identity=identity, progress=progress,
         keep=panel_indices(dataset, eval_cfg.n_panels),
     )
+    certified = [] if eval_cfg.certify is None else certified_rows(
+        model, dataset, eval_cfg, rows, device=device, identity=identity, progress=progress)
     panels = write_panels(outputs, dataset, out, eval_cfg.n_panels)
     result = {
         "checkpoint": str(checkpoint),
@@ -72,7 +75,9 @@ def evaluate_checkpoint(
         "results": rows,
         "panels": [str(p) for p in panels],
     }
-    cards = write_cards(build_cards(rows, git_commit=git_commit()), out)
+    if eval_cfg.certify is not None:
+        result |= {"certify": to_dict(eval_cfg.certify), "certified": certified}
+    cards = write_cards(build_cards(rows + certified, git_commit=git_commit()), out)
     result["cards"] = [str(p) for p in cards]
     write_json(out / "metrics.json", result)
     return result

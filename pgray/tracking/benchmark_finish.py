@@ -1,4 +1,5 @@
-"""A benchmark's end: the reliability flags of its rows, its tables, figures, robustness cards
+"""A benchmark's end: the reliability flags of its rows (certified rows: their base sides
+joined), its tables, figures, robustness cards
 and report, written and logged to its MLflow run, which is then closed."""
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ def finish_benchmark(run: BenchmarkRun, cfg: BenchmarkConfig, keys: set[str],
     incomplete and no card is written (the leaderboard ranks cards; those of an earlier run
     are removed, since they no longer match the tables); the finished rows stay in
     results.parquet for the re-run. The caller raises on the failures after this."""
-    from pgray.attacks.checks import reliability_flags
     from pgray.core.eval_version import git_commit
     from pgray.io import write_text
     from pgray.tracking import cards as robustness
     from pgray.tracking import tables
+    from pgray.tracking.certified import flag_rows
     from pgray.tracking.mlflow_runs import flush_all
-    from pgray.tracking.plots import robustness_curves
+    from pgray.tracking.plots import certified_curves, robustness_curves
     from pgray.tracking.report import benchmark_report_data, write_report
 
     flush_all()  # what the jobs' runs still hold
     out, parent = run.out, run.parent
-    rows = reliability_flags([r for r in tables.read_rows(out) if r["job_key"] in keys])
+    # certified rows: flagged apart, their base sides joined from the other jobs' rows
+    rows = flag_rows([r for r in tables.read_rows(out) if r["job_key"] in keys])
     tables.append_rows(out, rows)
     _tag_flags(run.uri, parent, rows)
     incomplete = tables.incomplete_note(
@@ -37,7 +39,8 @@ def finish_benchmark(run: BenchmarkRun, cfg: BenchmarkConfig, keys: set[str],
     table = tables.markdown_table(rows)
     md = write_text(out / "results.md", f"# Benchmark {cfg.name}\n\n"
                     + (f"**{incomplete}**\n\n" if incomplete else "") + f"{table}\n")
-    for path in [out / tables.RESULTS_FILE, md, *robustness_curves(rows, out)]:
+    for path in [out / tables.RESULTS_FILE, md, *robustness_curves(rows, out),
+                 *certified_curves(rows, out)]:
         parent.log_artifact(path)
     cards = [] if incomplete else robustness.write_cards(robustness.build_cards(
         rows, git_commit=git_commit(), reported=robustness.paper_numbers(cfg.datasets)), out)

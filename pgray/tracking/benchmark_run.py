@@ -8,11 +8,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pgray.core.certify import SIDES
 from pgray.errors import ClusterError
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 # each metric's bootstrap 95 % interval (pgray.core.intervals), logged beside it
 INTERVAL_KEYS = tuple(f"{m}_ci_{end}" for m in METRIC_KEYS for end in ("low", "high"))
+# a certified row's (pgray.core.certify): each side of its bracket, with intervals
+SIDE_KEYS = tuple(f"{side}_{k}" for side in SIDES for k in (*METRIC_KEYS, *INTERVAL_KEYS))
+LOGGED = frozenset((*METRIC_KEYS, *INTERVAL_KEYS, *SIDE_KEYS))
 
 
 class BenchmarkRun:
@@ -75,11 +79,12 @@ def log_job(uri: str, parent_id: str, job: Any, result: dict[str, Any]) -> None:
                            tags={"pgray.kind": "benchmark-job", "dataset": job.dataset,
                                  "category": job.category, "setting": job.setting,
                                  "threat": job.threat, "eps": job.eps})
-    child.log_params({f"{r['attack']}.{k}": v for r in rows for k, v in r.items()
-                      if k not in (*METRIC_KEYS, *INTERVAL_KEYS, "wall_s", "time_s", "flags",
-                                   "flag_notes")})
-    metrics = {f"{r['attack']}/{k}": r[k] for r in rows for k in (*METRIC_KEYS, *INTERVAL_KEYS)
-               if k in r}
+    # a certified job's rows are one per radius: their keys carry it
+    name = {id(r): r["attack"] if r.get("radius") is None else f"{r['attack']}_r{r['radius']:g}"
+            for r in rows}
+    child.log_params({f"{name[id(r)]}.{k}": v for r in rows for k, v in r.items()
+                      if k not in LOGGED | {"wall_s", "time_s", "flags", "flag_notes"}})
+    metrics = {f"{name[id(r)]}/{k}": r[k] for r in rows for k in LOGGED if k in r}
     child.log_metrics(metrics | {"wall_s": rows[0]["wall_s"]}, step=0)
     if result["panels"]:
         with tempfile.TemporaryDirectory() as tmp:

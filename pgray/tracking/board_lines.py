@@ -105,7 +105,21 @@ class Line:
 
 def _block(card: Mapping[str, Any], budget: Mapping[str, Any] | None, name: str
            ) -> Mapping[str, Any] | None:
-    return card.get("clean") if name == "clean" else (budget or {}).get(name)
+    if name == "clean":
+        return card.get("clean")
+    if name == "certified":
+        return certified_at(card, budget)
+    return (budget or {}).get(name)
+
+
+def certified_at(card: Mapping[str, Any], budget: Mapping[str, Any] | None
+                 ) -> Mapping[str, Any] | None:
+    """The certified numbers of an L2 card's budget where the model was certified at that
+    radius (`cards.certified_block`); None elsewhere."""
+    if card.get("threat") != "l2" or budget is None:
+        return None
+    return next((entry.get("certified") for entry in card.get("certified") or []
+                 if entry.get("radius") == budget.get("eps")), None)
 
 
 def lines_of(cards: Iterable[Mapping[str, Any]]) -> list[Line]:

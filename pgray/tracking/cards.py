@@ -8,7 +8,9 @@ anomalous images only), the forward passes the suite spent, and the reliability 
 flagged card is `unreliable`). Per budget it says what made the number, so that only like
 numbers are compared: the suite (`name`, and its `members` with their steps, restarts and
 queries), the precision the attacks ran in and why, the real budget at the model's input size
-(`patch_area`, `l2_per_pixel`) and the commit the rows were computed with.
+(`patch_area`, `l2_per_pixel`) and the commit the rows were computed with. A model that was
+certified (randomized smoothing, `pgray.core.certify`) has a `certified` block on every card
+of it: per L2 radius the certified, attacked and smoothed clean numbers and the smoothing.
 
 `build_cards(rows)` is a pure function of the result rows (`pgray.tracking.tables`); the
 benchmark, the sweep's final evaluation (through the benchmark's `finalize`) and
@@ -31,7 +33,9 @@ SCHEMA = "pgray.robustness_card"
 # budget and the operating points; `worst_case` lost `steps` and `restarts` (the most over the
 # members, which described no attack); the card's `git_commit` is the rows' commit, the
 # writer's is `written_by_commit`
-SCHEMA_VERSION = 2
+# 3: `certified`: the model's certified L2 radii (randomized smoothing), on every card of it
+# (null where it certified none)
+SCHEMA_VERSION = 3
 CARDS_DIR = "cards"
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 TPRS = ("tpr_at_fpr1", "tpr_at_fpr5")
@@ -43,6 +47,9 @@ EPS_UNITS = {"linf": "1/255 of the [0, 1] pixel range",
              "l2": "L2 norm of the perturbation on [0, 1] pixels",
              "patch": "patch area as a fraction of the image"}
 PROTOCOL, WORST, CLEAN = "protocol", "worst_case", "clean"
+CERTIFIED = "certified"  # a certified row's attack (pgray.core.certify): no threat's budget
+# the sides of a certified row a card keeps: the bracket, and the smoothed detector clean
+CERTIFIED_SIDES = ("certified", "attacked", "smoothed")
 ADAPTIVE, UNKNOWN = "adaptive", "unknown"
 MEMBER_FIELDS = ("name", "method", "library", "objective", "steps", "restarts", "queries")
 NOT_SUITE = (CLEAN, "attack")  # single attacks outside a suite; checks start with "check"
@@ -167,6 +174,27 @@ def _budget(eps: float, rows: list[Row]) -> dict[str, Any]:
     }
 
 
+def certified_block(rows: list[Row]) -> list[dict[str, Any]] | None:
+    """A model's certified rows, one entry per radius (smallest first): the smoothing
+    (sigma, samples, confidence, percentile, EOT samples), the certified numbers, those the
+    l2 suite reached against the smoothed detector and its clean ones, each with its
+    interval, and the row's flags. None where the model has none."""
+    if not rows:
+        return None
+    return [{
+        "radius": _number(r.get("radius")),
+        "sigma": _number(r.get("sigma")), "samples": _int(r.get("samples")),
+        "confidence": _number(r.get("confidence")),
+        "percentile": _number(r.get("percentile")),
+        "eot_samples": _int(r.get("eot_samples")),
+        "l2_per_pixel": _number(r.get("l2_per_pixel")),
+        **{side: _metrics({m + tail: r.get(f"{side}_{m}{tail}") for m in METRICS
+                           for tail in ("", "_ci_low", "_ci_high")})
+           for side in CERTIFIED_SIDES},
+        "flags": sorted(r.get("flags") or []),
+    } for r in sorted(rows, key=lambda r: _number(r.get("radius")) or 0.0)]
+
+
 def card_name(detector: str, dataset: str, category: str, threat: str) -> str:
     return f"{detector}/{dataset}/{category}/{threat}"
 
@@ -179,7 +207,7 @@ def _suite_row(row: Row) -> bool:
 
 
 def _card(key: tuple, rows: list[Row], clean: Row | None, *, git_commit: str | None,
-          reported: Mapping[str, Any] | None) -> dict[str, Any]:
+          reported: Mapping[str, Any] | None, certified: list[Row] = ()) -> dict[str, Any]:
     detector, dataset, category, threat, _ = key
     everything = [*([clean] if clean else []), *rows]  # the clean row counts every image
     by_eps: dict[float, list[Row]] = defaultdict(list)
@@ -226,6 +254,8 @@ def _card(key: tuple, rows: list[Row], clean: Row | None, *, git_commit: str | N
         "budgets": [b["eps"] for b in budgets],
         "clean": _metrics(clean, METRICS + TPRS),
         "robust": budgets,
+        # the model's certified radii, whatever the card's threat (their own flags inside)
+        "certified": certified_block(list(certified)),
         # the one suite and precision of every budget (null where budgets differ: read theirs)
         "suite": _common(b["suite"] for b in budgets),
         "precision": _common(b["precision"] for b in budgets),
@@ -250,17 +280,22 @@ def build_cards(rows: Iterable[Row], *, git_commit: str | None = None,
     """One card per (detector, dataset, category, threat) of the rows, sorted by name.
     `git_commit`: the commit of the process writing the cards (`written_by_commit`; the rows
     say what they were computed with).
-    A model's clean row goes into each of its threat cards; rows of other single attacks
-    (`attack`) and the large-budget check contribute only their flags. `reported`: the paper's
+    A model's clean row goes into each of its threat cards, its certified rows into the
+    `certified` block of each (they are no budget of the l2 threat: their own flags stay in
+    the block); rows of other single attacks (`attack`) and the large-budget check
+    contribute only their flags. `reported`: the paper's
     numbers per (dataset, category), put on L-inf cards of PatchGuard. Two checkpoints of one
     detector on one category (a results folder re-used after retraining) give two cards."""
     groups: dict[tuple, list[Row]] = defaultdict(list)
     clean: dict[tuple, Row] = {}
+    certified: dict[tuple, list[Row]] = defaultdict(list)
     for r in rows:
         model = (r.get("detector") or "patchguard", r["dataset"], r["category"])
         sha = r.get("checkpoint_sha256")
         if r.get("attack") == CLEAN:
             clean[(*model, sha)] = r
+        elif r.get("attack") == CERTIFIED:
+            certified[(*model, sha)].append(r)
         else:
             groups[(*model, threat_of(r), sha)].append(r)
     for (*model, sha) in clean:  # a model evaluated clean only still gets a card
@@ -272,7 +307,8 @@ def build_cards(rows: Iterable[Row], *, git_commit: str | None = None,
         paper = (reported or {}).get((dataset, category)) if (
             threat == DEFAULT_THREAT and detector == "patchguard") else None
         cards.append(_card(key, mine, clean.get((detector, dataset, category, sha)),
-                           git_commit=git_commit, reported=paper))
+                           git_commit=git_commit, reported=paper,
+                           certified=certified.get((detector, dataset, category, sha), [])))
     return sorted(cards, key=lambda c: (c["name"], c["model"]["checkpoint_sha256"] or ""))
 
 

@@ -11,6 +11,9 @@ Markdown table and one self-contained HTML table, comparing like with like:
 - One line per model over its seeds (`pgray.tracking.board_lines` says what makes a model):
   the mean over the seeds and an interval over both the test images and the seeds
   (`pgray.core.intervals.across_seeds`), clipped to [0, 100], and the seed count.
+- Beside the worst case, the certified AD where the card certified its L2 budget (randomized
+  smoothing: a lower bound for the smoothed detector, not for the model itself; blank where
+  none).
 - Beside AD, AL and AUPRO: the operating points of the worst case (TPR at 1 % and 5 % FPR)
   and its AD when only normal or only anomalous images are attacked; the real budget at the
   model's input size (patch area, L2 per pixel); the commit the rows were computed with.
@@ -35,12 +38,12 @@ from pgray.tracking.cards import is_card
 UNRELIABLE = "UNRELIABLE"
 COLUMNS = ("dataset", "category", "threat", "budget", "real budget", "suite", "precision",
            "rank", "model", "training", "seeds", "clean AD", "protocol AD", "worst AD",
-           "worst AL", "worst AUPRO", "worst TPR@1%FPR", "worst TPR@5%FPR",
+           "certified AD", "worst AL", "worst AUPRO", "worst TPR@1%FPR", "worst TPR@5%FPR",
            "worst AD normals attacked", "worst AD anomalous attacked", "paper AD",
            "forward passes", "commit", "reliability")
 # (card block, metric) of each number column, in COLUMNS' order
 NUMBERS = (("clean", "image_auroc"), ("protocol", "image_auroc"), ("worst_case", "image_auroc"),
-           ("worst_case", "pixel_auroc"), ("worst_case", "aupro"),
+           ("certified", "image_auroc"), ("worst_case", "pixel_auroc"), ("worst_case", "aupro"),
            ("worst_case", "tpr_at_fpr1"), ("worst_case", "tpr_at_fpr5"),
            ("worst_case", "image_auroc_attack_normal"),
            ("worst_case", "image_auroc_attack_anomalous"))
@@ -236,7 +239,10 @@ INTRO = ("Per dataset / category / threat / budget / suite / precision, the reli
          " `unknown` is a suite the card did not record. One line per model over its seeds:"
          " the mean, and in brackets a 95 % interval over both the test images and the seeds"
          " (clipped to [0, 100]); a single seed's is its bootstrap interval. Percent. Normals"
-         " / anomalous attacked: the worst case's AD when only those images are attacked.")
+         " / anomalous attacked: the worst case's AD when only those images are attacked."
+         " Certified AD: at an L2 budget the model was certified at, the smoothed detector's"
+         " certified lower bound (randomized smoothing; its own detector, not the one ranked;"
+         " blank where none).")
 
 
 def _md(text: str) -> str:

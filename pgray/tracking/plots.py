@@ -110,6 +110,58 @@ def robustness_curves(rows: list[dict], out: Path) -> list[Path]:
             for threat, named in curve_series(rows).items()]
 
 
+CERTIFIED_CURVE = "certified_vs_radius_{name}.png"  # one per dataset with certified rows
+
+
+def certified_series(rows: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per dataset, per model and category (`category detector`): the radii, and at each its
+    certified and attacked image AUROC and the smoothed detector's clean one; rows of
+    several training seeds as their mean."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(dict)
+    for r in sorted(across_seeds(rows), key=lambda r: r.get("radius") or 0.0):
+        if r.get("attack") != "certified" or not _is_number(r.get("radius")):
+            continue
+        name = f"{r['category']} {r.get('detector') or 'patchguard'}"
+        series = out[r["dataset"]].setdefault(
+            name, {"radius": [], "certified": [], "attacked": [], "smoothed": []})
+        series["radius"].append(float(r["radius"]))
+        for side in ("certified", "attacked", "smoothed"):
+            value = r.get(f"{side}_image_auroc")
+            series[side].append(float(value) if _is_number(value) else float("nan"))
+    return dict(out)
+
+
+def certified_curves(rows: list[dict], out: Path) -> list[Path]:
+    """OUT/certified_vs_radius_<dataset>.png: per model and category, the certified image
+    AUROC (solid) and the attacked one (dashed) against the L2 radius, the bracket between
+    them, and the smoothed detector's clean level (dotted line), one colour each."""
+    paths = []
+    for ds, named in sorted(certified_series(rows).items()):
+        plt, (fig, ax) = _figure(figsize=(5.5, 3.8))
+        colours = plt.get_cmap("tab10")
+        for i, (name, s) in enumerate(sorted(named.items())):
+            colour = colours(i % 10)
+            ax.plot(s["radius"], s["certified"], "-", marker="o", color=colour,
+                    label=f"{name} certified")
+            ax.plot(s["radius"], s["attacked"], "--", marker="s", color=colour,
+                    label=f"{name} attacked")
+            ax.fill_between(s["radius"], s["certified"], s["attacked"], color=colour,
+                            alpha=0.12)
+            clean = [v for v in s["smoothed"] if np.isfinite(v)]
+            if clean:
+                ax.axhline(float(np.mean(clean)), color=colour, ls=":", lw=1.2,
+                           label=f"{name} smoothed clean")
+        ax.set_xlabel("L2 radius (norm on [0, 1] pixels at the model's input size)")
+        ax.set_ylabel("image AUROC")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{ds}: certified (lower) and attacked (upper) bound of the smoothed"
+                     " detector", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        paths.append(_save(fig, plt, Path(out) / CERTIFIED_CURVE.format(name=_file_name(ds))))
+    return paths
+
+
 def write_panels(outputs: dict[str, EvalOutputs], dataset, out_dir: Path, n: int) -> list[Path]:
     """PNG panels for the first n anomalous images: image, attacked image, perturbation,
     ground truth, clean map, attacked map (the strongest attack setting)."""

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.html"
 CURVES = "auroc_vs_eps*.png"  # one per threat (pgray.tracking.plots.robustness_curves)
+# the certified bracket against the radius, one per dataset (plots.certified_curves)
+CERTIFIED_CURVES = "certified_vs_radius_*.png"
 PANELS_DIR = "panels"  # the benchmark's panel PNGs, one folder per job (BenchmarkRun)
 MAX_PANELS = 24  # a page a person scrolls, not every panel of a large grid
 # Section ids a test (or a person's link) can find; the sweep-only ones are left out of a
@@ -210,6 +212,7 @@ def result_tables(rows: list[dict[str, Any]], prefix: str = "") -> list[Table]:
     each followed by its operating points where the rows carry them; `prefix` names the
     benchmark the rows come from where a page shows several."""
     from pgray.tracking import tables
+    from pgray.tracking.certified import CERTIFIED_NOTE
     from pgray.tracking.table_columns import OPERATING_NOTE
 
     out = []
@@ -223,7 +226,16 @@ def result_tables(rows: list[dict[str, Any]], prefix: str = "") -> list[Table]:
         if points is not None:
             out.append(Table(f"{prefix}{ds}, {det} ({tables.budget_label(threat, eps)}):"
                              " operating points", *points, OPERATING_NOTE))
+    for ds, label, head, body, settings in tables.certified_tables(rows):
+        out.append(Table(f"{prefix}{ds}: certified {label} by randomized smoothing,"
+                         " bracketed", head, body, f"Smoothing: {settings}. {CERTIFIED_NOTE}"))
     return out
+
+
+def curve_images(folder: Path) -> list[Image]:
+    """A results folder's figures: AUROC against eps per threat, the certified bracket
+    against the radius per dataset."""
+    return folder_images(folder, CURVES) + folder_images(folder, CERTIFIED_CURVES)
 
 
 def raised_flags(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
@@ -262,16 +274,23 @@ def benchmark_report_data(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, 
     return ReportData(
         title=f"Benchmark {cfg.name}", config_name="benchmark config",
         config_text=yaml.safe_dump(to_dict(cfg), sort_keys=False),
-        eps=list(cfg.eps), suite=suite_text, threats=threat_texts(cfg.threats),
+        eps=list(cfg.eps), suite=suite_text, threats=threat_texts(cfg.threats, cfg.certify),
         hardware=hardware(), results=result_tables(rows),
-        curves=folder_images(out, CURVES),
+        curves=curve_images(out),
         panels=folder_images(out, f"{PANELS_DIR}/*/*.png"), flags=raised_flags(rows),
         links={"results": str(out)})
 
 
-def threat_texts(threats: list) -> list[str]:
-    return ["linf (eps in 1/255)"] + [f"{t.threat} (eps {', '.join(f'{e:g}' for e in t.eps)})"
-                                      for t in threats]
+def threat_texts(threats: list, certify=None) -> list[str]:
+    """The threats a run attacked in, and the radii it certified (`certify`: a
+    CertifyConfig, or None)."""
+    out = ["linf (eps in 1/255)"] + [f"{t.threat} (eps {', '.join(f'{e:g}' for e in t.eps)})"
+                                     for t in threats]
+    if certify is not None:
+        out.append(f"certified l2 (radii {', '.join(f'{r:g}' for r in certify.radii)};"
+                   f" sigma {certify.sigma:g}, {certify.samples} samples, confidence"
+                   f" {certify.confidence:g})")
+    return out
 
 
 def sweep_report_data(space, result, out: Path) -> ReportData:
@@ -301,9 +320,10 @@ def sweep_report_data(space, result, out: Path) -> ReportData:
         title=f"Sweep {space.name}", config_name=config.name,
         config_text=config.read_text() if config.is_file() else "",
         eps=list(space.final_eval.eps), suite=attack_text(space),
-        threats=threat_texts(space.fixed_config().eval.threats), hardware=hardware(),
+        threats=threat_texts(space.fixed_config().eval.threats,
+                             space.fixed_config().eval.certify), hardware=hardware(),
         results=results,
-        curves=[i for f in folders for i in folder_images(f, CURVES)],
+        curves=[i for f in folders for i in curve_images(f)],
         panels=[i for f in folders for i in folder_images(f, f"{PANELS_DIR}/*/*.png")][
             :MAX_PANELS],
         flags=raised_flags(rows), sweep=True,

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 Row = Mapping[str, Any]
+# each metric's column label, in the paper's order
+METRIC_LABELS = (("image_auroc", "AD"), ("pixel_auroc", "AL"), ("aupro", "AUPRO"))
 # the column that says how much of the input a budget of the threat changes
 BUDGET_COLUMNS = {"l2": "l2_per_pixel", "patch": "patch_area"}
 OPERATING_NOTE = ("TPR at 1 % (5 %) FPR: the share of anomalous images flagged at the threshold"

@@ -7,8 +7,12 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from pgray.core.certify import METRICS as CERTIFIED_METRICS
+from pgray.core.certify import SIDES as CERTIFIED_SIDES
+from pgray.core.certify import is_certified
 from pgray.core.intervals import across_seeds as seed_summary
 from pgray.tracking.cards import OPERATING_POINTS
+from pgray.tracking.certified import certified_markdown, certified_table, settings_text
 
 # the results folder's rows, read and appended (kept importable from here)
 from pgray.tracking.row_store import (  # noqa: F401
@@ -19,6 +23,7 @@ from pgray.tracking.row_store import (  # noqa: F401
     row_key,
 )
 from pgray.tracking.table_columns import (
+    METRIC_LABELS,
     OPERATING_NOTE,
     budget_heading,
     complete_means,
@@ -49,7 +54,6 @@ def _cell(row: dict[str, Any], metric: str, mark: str = "") -> str:
     return text if ci is None else f"{text} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
-METRIC_LABELS = (("image_auroc", "AD"), ("pixel_auroc", "AL"), ("aupro", "AUPRO"))
 UNCERTAINTY_NOTE = ("Brackets: bootstrap 95 % intervals (test images resampled within each"
                     " label, 1,000 times; docs/method.md, \"Uncertainty\").")
 SEEDS_NOTE = ("Numbers: the mean over {n} training seeds; brackets: its 95 % interval over both"
@@ -66,6 +70,8 @@ def _flag_cell(rows: list[dict[str, Any]]) -> str:
 SEED_GROUP = ("dataset", "category", "detector", "attack", "setting", "eps", "threat", "suite")
 # averaged over seeds (with an interval where the rows carry one); other columns are seed 0's
 SEED_AVERAGED = tuple(m for m, _ in METRIC_LABELS) + OPERATING_POINTS
+# a certified row's: every side of its bracket
+CERTIFIED_AVERAGED = tuple(f"{side}_{m}" for side in CERTIFIED_SIDES for m in CERTIFIED_METRICS)
 
 
 def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -75,7 +81,8 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     every seed is scored on the same split, so the seeds' spread alone would understate it),
     clipped to [0, 1]; `seeds` and `n_seeds`: the seeds with a finite image AUROC (a failed
     seed is not counted), `seeds_without_value` the others; the union of the flags. Rows
-    without a seed pass unchanged."""
+    without a seed pass unchanged. Certified rows average every side of their bracket,
+    counting the seeds with a certified image AUROC."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     out = []
     for r in rows:
@@ -84,12 +91,14 @@ def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             groups[tuple(r.get(k) for k in SEED_GROUP)].append(r)
     for members in groups.values():
-        counted = sorted(r["seed"] for r in members if not _missing(r.get("image_auroc")))
+        certified = is_certified(members[0])
+        value = "certified_image_auroc" if certified else "image_auroc"
+        counted = sorted(r["seed"] for r in members if not _missing(r.get(value)))
         merged = dict(members[0]) | {
             "seed": None, "seeds": counted, "n_seeds": len(counted),
             "seeds_without_value": sorted(r["seed"] for r in members
-                                          if _missing(r.get("image_auroc")))}
-        for metric in SEED_AVERAGED:
+                                          if _missing(r.get(value)))}
+        for metric in CERTIFIED_AVERAGED if certified else SEED_AVERAGED:
             if any(metric in r for r in members):
                 merged |= _seed_interval(metric, members)
         merged["flags"] = sorted({f for r in members for f in (r.get("flags") or [])})
@@ -120,6 +129,8 @@ def markdown_table(rows: list[dict[str, Any]], detailed: int | None = None) -> s
     training seeds show their mean and its interval across seeds."""
     seeded = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     rows = across_seeds(rows)
+    certified = [r for r in rows if is_certified(r)]
+    rows = [r for r in rows if not is_certified(r)]
     out = [f"Mean over training seeds {', '.join(map(str, seeded))}; intervals are 95 % across"
            " seeds.\n"] if len(seeded) > 1 else []
     by_ds: dict[str, list] = defaultdict(list)
@@ -139,7 +150,24 @@ def markdown_table(rows: list[dict[str, Any]], detailed: int | None = None) -> s
             for threat, eps in budgets or [("linf", None)]:
                 out += _eps_table(title, mine, eps, threat)
                 out += _operating_table(title, mine, eps, threat)
+        out += certified_markdown(ds, [r for r in certified if r["dataset"] == ds],
+                                  detectors)
     return "\n".join(out)
+
+
+def certified_tables(rows: list[dict[str, Any]]
+                     ) -> list[tuple[str, str, list[str], list[list[str]], str]]:
+    """Per dataset and metric with certified rows: (dataset, the metric's label, columns,
+    cells, the smoothing settings), seeds merged (`pgray.tracking.certified`)."""
+    merged = across_seeds(rows)
+    out = []
+    for ds in sorted({r["dataset"] for r in merged if is_certified(r)}):
+        mine = [r for r in merged if r["dataset"] == ds]
+        detectors = _detector_order(mine)
+        for metric, label in METRIC_LABELS:
+            cols, body = certified_table(mine, metric, detectors)
+            out.append((ds, label, cols, body, settings_text(mine)))
+    return out
 
 
 THREAT_ORDER = {"linf": 0, "l2": 1, "patch": 2}
@@ -277,7 +305,8 @@ def result_budgets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, floa
     out = []
     by_ds: dict[str, list] = defaultdict(list)
     for r in across_seeds(rows):
-        by_ds[r["dataset"]].append(r)
+        if not is_certified(r):  # certified_tables has them
+            by_ds[r["dataset"]].append(r)
     for ds, ds_rows in sorted(by_ds.items()):
         budgets = sorted({(_threat(r), r["eps"]) for r in ds_rows
                           if r.get("attack") == "worst_case"},

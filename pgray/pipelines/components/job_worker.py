@@ -13,7 +13,15 @@ from typing import Any
 from pgray.config import DataConfig
 from pgray.core.eval_version import EVAL_VERSION
 from pgray.errors import CheckpointError, PgrayError
-from pgray.pipelines.components.jobs import ATTACK, CHECK, CLEAN, SHORT, SUITE, BenchJob
+from pgray.pipelines.components.jobs import (
+    ATTACK,
+    CERTIFY,
+    CHECK,
+    CLEAN,
+    SHORT,
+    SUITE,
+    BenchJob,
+)
 from pgray.pipelines.components.rows import identity_columns
 
 MODELS_KEPT = 2  # models an evaluation actor keeps on its device
@@ -97,7 +105,12 @@ class JobEvaluator:
         model = loaded.model
         dataset = self._dataset(job, model.img_size)
         keep = panel_indices(dataset, job.n_panels) if job.kind == SUITE else frozenset()
-        if job.kind in (CLEAN, ATTACK):
+        if job.kind == CERTIFY:  # the base sides join at the benchmark's end (other jobs)
+            from pgray.core.certify import certified_rows
+
+            rows, outputs = certified_rows(model, dataset, job.eval_config(), [],
+                                           device=self.device, progress=False), {}
+        elif job.kind in (CLEAN, ATTACK):
             settings = [None] if job.kind == CLEAN else job.attack_configs()
             rows, outputs = evaluate_model(model, dataset, settings, batch_size=job.batch_size,
                                            device=self.device, progress=False)

@@ -9,9 +9,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgray.config import AttackConfig, DataConfig, SuiteConfig
+from pgray.config import AttackConfig, CertifyConfig, DataConfig, EvalConfig, SuiteConfig
 from pgray.config.base import from_dict, to_dict
 from pgray.config.benchmark import BenchmarkConfig
+from pgray.config.certify import suite_threats
+from pgray.config.passes import FORWARD_PASS_COST
 from pgray.core.eval_version import EVAL_VERSION, git_commit
 from pgray.errors import CheckpointError
 from pgray.io import file_sha256
@@ -25,6 +27,8 @@ from pgray.pipelines.components.targets import (
 )
 
 CLEAN, SUITE, ATTACK, CHECK = "clean", "suite", "attack", "check"
+# the smoothed detector's certification at every radius of `certify:`, with the l2 suite on it
+CERTIFY = "certify"
 # an explicit short suite (`attacks`, with `members`' names and aims) and the clean scores
 SHORT = "short"
 
@@ -32,17 +36,18 @@ SHORT = "short"
 @dataclass(frozen=True)
 class BenchJob:
     """One unit of evaluation work: the clean scores, the suite at one eps, one extra attack
-    at one eps, the suite's large-budget check, or a short suite given member by member (the
-    sweep's rank agreement: the proxy's attacks on the test split), of one checkpoint on one
-    test split."""
+    at one eps, the suite's large-budget check, a short suite given member by member (the
+    sweep's rank agreement: the proxy's attacks on the test split), or the certification at
+    every radius of `certify:`, of one checkpoint on one test split."""
 
     dataset: str
     root: str
     category: str
     checkpoint: str
     checkpoint_sha256: str
-    kind: str  # clean | suite | attack | check
-    # suite: the protocol runs (the first is the paper's); attack: the one attack; else empty
+    kind: str  # clean | suite | attack | check | short | certify
+    # suite: the protocol runs (the first is the paper's); attack: the one attack; certify:
+    # the protocol (its precision for the l2 members); else empty
     attacks: tuple[dict[str, Any], ...]
     suite: dict[str, Any] | None
     eps: float
@@ -64,6 +69,8 @@ class BenchJob:
     git_commit: str | None = field(default=None, hash=False, compare=False)
     # of a short suite: (name, aims_at) of each attack in `attacks`
     members: tuple[tuple[str, str], ...] = ()
+    # of a certify job: the `certify:` section (CertifyConfig keys)
+    certify: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
     @property
     def setting(self) -> str:
@@ -73,6 +80,8 @@ class BenchJob:
             return AttackConfig(**self.attacks[0]).setting_name()
         if self.kind == SHORT:
             return f"short_suite_eps{self.eps:g}"
+        if self.kind == CERTIFY:
+            return "certified_l2_r" + "_".join(f"{r:g}" for r in self.certify_config().radii)
         name = self.suite["name"] if self.suite else "suite"
         if self.kind == CHECK:
             return f"{name}_check" + ("" if self.threat == "linf" else f"_{self.threat}")
@@ -94,6 +103,8 @@ class BenchJob:
                  "reference_model": self.reference_model, "seed": self.seed}
         if self.members:  # a short suite's (older keys stay as they were)
             parts["members"] = [list(m) for m in self.members]
+        if self.certify is not None:
+            parts["certify"] = self.certify
         blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -102,6 +113,16 @@ class BenchJob:
 
     def attack_configs(self) -> list[AttackConfig]:
         return [from_dict(AttackConfig, a, "attack") for a in self.attacks]
+
+    def certify_config(self) -> CertifyConfig:
+        return from_dict(CertifyConfig, self.certify or {}, "certify")
+
+    def eval_config(self) -> EvalConfig:
+        """A certify job's evaluation: the suite's l2 members (protocol: its precision) on
+        the smoothed detector, this job's batch."""
+        return EvalConfig(eps=[], attack=self.attack_configs()[0], suite=self.suite_config(),
+                          batch_size=self.batch_size, n_panels=0,
+                          certify=self.certify_config())
 
     def suite_members(self) -> list:
         from pgray.attacks.suite import large_eps_check, members
@@ -128,10 +149,18 @@ class BenchJob:
         if self.kind == ATTACK:
             cfg = self.attacks[0]
             return float(self.n_test * (cfg["steps"] * cfg["restarts"] + 1))
+        if self.kind == CERTIFY:
+            return self.certify_work().image_steps(FORWARD_PASS_COST)
         square = self.suite_config().square_images
         subset = self.n_test if square == 0 else min(square, self.n_test)
         work = planned_work(self.suite_members(), self.n_test, subset)
         return float(work["image_steps"] + work["queries"] + self.n_test)
+
+    def certify_work(self):
+        """A certify job's passes (`pgray.core.certify.CertifyWork`)."""
+        from pgray.core.certify import certify_work
+
+        return certify_work(self.eval_config(), self.n_test)
 
     def label(self) -> str:
         who = "" if self.detector == "patchguard" else f" {self.detector}"
@@ -153,15 +182,17 @@ GridCell = tuple[str, float, list[AttackConfig], str]
 def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
     """(kind, eps, attacks, threat) of each job per checkpoint: clean; the suite at each linf
     eps, then at each budget of every other threat (its members only: the protocol runs are
-    passed for their precision); each extra attack at each budget of its threat; the
-    large-budget check of the adaptive suite, per threat."""
+    passed for their precision), l2 also at each certified radius; each extra attack at each
+    budget of its threat; the large-budget check of the adaptive suite, per threat; the
+    certification of every radius (`certify:`), one job."""
     grid: list[GridCell] = [(CLEAN, 0.0, [], "linf")]
     for eps in cfg.eps:
         if eps > 0:
             grid.append((SUITE, float(eps), protocol_runs(cfg, eps), "linf"))
-    for threat in cfg.threats:
-        for eps in threat.eps:
-            grid.append((SUITE, float(eps), [cfg.attack], threat.threat))
+    threats = suite_threats(cfg.threats, cfg.certify)
+    for threat, budgets in threats:
+        for eps in budgets:
+            grid.append((SUITE, eps, [cfg.attack], threat))
     for extra in cfg.extra_attacks:
         for eps in cfg.budgets(extra.threat):
             grid.append((ATTACK, float(eps), [dataclasses.replace(extra, eps=float(eps))],
@@ -169,9 +200,23 @@ def job_grid(cfg: BenchmarkConfig) -> list[GridCell]:
     if cfg.suite.name == "adaptive":
         from pgray.attacks.suite import large_budget
 
-        for threat in ("linf", *(t.threat for t in cfg.threats)):
+        for threat in ("linf", *(t for t, _ in threats)):
             grid.append((CHECK, large_budget(cfg.suite, threat), [cfg.attack], threat))
+    if cfg.certify is not None:
+        grid.append((CERTIFY, 0.0, [cfg.attack], "l2"))
     return grid
+
+
+def job_fields(cfg: BenchmarkConfig, kind: str, attacks: list[AttackConfig], threat: str
+               ) -> dict[str, Any]:
+    """What a grid cell's job takes from the benchmark beside its cell: the suite (suite,
+    check and certify jobs), the threat (those alone; the others score linf or clean), the
+    `certify:` section (certify jobs)."""
+    suited = kind in (SUITE, CHECK, CERTIFY)
+    return {"attacks": tuple(to_dict(a) for a in attacks),
+            "suite": to_dict(cfg.suite) if suited else None,
+            "threat": threat if suited else "linf",
+            "certify": to_dict(cfg.certify) if kind == CERTIFY else None}
 
 
 def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None,
@@ -200,14 +245,12 @@ def jobs_for(cfg: BenchmarkConfig, entry, category: str, detector=None,
     sha = file_sha256(evaluated.path)
     return [BenchJob(
         dataset=entry.dataset, root=root, category=category,
-        checkpoint=str(evaluated.path.resolve()), checkpoint_sha256=sha, kind=kind,
-        attacks=tuple(to_dict(a) for a in attacks),
-        suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
+        checkpoint=str(evaluated.path.resolve()), checkpoint_sha256=sha, kind=kind, eps=eps,
         mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=cfg.n_panels,
         n_test=n_test, options=entry.options, checkpoint_epoch=evaluated.epoch,
         detector=name, reference_model=dict(detector.model) if detector else {},
         seed=entry.seed if detector is None else None, data_fingerprint=fingerprint,
-        threat=threat if kind in (SUITE, CHECK) else "linf", git_commit=git_commit(),
+        git_commit=git_commit(), **job_fields(cfg, kind, attacks, threat),
     ) for kind, eps, attacks, threat in (job_grid(cfg) if grid is None else grid)]
 
 

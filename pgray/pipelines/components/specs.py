@@ -109,6 +109,7 @@ def benchmark_config(space: SearchSpace, targets: list[Target], folder: Path, ra
         attack=dataclasses.replace(fixed.eval.attack, steps=fe.steps, restarts=fe.restarts),
         eps=list(fe.eps), steps=[fe.steps], restarts=[fe.restarts], suite=fe.suite,
         threats=list(fixed.eval.threats),  # the experiment's `eval.threats`, if any
+        certify=fixed.eval.certify,  # and its `eval.certify`
         mask_resize=fixed.data.mask_resize, batch_size=fe.batch_size, n_panels=fe.n_panels,
         # at most one actor per target; the pool holds fewer when the cluster does
         actors=ActorConfig(count=fe.actors or max(1, len(targets)), cpus=fe.cpus_per_actor,

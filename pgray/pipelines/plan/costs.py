@@ -3,6 +3,8 @@ image-step of a model, from the same code that trains (`pgray.config.passes.step
 
 from __future__ import annotations
 
+from pgray.config.passes import FORWARD_PASS_COST, UPDATE_PASS_COST
+
 
 def gflop_per_image_step(model_cfg) -> float:
     """FLOPs of one forward + input gradient of the config's model on one image."""
@@ -22,8 +24,6 @@ def gflop_per_image_step(model_cfg) -> float:
     return counter.get_total_flops() / 1e9
 
 
-# image-steps of one pass: forward + backward through the weights too; forward alone
-UPDATE_PASS_COST, FORWARD_PASS_COST = 1.5, 0.5
 
 
 def step_image_steps(exp_cfg) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pgray.config.passes import FORWARD_PASS_COST
 from pgray.pipelines.plan.cluster import Cluster, summarize_resources, worker_gpus
 from pgray.pipelines.plan.data import count_images, here_root, plan_targets
 from pgray.pipelines.plan.estimate import Piece, training_piece
@@ -14,21 +15,34 @@ PLAN_FOLDER = Path("runs/plan")  # stands in for checkpoint folders nothing writ
 
 
 def _eval_pieces(cfg, target: str, n_test: int, gpus: float, on_gpu: bool) -> list[Piece]:
-    from pgray.config.base import to_dict
-    from pgray.pipelines.components.jobs import CHECK, SUITE, BenchJob, job_grid
+    from pgray.pipelines.components.jobs import CERTIFY, BenchJob, job_fields, job_grid
     from pgray.pipelines.plan.speed import gpu_precision
 
     pieces = []
     for kind, eps, attacks, threat in job_grid(cfg):
         job = BenchJob(dataset="", root="", category=target, checkpoint="", checkpoint_sha256="",
-                       kind=kind, attacks=tuple(to_dict(a) for a in attacks),
-                       suite=to_dict(cfg.suite) if kind in (SUITE, CHECK) else None, eps=eps,
-                       mask_resize=cfg.mask_resize, batch_size=cfg.batch_size, n_panels=0,
-                       n_test=n_test, threat=threat if kind in (SUITE, CHECK) else "linf")
+                       kind=kind, eps=eps, mask_resize=cfg.mask_resize,
+                       batch_size=cfg.batch_size, n_panels=0, n_test=n_test,
+                       **job_fields(cfg, kind, attacks, threat))
         precision = gpu_precision(cfg.attack.precision, training=False) if on_gpu else "fp32"
-        pieces.append(Piece("evaluation", f"{target} {job.setting}", job.cost, cfg.actors.cpus,
+        what = f"{target} {job.setting}"
+        if kind == CERTIFY:
+            what += f" ({certify_text(job)})"
+        pieces.append(Piece("evaluation", what, job.cost, cfg.actors.cpus,
                             gpus, batch=cfg.batch_size, precision=precision))
     return pieces
+
+
+def certify_text(job) -> str:
+    """What a certify job's image-steps are made of, in passes."""
+    cfg, work = job.certify_config(), job.certify_work()
+    return (f"{cfg.samples:,} samples x {job.n_test:,} images = {work.certify_forwards:,}"
+            f" forwards to certify; {work.judge_forwards:,} forwards judging the l2 suite's"
+            f" candidates by the smoothed score; {work.attack_image_steps:,} attack steps"
+            f" (the suite's steps x {cfg.eot_samples} EOT samples)"
+            + (f" + {work.query_forwards:,} queries" if work.query_forwards else "")
+            + f", {len(cfg.radii)} radii; a forward counted as {FORWARD_PASS_COST:g}"
+            " image-step")
 
 
 def rank_piece(space, target: str, n_test: int, gpus: float, on_gpu: bool) -> Piece:
