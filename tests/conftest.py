@@ -28,6 +28,19 @@ def _test_ray_token() -> None:
 
 
 _test_ray_token()
+
+
+def _private_ray_tmpdir() -> None:
+    """Every Ray the tests start keeps its sockets, logs and `ray_current_cluster` in a folder
+    of this session: a bare ray.init() otherwise joins whatever cluster another process on
+    the machine last started under /tmp/ray (seen: a test joined another session's cluster).
+    Short, because Ray's socket paths are length-limited."""
+    folder = tempfile.mkdtemp(prefix="pgt", dir="/tmp")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.setdefault("RAY_TMPDIR", folder)
+
+
+_private_ray_tmpdir()
 os.environ.setdefault("TQDM_DISABLE", "1")
 # One intra-op thread per process: the suite runs a driver beside Ray workers on 2 cores, and
 # OpenMP threads spinning against each other made steps an order of magnitude slower.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,7 +202,42 @@ def loop_config(experiment: dict[str, Any], launch: TrainLaunch) -> dict[str, An
 def run_training(experiment: dict[str, Any], launch: TrainLaunch, callbacks: list | None = None):
     """Build and fit a TorchTrainer. Re-running with the same name and storage resumes from
     the latest checkpoint (Train V2 reloads the run's checkpoint snapshot). `callbacks` are
-    Train callbacks (e.g. Tune's TuneReportCallback, which forwards worker reports)."""
+    Train callbacks (e.g. Tune's TuneReportCallback, which forwards worker reports).
+
+    Train retries a worker group's failure itself (`launch.max_failures`), but when a worker
+    dies while its controller is tearing the group down for that retry, the controller sees
+    the dead actor and gives up with a ControllerError it never retries (seen on a loaded
+    2-core host). That is the same lost worker, so it is resumed here, by name, from the
+    latest checkpoint, within the same `max_failures`."""
+    from ray.train import ControllerError
+
+    for attempt in range(launch.max_failures + 1):
+        try:
+            return _fit(experiment, launch, callbacks)
+        except ControllerError as err:
+            lost = lost_worker_actor(err)
+            if lost is None or attempt == launch.max_failures:
+                raise
+            warnings.warn(f"Ray Train's controller lost a worker ({lost}); resuming "
+                          f"{launch.name} from its latest checkpoint "
+                          f"({attempt + 1} of {launch.max_failures})", stacklevel=2)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def lost_worker_actor(err: BaseException) -> str | None:
+    """The first line of the actor death behind a Train ControllerError, or None when the
+    controller failed for another reason (those are not retried)."""
+    from ray.exceptions import RayActorError
+
+    from pgray.errors import first_line
+
+    cause = err
+    while cause is not None and not isinstance(cause, RayActorError):
+        cause = getattr(cause, "controller_failure", None) or cause.__cause__
+    return None if cause is None else first_line(cause)
+
+
+def _fit(experiment: dict[str, Any], launch: TrainLaunch, callbacks: list | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

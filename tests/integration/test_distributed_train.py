@@ -86,6 +86,40 @@ def test_worker_failure_mid_epoch_resumes_from_checkpoint(ray_session, synthetic
     assert extra["selected"]["epoch"] == peak == result.history[-1]["selected_epoch"]
 
 
+def test_a_worker_lost_while_the_controller_restarts_the_group_is_resumed(
+        ray_session, synthetic_root, tmp_path):
+    """A worker actor that dies while Train's controller handles the group reaches the caller
+    as a ControllerError Train never retries (seen once on a loaded host, a killed worker's
+    peer destroyed with its placement group): pgray resumes the run by name from its latest
+    checkpoint. A controller callback raising the actor's death once stands in for it."""
+    import ray.exceptions
+    from ray.train import UserCallback
+
+    from pgray.core.checkpoint import load_checkpoint
+    from pgray.distributed.train import TrainLaunch
+
+    marker = tmp_path / "lost-once"
+
+    class LoseAWorkerOnce(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None and not marker.exists():
+                marker.write_text("lost once\n")
+                raise ray.exceptions.RayActorError()
+
+    cfg = tiny_experiment(synthetic_root, train={"epochs": 2})
+    launch = TrainLaunch(name="lost-worker", storage=str(tmp_path / "storage"), workers=1,
+                         cpus_per_worker=0.5, max_failures=1, progress=False)
+    from pgray.distributed import train as ray_train
+
+    with pytest.warns(UserWarning, match="resuming lost-worker from its latest checkpoint"):
+        result = ray_train.run_training(cfg.to_dict(), launch, [LoseAWorkerOnce()])
+    assert marker.exists()
+    dest = ray_train.copy_result_checkpoint(result, tmp_path / "final.pt")
+    _, _, extra = load_checkpoint(dest)
+    assert extra["epochs_done"] == 2
+    assert [epoch for epoch, _ in extra["history"]] == [0, 1]  # each epoch once
+
+
 def test_ray_run_resumed_by_name_continues(ray_session, synthetic_root, tmp_path, mlflow_uri,
                                           monkeypatch):
     """Resume by name on Ray Train, with two more things the workers must get right: a root
