@@ -12,8 +12,6 @@ working tree that `run` sends plus .whl/) against TARGET_MIB, printing the sizes
 from __future__ import annotations
 
 import argparse
-import hashlib
-import base64
 import os
 import shutil
 import subprocess
@@ -55,11 +53,6 @@ def download_command(requirements: Path, dest: Path) -> list[str]:
 
 def dropped(name: str) -> bool:
     return name.startswith(RAY_DROP_PREFIXES) or name.endswith(RAY_DROP_SUFFIXES)
-
-
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
 
 
 def slim_wheel(path: Path, drop=dropped) -> tuple[int, int]:
