@@ -23,7 +23,6 @@ import gpu_method  # noqa: E402
 import gpu_paths  # noqa: E402
 import gpu_wheels  # noqa: E402
 
-
 # -- stage budgets -----------------------------------------------------------------------------
 
 
