@@ -254,10 +254,10 @@ def main(argv=None) -> int:
     for case in cases(args, device):
         for precision in precisions:
             rows += measure(case, precision, device, peak)
-            print(f"# done: {case.name} {precision}", flush=True)
             # after every case: a stage cut at its time limit keeps the rows it had
             tm.write_json(args.json, {"device": tm.device_name(device), "peak_tflops": peak,
                                       "tf32": tm.tf32_state(), "rows": rows})
+            print(f"# done: {case.name} {precision}", flush=True)
     print(tm.table(rows, COLUMNS))
     for line in verdicts(rows):
         print(line)

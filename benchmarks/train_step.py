@@ -318,8 +318,8 @@ def run_steps(p, precisions, device, save) -> list[dict[str, Any]]:
     for name, batch, k, rounds in p["step_cases"]:
         for precision in precisions:
             rows += measure_step(name, batch, k, rounds, precision, device)
-            print(f"# done: step {name} {precision}", flush=True)
             save(step=rows)
+            print(f"# done: step {name} {precision}", flush=True)
     return rows
 
 
@@ -338,8 +338,8 @@ def run_data(p, args, precisions, device, where: Path, save) -> tuple[dict, list
                 if rates:  # workers x one core's rate: an upper bound when cores are shared
                     row["supply"] = n * rates["dataset_item"]
                 rows.append(row)
-                print(f"# done: loader {name} workers={n}", flush=True)
                 save(loader=rows)
+                print(f"# done: loader {name} workers={n}", flush=True)
     return rates, rows
 
 
