@@ -19,7 +19,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 CACHE="${GPU_REHEARSAL_CACHE:-/work/cache/gpu-rehearsal}"
-PY312="${PY312:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)}"
+PY312="${PY312:-}"
+if [[ -z "$PY312" ]]; then  # a pyenv shim answers to python3.12 without running it: try each
+  for candidate in /root/.pyenv/versions/3.12*/bin/python3.12 "$(command -v python3.12 || true)"; do
+    if [[ -x "$candidate" ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+      PY312="$candidate"; break
+    fi
+  done
+fi
+[[ -n "$PY312" ]] || { echo "no Python 3.12 found (set PY312)" >&2; exit 2; }
 REQ="$ROOT/benchmarks/gpu/lent_requirements.txt"
 LINE="$(cat "$ROOT/benchmarks/gpu/lent_command.txt")"
 MIB=$((1 << 20))
