@@ -14,5 +14,5 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
 export PYTHON
-case "${1:-}" in -h|--help) sed -n '2,9p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,10p' "$0"; exit 0 ;; esac
 exec "$PYTHON" "$ROOT/benchmarks/gpu_check.py" "$@"
