@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,10 +205,12 @@ def device_lines(smoke: bool, python: str) -> str:
              "print(torch.cuda.get_device_name(d), 'torch', torch.__version__, 'CUDA',"
              " torch.version.cuda); print('after pick_device: TF32 matmul',"
              " torch.backends.cuda.matmul.allow_tf32, 'cudnn', torch.backends.cudnn.allow_tf32)")
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm",
-                          "--format=csv"], capture_output=True, text=True)
+    smi = ""
+    if shutil.which("nvidia-smi"):
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm",
+                              "--format=csv"], capture_output=True, text=True).stdout
     torch_line = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=ROOT)
-    return (smi.stdout + torch_line.stdout + torch_line.stderr[-500:]).strip()
+    return (smi + torch_line.stdout + torch_line.stderr[-500:]).strip()
 
 
 def parse(argv=None) -> argparse.Namespace:
