@@ -83,9 +83,9 @@ step "2. what travels: the working tree the tool sends, and .whl/"
 python3 benchmarks/gpu_wheels.py --check-only
 tree="$CACHE/tree"
 rm -rf "$tree" && mkdir -p "$tree"
-git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$tree"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp -P --parents -t "$tree"  # links travel as links
 cp -r .whl "$tree/.whl"
-carried=$(find "$tree" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+carried=$(find "$tree" \( -type f -o -type l \) -printf '%s\n' | awk '{s += $1} END {print s}')
 echo "copied: $(find "$tree" -type f | wc -l) files, $((carried / 1024)) KiB ($(awk -v b="$carried" 'BEGIN {printf "%.2f", b / 1048576}') MiB)"
 (( carried <= 64 * MIB )) || { echo "over the 64 MiB the tool carries" >&2; exit 1; }
 
