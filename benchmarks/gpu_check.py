@@ -68,7 +68,7 @@ STAGES = (
           what="the training step against the floor of its passes; loader workers keeping up"),
     Stage("gpu_utilisation", "gpu_utilisation.py", 35, 60,
           what="PGD fraction of peak per batch size and precision: the --plan profile"),
-    Stage("paths", "gpu_paths.py", 80, 180,
+    Stage("paths", "gpu_paths.py", 80, 300,
           what="Ray Train on one GPU worker, NCCL at world size 1, evaluation actors sharing"
                " the GPU, bf16 autocast"),
     Stage("precision", "precision.py", 180, 90,

@@ -117,7 +117,7 @@ run_call() {  # CALL LIMIT_S: the lent command line in the bare copy, then what 
     && { echo "a returned name the tool would not bring back" >&2; exit 1; }
   return 0
 }
-run_call 1 "${REHEARSAL_CALL1_S:-900}"  # the smoke's CPU stage limits add to 540 s (600 s on the GPU)
+run_call 1 "${REHEARSAL_CALL1_S:-900}"  # the smoke's CPU stage limits add to 660 s (400 s on the GPU)
 run_call 2 300
 step "done"
 echo "rehearsal passed in $((SECONDS - began)) s; logs and results in $CACHE"
