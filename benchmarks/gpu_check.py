@@ -253,6 +253,9 @@ def main(argv=None) -> int:
     env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
                         "MLFLOW_TRACKING_URI": f"file://{work / 'mlruns'}",
                         "MLFLOW_ALLOW_FILE_STORE": "true"}
+    # Ray's own folder, unless one is set: a Ray that another program started on this machine
+    # (`ray start`) would otherwise be joined by the paths stage instead of a private one
+    env.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     deadline = args.deadline_s or (None if args.smoke else STAGE_BUDGET_S)
     record = {"call": args.call, "smoke": args.smoke, "stages": [], "skipped": [],
               "device": device_lines(args.smoke, python), "elapsed_s": 0.0}
