@@ -6,7 +6,7 @@ STAMP := $(VENV)/.pgray-installed
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean gpu-wheels gpu-rehearsal
 
 $(STAMP): pyproject.toml clusters/local/install.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,14 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q -x --durations=15 tests
+
+# The lent GPU machine (benchmarks/README.md, "GPU check"): the wheels it lacks, built into .whl/
+# (git-ignored), and a rehearsal of its limits on this CPU (minutes; not part of `make test`).
+gpu-wheels:
+	$(PY) benchmarks/gpu_wheels.py
+
+gpu-rehearsal: gpu-wheels
+	bash benchmarks/gpu_rehearsal.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -131,9 +131,19 @@ def setup(args: argparse.Namespace) -> torch.device:
     if threads:
         torch.set_num_threads(threads)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32
-        torch.backends.cudnn.allow_tf32 = False
+        # fp32 rows run as pgray's training runs fp32: on TF32 tensor cores (pick_device turns
+        # it on); rows say so in their `tf32` field. Strict fp32 (evaluation attacks) is
+        # gpu_utilisation.py's fp32 column.
+        from pgray.core.device import enable_tf32
+
+        enable_tf32(device)
     return device
+
+
+def tf32_state() -> bool:
+    """Whether fp32 matmuls and convolutions run on TF32 here (False on the CPU)."""
+    return bool(torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32
+                and torch.backends.cudnn.allow_tf32)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -254,6 +254,9 @@ def main(argv=None) -> int:
     for case in cases(args, device):
         for precision in precisions:
             rows += measure(case, precision, device, peak)
+            # after every case: a stage cut at its time limit keeps the rows it had
+            tm.write_json(args.json, {"device": tm.device_name(device), "peak_tflops": peak,
+                                      "tf32": tm.tf32_state(), "rows": rows})
             print(f"# done: {case.name} {precision}", flush=True)
     print(tm.table(rows, COLUMNS))
     for line in verdicts(rows):
@@ -262,7 +265,6 @@ def main(argv=None) -> int:
     for r in vits:
         print(f"ViT-S/14 224 {r['precision']}: {r['img_steps_s']:.1f} image-steps/s,"
               f" {r['flops_per_image_step'] / 1e9:.1f} GFLOP per image-step")
-    tm.write_json(args.json, {"device": tm.device_name(device), "peak_tflops": peak, "rows": rows})
     return 0
 
 

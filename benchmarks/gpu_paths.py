@@ -95,6 +95,29 @@ def actors_path(root: Path, work: Path, checkpoint: str, gpu: bool) -> dict:
                     f" of {'0.5 GPU' if gpu else '0 GPU'} each"}
 
 
+def process_group_device(device):
+    """The `device_id` for init_process_group: a CUDA device with its index (NCCL refuses a
+    bare 'cuda': "Please use a device_id with index"), None on the CPU (gloo takes none)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    if device.index is not None:
+        return device
+    index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
+    return torch.device("cuda", index)
+
+
+def process_group_options(work: Path, device) -> dict:
+    """init_process_group's arguments for a world of one on `device`."""
+    options = {"backend": "nccl" if device.type == "cuda" else "gloo",
+               "init_method": f"file://{work / 'process-group'}", "rank": 0, "world_size": 1}
+    device_id = process_group_device(device)
+    if device_id is not None:
+        options["device_id"] = device_id
+    return options
+
+
 def collectives_path(work: Path, device) -> dict:
     import torch
     import torch.distributed as dist
@@ -104,9 +127,9 @@ def collectives_path(work: Path, device) -> dict:
     gpu = device.type == "cuda"
     picked = pick_device("cuda" if gpu else "cpu")
     tf32 = bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
-    backend = "nccl" if gpu else "gloo"
-    dist.init_process_group(backend, init_method=f"file://{work / 'process-group'}", rank=0,
-                            world_size=1, **({"device_id": picked} if gpu else {}))
+    options = process_group_options(work, picked)
+    backend = options["backend"]
+    dist.init_process_group(**options)
     try:
         value = torch.arange(4, dtype=torch.float32, device=device)
         dist.all_reduce(value)

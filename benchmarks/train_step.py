@@ -313,19 +313,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def run_steps(p, precisions, device) -> list[dict[str, Any]]:
+def run_steps(p, precisions, device, save) -> list[dict[str, Any]]:
     rows = []
     for name, batch, k, rounds in p["step_cases"]:
         for precision in precisions:
             rows += measure_step(name, batch, k, rounds, precision, device)
+            save(step=rows)
             print(f"# done: step {name} {precision}", flush=True)
     return rows
 
 
-def run_data(p, args, precisions, device, where: Path) -> tuple[dict, list]:
+def run_data(p, args, precisions, device, where: Path, save) -> tuple[dict, list]:
     root = make_dataset_root(224, p["n_train"], where)
     rates = {} if "rates" in args.skip else per_core_rates(root, 224, p["seconds"])
     rows = []
+    save(rates=rates)
     if "loader" not in args.skip:
         workers = args.workers or ([4, 8] if device.type == "cuda" else [1])
         for name, batch, k in p["loader_cases"]:
@@ -336,6 +338,7 @@ def run_data(p, args, precisions, device, where: Path) -> tuple[dict, list]:
                 if rates:  # workers x one core's rate: an upper bound when cores are shared
                     row["supply"] = n * rates["dataset_item"]
                 rows.append(row)
+                save(loader=rows)
                 print(f"# done: loader {name} workers={n}", flush=True)
     return rates, rows
 
@@ -366,15 +369,22 @@ def main(argv=None) -> int:
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     p = plan(args, device)
     print(tm.header("Training step: pgray.core.step.train_step vs its floor; data feeding", device))
-    step_rows = [] if "step" in args.skip else run_steps(p, precisions, device)
+    # the rows so far, rewritten after every case: a stage cut at its limit keeps them
+    result = {"device": tm.device_name(device), "tf32": tm.tf32_state(), "step": [],
+              "rates": {}, "loader": []}
+
+    def save(**part) -> None:
+        result.update(part)
+        tm.write_json(args.json, result)
+
+    step_rows = [] if "step" in args.skip else run_steps(p, precisions, device, save)
     rates, loader_rows = {}, []
     if not {"rates", "loader"} <= set(args.skip):
         with tempfile.TemporaryDirectory() as tmp:
             where = args.data_dir or Path(tmp)
-            rates, loader_rows = run_data(p, args, precisions, device, where)
+            rates, loader_rows = run_data(p, args, precisions, device, where, save)
     report(step_rows, rates, loader_rows)
-    tm.write_json(args.json, {"device": tm.device_name(device), "step": step_rows,
-                              "rates": rates, "loader": loader_rows})
+    save()
     return 0
 
 

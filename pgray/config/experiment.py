@@ -153,8 +153,9 @@ class TrainConfig:
     # far below its best while the clean one held is reported, and never selected.
     collapse_drop: float = 0.2
     # DataLoader workers decoding, resizing and making pseudo-anomalies; None: 0 on the CPU
-    # (the step is the bottleneck there) and min(4, CPUs) on CUDA, where a ViT-S PGD-10 step
-    # takes tens of milliseconds and generation on the training thread would starve it
+    # (the step is the bottleneck there) and on CUDA, where a ViT-S PGD-10 step takes tens of
+    # milliseconds and generation on the training thread would starve it, the CPUs Ray
+    # reserved for the worker less one (min(4, CPUs) outside Ray): core.device.loader_workers
     loader_workers: int | None = None
     holdout_fraction: float = 0.1  # normal train images kept out for the proxy metric
     proxy_steps: int = 10

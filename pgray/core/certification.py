@@ -162,7 +162,7 @@ def certify_split(smoothed: SmoothedDetector, dataset, radii: Sequence[float], *
     bar = progress_bar(len(dataset), f"certifying, {smoothed.samples} samples per image", progress)
     group = smoothed.image_groups(len(dataset))
     for batch in test_loader(dataset, group, device):
-        x = batch["image"].to(device)
+        x = batch["image"].to(device, non_blocking=True)
         scores, maps = (v.sort(dim=-1).values for v in smoothed.sample_outputs(x))
         anomalous = batch["label"].to(device).reshape(-1) > 0.5
         pixels = smoothed.unit_labels(batch["mask"].to(device)) > 0.5

@@ -4,6 +4,7 @@ precision rule of pgray (training, attacks and evaluation all ask here)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +69,35 @@ def on_device(value, device: torch.device, *, cpu, cuda):
     if value is not None:
         return value
     return cuda if device.type == "cuda" else cpu
+
+
+def loader_workers(device: torch.device, reserved_cpus: float | None = None) -> int:
+    """DataLoader worker processes by default: none on the CPU (the step uses the cores
+    itself); on CUDA the CPUs a scheduler reserved for this process less the one that drives
+    the GPU, or up to 4 of the machine's cores where nothing was reserved."""
+    if device.type != "cuda":
+        return 0
+    if reserved_cpus is not None:
+        return max(0, int(reserved_cpus) - 1)
+    return min(4, os.cpu_count() or 1)
+
+
+def gpu_memory_fraction(gpus: float) -> float | None:
+    """The share of one GPU's memory a process that holds `gpus` of it may take: its share
+    when it holds part of one (evaluation actors of 0.5 GPU each: without a cap the first
+    one's caching allocator can take what the other needs), None for whole GPUs or none."""
+    return float(gpus) if 0 < gpus < 1 else None
+
+
+def cap_gpu_memory(gpus: float) -> float | None:
+    """Cap this process's CUDA memory at its share of the GPU (`gpu_memory_fraction`) on the
+    GPU it sees first (Ray's CUDA_VISIBLE_DEVICES makes that the assigned one). Returns the
+    cap set, None where none was (no CUDA, or whole GPUs)."""
+    fraction = gpu_memory_fraction(gpus)
+    if fraction is None or not torch.cuda.is_available():
+        return None
+    torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    return fraction
 
 
 def cuda_available() -> bool:

@@ -37,6 +37,9 @@ class FitContext:
     step_hook: Callable[[int, int], None] | None = None
     # extra per-epoch metrics computed from the model (e.g. a cross-rank parameter check)
     epoch_hook: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    # CPUs a scheduler reserved for this worker (Ray Train's resources_per_worker): the
+    # training loader's default number of workers follows them
+    reserved_cpus: float | None = None
 
 
 def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
@@ -70,7 +73,8 @@ def fit(cfg: ExperimentConfig, ctx: FitContext) -> dict[str, float]:
     train_ds, holdout_ds = build_datasets(cfg, model.patch_size, ctx.rank)
     batch = per_worker_batch(cfg.train.batch_size, ctx.world_size)
     train_loader = make_loader(train_ds, batch, shuffle=True, cfg=cfg, rank=ctx.rank,
-                           world_size=ctx.world_size, device=device)
+                           world_size=ctx.world_size, device=device,
+                           reserved_cpus=ctx.reserved_cpus)
     # Proxy batches are generated once per run; each rank scores its share of them.
     proxy = _proxy_share(holdout_ds, cfg, ctx)
     proxy_every = cfg.train.proxy_every or default_proxy_every(

@@ -106,7 +106,7 @@ def score_batches(
     model.eval()
     collected, offset = _Collector(), 0
     for i, batch in enumerate(batches):
-        x = batch["image"].to(device)
+        x = batch["image"].to(device, non_blocking=True)  # pinned by test_loader on CUDA
         if attack_cfg is not None and attack_cfg.eps > 0:
             # the reference's unit labels (resized mask); the direction from the image label
             labels = unit_labels(model, batch["mask"].to(device))
@@ -159,7 +159,7 @@ def score_suite(
     zero = {"detection": 0, "localization": 0}
     offset, total, lost = 0, 0, 0
     for i, batch in enumerate(batches):
-        x = batch["image"].to(device)
+        x = batch["image"].to(device, non_blocking=True)  # pinned by test_loader on CUDA
         n = x.shape[0]
         mask = batch["mask"].to(device)
         truth = Truth(units=unit_labels(model, batch.get("unit_mask", mask).to(device)),
@@ -219,9 +219,15 @@ def attack_settings(eval_cfg: EvalConfig) -> list[AttackConfig | None]:
 
 
 def test_loader(dataset, batch_size: int, device: torch.device):
+    """Test batches in order. On CUDA two worker processes decode the next batches while the
+    GPU attacks this one, into pinned memory (so the copy to the GPU need not block); on the
+    CPU the attack uses every core and the batches load in this process."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+    from pgray.core.device import loader_workers
+
+    workers = min(2, loader_workers(device))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -98,14 +96,15 @@ def proxy_batch_share(holdout, batch_size: int, rank: int = 0,
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfig, rank: int,
-            world_size: int, device: torch.device):
+            world_size: int, device: torch.device, reserved_cpus: float | None = None):
     """The training loader, built once per run. Its workers persist across epochs (no
     re-forking, and each keeps its memory-mapped decode cache open); a dataset with
     `set_epoch` gets each index together with the epoch (EpochSampler), since persistent
-    workers keep the dataset object they started with."""
+    workers keep the dataset object they started with. Without train.loader_workers, their
+    number follows the CPUs a scheduler reserved for this process (`reserved_cpus`)."""
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-    from pgray.core.device import on_device
+    from pgray.core.device import loader_workers
     from pgray.pseudo.dataset import EpochSampler
 
     if world_size > 1 and shuffle:
@@ -119,7 +118,9 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, cfg: ExperimentConfi
         sampler = SequentialSampler(dataset)
     if hasattr(dataset, "set_epoch"):
         sampler = EpochSampler(sampler)
-    workers = on_device(cfg.train.loader_workers, device, cpu=0, cuda=min(4, os.cpu_count() or 1))
+    workers = cfg.train.loader_workers
+    if workers is None:
+        workers = loader_workers(device, reserved_cpus)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -31,11 +31,15 @@ Job = Any  # anything with .key, .cost and .label()
 
 class PoolWorker:
     """The actor body: builds the pipeline's worker with the GPUs Ray assigned to this actor
-    (none: the CPU) and the node it landed on."""
+    (none: the CPU) and the node it landed on. An actor holding part of a GPU keeps to its
+    share of the GPU's memory."""
 
     def __init__(self, make_worker: Callable[..., Any]):
         import ray
 
+        from pgray.core.device import cap_gpu_memory
+
+        cap_gpu_memory(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
         self._worker = make_worker(assigned_gpus=ray.get_gpu_ids(),
                                    node=ray.get_runtime_context().get_node_id())
 

@@ -145,6 +145,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
             progress=loop_config.get("progress", True),
             step_hook=_bind_rank(loop_config.get("step_hook"), rank),
             epoch_hook=param_spread if world > 1 else None,
+            reserved_cpus=loop_config.get("reserved_cpus"),
         ))
     finally:
         if tracker is not None:  # what an outage held back is sent before the worker ends
@@ -191,6 +192,7 @@ def loop_config(experiment: dict[str, Any], launch: TrainLaunch) -> dict[str, An
         "mlflow_run_id": launch.mlflow_run_id,
         "mlflow_run": launch.mlflow_run,
         "threads": max(1, int(launch.cpus_per_worker)),
+        "reserved_cpus": launch.cpus_per_worker,
         "progress": launch.progress,
         "lead_metrics": list(launch.lead_metrics),
         "objective_terms": launch.objective_terms,
