@@ -79,9 +79,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     # frees the workers of stopped trials through the State API the dashboard serves;
     # RAY_API_SERVER_ADDRESS (inherited by Ray's workers) makes State API clients use this
     # instance even when several Ray instances share the machine.
+    # address="local": a bare ray.init() would join whatever cluster Ray's temp folder last
+    # recorded (ray_current_cluster: another program's `ray start`, even a dead one).
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=worker_logs,
              logging_level=level)
     _restrict_default_token()

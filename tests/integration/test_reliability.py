@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import warnings
 from pathlib import Path
 
@@ -140,6 +143,11 @@ def test_embedded_ray_requires_its_token_and_serves_the_dashboard_on_loopback(tm
     home, stranger = tmp_path / "home", tmp_path / "stranger"
     home.mkdir()
     stranger.mkdir()
+    # Ray's temp folder names a cluster nobody runs (another program's `ray start`, gone):
+    # the embedded default starts its own rather than joining it.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pgl", dir="/tmp"))  # short: socket paths
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
     base = {k: v for k, v in os.environ.items()
             if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     head_script = textwrap.dedent("""
@@ -154,9 +162,9 @@ def test_embedded_ray_requires_its_token_and_serves_the_dashboard_on_loopback(tm
     """)
     head = subprocess.Popen([sys.executable, "-c", head_script], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=base | {"HOME": str(home)})
+                            env=base | {"HOME": str(home), "RAY_TMPDIR": str(ray_tmp)})
     try:
-        lines = [head.stdout.readline() for _ in range(3)]
+        lines = _first_lines(head, 3, within_s=300)  # a head that joined nothing hangs
         assert "local Ray (in-process" in lines[0], lines
         gcs = lines[1].strip().removeprefix("GCS=")
         assert lines[2].startswith("WEBUI='127.0.0.1:"), lines
@@ -173,7 +181,27 @@ def test_embedded_ray_requires_its_token_and_serves_the_dashboard_on_loopback(tm
         allowed = _ray_client(gcs, base | {"HOME": str(home), "RAY_AUTH_MODE": "token"})
         assert "RAN 42" in allowed.stdout, allowed.stderr[-2000:]
     finally:
-        head.communicate(timeout=60)
+        try:
+            head.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _first_lines(proc: subprocess.Popen, n: int, within_s: float) -> list[str]:
+    """The first `n` lines `proc` prints, or a failure naming what came when they do not
+    come within `within_s` (a generous bound: it only turns a hang into a failure)."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for _ in range(n):
+            lines.append(proc.stdout.readline())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(within_s)
+    assert len(lines) == n, f"only {lines} within {within_s} s"
+    return lines
 
 
 def test_mlflow_lost_mid_benchmark_rows_still_reach_parquet(synthetic_root, tmp_path,
