@@ -88,6 +88,10 @@ class EvalPool:
         self._progress = JobProgress([], progress)
         self.failures: list[tuple[Job, str]] = []  # jobs that failed in their own code
         self.peak_actors = 0
+        self.actor_starts = 0
+        self.bytes_put = 0  # checkpoint bytes copied into the object store
+        self._bytes_held = 0
+        self.peak_bytes_held = 0
 
     @property
     def limit(self) -> int:
@@ -118,6 +122,7 @@ class EvalPool:
                     return
                 self._idle.append(self._actor_cls.remote(self._make_worker))
                 self._actors += 1
+                self.actor_starts += 1
                 self.peak_actors = max(self.peak_actors, self._actors)
             job, actor = self._waiting.pop(0), self._idle.pop()
             self._running[actor.run.remote(job, *self._inputs(job))] = (job, actor)
@@ -134,8 +139,12 @@ class EvalPool:
         key, path = self._shared_file(job)
         if key not in self._blobs:
             with open(path, "rb") as handle:
-                self._blobs[key] = ray.put(handle.read())
-        return [self._blobs[key]]
+                data = handle.read()
+            self._blobs[key] = (ray.put(data), len(data))
+            self.bytes_put += len(data)
+            self._bytes_held += len(data)
+            self.peak_bytes_held = max(self.peak_bytes_held, self._bytes_held)
+        return [self._blobs[key][0]]
 
     def _done_with(self, job: Job) -> None:
         """The job will not run again: free its file's copy once no other job needs it."""
@@ -143,8 +152,8 @@ class EvalPool:
             return
         key = self._shared_file(job)[0]
         self._users[key] -= 1
-        if self._users[key] == 0:
-            self._blobs.pop(key, None)
+        if self._users[key] == 0 and key in self._blobs:
+            self._bytes_held -= self._blobs.pop(key)[1]
 
     def poll(self, timeout: float | None = 0.0) -> int:
         """Hand on every finished result (waiting up to `timeout` for the first one)."""
