@@ -39,6 +39,8 @@ def parse(argv=None) -> argparse.Namespace:
                     help="logical worker nodes (default: one per 64 GPUs, at least 2)")
     ap.add_argument("--host-minutes", type=float, default=4.0,
                     help="host time the lower bound is scaled to (sets the scale)")
+    ap.add_argument("--datasets", default=None,
+                    help="paper: only these datasets (comma-separated)")
     ap.add_argument("--trials", type=int, default=56, help="search: trials per target")
     ap.add_argument("--actors", type=int, default=None,
                     help="evaluation actors at most (default: the config's)")
@@ -60,6 +62,10 @@ def load_workload(args, cluster, folder: Path):
 
     if args.workload == "paper":
         cfg = BenchmarkConfig.from_yaml(PAPER)
+        if args.datasets:
+            keep = args.datasets.split(",")
+            cfg = dataclasses.replace(cfg, datasets=[d for d in cfg.datasets
+                                                     if d.dataset in keep])
         if args.actors:
             cfg = dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors,
                                                                       count=args.actors))

@@ -40,8 +40,10 @@ class Simulation:
     report_every: dict[str, int] = field(default_factory=dict)  # per target; else 10
     checkpoint_bytes: int = 4096
 
-    def sleep(self, simulated_s: float) -> None:
-        time.sleep(max(0.0, simulated_s * self.scale))
+    def sleep_until(self, began: float, simulated_s: float) -> None:
+        """Sleep until `simulated_s` after host time `began`: the host's own work in between
+        (reports, checkpoints, MLflow) is absorbed, not added, as a GPU's would overlap it."""
+        time.sleep(max(0.0, began + simulated_s * self.scale - time.time()))
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,14 @@ def simulated_trial(config: dict[str, Any], ctx) -> None:
     quality = made_up_quality(key, params)
     objectives = [(o.metric, o.mode) for o in ctx.space.objectives]
     terms = ctx.space.scalar_terms()
-    sim.sleep(sim.start_s)
+    due = sim.start_s  # simulated seconds after `began` the work has reached
+    sim.sleep_until(began, due)
     work_began, epoch = time.time(), first
     try:
         while epoch < epochs:
             stop = min(epochs, (epoch // every + 1) * every)  # the next epoch that reports
-            sim.sleep(sim.epoch_s[key] * (stop - epoch))
+            due += sim.epoch_s[key] * (stop - epoch)
+            sim.sleep_until(began, due)
             epoch = stop
             metrics = simulated_metrics(quality, epoch - 1, epochs, objectives)
             if terms:
@@ -173,7 +177,7 @@ class SimulatedJobs:
 
     def run(self, job, *inputs) -> dict[str, Any]:
         began = time.time()
-        self._sim.sleep(job.seconds)
+        self._sim.sleep_until(began, job.seconds)
         ended = time.time()
         record = {"job": job.key, "began": began, "ended": ended, "node": self._node,
                   "input_bytes": sum(len(i) for i in inputs if isinstance(i, bytes | bytearray))}

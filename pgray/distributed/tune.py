@@ -15,10 +15,10 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pgray.config.search_sections import Resources, Target
+from pgray.config.search_sections import Resources
 from pgray.config.search_space import OBJECTIVE_SCALAR, SearchSpace
-from pgray.distributed.sweep_context import SweepContext
 from pgray.distributed.simulation import simulated_trial
+from pgray.distributed.sweep_context import SweepContext
 from pgray.distributed.train import CHECKPOINT_URI
 from pgray.distributed.trial_runs import open_trial_run, train_run_name, trial_run
 from pgray.distributed.trial_summaries import summarise, summary_of_trial

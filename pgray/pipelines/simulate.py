@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgray.distributed.simulation import Simulation, SimulatedJob, SimulatedJobs
+from pgray.distributed.simulation import SimulatedJob, SimulatedJobs, Simulation
 from pgray.pipelines.plan.cluster import Cluster
 from pgray.pipelines.plan.estimate import FIXED_COSTS, Piece, device_seconds, estimate
 from pgray.pipelines.runners.evaluations import Evaluations
