@@ -128,6 +128,7 @@ class Outcome:
     began: float = 0.0
     ended: float = 0.0
     enqueued: dict[str, float] = field(default_factory=dict)  # job key -> when queued
+    dispatched: dict[str, float] = field(default_factory=dict)  # job key -> handed to an actor
     delivered: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     trial_seen: dict[str, float] = field(default_factory=dict)  # trial id -> driver heard
     trials: list = field(default_factory=list)  # TrialSummary of every trial
@@ -218,6 +219,7 @@ def run_simulated(work: Workload, sim: Simulation, folder: Path, mlflow_uri: str
     out.cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     out.trials = search.trials
     out.failures = evaluations.failures
+    out.dispatched = evaluations.dispatched
     stats = evaluations.pool_stats()
     out.peak_actors, out.actor_starts = stats["peak_actors"], stats["actor_starts"]
     out.store_bytes_put, out.store_peak_bytes = stats["bytes_put"], stats["peak_bytes_held"]

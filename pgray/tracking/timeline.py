@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 TRIALS_LOG, JOBS_LOG = "trials.jsonl", "jobs.jsonl"  # one line per piece of simulated work
+DISPATCH = "evaluation hand-over"
 GRID = 20_000  # points the run's span is cut into to measure idle-while-waiting
 
 
@@ -97,6 +98,10 @@ def build_timeline(log_dir: Path, outcome, *, scale: float, gpus: float,
              for tid, first in started.items() if tid in {t["trial"] for t in trials}]
     waits += [Interval("evaluation", key, queued, started.get(key, outcome.ended), job_gpus)
               for key, queued in outcome.enqueued.items()]
+    # the pool's own decision: from a job's arrival to its hand-over to an actor (an actor's
+    # start-up, host-bound, left out)
+    waits += [Interval(DISPATCH, key, queued, outcome.dispatched.get(key, outcome.ended),
+                       job_gpus) for key, queued in outcome.enqueued.items()]
     return Timeline(outcome.began, outcome.ended, scale, gpus, work, waits)
 
 

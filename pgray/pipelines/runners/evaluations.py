@@ -117,6 +117,11 @@ class Evaluations:
         return {n: 0 if pool is None else int(getattr(pool, n)) for n in names}
 
     @property
+    def dispatched(self) -> dict[str, float]:
+        """Job key -> when the pool first handed it to an actor (host time)."""
+        return {} if self._pool is None else dict(self._pool.dispatched)
+
+    @property
     def failures(self) -> list[tuple[Any, str]]:
         """(job, why) of every job that failed in its own code so far."""
         return self._failed + ([] if self._pool is None else list(self._pool.failures))
