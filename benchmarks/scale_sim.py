@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -48,6 +49,9 @@ def parse(argv=None) -> argparse.Namespace:
                     help="fraction of the worker nodes removed mid-run")
     ap.add_argument("--lose-at", type=float, default=0.3,
                     help="when, as a fraction of the lower bound")
+    ap.add_argument("--mlflow-server", action="store_true",
+                    help="log through an MLflow server (its store: SQLite in OUT), as a"
+                         " cluster does, instead of every process opening the SQLite file")
     ap.add_argument("--out", type=Path, default=None)
     return ap.parse_args(argv)
 
@@ -92,6 +96,30 @@ def mlflow_counts(uri: str) -> dict[str, int]:
     return rows
 
 
+def start_mlflow_server(db: Path) -> tuple[str, subprocess.Popen]:
+    """`mlflow server` on a free local port over the SQLite file `db`; its URI and process."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--backend-store-uri", f"sqlite:///{db}",
+         "--default-artifact-root", str(db.parent / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=open(db.with_suffix(".server.log"), "w"))  # noqa: SIM115
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return uri, server
+        except OSError:
+            time.sleep(1)
+    server.kill()
+    raise RuntimeError(f"mlflow server did not answer at {uri}")
+
+
 def lose_nodes(cluster, fraction: float, after_s: float, record: dict) -> threading.Thread:
     """After `after_s` host seconds, remove that fraction of the worker nodes."""
     def run() -> None:
@@ -127,7 +155,12 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.jsonl"):
         stale.unlink()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
+    server = None
+    if args.mlflow_server:
+        (out / "mlflow.db").unlink(missing_ok=True)
+        uri, server = start_mlflow_server(out / "mlflow.db")
+    else:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out}/mlflow.db"
     nodes = args.nodes or max(2, args.gpus // 64)
     cpus_per_gpu = 4.0
     described = Cluster(args.gpus * cpus_per_gpu, float(args.gpus), f"simulated {args.gpus}")
@@ -149,14 +182,18 @@ def main(argv=None) -> dict:
 
         ray.shutdown()
         cluster.shutdown()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
     trials = read_lines(out / TRIALS_LOG)
     timeline = build_timeline(out, outcome, scale=scale, gpus=args.gpus,
                               training_gpus=work.gpus_per_training, job_gpus=work.actors.gpus)
     bound = lower_bound(work, trials, args.gpus, FIXED_COSTS.training_s)
     host_s = outcome.ended - outcome.began
-    rows = mlflow_counts(uri)
+    rows = mlflow_counts(f"sqlite:///{out}/mlflow.db" if server else uri)
     summary = {
         "workload": args.workload, "gpus": args.gpus, "nodes": nodes, "scale": scale,
+        "mlflow": "server" if server else uri.split(":")[0],
         "trials": len({t["trial"] for t in trials}), "jobs": len(outcome.enqueued),
         "makespan_h": timeline.makespan / 3600, "bound_work_h": bound["work"] / 3600,
         "bound_chain_h": bound["chain"] / 3600, "ratio": timeline.makespan / bound["bound"],
