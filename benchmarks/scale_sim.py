@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SEARCH_SPACE = ROOT / "search_spaces" / "robust.yaml"
+SEARCH_SPACE = ROOT / "pgray" / "config" / "search_spaces" / "robust.yaml"
 PAPER = ROOT / "benchmarks" / "paper.yaml"
 
 
@@ -43,6 +43,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--datasets", default=None,
                     help="paper: only these datasets (comma-separated)")
     ap.add_argument("--trials", type=int, default=56, help="search: trials per target")
+    ap.add_argument("--max-concurrent", type=int, default=None,
+                    help="search: trials at once at most (resources.max_concurrent; each"
+                         " trial process holds about 160 MB, mostly ray.tune's imports)")
     ap.add_argument("--actors", type=int, default=None,
                     help="evaluation actors at most (default: the config's)")
     ap.add_argument("--lose-nodes", type=float, default=0.0,
@@ -76,6 +79,8 @@ def load_workload(args, cluster, folder: Path):
         return paper_workload(cfg, cluster, folder)
     data = load_yaml(SEARCH_SPACE)
     data["budget"] = data["budget"] | {"trials": args.trials}
+    if args.max_concurrent:
+        data["resources"] = data["resources"] | {"max_concurrent": args.max_concurrent}
     if args.actors:
         data.setdefault("final_eval", {})["actors"] = {"count": args.actors}
     return search_workload(from_dict(SearchSpace, data), cluster, folder)
