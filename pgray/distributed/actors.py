@@ -92,7 +92,9 @@ class EvalPool:
         self.failures: list[tuple[Job, str]] = []  # jobs that failed in their own code
         self.peak_actors = 0
         self.actor_starts = 0
-        self.dispatched: dict[str, float] = {}  # job key -> when first handed to an actor
+        # job key -> when the pool first acted on it: handed it to an actor, or started one
+        # for it (what is left until it runs is the actor's start, the host's)
+        self.dispatched: dict[str, float] = {}
         self.bytes_put = 0  # checkpoint bytes copied into the object store
         self._bytes_held = 0
         self.peak_bytes_held = 0
@@ -133,6 +135,9 @@ class EvalPool:
             self._actors += 1
             self.actor_starts += 1
             self.peak_actors = max(self.peak_actors, self._actors)
+        now = time.time()
+        for job in self._waiting[:len(self._starting)]:  # an actor is on its way to each
+            self.dispatched.setdefault(job.key, now)
         while len(self._starting) > len(self._waiting):  # more on the way than jobs wait
             self._end(self._starting.pop(next(reversed(self._starting))))
         while self._idle:  # nothing waits: idle actors give their GPUs back

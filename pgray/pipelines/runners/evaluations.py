@@ -118,7 +118,8 @@ class Evaluations:
 
     @property
     def dispatched(self) -> dict[str, float]:
-        """Job key -> when the pool first handed it to an actor (host time)."""
+        """Job key -> when the pool first acted on it (handed it to an actor or started one
+        for it; host time)."""
         return {} if self._pool is None else dict(self._pool.dispatched)
 
     @property
