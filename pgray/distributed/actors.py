@@ -92,8 +92,9 @@ class EvalPool:
         self.failures: list[tuple[Job, str]] = []  # jobs that failed in their own code
         self.peak_actors = 0
         self.actor_starts = 0
-        # job key -> when the pool first acted on it: handed it to an actor, or started one
-        # for it (what is left until it runs is the actor's start, the host's)
+        # job key -> when the pool had done all it can for it: handed it to an actor, started
+        # one for it, or holds every actor it may (what is left until it runs is actors
+        # starting or busy, not the pool's choice)
         self.dispatched: dict[str, float] = {}
         self.bytes_put = 0  # checkpoint bytes copied into the object store
         self._bytes_held = 0
@@ -136,7 +137,8 @@ class EvalPool:
             self.actor_starts += 1
             self.peak_actors = max(self.peak_actors, self._actors)
         now = time.time()
-        for job in self._waiting[:len(self._starting)]:  # an actor is on its way to each
+        covered = len(self._waiting) if self._actors >= self._limit else len(self._starting)
+        for job in self._waiting[:covered]:
             self.dispatched.setdefault(job.key, now)
         while len(self._starting) > len(self._waiting):  # more on the way than jobs wait
             self._end(self._starting.pop(next(reversed(self._starting))))

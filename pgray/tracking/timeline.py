@@ -98,8 +98,8 @@ def build_timeline(log_dir: Path, outcome, *, scale: float, gpus: float,
              for tid, first in started.items() if tid in {t["trial"] for t in trials}]
     waits += [Interval("evaluation", key, queued, started.get(key, outcome.ended), job_gpus)
               for key, queued in outcome.enqueued.items()]
-    # the pool's own decision: from a job's arrival to the pool handing it to an actor or
-    # starting one for it (an actor's start-up, host-bound, left out)
+    # the pool's own decisions: from a job's arrival to the pool handing it to an actor,
+    # starting one for it or holding all it may (actors' start-up, the host's, left out)
     waits += [Interval(DISPATCH, key, queued, outcome.dispatched.get(key, outcome.ended),
                        job_gpus) for key, queued in outcome.enqueued.items()]
     return Timeline(outcome.began, outcome.ended, scale, gpus, work, waits)

@@ -3,10 +3,10 @@ paper's trainings of two datasets as one Tune experiment, their evaluation jobs 
 each checkpoint lands, MLflow in SQLite; work sleeps for its cost-model time, scaled down.
 
 Waits are measured in simulated seconds. The pool's hand-over (from a job's arrival to the
-pool handing it to an actor or starting one for it) is the scheduler's own decision, made in
-the driver step that lands the checkpoint or frees an actor; the start of a process or an
-actor, which is the host's (2 shared cores start them two at a time), is reported by the
-benchmark, not bounded here."""
+pool handing it to an actor, starting one for it, or holding every actor it may) is the
+scheduler's own decision, made in the driver step that lands the checkpoint or frees an
+actor; the start of a process or an actor, which is the host's (2 shared cores start them two
+at a time), is reported by the benchmark, not bounded here."""
 
 from __future__ import annotations
 

@@ -118,8 +118,8 @@ class Evaluations:
 
     @property
     def dispatched(self) -> dict[str, float]:
-        """Job key -> when the pool first acted on it (handed it to an actor or started one
-        for it; host time)."""
+        """Job key -> when the pool had done all it can for it (handed it to an actor, started
+        one for it, or held every actor it may; host time)."""
         return {} if self._pool is None else dict(self._pool.dispatched)
 
     @property
