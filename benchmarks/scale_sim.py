@@ -217,7 +217,7 @@ def main(argv=None) -> dict:
         "jobs_failed": len(outcome.failures),
         "jobs_not_delivered": sum(k not in outcome.delivered for k in outcome.enqueued),
         "jobs_delivered_twice": sum(len(v) > 1 for v in outcome.delivered.values()),
-        "faults": faults | _redone(trials, work, scale),
+        "faults": _faults(faults, outcome, scale) | _redone(trials, work, scale),
     }
     plot_idle(timeline, out / "idle.png",
               f"{args.workload}, {args.gpus} GPUs: GPUs idle over the run")
@@ -253,18 +253,27 @@ def _missing_points(trials, work, rows) -> int | None:
 
 
 def _redone(trials, work, scale: float) -> dict:
-    """Simulated GPU-seconds of training done twice (a trial restarted after a lost node
-    repeats the epochs after its last checkpoint) and trial restarts."""
+    """Trial attempts that resumed from a checkpoint (a node lost under them; the attempt
+    that died logs nothing) and the simulated GPU-hours of training done twice that the logs
+    show (attempts that both logged the same epochs)."""
     by_trial: dict[str, list] = {}
     for t in trials:
         by_trial.setdefault(t["trial"], []).append(t)
-    redone, restarts = 0.0, 0
+    redone, resumed = 0.0, 0
     for runs in by_trial.values():
-        restarts += len(runs) - 1
+        resumed += sum(r["from_epoch"] > 0 for r in runs)
         done = sum(r["to_epoch"] - r["from_epoch"] for r in runs)
         last = max(r["to_epoch"] for r in runs)
         redone += (done - last) * work.epoch_s[runs[0]["target"]]
-    return {"trial_restarts": restarts, "training_redone_gpu_h": redone / 3600}
+    return {"trials_resumed": resumed, "training_redone_gpu_h": redone / 3600}
+
+
+def _faults(record: dict, outcome, scale: float) -> dict:
+    """When (simulated hours into the run) and how many nodes were lost."""
+    if not record:
+        return {}
+    return {"nodes_lost": record["nodes"], "lost_at_h": (record["at"] - outcome.began) / scale
+            / 3600}
 
 
 def _print(s: dict, out: Path) -> None:
