@@ -214,6 +214,7 @@ def main(argv=None) -> dict:
         "actors_peak": outcome.peak_actors, "actor_starts": outcome.actor_starts,
         "store_bytes_put": outcome.store_bytes_put,
         "store_peak_bytes": outcome.store_peak_bytes,
+        "store_peak_checkpoints": outcome.store_peak_files,
         "jobs_failed": len(outcome.failures),
         "jobs_not_delivered": sum(k not in outcome.delivered for k in outcome.enqueued),
         "jobs_delivered_twice": sum(len(v) > 1 for v in outcome.delivered.values()),
@@ -295,7 +296,7 @@ def _print(s: dict, out: Path) -> None:
           f" loss points missing: {s['mlflow_loss_points_missing']}")
     print(f"evaluation actors: {s['actors_peak']} at most, {s['actor_starts']} started;"
           f" object store: {s['store_bytes_put']:,} checkpoint bytes put,"
-          f" {s['store_peak_bytes']:,} held at most")
+          f" {s['store_peak_bytes']:,} held at most ({s['store_peak_checkpoints']} checkpoints)")
     print(f"jobs failed {s['jobs_failed']}, not delivered {s['jobs_not_delivered']}, delivered"
           f" twice {s['jobs_delivered_twice']}; faults: {s['faults']}")
 

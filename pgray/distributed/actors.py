@@ -99,6 +99,7 @@ class EvalPool:
         self.bytes_put = 0  # checkpoint bytes copied into the object store
         self._bytes_held = 0
         self.peak_bytes_held = 0
+        self.peak_files_held = 0  # checkpoints in the object store at once
 
     @property
     def limit(self) -> int:
@@ -165,6 +166,7 @@ class EvalPool:
             self.bytes_put += len(data)
             self._bytes_held += len(data)
             self.peak_bytes_held = max(self.peak_bytes_held, self._bytes_held)
+            self.peak_files_held = max(self.peak_files_held, len(self._blobs))
         return [self._blobs[key][0]]
 
     def _done_with(self, job: Job) -> None:

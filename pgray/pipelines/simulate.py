@@ -137,6 +137,7 @@ class Outcome:
     actor_starts: int = 0
     store_bytes_put: int = 0
     store_peak_bytes: int = 0
+    store_peak_files: int = 0
     cpu_s: float = 0.0  # the driver process's CPU over the run
 
 
@@ -223,5 +224,6 @@ def run_simulated(work: Workload, sim: Simulation, folder: Path, mlflow_uri: str
     stats = evaluations.pool_stats()
     out.peak_actors, out.actor_starts = stats["peak_actors"], stats["actor_starts"]
     out.store_bytes_put, out.store_peak_bytes = stats["bytes_put"], stats["peak_bytes_held"]
+    out.store_peak_files = stats["peak_files_held"]
     parent.finish()
     return out

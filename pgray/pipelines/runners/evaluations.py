@@ -110,10 +110,11 @@ class Evaluations:
         return 0 if self._pool is None else self._pool.peak_actors
 
     def pool_stats(self) -> dict[str, int]:
-        """The pool's actors (most at once, started in all) and checkpoint bytes it copied
-        into the object store (in all, most held at once)."""
+        """The pool's actors (most at once, started in all) and the checkpoints it copied
+        into the object store (bytes in all, bytes and files held at once at most)."""
         pool = self._pool
-        names = ("peak_actors", "actor_starts", "bytes_put", "peak_bytes_held")
+        names = ("peak_actors", "actor_starts", "bytes_put", "peak_bytes_held",
+                 "peak_files_held")
         return {n: 0 if pool is None else int(getattr(pool, n)) for n in names}
 
     @property
