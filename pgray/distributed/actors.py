@@ -11,7 +11,10 @@ What a cluster shared with training needs:
   an actor asks for (an actor that can never be scheduled would keep its jobs forever);
 - actors are created when jobs wait and ended when none do, so their GPUs go back to the
   trainings that Ray schedules beside them (no fixed split of the cluster);
-- the costliest waiting job starts first; a job already queued or done is not queued again;
+- the costliest waiting job starts first, and only on an actor that is up: a job bound to an
+  actor still waiting for a GPU would wait behind it while another actor stood free (and,
+  after a node is lost, behind an actor the smaller cluster never schedules); a job already
+  queued or done is not queued again;
 - an actor lost with its node is dropped and its job queued again for a new actor (up to
   `max_retries` times); a job that fails in its own code is reported once, not retried, and
   the others go on (`failures`).
