@@ -143,6 +143,11 @@ def lose_nodes(cluster, fraction: float, after_s: float, record: dict) -> thread
 def main(argv=None) -> dict:
     args = parse(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's files (and its note of the running cluster, which a plain ray.init() elsewhere on
+    # this host would join) in a folder of this run's own; short, for Ray's socket paths
+    import tempfile
+
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="pgsim-", dir="/tmp")
     from pgray.distributed.simulation import Simulation, start_logical_cluster
     from pgray.pipelines.plan.cluster import Cluster
     from pgray.pipelines.plan.estimate import FIXED_COSTS

@@ -10,6 +10,7 @@ inside a Tuner), whose rank 0 reports each epoch to Tune with the checkpoint's f
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,13 @@ from pgray.distributed.tune_targets import (
 )
 from pgray.errors import ClusterError, PgrayError
 from pgray.tracking.trials import TrialSummary
+
+# A trial reusing the process of a trial ASHA stopped (reuse_actors) first waits for the stopped
+# trial's thread to reach its next report; Tune gives it TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by
+# default), then fails the new trial for good ("Trainable runner reuse requires reset_config()
+# ..."), though nothing is wrong with it: an epoch, or a loaded node, takes longer. Tune reads
+# it in the trial's process, which imports this module to unpickle the trainable.
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "300")
 
 # Keys Tune adds to every result: not training metrics, never logged to MLflow as such.
 TUNE_KEYS = frozenset({
