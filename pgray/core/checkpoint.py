@@ -19,14 +19,11 @@ from torch import nn
 import pgray
 from pgray.config import ExperimentConfig, ModelConfig
 from pgray.core.backbone import state_dict_problems
+from pgray.core.file_names import CHECKPOINT_FILE, SELECTED_FILE  # noqa: F401 - their names
 from pgray.core.model import PatchGuard
 from pgray.errors import CheckpointError, ConfigError, PgrayError, first_line
 from pgray.io import atomic_write
 
-# The names a training's files go by, in its output folder and inside each Ray Train
-# checkpoint: the checkpoint (the last epoch), and the proxy-selected weights beside it.
-CHECKPOINT_FILE = "checkpoint.pt"
-SELECTED_FILE = "best.pt"
 FORMAT_TAG = "pgray-patchguard-checkpoint"
 FORMAT_VERSION = 1
 # Config fields that change the parameter set; the rest (dropout, top_k, smoothing) do not.

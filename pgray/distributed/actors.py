@@ -11,7 +11,10 @@ What a cluster shared with training needs:
   an actor asks for (an actor that can never be scheduled would keep its jobs forever);
 - actors are created when jobs wait and ended when none do, so their GPUs go back to the
   trainings that Ray schedules beside them (no fixed split of the cluster);
-- the costliest waiting job starts first; a job already queued or done is not queued again;
+- the costliest waiting job starts first, and only on an actor that is up: a job bound to an
+  actor still waiting for a GPU would wait behind it while another actor stood free (and,
+  after a node is lost, behind an actor the smaller cluster never schedules); a job already
+  queued or done is not queued again;
 - an actor lost with its node is dropped and its job queued again for a new actor (up to
   `max_retries` times); a job that fails in its own code is reported once, not retried, and
   the others go on (`failures`).
@@ -22,6 +25,7 @@ failed future belonged to.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +88,8 @@ class EvalPool:
         self._waiting: list[Job] = []
         self._seen: set[str] = set()
         self._running: dict[Any, tuple[Job, Any]] = {}  # future -> (job, actor)
+        self._starting: dict[Any, Any] = {}  # an actor's ready future -> the actor
+        self._failed_starts = 0  # actors in a row that died starting
         self._lost: dict[str, int] = {}  # job key -> actors lost while running it
         self._on_result = on_result
         self._shared_file = shared_file
@@ -92,6 +98,15 @@ class EvalPool:
         self._progress = JobProgress([], progress)
         self.failures: list[tuple[Job, str]] = []  # jobs that failed in their own code
         self.peak_actors = 0
+        self.actor_starts = 0
+        # job key -> when the pool had done all it can for it: handed it to an actor, started
+        # one for it, or holds every actor it may (what is left until it runs is actors
+        # starting or busy, not the pool's choice)
+        self.dispatched: dict[str, float] = {}
+        self.bytes_put = 0  # checkpoint bytes copied into the object store
+        self._bytes_held = 0
+        self.peak_bytes_held = 0
+        self.peak_files_held = 0  # checkpoints in the object store at once
 
     @property
     def limit(self) -> int:
@@ -114,20 +129,35 @@ class EvalPool:
         self._start_waiting()
 
     def _start_waiting(self) -> None:
+        """Hand the costliest waiting jobs to ready idle actors, start actors for the jobs
+        left (a job is bound to an actor only once it is up: one bound to an actor still
+        waiting for a GPU would wait behind it while another actor stood free), and end
+        actors that nothing waits for."""
+
+        while self._waiting and self._idle:
+            job, actor = self._waiting.pop(0), self._idle.pop()
+            self.dispatched.setdefault(job.key, time.time())
+            self._running[actor.run.remote(job, *self._inputs(job))] = (job, actor)
+        while len(self._starting) < len(self._waiting) and self._actors < self._limit:
+            actor = self._actor_cls.remote(self._make_worker)
+            self._starting[actor.__ray_ready__.remote()] = actor
+            self._actors += 1
+            self.actor_starts += 1
+            self.peak_actors = max(self.peak_actors, self._actors)
+        now = time.time()
+        covered = len(self._waiting) if self._actors >= self._limit else len(self._starting)
+        for job in self._waiting[:covered]:
+            self.dispatched.setdefault(job.key, now)
+        while len(self._starting) > len(self._waiting):  # more on the way than jobs wait
+            self._end(self._starting.pop(next(reversed(self._starting))))
+        while self._idle:  # nothing waits: idle actors give their GPUs back
+            self._end(self._idle.pop())
+
+    def _end(self, actor: Any) -> None:
         import ray
 
-        while self._waiting:
-            if not self._idle:
-                if self._actors >= self._limit:
-                    return
-                self._idle.append(self._actor_cls.remote(self._make_worker))
-                self._actors += 1
-                self.peak_actors = max(self.peak_actors, self._actors)
-            job, actor = self._waiting.pop(0), self._idle.pop()
-            self._running[actor.run.remote(job, *self._inputs(job))] = (job, actor)
-        while self._idle:  # nothing waits: idle actors give their GPUs back
-            ray.kill(self._idle.pop())
-            self._actors -= 1
+        ray.kill(actor)
+        self._actors -= 1
 
     def _inputs(self, job: Job) -> list:
         """The object reference of the job's shared file (put once per key), or nothing."""
@@ -138,8 +168,13 @@ class EvalPool:
         key, path = self._shared_file(job)
         if key not in self._blobs:
             with open(path, "rb") as handle:
-                self._blobs[key] = ray.put(handle.read())
-        return [self._blobs[key]]
+                data = handle.read()
+            self._blobs[key] = (ray.put(data), len(data))
+            self.bytes_put += len(data)
+            self._bytes_held += len(data)
+            self.peak_bytes_held = max(self.peak_bytes_held, self._bytes_held)
+            self.peak_files_held = max(self.peak_files_held, len(self._blobs))
+        return [self._blobs[key][0]]
 
     def _done_with(self, job: Job) -> None:
         """The job will not run again: free its file's copy once no other job needs it."""
@@ -147,19 +182,23 @@ class EvalPool:
             return
         key = self._shared_file(job)[0]
         self._users[key] -= 1
-        if self._users[key] == 0:
-            self._blobs.pop(key, None)
+        if self._users[key] == 0 and key in self._blobs:
+            self._bytes_held -= self._blobs.pop(key)[1]
 
     def poll(self, timeout: float | None = 0.0) -> int:
         """Hand on every finished result (waiting up to `timeout` for the first one)."""
         import ray
 
         done = 0
-        while self._running:
-            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        while self._running or self._starting:
+            ready, _ = ray.wait([*self._running, *self._starting], num_returns=1,
+                                timeout=timeout)
             if not ready:
                 break
             timeout = 0.0
+            if ready[0] in self._starting:
+                self._actor_up(ready[0])
+                continue
             job, actor = self._running.pop(ready[0])
             try:
                 _, result = ray.get(ready[0])
@@ -177,12 +216,27 @@ class EvalPool:
             self._start_waiting()
         return done
 
-    def _actor_lost(self, job: Job, actor: Any, err: BaseException) -> None:
-        """Its node went away (or the actor died): a new actor takes the job."""
+    def _actor_up(self, ready: Any) -> None:
+        """An actor finished starting (or died starting: another is started if jobs wait)."""
         import ray
 
-        ray.kill(actor)
-        self._actors -= 1
+        actor = self._starting.pop(ready)
+        try:
+            ray.get(ready)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            self._end(actor)
+            # a worker that cannot be built fails the jobs, one per start past the retries
+            self._failed_starts += 1
+            if self._failed_starts > self._max_retries and self._waiting:
+                self._job_failed(self._waiting.pop(0), None, err)
+        else:
+            self._failed_starts = 0
+            self._idle.append(actor)
+        self._start_waiting()
+
+    def _actor_lost(self, job: Job, actor: Any, err: BaseException) -> None:
+        """Its node went away (or the actor died): a new actor takes the job."""
+        self._end(actor)
         self._lost[job.key] = self._lost.get(job.key, 0) + 1
         if self._lost[job.key] > self._max_retries:
             self._job_failed(job, None, err)

@@ -25,6 +25,8 @@ class SweepContext:
     progress: bool = False
     # per target, parameters fixed on top of the space (a clean twin: its target's best trial)
     target_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the simulation switch (distributed.simulation.Simulation): trials sleep, never train
+    simulate: Any = None
 
 
 # Where a Tune experiment's Train runs go: beside it, `<storage>/<space name>-<suffix>`. A

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgray.core.checkpoint import CHECKPOINT_FILE
+from pgray.core.file_names import CHECKPOINT_FILE
 
 # The result key naming a reported checkpoint as a URI every node can open (s3://..., gs://...,
 # or an absolute path): Ray's own `checkpoint_path` leaves the filesystem out.

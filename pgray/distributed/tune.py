@@ -10,15 +10,18 @@ inside a Tuner), whose rank 0 reports each epoch to Tune with the checkpoint's f
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
 
-from pgray.config.search_sections import Resources, Target
+from pgray.config.search_sections import Resources
 from pgray.config.search_space import OBJECTIVE_SCALAR, SearchSpace
+from pgray.distributed.simulation import simulated_trial
 from pgray.distributed.sweep_context import SweepContext
 from pgray.distributed.train import CHECKPOINT_URI
+from pgray.distributed.trial_runs import open_trial_run, train_run_name, trial_run
 from pgray.distributed.trial_summaries import summarise, summary_of_trial
 from pgray.distributed.tune_targets import (
     TARGET_KEY,
@@ -31,6 +34,13 @@ from pgray.distributed.tune_targets import (
 from pgray.errors import ClusterError, PgrayError
 from pgray.tracking.trials import TrialSummary
 
+# A trial reusing the process of a trial ASHA stopped (reuse_actors) first waits for the stopped
+# trial's thread to reach its next report; Tune gives it TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by
+# default), then fails the new trial for good ("Trainable runner reuse requires reset_config()
+# ..."), though nothing is wrong with it: an epoch, or a loaded node, takes longer. Tune reads
+# it in the trial's process, which imports this module to unpickle the trainable.
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "300")
+
 # Keys Tune adds to every result: not training metrics, never logged to MLflow as such.
 TUNE_KEYS = frozenset({
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -40,32 +50,7 @@ TUNE_KEYS = frozenset({
 })
 
 
-def trial_run_key(sweep: str, trial_id: str) -> str:
-    return f"sweep:{sweep}:trial:{trial_id}"
-
-
-def train_run_name(sweep: str, trial_id: str) -> str:
-    return f"{sweep}-{trial_id}"
-
-
 # --- the trainable ---------------------------------------------------------------------------
-def trial_run(ctx: SweepContext, trial_id: str, target: Target) -> dict[str, Any]:
-    """How a trial's MLflow run is found or created (by its key), wherever it is opened: by
-    the trial on a worker node, by its training loop, by the driver that closes it."""
-    return {"run_key": trial_run_key(ctx.space.name, trial_id),
-            "run_name": f"{target.category}-{trial_id}", "parent_run_id": ctx.parent_run_id,
-            "tags": {"pgray.kind": "trial", "pgray.sweep": ctx.space.name,
-                     "dataset": target.dataset, "category": target.category,
-                     "pgray.trial_id": trial_id},
-            "existing": True}  # opened on a worker node too: never a store of that node's own
-
-
-def open_trial_run(ctx: SweepContext, trial_id: str, target: Target):
-    from pgray.tracking.mlflow_runs import open_run_later
-
-    return open_run_later(ctx.mlflow_uri, **trial_run(ctx, trial_id, target))
-
-
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One trial: fixed settings + sampled params -> a training whose reports reach Tune."""
     import time
@@ -307,11 +292,12 @@ def _trainable(ctx: SweepContext):
     from ray import tune
 
     res = ctx.resources
-    if res.trains_in_trial:
+    if res.trains_in_trial or ctx.simulate is not None:  # a simulated trial holds its GPU
         need = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker or 0.0}
     else:
         need = {"cpu": res.trial_cpus}
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), need)
+    trial = run_trial if ctx.simulate is None else simulated_trial
+    return tune.with_resources(tune.with_parameters(trial, ctx=ctx), need)
 
 
 def run_search(ctx: SweepContext, storage: str, *, resume: bool, verbose: int = 1,

@@ -83,6 +83,50 @@ def test_more_gpu_actors_than_gpus_do_not_deadlock(gpu_cluster):
     assert cpu_only["job9"]["gpus"] == []  # an actor Ray gave no GPU never picks one
 
 
+class ActorReport(GpuReport):
+    """Says which actor ran the job."""
+
+    def run(self, job):
+        import ray
+
+        return super().run(job) | {"actor": ray.get_runtime_context().get_actor_id()}
+
+
+class GpuHolder:
+    """Holds a logical GPU until killed."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_job_never_waits_behind_an_actor_that_cannot_start(gpu_cluster):
+    """One of the two GPUs held elsewhere: the second actor cannot start. Every job runs on the
+    actor that is up, while the GPU is still held (the old pool bound a job to the actor
+    still waiting for a GPU, where it waited until the other actor, idle, was ended and gave
+    its GPU up)."""
+    import time
+
+    import ray
+
+    from pgray.distributed.actors import EvalPool
+
+    holder = ray.remote(num_cpus=0, num_gpus=1)(GpuHolder).remote()
+    ray.get(holder.ready.remote())
+    results = {}
+    pool = EvalPool(ActorReport, cpus=0.5, gpus=1.0, max_actors=2, max_retries=0,
+                    on_result=lambda job, r: results.setdefault(job.key, r), progress=False)
+    assert pool.limit == 2
+    pool.add([Job(i) for i in range(3)])
+    give_up = time.monotonic() + 120  # a guard for the old pool, which never finishes here
+    while pool.busy and time.monotonic() < give_up:
+        pool.poll(timeout=0.5)
+    done_while_held = sorted(results)
+    ray.kill(holder)
+    pool.drain()
+    assert done_while_held == ["job0", "job1", "job2"]
+    assert len({r["actor"] for r in results.values()}) == 1  # the one actor up ran them all
+
+
 def test_train_takes_the_clusters_gpus_and_refuses_none(gpu_cluster, synthetic_root, tmp_path,
                                                         monkeypatch):
     from pgray.distributed.cluster import SHARED_TRACKING_ENV

@@ -3,6 +3,7 @@ goes to, on Ray actors (`pgray.distributed.actors.EvalPool`) or in this process.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from operator import attrgetter
@@ -28,21 +29,23 @@ class Evaluations:
     file's bytes to the actor through the object store (once per checkpoint, by its digest),
     since an actor on another node sees none of the driver's files."""
 
-    def __init__(self, actors: ActorConfig, *, sequential: bool, progress: bool) -> None:
+    def __init__(self, actors: ActorConfig, *, sequential: bool, progress: bool,
+                 make_worker: Callable[..., Any] | None = None) -> None:
         self._sinks: dict[str, Callable[[Any, Any], None]] = {}
         self._pending: list[Any] = []
         self._pollers: list[Callable[[], bool]] = []
         self._actors = actors
         self._progress = progress
+        # the actors' worker (the simulation's stands in for JobEvaluator)
+        self._make_worker = make_worker or functools.partial(JobEvaluator,
+                                                             threads=actors.threads)
         self._pool = None if sequential else self._make_pool()
         self._failed: list[tuple[Any, str]] = []  # jobs that failed in this process
 
     def _make_pool(self):
-        import functools
-
         from pgray.distributed.actors import EvalPool
 
-        return EvalPool(functools.partial(JobEvaluator, threads=self._actors.threads),
+        return EvalPool(self._make_worker,
                         cpus=self._actors.cpus, gpus=self._actors.gpus,
                         max_actors=self._actors.count, max_retries=self._actors.max_retries,
                         on_result=self._deliver, progress=self._progress,
@@ -105,6 +108,20 @@ class Evaluations:
     @property
     def peak_actors(self) -> int:
         return 0 if self._pool is None else self._pool.peak_actors
+
+    def pool_stats(self) -> dict[str, int]:
+        """The pool's actors (most at once, started in all) and the checkpoints it copied
+        into the object store (bytes in all, bytes and files held at once at most)."""
+        pool = self._pool
+        names = ("peak_actors", "actor_starts", "bytes_put", "peak_bytes_held",
+                 "peak_files_held")
+        return {n: 0 if pool is None else int(getattr(pool, n)) for n in names}
+
+    @property
+    def dispatched(self) -> dict[str, float]:
+        """Job key -> when the pool had done all it can for it (handed it to an actor, started
+        one for it, or held every actor it may; host time)."""
+        return {} if self._pool is None else dict(self._pool.dispatched)
 
     @property
     def failures(self) -> list[tuple[Any, str]]:
