@@ -32,7 +32,7 @@ def _rows(tmp_path, tag: str, worst: float, half: float, fingerprint: str = "f00
     ckpt = tmp_path / tag / "checkpoint.pt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(tag.encode() * 100)
-    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]  # as pgray.io.file_sha256
     base = {"dataset": "synthetic", "category": "disc", "detector": "patchguard",
             "checkpoint": str(ckpt), "checkpoint_sha256": sha, "checkpoint_file": ckpt.name,
             "data_fingerprint": fingerprint, "split": "official", "data_root": str(tmp_path),
@@ -63,12 +63,13 @@ def _logged(uri, tmp_path, tag, worst, half, **kw) -> Pick:
 
 
 def test_logged_model_links_numbers_to_model_and_split(mlflow_uri, tmp_path):
+    from mlflow.entities import LoggedModelStatus
     from mlflow.tracking import MlflowClient
 
     pick = _logged(mlflow_uri, tmp_path, "a", 0.6, 0.05)
     client = MlflowClient(mlflow_uri)
     model = client.get_logged_model(pick.model_id)
-    assert model.status.to_proto() == 2 or str(model.status).endswith("READY")
+    assert model.status == LoggedModelStatus.READY
     assert model.tags["pgray.worst_case_ad"] == "0.6" and model.tags["pgray.threat"] == "linf"
     assert model.tags["pgray.clean_ad"] == "0.95" and model.tags["pgray.eps"] == "8.0"
     linked = {m.key: m for m in model.metrics}
