@@ -294,6 +294,11 @@ class FetchedModel:
     checkpoint: Path
     manifest: dict[str, Any]
 
+    def cards(self) -> list[dict[str, Any]]:
+        """The robustness cards the model was logged with."""
+        folder = self.checkpoint.parent / "cards"
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
 
 def fetch_model(uri: str, model_uri: str, dest: Path) -> FetchedModel:
     """A logged or registered model's files under `dest`: the checkpoint (its digest checked
