@@ -154,11 +154,39 @@ def objective_args(space: SearchSpace) -> tuple[Any, Any]:
     return (metrics, modes) if space.multi_objective else (metrics[0], modes[0])
 
 
+def study_name(space: SearchSpace, target: str) -> str:
+    """A target's Optuna study in `resources.optuna_storage`."""
+    return f"{space.name}:{target}"
+
+
+def optuna_storage(space: SearchSpace, targets: list[str]):
+    """The RDB storage of `resources.optuna_storage` (None: in memory). A new sweep whose
+    studies are there already is refused: it would add its trials to another sweep's (a
+    sweep resumed with --resume continues its studies through Tune's saved searcher)."""
+    url = space.resources.optuna_storage
+    if url is None or not space.search:
+        return None
+    import optuna
+
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's many errors, said in one line
+        raise ClusterError(f"resources.optuna_storage {url}: cannot open it ({err})") from None
+    there = set(optuna.study.get_all_study_names(storage))
+    taken = [study_name(space, t) for t in targets if study_name(space, t) in there]
+    if taken:
+        raise PgrayError(f"resources.optuna_storage already holds the studies {taken}: pass"
+                         " --resume to continue that sweep, rename this one, or delete them"
+                         " (optuna delete-study --storage URL --study-name NAME)")
+    return storage
+
+
 def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     metric, mode = objective_args(space)
+    storage = optuna_storage(space, targets)
     inner: dict[str, Any] = {}
     for i, target in enumerate(targets):
         if not space.search:
@@ -168,7 +196,8 @@ def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
         sampler = (optuna.samplers.RandomSampler(seed=seed) if space.sampler == "random"
                    else optuna.samplers.TPESampler(seed=seed))
         inner[target] = OptunaSearch(metric=metric, mode=mode, sampler=sampler,
-                                     points_to_evaluate=space.start_point_choices() or None)
+                                     points_to_evaluate=space.start_point_choices() or None,
+                                     storage=storage, study_name=study_name(space, target))
     return PerTargetSearch(inner, space.budget.trials, metric, mode)
 
 

@@ -62,6 +62,7 @@ def finish_benchmark(run: BenchmarkRun, cfg: BenchmarkConfig, keys: set[str],
     report = benchmark_report_data(cfg, out, rows)
     report.incomplete = incomplete
     parent.log_artifact(write_report(report, out))
+    run.stop_watching()
     parent.finish()
     return BenchmarkResult(rows, out / tables.RESULTS_FILE, md, table,
                            skipped=len(keys) - run.ran, ran=run.ran,

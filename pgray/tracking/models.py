@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pgray.errors import CheckpointError
+from pgray.tracking.cards import card_filename
+from pgray.tracking.lineage import TEST, log_dataset_input, split_dataset
 
 MANIFEST = "pgray_model.json"
 MANIFEST_SCHEMA = "pgray.model"
 MODEL_TYPE = "pgray-detector"
 MODEL_URI_PREFIX = "models:/"
-TEST_CONTEXT = "test"
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 # the tags a logged model and a registered version carry (and the like-with-like keys)
 LIKE_KEYS = ("data_fingerprint", "suite", "eval_version", "threat", "eps")
@@ -134,23 +135,6 @@ def _metric_items(rows: list[dict[str, Any]], model_id: str, dataset) -> list:
             for k, v in values.items() if _number(v) is not None]
 
 
-def test_dataset(dataset: str, category: str, split: str | None, fingerprint: str,
-                 root: str | None):
-    """The test split as an MLflow dataset: its name says which, its digest is the split's
-    fingerprint (`pgray.data.samples.split_fingerprint`)."""
-    from mlflow.entities import Dataset
-
-    return Dataset(name=f"{dataset}/{category}/test", digest=fingerprint[:36],
-                   source_type="local", source=json.dumps({"uri": root or "", "split": split}))
-
-
-def log_dataset_input(client, run_id: str, dataset, context: str) -> None:
-    from mlflow.entities import DatasetInput, InputTag
-
-    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context",
-                                                               context)])])
-
-
 @dataclass
 class ModelFiles:
     """One evaluated checkpoint as its result rows name it."""
@@ -241,9 +225,9 @@ def log_model(uri: str, experiment_id: str, parent_id: str, bench: str, files: M
             params={"checkpoint_file": files.checkpoint.name, "detector": files.detector,
                     "dataset": files.dataset, "category": files.category}).model_id
     first = rows[0]
-    dataset = test_dataset(files.dataset, files.category, first.get("split"),
-                           first["data_fingerprint"], files.root)
-    log_dataset_input(client, run.run_id, dataset, TEST_CONTEXT)
+    dataset = split_dataset(files.dataset, files.category, TEST, first["data_fingerprint"],
+                            files.root, first.get("split"))
+    log_dataset_input(client, run.run_id, dataset, TEST)
     items = _metric_items(rows, model_id, dataset)
     for i in range(0, len(items), 200):
         client.log_batch(run.run_id, metrics=items[i : i + 200])
@@ -273,7 +257,6 @@ def _log_checkpoint(client, model_id: str, checkpoint: Path) -> None:
 def finish_model(uri: str, model_id: str, cards: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The model's cards as artifacts (cards/), its key figures as tags, and the model marked
     READY. Returns the key figures."""
-    from pgray.tracking.cards import card_filename
     from pgray.tracking.mlflow_store import client_for
 
     client = client_for(uri)
