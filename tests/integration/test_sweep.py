@@ -458,12 +458,25 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
         assert float(run.data.params["loss.attention_lambda"]) == trials[tid]["params"][
             "loss.attention_lambda"]
     assert children[huge_id].data.tags["pgray.epochs_done"] == "1"
+    # lineage: each trial's training split as its input (digest: the split's fingerprint);
+    # system metrics of the node it trained on, and of the final evaluation's
+    import socket
+
+    node = socket.gethostname()
+    for run in children.values():
+        (split,) = run.inputs.dataset_inputs
+        assert split.dataset.name == "synthetic/disc/train" and len(split.dataset.digest) == 16
+        assert split.tags[0].value == "training"
+    cpu = f"system/{node}/cpu_utilization_percentage"
+    assert all(cpu in r.data.metrics for r in children.values())
+    assert f"system/{node}/system_memory_usage_megabytes" in children[first_id].data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best", "results.md", "trials.md", "search_space.yaml", "report.html"} <= artifacts
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "best")] == [
         "best/synthetic-disc.yaml"]
     bench = [r for r in runs if r.data.tags.get("pgray.kind") == "benchmark"]
     assert len(bench) == 1 and bench[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert cpu in bench[0].data.metrics
     assert parent.data.tags["pgray.best_trials"] == summary["best"]["synthetic/disc"][0]
     # the run's description in the UI: a summary that fits (MLflow's 8,000 characters),
     # linking the full tables, with a compare link of the trials
