@@ -87,12 +87,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint of pgray.train (PatchGuard, or a baseline fitted with"
-                        " --detector), a state dict released by the PatchGuard reference code,"
-                        " or an MLflow model: models:/NAME-<category>@champion,"
-                        " models:/NAME-<category>/3 or models:/m-<id> (evaluated with the"
-                        " settings its numbers came from unless attack flags are given)")
-    p.add_argument("--mlflow-uri", help="the MLflow store of a models:/ checkpoint (default"
-                   " MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+                        " --detector), a reference state dict, or an MLflow model"
+                        " (models:/NAME-<category>@champion, .../3, models:/m-<id>: evaluated"
+                        " with the settings its numbers came from unless attack flags differ)")
+    p.add_argument("--mlflow-uri", help="a models:/ checkpoint's MLflow store")
     p.add_argument("--config", help="for a reference state dict: an experiment YAML whose"
                    " `model` section is its architecture (default: the reference's, DINOv2"
                    " ViT-S/14 at 224)")
@@ -109,22 +107,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# the flags that are not the evaluation's settings (a models:/ checkpoint brings its own)
-NOT_SETTINGS = frozenset({"checkpoint", "mlflow_uri", "config", "dataset", "root", "category",
-                          "mask_resize", "batch_size", "n_panels", "out", "quiet"})
-
-
-def given_flags(argv: list[str] | None) -> set[str]:
-    """The destinations of the flags given on the command line (not left at their default)."""
-    p = parser()
-    for action in p._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(p.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from pgray.config import EvalConfig
+    from pgray.config import EvalConfig, ExperimentConfig
     from pgray.config.base import from_dict
 
     settings = {
@@ -132,32 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         "threats": threats_list(args), "batch_size": args.batch_size,
         "n_panels": args.n_panels, "certify": certify_dict(args),
     }
-    checkpoint, model = Path(args.checkpoint), None
-    if args.checkpoint.startswith("models:/"):
-        from pgray.pipelines.evaluate import fetch_registered
+    from pgray.pipelines.evaluate import evaluate_checkpoint, resolve_checkpoint
 
-        model = fetch_registered(args.checkpoint, args.mlflow_uri, Path(args.out) / "model")
-        checkpoint = model.checkpoint
-        given = given_flags(argv)
-        if given - NOT_SETTINGS:
-            print(f"{args.checkpoint}: evaluated with the flags given, not the settings its"
-                  " registered numbers came from")
-        else:
-            settings = model.manifest["eval"] | {"n_panels": args.n_panels} | (
-                {"batch_size": args.batch_size} if "batch_size" in given else {})
-            print(f"{args.checkpoint} (model {model.manifest['model_id']}): evaluated with"
-                  f" the settings of benchmark {model.manifest['benchmark']}")
+    given = {k for k, v in vars(args).items() if v != parser().get_default(k)}
+    checkpoint, model, settings = resolve_checkpoint(args.checkpoint, args.mlflow_uri,
+                                                     Path(args.out), settings, given)
     eval_cfg = from_dict(EvalConfig, settings, "eval")
     overrides = {k: v for k, v in {
         "dataset": args.dataset, "root": args.root, "category": args.category,
         "mask_resize": args.mask_resize}.items() if v is not None}
-    from pgray.pipelines.evaluate import evaluate_checkpoint
-
-    reference = None
-    if args.config:
-        from pgray.config import ExperimentConfig
-
-        reference = ExperimentConfig.from_yaml(args.config).model
+    reference = ExperimentConfig.from_yaml(args.config).model if args.config else None
     result = evaluate_checkpoint(checkpoint, overrides, eval_cfg, Path(args.out),
                                  progress=not args.quiet, reference_model=reference,
                                  fetched=model)
@@ -167,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(rows_text(result["results"]))
     if result.get("certified"):
         print(certified_text(result["certified"]))
-    if result.get("registered"):
+    if model is not None:  # its registered worst case beside this run's
         print(result["registered"])
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0

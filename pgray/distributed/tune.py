@@ -17,6 +17,7 @@ from ray.tune import Callback
 
 from pgray.config.search_sections import Resources, Target
 from pgray.config.search_space import OBJECTIVE_SCALAR, SearchSpace
+from pgray.distributed.studies import optuna_storage, study_name
 from pgray.distributed.sweep_context import SweepContext
 from pgray.distributed.train import CHECKPOINT_URI
 from pgray.distributed.trial_summaries import summarise, summary_of_trial
@@ -152,33 +153,6 @@ def objective_args(space: SearchSpace) -> tuple[Any, Any]:
     metrics = [o.metric for o in space.objectives]
     modes = [o.mode for o in space.objectives]
     return (metrics, modes) if space.multi_objective else (metrics[0], modes[0])
-
-
-def study_name(space: SearchSpace, target: str) -> str:
-    """A target's Optuna study in `resources.optuna_storage`."""
-    return f"{space.name}:{target}"
-
-
-def optuna_storage(space: SearchSpace, targets: list[str]):
-    """The RDB storage of `resources.optuna_storage` (None: in memory). A new sweep whose
-    studies are there already is refused: it would add its trials to another sweep's (a
-    sweep resumed with --resume continues its studies through Tune's saved searcher)."""
-    url = space.resources.optuna_storage
-    if url is None or not space.search:
-        return None
-    import optuna
-
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy's many errors, said in one line
-        raise ClusterError(f"resources.optuna_storage {url}: cannot open it ({err})") from None
-    there = set(optuna.study.get_all_study_names(storage))
-    taken = [study_name(space, t) for t in targets if study_name(space, t) in there]
-    if taken:
-        raise PgrayError(f"resources.optuna_storage already holds the studies {taken}: pass"
-                         " --resume to continue that sweep, rename this one, or delete them"
-                         " (optuna delete-study --storage URL --study-name NAME)")
-    return storage
 
 
 def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:

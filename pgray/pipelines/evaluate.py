@@ -21,6 +21,38 @@ def fetch_registered(model_uri: str, mlflow_uri: str | None, dest: Path) -> Fetc
     return fetch_model(uri, model_uri, dest)
 
 
+# the flags of pgray.evaluate that are not settings of the evaluation (a fetched model's own
+# settings stand unless a flag beyond these differs from its default)
+NOT_SETTINGS = frozenset({"checkpoint", "mlflow_uri", "config", "dataset", "root", "category",
+                          "mask_resize", "batch_size", "n_panels", "out", "quiet"})
+
+
+def resolve_checkpoint(given_path: str, mlflow_uri: str | None, out: Path,
+                       flags: dict[str, Any], given: set[str]
+                       ) -> tuple[Path, FetchedModel | None, dict[str, Any]]:
+    """--checkpoint as a file: itself and the flags' settings. As `models:/...`: the model
+    fetched under OUT/model and its own settings unless flags change them (said)."""
+    if not given_path.startswith("models:/"):
+        return Path(given_path), None, flags
+    fetched = fetch_registered(given_path, mlflow_uri, out / "model")
+    settings, said = registered_settings(fetched, flags, given)
+    print(f"{given_path}: {said}", flush=True)
+    return fetched.checkpoint, fetched, settings
+
+
+def registered_settings(fetched: FetchedModel, flags: dict[str, Any], given: set[str]
+                        ) -> tuple[dict[str, Any], str]:
+    """The evaluation of a fetched model: the settings its numbers came from (its benchmark's
+    suite, budgets, threats and precision), with the batch and panels of the flags; or the
+    flags' settings where any of them was given. Returns them and what was chosen."""
+    if given - NOT_SETTINGS:
+        return flags, "evaluated with the flags given, not the settings its numbers came from"
+    keep = {k: flags[k] for k in ("n_panels", "batch_size") if k in given or k == "n_panels"}
+    return fetched.manifest["eval"] | keep, (
+        f"model {fetched.manifest['model_id']}, evaluated with the settings of benchmark"
+        f" {fetched.manifest['benchmark']}")
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     data_overrides: dict[str, Any],
