@@ -121,7 +121,9 @@ def _register_one(client, registered: str, pick: Pick, run_id: str | None) -> st
     tags = headline_tags(pick.figures) | {"pgray.model_id": pick.model_id}
     version = client.create_model_version(registered, source=source, run_id=run_id,
                                           tags=tags, model_id=pick.model_id).version
-    mine = f"{registered} version {version} ({_ad(pick.figures)})"
+    flagged = " (its card is flagged unreliable: read its flags)" if pick.figures.get(
+        "unreliable") else ""
+    mine = f"{registered} version {version} ({_ad(pick.figures)}{flagged})"
     try:
         champion = client.get_model_version_by_alias(registered, CHAMPION)
     except MlflowException:
