@@ -89,6 +89,5 @@ def run_benchmark(
     result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
     evaluations.check_failures()
     if register:  # the best model of each category (pgray.tracking.registry)
-        result.registered = register_models(uri, register, benchmark_picks(result.models),
-                                            result.mlflow_run_id)
+        result.registered = register_models(uri, register, benchmark_picks(result.models))
     return result

@@ -102,7 +102,7 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         result.benchmarks = final.finish()
         if req.register and result.benchmarks:
             result.registered = register(uri, req.register, sweep_picks(
-                result.benchmarks[0].models, final.trial_seed), parent.run_id)
+                result.benchmarks[0].models, final.trial_seed))
     elif ranks is not None:
         ranks.evaluations.finish()
         ranks.evaluations.check_failures()

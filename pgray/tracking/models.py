@@ -13,11 +13,9 @@ UI's model pages compare models without opening a file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,20 +35,6 @@ LIKE_KEYS = ("data_fingerprint", "suite", "eval_version", "threat", "eps")
 
 def is_model_uri(text: str | Path) -> bool:
     return str(text).startswith(MODEL_URI_PREFIX)
-
-
-@contextlib.contextmanager
-def tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's registry resolves `models:/` sources through the process's tracking URI, not
-    the client's: set it for the duration, then put the previous one back."""
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
 
 
 def _number(value: Any) -> float | None:
@@ -283,6 +267,22 @@ class FetchedModel:
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def model_id_of(client, model_uri: str) -> str:
+    """The logged model a `models:/` URI names: `models:/m-<id>`, `models:/NAME@alias` or
+    `models:/NAME/<version>` (resolved with this client: MLflow's own resolution reads its
+    global tracking URI)."""
+    rest = model_uri.removeprefix(MODEL_URI_PREFIX).rstrip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif "/" in rest:
+        name, number = rest.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    else:
+        return rest
+    return version.tags.get("pgray.model_id") or version.model_id
+
+
 def fetch_model(uri: str, model_uri: str, dest: Path) -> FetchedModel:
     """A logged or registered model's files under `dest`: the checkpoint (its digest checked
     against the manifest) and the manifest."""
@@ -291,12 +291,12 @@ def fetch_model(uri: str, model_uri: str, dest: Path) -> FetchedModel:
     from pgray.io import file_sha256
     from pgray.tracking.mlflow_store import client_for
 
-    client_for(uri)  # the store prepared, HTTP retries kept short
+    client = client_for(uri)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        with tracking_uri(uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                             dst_path=str(dest)))
+        location = client.get_logged_model(model_id_of(client, model_uri)).artifact_location
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location,
+                                                         dst_path=str(dest), tracking_uri=uri))
     except mlflow.exceptions.MlflowException as err:
         raise CheckpointError(f"{model_uri}: no such model in {uri} ({err.message})") from None
     path = local / MANIFEST

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgray.tracking.models import LIKE_KEYS, headline_tags, tracking_uri
+from pgray.tracking.models import LIKE_KEYS, headline_tags
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -83,7 +83,7 @@ def _tag_figures(tags: dict[str, str]) -> dict[str, Any]:
                                    "worst_case_ad_ci_high")}
 
 
-def register(uri: str, name: str, picks: list[Pick], run_id: str | None = None) -> list[str]:
+def register(uri: str, name: str, picks: list[Pick]) -> list[str]:
     """Register each pick as a version of its `NAME-<category>` (once per model: a model
     registered before keeps its version) and move or keep the champion alias; returns one
     line per pick saying what was done."""
@@ -95,32 +95,34 @@ def register(uri: str, name: str, picks: list[Pick], run_id: str | None = None) 
     check_name(name, "registered model name")
     client = client_for(uri)
     lines = []
-    with tracking_uri(uri):
-        for pick in picks:
-            registered = registered_name(name, pick.figures, picks)
-            try:
-                client.get_registered_model(registered)
-            except MlflowException:
-                client.create_registered_model(
-                    registered, description=f"pgray detectors of {pick.figures['dataset']}/"
-                    f"{pick.figures['category']}; alias {CHAMPION}: the most robust like with"
-                    " like (worst-case AD beyond the intervals)")
-            lines.append(_register_one(client, registered, pick, run_id))
+    for pick in picks:
+        registered = registered_name(name, pick.figures, picks)
+        try:
+            client.get_registered_model(registered)
+        except MlflowException:
+            client.create_registered_model(
+                registered, description=f"pgray detectors of {pick.figures['dataset']}/"
+                f"{pick.figures['category']}; alias {CHAMPION}: the most robust like with"
+                " like (worst-case AD beyond the intervals)")
+        lines.append(_register_one(client, registered, pick))
     return lines
 
 
-def _register_one(client, registered: str, pick: Pick, run_id: str | None) -> str:
+def _register_one(client, registered: str, pick: Pick) -> str:
     from mlflow.exceptions import MlflowException
 
-    source = f"models:/{pick.model_id}"
     earlier = [v for v in client.search_model_versions(f"name = '{registered}'")
-               if v.source == source]
+               if v.tags.get("pgray.model_id") == pick.model_id]
     if earlier:
         return (f"{registered}: model {pick.model_id} is version {earlier[0].version} already;"
                 " nothing changed")
     tags = headline_tags(pick.figures) | {"pgray.model_id": pick.model_id}
-    version = client.create_model_version(registered, source=source, run_id=run_id,
-                                          tags=tags, model_id=pick.model_id).version
+    # the logged model's own artifact location and run: a `models:/m-...` source would be
+    # resolved through MLflow's global tracking URI, not this client's
+    model = client.get_logged_model(pick.model_id)
+    version = client.create_model_version(registered, source=model.artifact_location,
+                                          run_id=model.source_run_id, tags=tags,
+                                          model_id=pick.model_id).version
     flagged = " (its card is flagged unreliable: read its flags)" if pick.figures.get(
         "unreliable") else ""
     mine = f"{registered} version {version} ({_ad(pick.figures)}{flagged})"

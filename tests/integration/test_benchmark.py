@@ -184,7 +184,7 @@ def _check_models(uri: str, result, again, rows, card, tmp_path) -> None:
     assert all(line.endswith("champion (the first)") for line in result.registered)
     assert all("already; nothing changed" in line for line in again.registered)
     champion = client.get_model_version_by_alias("tiny-weave", "champion")
-    assert int(champion.version) == 1 and champion.source == f"models:/{ids['weave']}"
+    assert int(champion.version) == 1 and champion.tags["pgray.model_id"] == ids["weave"]
     worst = next(r for r in rows if r["category"] == "weave" and r["attack"] == "worst_case"
                  and r["threat"] == "linf" and r["eps"] == 8.0)
     assert float(champion.tags["pgray.worst_case_ad"]) == worst["image_auroc"]

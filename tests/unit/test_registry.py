@@ -131,3 +131,23 @@ def test_champion_moves_only_for_a_better_model_like_with_like(mlflow_uri, tmp_p
 
     with pytest.raises(CheckpointError, match="no such model"):
         fetch_model(mlflow_uri, "models:/team-nothing@champion", tmp_path / "none")
+
+
+def test_a_store_other_than_the_environments_leaves_mlflows_globals_alone(
+        mlflow_uri, tmp_path, monkeypatch):
+    """Registering into and fetching from a store the environment does not name works, and
+    changes neither MLFLOW_TRACKING_URI nor MLflow's own tracking URI: a later process
+    setting (a test's, a second run's) is still the one read."""
+    import os
+
+    import mlflow
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    (line,) = register(other, "team", [_logged(other, tmp_path, "a", 0.6, 0.05)])
+    assert "champion (the first)" in line
+    got = fetch_model(other, "models:/team-disc@champion", tmp_path / "fetched")
+    assert got.checkpoint.read_bytes() == b"a" * 100
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_uri
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", later)
+    assert mlflow.get_tracking_uri() == later
