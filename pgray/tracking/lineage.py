@@ -18,6 +18,7 @@ TRAINING, TEST = "training", "test"
 # seconds between samples (MLflow's own MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins); 0: off
 INTERVAL_ENV = "PGRAY_SYSTEM_METRICS_S"
 DEFAULT_INTERVAL_S = 10.0
+FINISH_WAIT_S = 5.0  # for the sampling thread to end when the watched work does
 
 
 def split_dataset(dataset: str, category: str, split: str, fingerprint: str,
@@ -64,15 +65,19 @@ def _node_monitor(run_id: str, uri: str, node: str):
             if self._process is None:
                 return
             self._shutdown_event.set()
-            self._process.join()
-            last = self.aggregate_metrics()
-            if last:
-                self.publish_metrics(last)
-            self.mlflow_logger.flush()
+            # a sample stuck on an unreachable store is left behind (a daemon thread): the
+            # work it watched never waits on the tracking store
+            self._process.join(timeout=FINISH_WAIT_S)
+            if not self._process.is_alive():
+                last = self.aggregate_metrics()
+                if last:
+                    self.publish_metrics(last)
+                self.mlflow_logger.flush()
             self._process = None
 
-    return NodeMonitor(run_id, sampling_interval=interval_s(), resume_logging=True,
-                       node_id=node, tracking_uri=uri)
+    # steps from 0 (resume_logging would ask the store first, and a start never waits on it)
+    return NodeMonitor(run_id, sampling_interval=interval_s(), node_id=node,
+                       tracking_uri=uri)
 
 
 def interval_s() -> float:
@@ -83,8 +88,8 @@ def interval_s() -> float:
 def system_metrics(uri: str, run_id: str | None, node: str | None = None) -> Iterator[None]:
     """Sample this node's system metrics onto the run while the block runs, as
     `system/<node>/cpu_utilization_percentage`, `.../system_memory_usage_megabytes`,
-    `.../gpu_utilization_percentage` (where a GPU is present) and so on; a resumed run's
-    series continues. Nothing where the run is not known yet or the interval is 0."""
+    `.../gpu_utilization_percentage` (where a GPU is present) and so on (each start's series
+    from step 0). Nothing where the run is not known yet or the interval is 0."""
     if not run_id or interval_s() <= 0:
         yield
         return

@@ -139,9 +139,9 @@ class ModelFiles:
                    None if _number(seed) is None else int(seed))
 
 
-def model_key(row: dict[str, Any]) -> tuple[str, str]:
+def model_key(row: dict[str, Any]) -> tuple[str | None, str]:
     """Which model a row is of: its checkpoint's digest and the detector it was loaded as."""
-    return row["checkpoint_sha256"], row.get("detector") or "patchguard"
+    return row.get("checkpoint_sha256"), row.get("detector") or "patchguard"
 
 
 def eval_settings(cfg) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def log_models(uri: str, experiment_id: str, parent_id: str, cfg,
     settings = eval_settings(cfg)
     by_model: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("checkpoint") and r.get("data_fingerprint"):
+        if r.get("checkpoint") and r.get("checkpoint_sha256") and r.get("data_fingerprint"):
             by_model[model_key(r)].append(r)
     ids = {}
     for key, mine in by_model.items():
