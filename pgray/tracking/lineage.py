@@ -55,6 +55,26 @@ def log_dataset_input(client, run_id: str, dataset, context: str) -> None:
                                                                context)])])
 
 
+def _psutil_importable() -> bool:
+    """MLflow's monitors need psutil; pgray's environment has it as Ray's vendored copy, which
+    Ray puts on sys.path when imported. A process that trains without Ray adds that folder
+    itself (rather than importing Ray for it)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("psutil") is not None:
+        return True
+    ray = importlib.util.find_spec("ray")
+    vendored = [Path(p) / "thirdparty_files" for p in (ray.submodule_search_locations or [])
+                ] if ray is not None else []
+    for folder in vendored:
+        if (folder / "psutil").is_dir():
+            sys.path.append(str(folder))
+            return True
+    return False
+
+
 def _node_monitor(run_id: str, uri: str, node: str):
     """MLflow's monitor, publishing what it sampled since its last step when it stops (a
     run shorter than one interval still gets its sample); mlflow imported only here."""
@@ -90,7 +110,7 @@ def system_metrics(uri: str, run_id: str | None, node: str | None = None) -> Ite
     `system/<node>/cpu_utilization_percentage`, `.../system_memory_usage_megabytes`,
     `.../gpu_utilization_percentage` (where a GPU is present) and so on (each start's series
     from step 0). Nothing where the run is not known yet or the interval is 0."""
-    if not run_id or interval_s() <= 0:
+    if not run_id or interval_s() <= 0 or not _psutil_importable():
         yield
         return
     try:
