@@ -18,7 +18,6 @@ TRAINING, TEST = "training", "test"
 # seconds between samples (MLflow's own MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins); 0: off
 INTERVAL_ENV = "PGRAY_SYSTEM_METRICS_S"
 DEFAULT_INTERVAL_S = 10.0
-FINISH_WAIT_S = 5.0  # for the sampling thread to end when the watched work does
 
 
 def split_dataset(dataset: str, category: str, split: str, fingerprint: str,
@@ -84,15 +83,13 @@ def _node_monitor(run_id: str, uri: str, node: str):
         def finish(self) -> None:
             if self._process is None:
                 return
+            # the sampling thread is not waited for (it ends at its next look at the event; a
+            # trial Tune stops must end within Tune's 2 s): what it has is published from here
             self._shutdown_event.set()
-            # a sample stuck on an unreachable store is left behind (a daemon thread): the
-            # work it watched never waits on the tracking store
-            self._process.join(timeout=FINISH_WAIT_S)
-            if not self._process.is_alive():
-                last = self.aggregate_metrics()
-                if last:
-                    self.publish_metrics(last)
-                self.mlflow_logger.flush()
+            last = self.aggregate_metrics()
+            if last:
+                self.publish_metrics(last)
+            self.mlflow_logger.flush()
             self._process = None
 
     # steps from 0 (resume_logging would ask the store first, and a start never waits on it)
