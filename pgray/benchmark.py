@@ -34,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
     add_plan_args(p)
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else"
                    " sqlite:///./mlflow.db)")
+    p.add_argument("--register", metavar="NAME",
+                   help="register the most robust model of each category (worst-case AD) as a"
+                        " version of the MLflow model NAME-<category>; its alias champion"
+                        " moves only to a model more robust like with like")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true",
                    help="everything Ray says: Tune's trial tables for the trainings and every"
@@ -55,15 +59,21 @@ def main(argv: list[str] | None = None) -> int:
                              gpu_utilization=args.gpu_utilization))
         return 0
     out = Path(args.out) if args.out else Path("runs/benchmark") / cfg.name
+    if args.register:
+        from pgray.io import check_name
+
+        check_name(args.register, "--register name")
     result = run_benchmark(cfg, out, mlflow_uri=args.mlflow_uri, force=args.force,
                            progress=not args.quiet, sequential=args.sequential,
                            address=args.address, resume=args.resume, storage=args.storage,
-                           verbose=args.verbose)
+                           verbose=args.verbose, register=args.register)
     print(result.table_text)
     print(f"{result.trained} checkpoint(s) trained or fitted; {result.ran} jobs run,"
           f" {result.skipped} skipped (already done)")
     print(f"results: {result.parquet}\ntable:   {result.markdown}")
     print(f"report:  {result.markdown.parent / 'report.html'} (one file; open it in a browser)")
+    for line in result.registered:
+        print(f"registered: {line}")
     return 0
 
 

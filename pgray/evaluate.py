@@ -87,7 +87,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint of pgray.train (PatchGuard, or a baseline fitted with"
-                        " --detector), or a state dict released by the PatchGuard reference code")
+                        " --detector), a reference state dict, or an MLflow model"
+                        " (models:/NAME-<category>@champion, .../3, models:/m-<id>: evaluated"
+                        " with the settings its numbers came from unless attack flags differ)")
+    p.add_argument("--mlflow-uri", help="a models:/ checkpoint's MLflow store")
     p.add_argument("--config", help="for a reference state dict: an experiment YAML whose"
                    " `model` section is its architecture (default: the reference's, DINOv2"
                    " ViT-S/14 at 224)")
@@ -106,32 +109,35 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from pgray.config import EvalConfig
+    from pgray.config import EvalConfig, ExperimentConfig
     from pgray.config.base import from_dict
 
-    eval_cfg = from_dict(EvalConfig, {
+    settings = {
         "eps": args.eps, "attack": attack_dict(args), "suite": suite_dict(args),
         "threats": threats_list(args), "batch_size": args.batch_size,
         "n_panels": args.n_panels, "certify": certify_dict(args),
-    }, "eval")
+    }
+    from pgray.pipelines.evaluate import evaluate_checkpoint, resolve_checkpoint
+
+    given = {k for k, v in vars(args).items() if v != parser().get_default(k)}
+    checkpoint, model, settings = resolve_checkpoint(args.checkpoint, args.mlflow_uri,
+                                                     Path(args.out), settings, given)
+    eval_cfg = from_dict(EvalConfig, settings, "eval")
     overrides = {k: v for k, v in {
         "dataset": args.dataset, "root": args.root, "category": args.category,
         "mask_resize": args.mask_resize}.items() if v is not None}
-    from pgray.pipelines.evaluate import evaluate_checkpoint
-
-    reference = None
-    if args.config:
-        from pgray.config import ExperimentConfig
-
-        reference = ExperimentConfig.from_yaml(args.config).model
-    result = evaluate_checkpoint(Path(args.checkpoint), overrides, eval_cfg, Path(args.out),
-                                 progress=not args.quiet, reference_model=reference)
+    reference = ExperimentConfig.from_yaml(args.config).model if args.config else None
+    result = evaluate_checkpoint(checkpoint, overrides, eval_cfg, Path(args.out),
+                                 progress=not args.quiet, reference_model=reference,
+                                 fetched=model)
     from pgray.tracking.certified import certified_text
     from pgray.tracking.tables import rows_text
 
     print(rows_text(result["results"]))
     if result.get("certified"):
         print(certified_text(result["certified"]))
+    if model is not None:  # its registered worst case beside this run's
+        print(result["registered"])
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0
 

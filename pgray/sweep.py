@@ -44,6 +44,11 @@ def parser() -> argparse.ArgumentParser:
                    help="everything Ray says: Tune's full trial tables and every worker's log"
                         " (default: pgray's own lines, one per finished trial, and the"
                         " warnings that matter)")
+    p.add_argument("--register", metavar="NAME",
+                   help="register each category's best model (the sweep's own pick) as a"
+                        " version of the MLflow model NAME-<category>; its alias champion"
+                        " moves only to a model more robust like with like (README, \"Models"
+                        " a team can hand on\")")
     add_plan_args(p)
     return p
 
@@ -63,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
                          gpu_utilization=args.gpu_utilization))
         return 0
     out = Path(args.out) if args.out else Path("runs") / "sweep" / space.name
+    if args.register:
+        from pgray.io import check_name
+
+        check_name(args.register, "--register name")
     result = run_sweep(SweepRequest(
         space=space, out=out, resume=args.resume, storage=args.storage, address=args.address,
         mlflow_uri=args.mlflow_uri, final_eval=not args.no_final_eval,
-        progress=not args.quiet, verbose=args.verbose,
+        progress=not args.quiet, verbose=args.verbose, register=args.register,
     ))
     from pgray.tracking.sweep_report import results_text
 
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
               f" (reuse: python -m pgray.train --config {configs[0]})")
     print(f"Tune experiment: {result.experiment_path} (continue with --resume)")
     print(f"MLflow: sweep run {result.parent_run_id}; {result.mlflow_hint}")
+    for line in result.registered:
+        print(f"registered: {line}")
     return 0
 
 

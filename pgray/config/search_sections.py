@@ -57,6 +57,10 @@ class Scheduler:
               f"must each be > 0, got {self.weights}")
 
 
+OPTUNA_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://",
+                  "mysql+pymysql://")
+
+
 @dataclass
 class Resources:
     """What each training asks of the cluster (a sweep's trials, a benchmark's trainings)."""
@@ -77,6 +81,11 @@ class Resources:
     # as a trial of several workers does (a controller and a worker actor to start per
     # trial: seconds each; benchmarks/trial_overhead.py compares the two).
     one_worker_in_trial: bool = True
+    # An Optuna RDB storage URL (the deployment's PostgreSQL, postgresql://..., or
+    # sqlite:////abs/path.db) keeping each target's study as `<sweep>:<target>`, where
+    # optuna-dashboard and optuna.load_study read it; None: the studies live only in Tune's
+    # experiment (resumable with it either way)
+    optuna_storage: str | None = None
 
     def validate(self) -> None:
         check(self.workers_per_trial >= 1, "workers_per_trial", "must be >= 1")
@@ -86,6 +95,9 @@ class Resources:
         check(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent",
               "must be >= 1 (or null: derived from the cluster)")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.optuna_storage is None or self.optuna_storage.startswith(OPTUNA_SCHEMES),
+              "optuna_storage", f"an Optuna RDB storage URL ({', '.join(OPTUNA_SCHEMES)}...),"
+              f" got {self.optuna_storage!r}")
 
     @property
     def trains_in_trial(self) -> bool:

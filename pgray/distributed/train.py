@@ -92,6 +92,7 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
     from pgray.config import ExperimentConfig
     from pgray.config.search_space import OBJECTIVE_SCALAR, objective_scalar
     from pgray.core.fit import FitContext, fit
+    from pgray.tracking.lineage import TRAINING, system_metrics, training_dataset
     from pgray.tracking.mlflow_runs import Tracker, open_run_later
 
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
@@ -107,6 +108,9 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
         tracker = open_run_later(loop_config["mlflow_uri"], **loop_config["mlflow_run"])
     if tracker is not None:
         tracker.log_history(history)
+        split = training_dataset(cfg.data)
+        if split is not None:
+            tracker.log_input(split, TRAINING)
 
     def report_epoch(epoch: int, metrics: dict[str, float], save) -> None:
         metrics = metrics | {"worker_gpus": float(len(ray.get_gpu_ids())),
@@ -138,15 +142,17 @@ def fit_and_report(loop_config: dict[str, Any], *, rank: int, world: int, resume
         return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                        else None)
 
+    uri = loop_config.get("mlflow_uri")
     try:
-        fit(cfg, FitContext(
-            device=device, rank=rank, world_size=world,
-            prepare_model=prepare, report=report_epoch, resume_state=resume_state,
-            progress=loop_config.get("progress", True),
-            step_hook=_bind_rank(loop_config.get("step_hook"), rank),
-            epoch_hook=param_spread if world > 1 else None,
-            reserved_cpus=loop_config.get("reserved_cpus"),
-        ))
+        with system_metrics(uri, tracker.run_id if tracker is not None else None):
+            fit(cfg, FitContext(
+                device=device, rank=rank, world_size=world,
+                prepare_model=prepare, report=report_epoch, resume_state=resume_state,
+                progress=loop_config.get("progress", True),
+                step_hook=_bind_rank(loop_config.get("step_hook"), rank),
+                epoch_hook=param_spread if world > 1 else None,
+                reserved_cpus=loop_config.get("reserved_cpus"),
+            ))
     finally:
         if tracker is not None:  # what an outage held back is sent before the worker ends
             tracker.flush(wait=True)

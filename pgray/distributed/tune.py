@@ -19,6 +19,7 @@ from ray.tune import Callback
 from pgray.config.search_sections import Resources
 from pgray.config.search_space import OBJECTIVE_SCALAR, SearchSpace
 from pgray.distributed.simulation import simulated_trial
+from pgray.distributed.studies import optuna_storage, study_name
 from pgray.distributed.sweep_context import SweepContext
 from pgray.distributed.train import CHECKPOINT_URI
 from pgray.distributed.trial_runs import open_trial_run, train_run_name, trial_run
@@ -144,6 +145,7 @@ def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
     from ray.tune.search.optuna import OptunaSearch
 
     metric, mode = objective_args(space)
+    storage = optuna_storage(space, targets)
     inner: dict[str, Any] = {}
     for i, target in enumerate(targets):
         if not space.search:
@@ -153,7 +155,8 @@ def build_searcher(space: SearchSpace, targets: list[str]) -> PerTargetSearch:
         sampler = (optuna.samplers.RandomSampler(seed=seed) if space.sampler == "random"
                    else optuna.samplers.TPESampler(seed=seed))
         inner[target] = OptunaSearch(metric=metric, mode=mode, sampler=sampler,
-                                     points_to_evaluate=space.start_point_choices() or None)
+                                     points_to_evaluate=space.start_point_choices() or None,
+                                     storage=storage, study_name=study_name(space, target))
     return PerTargetSearch(inner, space.budget.trials, metric, mode)
 
 

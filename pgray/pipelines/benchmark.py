@@ -27,6 +27,8 @@ from pgray.pipelines.runners.fits import BaselineFits
 from pgray.pipelines.runners.queue import JobQueue
 from pgray.pipelines.runners.trainings import train_missing
 from pgray.tracking.records import BenchmarkResult
+from pgray.tracking.registry import benchmark_picks
+from pgray.tracking.registry import register as register_models
 
 
 def run_benchmark(
@@ -42,6 +44,7 @@ def run_benchmark(
     resume: bool = False,
     storage: str | None = None,
     verbose: bool = False,
+    register: str | None = None,
 ) -> BenchmarkResult:
     from pgray.distributed.cluster import resolve_storage
     from pgray.distributed.preflight import join_checked
@@ -85,4 +88,6 @@ def run_benchmark(
     result = finish_benchmark(run, cfg, queue.keys, evaluations.failures)
     result.trained, result.peak_actors = trained + fits.done, evaluations.peak_actors
     evaluations.check_failures()
+    if register:  # the best model of each category (pgray.tracking.registry)
+        result.registered = register_models(uri, register, benchmark_picks(result.models))
     return result

@@ -20,6 +20,7 @@ from pgray.pipelines.rank_eval import RankStage
 from pgray.pipelines.runners.evaluations import Evaluations
 from pgray.pipelines.runners.trainings import run_trainings
 from pgray.tracking.records import SweepResult
+from pgray.tracking.registry import register, sweep_picks
 from pgray.tracking.trials import TrialSummary
 
 
@@ -99,6 +100,9 @@ def run_sweep(req: SweepRequest) -> SweepResult:
         if space.extra_seeds():
             final.other_seeds(ctx, storage)
         result.benchmarks = final.finish()
+        if req.register and result.benchmarks:
+            result.registered = register(uri, req.register, sweep_picks(
+                result.benchmarks[0].models, final.trial_seed))
     elif ranks is not None:
         ranks.evaluations.finish()
         ranks.evaluations.check_failures()

@@ -117,6 +117,8 @@ def train_category(req: TrainRequest) -> TrainResult:
 def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
     from pgray.core.device import pick_device
     from pgray.core.fit import FitContext, fit
+    from pgray.tracking.lineage import TRAINING, system_metrics, training_dataset
+
     resume = _local_resume_state(checkpoint, req.name)
     history: list = list((resume or {}).get("extra", {}).get("history", []))
     tracker.log_history(history)
@@ -127,11 +129,15 @@ def _train_in_process(req: TrainRequest, tracker, checkpoint: Path) -> list:
             save(checkpoint, {"history": history, "run_name": req.name})
         tracker.log_history(history)
 
+    split = training_dataset(req.config.data)
+    if split is not None:
+        tracker.log_input(split, TRAINING)
     hook = req.step_hook
-    fit(req.config, FitContext(
-        device=pick_device(), report=report, resume_state=resume, progress=req.progress,
-        step_hook=None if hook is None else (lambda epoch, step: hook(0, epoch, step)),
-    ))
+    with system_metrics(tracker.uri, tracker.run_id):
+        fit(req.config, FitContext(
+            device=pick_device(), report=report, resume_state=resume, progress=req.progress,
+            step_hook=None if hook is None else (lambda epoch, step: hook(0, epoch, step)),
+        ))
     return history
 
 

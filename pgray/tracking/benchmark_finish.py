@@ -4,6 +4,7 @@ and report, written and logged to its MLflow run, which is then closed."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -24,7 +25,8 @@ def finish_benchmark(run: BenchmarkRun, cfg: BenchmarkConfig, keys: set[str],
     from pgray.tracking import cards as robustness
     from pgray.tracking import tables
     from pgray.tracking.certified import flag_rows
-    from pgray.tracking.mlflow_runs import flush_all
+    from pgray.tracking.mlflow_runs import flush_all, retry
+    from pgray.tracking.models import finish_models, log_models, model_key
     from pgray.tracking.plots import certified_curves, robustness_curves
     from pgray.tracking.report import benchmark_report_data, write_report
 
@@ -32,10 +34,15 @@ def finish_benchmark(run: BenchmarkRun, cfg: BenchmarkConfig, keys: set[str],
     out, parent = run.out, run.parent
     # certified rows: flagged apart, their base sides joined from the other jobs' rows
     rows = flag_rows([r for r in tables.read_rows(out) if r["job_key"] in keys])
-    tables.append_rows(out, rows)
-    _tag_flags(run.uri, parent, rows)
     incomplete = tables.incomplete_note(
         [f"{job.label()}: {why}" for job, why in failed if job.key in keys], len(keys))
+    # a logged model per checkpoint, its id on its rows and cards (none where incomplete)
+    model_ids = {} if incomplete else retry(lambda: log_models(
+        run.uri, parent.experiment_id, parent.run_id, cfg, rows), "logged models") or {}
+    for r in rows:
+        r["model_id"] = model_ids.get(model_key(r), r.get("model_id"))
+    tables.append_rows(out, rows)
+    _tag_flags(run.uri, parent, rows)
     table = tables.markdown_table(rows)
     md = write_text(out / "results.md", f"# Benchmark {cfg.name}\n\n"
                     + (f"**{incomplete}**\n\n" if incomplete else "") + f"{table}\n")
@@ -50,13 +57,17 @@ def finish_benchmark(run: BenchmarkRun, cfg: BenchmarkConfig, keys: set[str],
         parent.set_tags({"pgray.state": "incomplete"})
     for path in cards:
         parent.log_artifact(path, robustness.CARDS_DIR)
+    built = [json.loads(p.read_text()) for p in cards]
+    figures = retry(lambda: finish_models(run.uri, model_ids, built), "logged models' cards")
     report = benchmark_report_data(cfg, out, rows)
     report.incomplete = incomplete
     parent.log_artifact(write_report(report, out))
+    run.stop_watching()
     parent.finish()
     return BenchmarkResult(rows, out / tables.RESULTS_FILE, md, table,
                            skipped=len(keys) - run.ran, ran=run.ran,
-                           mlflow_run_id=parent.run_id, cards=cards, incomplete=incomplete)
+                           mlflow_run_id=parent.run_id, cards=cards, incomplete=incomplete,
+                           models=figures or {})
 
 
 def _tag_flags(uri: str, parent, rows: list[dict[str, Any]]) -> None:

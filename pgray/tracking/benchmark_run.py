@@ -4,12 +4,14 @@ jobs themselves come from the producers (`pgray.pipelines.runners.queue`)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
 
 from pgray.core.certify import SIDES
 from pgray.errors import ClusterError
+from pgray.tracking.lineage import system_metrics
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 # each metric's bootstrap 95 % interval (pgray.core.intervals), logged beside it
@@ -40,6 +42,14 @@ class BenchmarkRun:
                                f" benchmark {name} could not open its run")
         self.done = set() if force else {r["job_key"] for r in read_rows(self.out)}
         self.ran = 0
+        # the driver node's system metrics on the benchmark's run while its jobs run (a
+        # single node's actors included: the samples are the node's, not the process's)
+        self._watch = contextlib.ExitStack()
+        self._watch.enter_context(system_metrics(self.uri, self.parent.run_id))
+
+    def stop_watching(self) -> None:
+        """The system metrics' last sample sent (before the run is closed)."""
+        self._watch.close()
 
     @property
     def run_id(self) -> str:

@@ -234,6 +234,8 @@ def _card(key: tuple, rows: list[Row], clean: Row | None, *, git_commit: str | N
             "checkpoint_sha256": _first(everything, "checkpoint_sha256"),
             "checkpoint_epoch": _int(_first(everything, "checkpoint_epoch")),
             "seed": _int(seed),
+            # the MLflow logged model of the checkpoint (pgray.tracking.models), where logged
+            "model_id": _first(everything, "model_id"),
         },
         "training": {
             "method": _first(everything, "train_method"),

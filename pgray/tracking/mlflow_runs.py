@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pgray.tracking.lineage import log_dataset_input
 from pgray.tracking.mlflow_store import (
     DEFAULT_EXPERIMENT,
     client_for,
@@ -209,6 +210,11 @@ class Tracker:
         for k, v in tags.items():
             self._send(f"tag {k}", lambda client, k=k, v=v: client.set_tag(self.run_id, k,
                                                                             str(v)))
+
+    def log_input(self, dataset, context: str) -> None:
+        """A data split the run used (`pgray.tracking.lineage`), buffered like the rest."""
+        self._send(f"input {dataset.name}",
+                   lambda client: log_dataset_input(client, self.run_id, dataset, context))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Buffered like the rest: a copy of the file waits with the call (the original may

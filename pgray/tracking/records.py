@@ -26,6 +26,9 @@ class BenchmarkResult:
     cards: list[Path] = field(default_factory=list)  # OUT/cards/*.json (pgray.tracking.cards)
     peak_actors: int = 0
     incomplete: str = ""  # why the tables are not the whole benchmark (failed jobs); "": whole
+    # MLflow logged model id -> its key figures (pgray.tracking.models.headline)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    registered: list[str] = field(default_factory=list)  # what --register did, one line each
 
 
 @dataclass
@@ -48,3 +51,4 @@ class SweepResult:
     # per target, the test numbers of each evaluated trial and the recipe, and the pick
     # (pgray.pipelines.rank_eval.RankStage.front)
     front: dict[str, Any] = field(default_factory=dict)
+    registered: list[str] = field(default_factory=list)  # what --register did, one line each

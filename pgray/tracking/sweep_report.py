@@ -215,7 +215,10 @@ def write_summary(result: SweepResult) -> None:
         "best": {k: [t.trial_id for t in v] for k, v in result.best.items()},
         "best_configs": {k: [str(p) for p in v] for k, v in result.best_configs.items()},
         "benchmarks": [{"parquet": str(b.parquet), "markdown": str(b.markdown),
-                        "cards": [str(p) for p in b.cards]} for b in result.benchmarks],
+                        "cards": [str(p) for p in b.cards],
+                        # logged model id -> its key figures (pgray.tracking.models)
+                        "models": _nan_to_none(b.models)} for b in result.benchmarks],
+        "registered": result.registered,
         # NaN (no coefficient: its `reason` says why) written as null
         "rank_agreement": _nan_to_none(result.rank_agreement),
         "front": _nan_to_none(result.front),

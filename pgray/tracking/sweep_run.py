@@ -124,6 +124,64 @@ def log_rank_agreement(parent, result: SweepResult, out: Path) -> None:
         parent.log_artifact(image)
 
 
+# MLflow keeps a run's description up to 8,000 characters and cuts what is longer, warning
+DESCRIPTION_LIMIT = 8000
+
+
+def run_description(space: SearchSpace, result: SweepResult, uri: str, experiment: str,
+                    limit: int = DESCRIPTION_LIMIT) -> str:
+    """The sweep's run description: where the full results are (results.md and report.html,
+    this run's artifacts), then per category the pick with its final numbers and logged
+    model, what --register did, and the trials' compare views, as many lines as fit in
+    `limit` characters (a paper-scale sweep's 54 categories say how many more results.md
+    holds)."""
+    from pgray.tracking.mlflow_links import ui_base
+    from pgray.tracking.registry import sweep_picks
+
+    stopped = sum(t.state == "stopped_early" for t in result.trials)
+    artifacts = (f"{ui_base(uri)}/#/experiments/{experiment}/runs/{result.parent_run_id}"
+                 "/artifacts")
+    head = [f"## Sweep {space.name}: {len(result.trials)} trials ({stopped} stopped early by"
+            f" ASHA), up to {result.max_concurrent} at once", "",
+            f"Every table: **results.md**; figures, panels and flags: **report.html** (this"
+            f" run's artifacts: {artifacts}).", ""]
+    picked = {}
+    if result.benchmarks:
+        trial_seed = space.fixed_config().train.seed
+        for pick in sweep_picks(result.benchmarks[0].models, trial_seed):
+            f = pick.figures
+            picked[f"{f['dataset']}/{f['category']}"] = (pick.model_id, f)
+    lines = ["| category | pick | clean AD | protocol AD | worst-case AD | threat, budget |"
+             " logged model |", "|---|---|---|---|---|---|---|"]
+    for key, ranked in sorted(result.best.items()):
+        trial = ranked[0].trial_id if ranked else "none"
+        model_id, f = picked.get(key, ("", {}))
+        lines.append(f"| {key} | {trial} | {_ad(f.get('clean_ad'))} |"
+                     f" {_ad(f.get('protocol_ad'))} | {_ad(f.get('worst_case_ad'))} |"
+                     f" {f.get('threat', '')} {f.get('eps', '')} | {model_id} |")
+    lines += ["", *[f"- registered: {line}" for line in result.registered]]
+    if result.compare_links:
+        lines += ["", "Compare the trials in MLflow:", ""]
+        lines += [f"- {key}: {link}" for key, link in sorted(result.compare_links.items())]
+    return _fit("\n".join(head), lines, limit)
+
+
+def _ad(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _fit(head: str, lines: list[str], limit: int) -> str:
+    """`head` and as many of `lines` as fit in `limit` characters, then how many more."""
+    text, kept = head, 0
+    for line in lines:
+        more = f"\n\n... {len(lines) - kept} more lines in results.md"
+        if len(text) + 1 + len(line) + len(more) > limit:
+            return text + more
+        text += "\n" + line
+        kept += 1
+    return text
+
+
 def finish_sweep_run(parent, space: SearchSpace, result: SweepResult, targets: list[Target],
                      out: Path, started: float) -> None:
     """The sweep's end: MLflow compare links, results.md (also the run's description),
@@ -138,13 +196,13 @@ def finish_sweep_run(parent, space: SearchSpace, result: SweepResult, targets: l
     result.table_text = results_text(space, result)
     write_text(out / "results.md", result.table_text + "\n")
     parent.log_artifact(out / "results.md")
-    # the run's description in the MLflow UI: the results table itself
-    parent.set_tags({"mlflow.note.content": result.table_text[:60000]})
     result.mlflow_hint = runs_url(uri, experiment)
     result.wall_s = time.perf_counter() - started
     write_summary(result)
     parent.log_artifact(out / "sweep_summary.json")
     parent.log_artifact(write_report(sweep_report_data(space, result, out), out))
+    # the run's description in the MLflow UI: a summary that fits, linking the full tables
+    parent.set_tags({"mlflow.note.content": run_description(space, result, uri, experiment)})
     parent.log_metrics({"wall_s": result.wall_s}, step=0)
     parent.set_tags({"pgray.state": "finished"})
     parent.finish()

@@ -325,10 +325,15 @@ def test_sweep_job_runs_to_the_end_on_s3(deployment, tmp_path):
     """`ray job submit -- python -m pgray.sweep` with the dataset and the storage in S3: each
     node stages the dataset once into its own cache, two trials run at once with ASHA on a
     proxy measured every second epoch, the best trial is evaluated on a worker node from its
-    S3 checkpoint, and the results reach MLflow's artifact store."""
+    S3 checkpoint, and the results reach MLflow's artifact store. With --register its pick is
+    the champion of deploysweep-weave (artifacts in S3 through the server), its Optuna study
+    is in PostgreSQL where optuna reads it, and `pgray.evaluate --checkpoint
+    models:/deploysweep-weave@champion`, submitted with no other flag, reproduces the
+    registered worst case within its interval."""
     from pyarrow import fs
 
     d = deployment
+    optuna_url = _optuna_database(d)
     d.only_nodes("node1", "node2")
     files = [p for p in d.data.rglob("*") if p.is_file()]
     fs.copy_files(str(d.data), "pgray-runs/datasets/synthetic", destination_filesystem=d.s3())
@@ -341,7 +346,8 @@ def test_sweep_job_runs_to_the_end_on_s3(deployment, tmp_path):
         "objectives": [{"metric": "proxy_score", "mode": "max"}],
         "budget": {"trials": 2, "epochs": 4},
         "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent": 2},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent": 2,
+                      "optuna_storage": optuna_url},
         "final_eval": {"eps": [8.0], "steps": 2, "suite": "protocol", "batch_size": 8,
                        "n_panels": 1, "cpus_per_actor": 0.5},
     }
@@ -350,7 +356,8 @@ def test_sweep_job_runs_to_the_end_on_s3(deployment, tmp_path):
     out, log = tmp_path / "out", tmp_path / "sweep.log"
     started = time.monotonic()
     job = d.submit("sweep-1", ["pgray.sweep", "--config", str(config), "--out", str(out),
-                               "--storage", "s3://pgray-runs/sweep"], log)
+                               "--storage", "s3://pgray-runs/sweep", "--register",
+                               "deploysweep"], log)
     job.wait(timeout=600)
     text = log.read_text()
     assert job.returncode == 0, text[-4000:]
@@ -372,6 +379,49 @@ def test_sweep_job_runs_to_the_end_on_s3(deployment, tmp_path):
                                                        "sweep_summary.json"])
     _check_results_in_mlflow(d, "benchmark:deploysweep-final", ["results.parquet",
                                                                  "results.md"])
+    _check_model_and_study(d, text, optuna_url, tmp_path)
+
+
+def _optuna_database(d: Deployment) -> str:
+    """A database of its own for Optuna on the deployment's PostgreSQL (MLflow's and
+    Optuna's tables would share `alembic_version`)."""
+    import psycopg2
+
+    url = d.cluster.backend_store_uri()
+    pg, port = d.cluster.state["postgres"], d.cluster.state["ports"]["postgres"]
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=pg["user"],
+                            password=pg["password"], dbname=pg["db"])
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = 'optuna'")
+        if cur.fetchone() is None:
+            cur.execute("CREATE DATABASE optuna")
+    conn.close()
+    return url.rsplit("/", 1)[0] + "/optuna"
+
+
+def _check_model_and_study(d: Deployment, text: str, optuna_url: str, tmp_path: Path) -> None:
+    import optuna
+
+    assert "registered: deploysweep-weave version 1 (" in text, text[-3000:]
+    client = d.mlflow()
+    champion = client.get_model_version_by_alias("deploysweep-weave", "champion")
+    model_id = champion.tags["pgray.model_id"]
+    files = {a.path for a in client.list_logged_model_artifacts(model_id)}
+    assert {"checkpoint.pt", "pgray_model.json", "cards"} <= files
+    study = optuna.load_study(study_name="deploysweep:synthetic/weave", storage=optuna_url)
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+    again, log = tmp_path / "again", tmp_path / "evaluate.log"
+    job = d.submit("evaluate-1", ["pgray.evaluate", "--checkpoint",
+                                  "models:/deploysweep-weave@champion", "--out", str(again),
+                                  "--quiet"], log)
+    job.wait(timeout=300)
+    said = log.read_text()
+    assert job.returncode == 0, said[-3000:]
+    assert "inside the recorded interval" in said, said[-3000:]
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["model_id"] == model_id
 
 
 def _check_proxy_epochs(d: Deployment, out: Path) -> None:

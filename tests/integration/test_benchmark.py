@@ -54,7 +54,7 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     cfg = _config(synthetic_root, checkpoints, suite=TINY_SUITE,
                   threats=[{"threat": "l2", "eps": [1.0]}])
     out = tmp_path / "bench"
-    result = run_benchmark(cfg, out, progress=False)
+    result = run_benchmark(cfg, out, progress=False, register="tiny")
     # per category: clean, the adaptive suite at linf eps 2 and 8 and at L2 eps 1, the
     # large-budget check of linf and of L2
     assert result.ran == 12 and result.skipped == 0
@@ -100,7 +100,9 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     exp = client.get_experiment_by_name("pgray")
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
-    assert len(children) == 12
+    kinds = [c.data.tags["pgray.kind"] for c in children]  # a job's run, a model's evaluation
+    assert kinds.count("benchmark-job") == 12 and kinds.count("model-eval") == 2
+    children = [c for c in children if c.data.tags["pgray.kind"] == "benchmark-job"]
     assert {c.data.tags["category"] for c in children} == {"disc", "weave"}
     suite_run = next(c for c in children if c.data.tags["setting"] == "adaptive_suite_eps8")
     assert {"worst_case/image_auroc", "protocol/image_auroc", "worst_case/image_auroc_ci_low",
@@ -155,9 +157,56 @@ def test_benchmark_grid_tables_mlflow_and_skip(ray_session, synthetic_root, chec
     l2 = json.loads((out / "cards" / names[2]).read_text())
     assert l2["threat"] == "l2" and l2["budgets"] == [1.0]
 
-    again = run_benchmark(cfg, out, progress=False)
+    again = run_benchmark(cfg, out, progress=False, register="tiny")
     assert again.ran == 0 and again.skipped == 12
     assert len(read_rows(out)) == 50
+    _check_models(mlflow_uri, result, again, rows, card, tmp_path)
+
+
+def _check_models(uri: str, result, again, rows, card, tmp_path) -> None:
+    """A logged model per checkpoint named by its rows and cards, registered per category
+    (the same model again: no second version), and fetched back by pgray.evaluate through
+    its alias with no other flag, reproducing the registered worst case within its
+    interval."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    ids = {r["category"]: r["model_id"] for r in rows}
+    assert len(set(ids.values())) == 2 and all(ids.values())
+    assert card["model"]["model_id"] == ids["weave"]
+    assert set(result.models) == set(again.models) == set(ids.values())  # found again
+    assert [line.split(" version 1 ")[0] for line in result.registered] == ["tiny-disc",
+                                                                             "tiny-weave"]
+    assert all(line.endswith("champion (the first)") for line in result.registered)
+    assert all("already; nothing changed" in line for line in again.registered)
+    champion = client.get_model_version_by_alias("tiny-weave", "champion")
+    assert int(champion.version) == 1 and champion.tags["pgray.model_id"] == ids["weave"]
+    worst = next(r for r in rows if r["category"] == "weave" and r["attack"] == "worst_case"
+                 and r["threat"] == "linf" and r["eps"] == 8.0)
+    assert float(champion.tags["pgray.worst_case_ad"]) == worst["image_auroc"]
+    model = client.get_logged_model(ids["weave"])
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["linf_eps8/worst_case/image_auroc"] == worst["image_auroc"]
+    assert "l2_eps1/worst_case/image_auroc" in linked and "clean/aupro" in linked
+
+    out = tmp_path / "again"
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                        "MLFLOW_TRACKING_URI": uri}
+    done = subprocess.run([sys.executable, "-m", "pgray.evaluate", "--checkpoint",
+                           "models:/tiny-weave@champion", "--out", str(out), "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "inside the recorded interval" in done.stdout, done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_id"] == ids["weave"]
+    again8 = next(r for r in metrics["results"] if r["attack"] == "worst_case"
+                  and r["threat"] == "linf" and r["eps"] == 8.0)
+    assert worst["image_auroc_ci_low"] <= again8["image_auroc"] <= worst["image_auroc_ci_high"]
+    assert again8["model_id"] == ids["weave"]
 
 
 def test_actors_match_sequential_numbers(ray_session, synthetic_root, checkpoints, tmp_path,

@@ -163,6 +163,45 @@ def test_per_target_search_runs_one_seeded_optuna_study_per_target(synthetic_roo
     assert suggestions() == first  # seeded: the same proposals again
 
 
+def test_studies_in_an_optuna_storage_are_read_by_optuna_and_resumed(synthetic_root,
+                                                                      tmp_path):
+    """resources.optuna_storage: each target's study is `<sweep>:<target>` in that database,
+    where Optuna's own API reads it; Tune's saved searcher restored goes on in the same
+    study; a new sweep of the same name there is refused, naming the studies."""
+    import optuna
+
+    from pgray.distributed.tune import build_searcher, param_space
+    from pgray.distributed.tune_targets import PerTargetSearch
+    from pgray.errors import PgrayError
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = space_from_dict(tiny_space(synthetic_root, resources={"optuna_storage": url}))
+    searcher = build_searcher(space, ["s/disc"])
+    assert searcher.set_search_properties(None, None, param_space(space))
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"loss": 1.5, "epoch": 2.0})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    study = optuna.load_study(study_name="tiny:s/disc", storage=url)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert [t.value for t in done] == [1.5]
+    assert done[0].params["loss.attention_lambda"] == 0.0  # the first start point
+
+    # Tune's restore: searchers built afresh (another name: nothing there yet), then the
+    # saved state read back into them
+    other = space_from_dict(tiny_space(synthetic_root, name="other",
+                                       resources={"optuna_storage": url}))
+    restored = PerTargetSearch(build_searcher(other, ["s/disc"])._inner, 3, "loss", "min")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.suggest("t1")
+    restored.on_trial_complete("t1", {"loss": 0.5, "epoch": 2.0})
+    study = optuna.load_study(study_name="tiny:s/disc", storage=url)
+    assert [t.value for t in study.trials if t.state.name == "COMPLETE"] == [1.5, 0.5]
+    with pytest.raises(PgrayError, match=r"already holds the studies \['tiny:s/disc'\]"):
+        build_searcher(space, ["s/disc"])
+    with pytest.raises(Exception, match="optuna_storage"):
+        space_from_dict(tiny_space(synthetic_root, resources={"optuna_storage": "x.db"}))
+
+
 def test_asha_judges_a_trial_at_its_rung_on_its_first_measured_result():
     """A result without the compared metric (NaN between proxy epochs, or a proxy that
     measured nothing) never reaches ASHA: recorded at a rung as NaN it would let the trial
@@ -273,8 +312,9 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
         first_result = (next(exp_dir.glob(f"*{first_id}*")) / "result.json").read_text()
         assert not (out / "sweep_summary.json").exists()  # it really was interrupted
 
-        resumed = subprocess.run(_sweep_cmd(config, out, "--resume"), cwd=tmp_path, env=env,
-                                 capture_output=True, text=True, timeout=300)
+        resumed = subprocess.run(_sweep_cmd(config, out, "--resume", "--register", "tiny"),
+                                 cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=300)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         # the default console: pgray's line per trial that ends, none of Tune's tables
         console = resumed.stdout + resumed.stderr
@@ -292,6 +332,7 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
         assert console.index("## Rank agreement: proxy vs test") > console.index(
             "## Final evaluation")
         assert "report: " in console and "report.html" in console
+        assert "registered: tiny-disc version 1 (worst-case AD" in console
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -330,6 +371,57 @@ def test_sweep_killed_after_first_trial_resumes_without_rerunning_it(synthetic_r
     _check_mlflow(uri, summary, trials, first_id, huge[0]["trial_id"])
     _check_best_and_final(out, summary, trials)
     _check_rank_agreement(uri, out, summary)
+    _check_registered(uri, out, summary, tmp_path, env)
+
+
+def _check_registered(uri: str, out: Path, summary: dict, tmp_path: Path, env: dict) -> None:
+    """--register: the sweep's pick (the best trial's model, seed 0, not its twin, recipe or
+    other seed) is version 1 of tiny-disc and champion; its rows and card name it; another
+    model of the sweep registered after it (the clean twin: same split, suite and budget)
+    moves the alias only if better beyond both intervals; and pgray.evaluate on
+    models:/tiny-disc/1, with no other flag, reproduces the registered worst case within its
+    interval."""
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from pgray.tracking.registry import Pick, beats, register
+
+    client = MlflowClient(uri)
+    (line,) = summary["registered"]
+    assert line.startswith("tiny-disc version 1 (") and line.endswith("champion (the first)")
+    champion = client.get_model_version_by_alias("tiny-disc", "champion")
+    model_id = champion.tags["pgray.model_id"]
+    rows = pq.read_table(summary["benchmarks"][0]["parquet"]).to_pylist()
+    mine = [r for r in rows if r["model_id"] == model_id]
+    assert {(r["detector"], r["seed"]) for r in mine} == {("patchguard", 0)}
+    worst = next(r for r in mine if r["attack"] == "worst_case")
+    assert float(champion.tags["pgray.worst_case_ad"]) == worst["image_auroc"]
+    cards = [json.loads(Path(p).read_text()) for p in summary["benchmarks"][0]["cards"]]
+    assert {c["detector"]: c["model"]["model_id"] for c in cards if c["model"]["seed"] == 0
+            } == {"patchguard": model_id}
+    models = summary["benchmarks"][0]["models"]
+    assert len(models) == 4  # the two seeds' models, the twin and the recipe
+    note = next(r for r in _runs(uri) if r.data.tags.get("pgray.kind") == "sweep").data.tags[
+        "mlflow.note.content"]
+    assert model_id in note and "registered: tiny-disc version 1" in note
+
+    twin = next(Pick(m, f) for m, f in models.items() if f["detector"] == "patchguard_clean")
+    (second,) = register(uri, "tiny", [twin])
+    moved = beats(twin.figures, champion.tags)
+    now = client.get_model_version_by_alias("tiny-disc", "champion").version
+    assert int(now) == (2 if moved else 1), second
+    assert ("beating version 1" in second) == moved
+
+    again = tmp_path / "again"
+    done = subprocess.run([sys.executable, "-m", "pgray.evaluate", "--checkpoint",
+                           "models:/tiny-disc/1", "--out", str(again), "--quiet"],
+                          cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "inside the recorded interval" in done.stdout, done.stdout
+    metrics = json.loads((again / "metrics.json").read_text())
+    repeat = next(r for r in metrics["results"] if r["attack"] == "worst_case")
+    assert worst["image_auroc_ci_low"] <= repeat["image_auroc"] <= worst["image_auroc_ci_high"]
 
 
 def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id: str) -> None:
@@ -366,16 +458,31 @@ def _check_mlflow(uri: str, summary: dict, trials: dict, first_id: str, huge_id:
         assert float(run.data.params["loss.attention_lambda"]) == trials[tid]["params"][
             "loss.attention_lambda"]
     assert children[huge_id].data.tags["pgray.epochs_done"] == "1"
+    # lineage: each trial's training split as its input (digest: the split's fingerprint);
+    # system metrics of the node it trained on, and of the final evaluation's
+    import socket
+
+    node = socket.gethostname()
+    for run in children.values():
+        (split,) = run.inputs.dataset_inputs
+        assert split.dataset.name == "synthetic/disc/train" and len(split.dataset.digest) == 16
+        assert split.tags[0].value == "training"
+    cpu = f"system/{node}/cpu_utilization_percentage"
+    assert all(cpu in r.data.metrics for r in children.values())
+    assert f"system/{node}/system_memory_usage_megabytes" in children[first_id].data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best", "results.md", "trials.md", "search_space.yaml", "report.html"} <= artifacts
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "best")] == [
         "best/synthetic-disc.yaml"]
     bench = [r for r in runs if r.data.tags.get("pgray.kind") == "benchmark"]
     assert len(bench) == 1 and bench[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert cpu in bench[0].data.metrics
     assert parent.data.tags["pgray.best_trials"] == summary["best"]["synthetic/disc"][0]
-    # the run's description in the UI is the results table, with a compare link of the trials
+    # the run's description in the UI: a summary that fits (MLflow's 8,000 characters),
+    # linking the full tables, with a compare link of the trials
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("## Sweep tiny: 3 trials") and "patchguard_clean" in note
+    assert note.startswith("## Sweep tiny: 3 trials") and len(note) <= 8000
+    assert "**results.md**" in note and "**report.html**" in note
     link = next(line for line in note.splitlines() if "compare-runs" in line)
     assert all(r.info.run_id in link for r in children.values())
     # the clean twin: a trial of its own experiment, the best trial's parameters, no attacks

@@ -50,7 +50,7 @@ def test_card_fields_intervals_and_threat_default():
     assert card["name"] == "patchguard/synthetic/weave/linf" and card["threat"] == "linf"
     assert card["model"] == {"backbone": "vit_tiny", "backbone_weights": "hub:vit_tiny",
                              "checkpoint_file": "best.pt", "checkpoint_sha256": "abcdef0123456789",
-                             "checkpoint_epoch": 12, "seed": 3}
+                             "checkpoint_epoch": 12, "seed": 3, "model_id": None}
     assert card["training"] == {"method": "adversarial", "attack": "nfgsm", "eps": 4.0,
                                 "steps": 1}
     assert card["data"] == {"dataset": "synthetic", "category": "weave", "split": "official",

@@ -269,3 +269,44 @@ def test_a_sweep_report_shows_the_rank_agreement_and_the_front(tmp_path):
         png.unlink()
     text = " ".join(Dom(render_report(sweep_report_data(space, result, tmp_path))).text)
     assert "Not measured" in text and "No trial was evaluated on the test split" in text
+
+
+def test_a_paper_scale_sweeps_description_fits_and_links_the_full_results(tmp_path):
+    """54 categories of 24 trials each (the paper's scale): the run's description stays under
+    MLflow's 8,000 characters, names results.md and report.html and their place, and says how
+    many of its lines only results.md holds; a small sweep's fits whole, picks, numbers and
+    logged models included."""
+    from pgray.config.search_space import load_search_space, resolve_space_path
+    from pgray.tracking.records import BenchmarkResult, SweepResult
+    from pgray.tracking.sweep_run import DESCRIPTION_LIMIT, run_description
+    from pgray.tracking.trials import TrialSummary
+
+    space = load_search_space(resolve_space_path("demo"))
+    seed = space.fixed_config().train.seed
+
+    def sweep(categories: int) -> SweepResult:
+        keys = [f"mvtec/c{i:02d}" for i in range(categories)]
+        trials = {k: [TrialSummary(f"t{k[-2:]}_{j}", k, {}, {}, 2, "completed")
+                      for j in range(24)] for k in keys}
+        models = {f"m-{i:032d}": {"detector": "patchguard", "dataset": "mvtec",
+                                  "category": k.split("/")[1], "seed": seed, "clean_ad": 0.9,
+                                  "protocol_ad": 0.5, "worst_case_ad": 0.25, "threat": "linf",
+                                  "eps": 8.0} for i, k in enumerate(keys)}
+        bench = BenchmarkResult([], tmp_path, tmp_path, "", 0, 0, models=models)
+        result = SweepResult(out=tmp_path, parent_run_id="r" * 32, experiment_path="e",
+                             trials=[t for ts in trials.values() for t in ts],
+                             best={k: ts[:1] for k, ts in trials.items()}, best_configs={},
+                             benchmarks=[bench], max_concurrent=8)
+        result.compare_links = {k: "http://mlflow:5000/#/compare-runs?runs=" + ",".join(
+            "r" * 32 for _ in ts) for k, ts in trials.items()}
+        return result
+
+    big = run_description(space, sweep(54), "http://mlflow:5000", "3")
+    assert len(big) <= DESCRIPTION_LIMIT
+    assert "**results.md**" in big and "**report.html**" in big
+    assert f"http://mlflow:5000/#/experiments/3/runs/{'r' * 32}/artifacts" in big
+    assert re.search(r"\.\.\. \d+ more lines in results\.md$", big)
+    assert "| mvtec/c00 | t00_0 | 0.900 | 0.500 | 0.250 | linf 8.0 | m-" in big
+    small = run_description(space, sweep(2), "http://mlflow:5000", "3")
+    assert "more lines" not in small and small.count("compare-runs") == 2
+    assert "| mvtec/c01 | t01_0 |" in small

@@ -20,6 +20,8 @@ class SweepRequest:
     final_eval: bool = True
     progress: bool = True
     verbose: bool = False  # Ray's full output: Tune's detailed tables, every worker's log
+    # register each category's pick as a version of NAME-<category> (pgray.tracking.registry)
+    register: str | None = None
 
 
 def say_progress(req: SweepRequest, text: str) -> None:
