@@ -55,23 +55,11 @@ def log_dataset_input(client, run_id: str, dataset, context: str) -> None:
 
 
 def _psutil_importable() -> bool:
-    """MLflow's monitors need psutil; pgray's environment has it as Ray's vendored copy, which
-    Ray puts on sys.path when imported. A process that trains without Ray adds that folder
-    itself (rather than importing Ray for it)."""
+    """MLflow's monitors need psutil (a dependency of pgray; a machine that runs pgray from
+    source without it logs no system metrics rather than failing)."""
     import importlib.util
-    import sys
-    from pathlib import Path
 
-    if importlib.util.find_spec("psutil") is not None:
-        return True
-    ray = importlib.util.find_spec("ray")
-    vendored = [Path(p) / "thirdparty_files" for p in (ray.submodule_search_locations or [])
-                ] if ray is not None else []
-    for folder in vendored:
-        if (folder / "psutil").is_dir():
-            sys.path.append(str(folder))
-            return True
-    return False
+    return importlib.util.find_spec("psutil") is not None
 
 
 def _node_monitor(run_id: str, uri: str, node: str):

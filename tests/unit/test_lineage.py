@@ -1,7 +1,6 @@
 """A run's lineage and system metrics: the training split as an MLflow dataset whose digest is
 the split's fingerprint, and the node's system metrics sampled onto a run, a block shorter
-than one sampling interval included, in a process that never imported Ray (psutil is Ray's
-vendored copy in this environment)."""
+than one sampling interval included, in a process that never imported Ray."""
 
 from __future__ import annotations
 
