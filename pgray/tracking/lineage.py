@@ -65,7 +65,13 @@ def _psutil_importable() -> bool:
 def _node_monitor(run_id: str, uri: str, node: str):
     """MLflow's monitor, publishing what it sampled since its last step when it stops (a
     run shorter than one interval still gets its sample); mlflow imported only here."""
+    import logging
+
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # its start and stop INFO lines ("Started monitoring system metrics", "Skip logging GPU
+    # metrics") would lead a command's stderr, where a bad input's `error:` line must be first
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
     class NodeMonitor(SystemMetricsMonitor):
         def finish(self) -> None:
